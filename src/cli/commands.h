@@ -1,0 +1,15 @@
+#pragma once
+// Each `assistd` subcommand lives in its own cmd_*.cpp and registers itself
+// on the CLI11 app here. A command's callback sets the exit status through
+// the int it is given: 0 ok, 1 a check failed, 2 bad input or usage.
+#include <CLI/CLI.hpp>
+
+namespace assistd::cli {
+
+void register_generate(CLI::App& app, int& exit_code);
+void register_model(CLI::App& app, int& exit_code);
+void register_bench_engine(CLI::App& bench, int& exit_code);
+void register_bench_crdt(CLI::App& bench, int& exit_code);
+void register_bench_sessions(CLI::App& bench, int& exit_code);
+
+}  // namespace assistd::cli

@@ -1,0 +1,72 @@
+#pragma once
+// Tokenizers built from GGUF metadata (tokenizer.ggml.*):
+//   - "llama": SentencePiece-style, merges by score, byte fallback (<0xNN>)
+//   - "gpt2":  byte-level BPE with merges, pre-tokenizer per tokenizer.ggml.pre
+//              (llama3/llama-bpe, smollm, qwen2, default gpt2)
+// Token ids agree with llama.cpp's for the same file.
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace assistd::engine {
+
+class GgufFile;
+
+using TokenId = int32_t;
+
+enum class TokenizerKind { kSentencePiece, kByteBpe };
+
+class Tokenizer {
+public:
+    virtual ~Tokenizer() = default;
+    // Errors name the missing or malformed key (e.g. unknown tokenizer.ggml.model).
+    static Result<std::unique_ptr<Tokenizer>> from_gguf(const GgufFile& file);
+
+    virtual TokenizerKind kind() const = 0;
+    virtual size_t vocab_size() const = 0;
+
+    // Encodes text. add_bos follows the caller (see add_bos_default());
+    // parse_special: text like "<|im_start|>" becomes the special token
+    // instead of its characters (for chat templates, never for user content).
+    virtual std::vector<TokenId> encode(std::string_view text, bool add_bos, bool parse_special) const = 0;
+
+    // The bytes a token stands for (byte tokens give their byte; "▁" becomes a
+    // space for SentencePiece; control tokens give "" unless render_special).
+    virtual std::string token_to_piece(TokenId id, bool render_special = false) const = 0;
+    // Concatenated pieces; SentencePiece drops the leading space the encoder added.
+    virtual std::string decode(std::span<const TokenId> ids, bool render_special = false) const = 0;
+
+    // The vocabulary entry as stored in the file.
+    virtual const std::string& token_text(TokenId id) const = 0;
+    virtual std::optional<TokenId> find_token(std::string_view text) const = 0;
+
+    virtual TokenId bos() const = 0;  // -1 when the model has none
+    virtual TokenId eos() const = 0;
+    virtual bool add_bos_default() const = 0;
+    // End of generation: EOS, EOT (<|eot_id|>, <|im_end|>, <|end|> ...).
+    virtual bool is_end_of_generation(TokenId id) const = 0;
+    virtual bool is_control(TokenId id) const = 0;
+};
+
+// Turns a stream of token ids into text that never splits a UTF-8 character:
+// feed() returns only complete characters; flush() returns the rest (invalid
+// trailing bytes become U+FFFD).
+class StreamingDetokenizer {
+public:
+    explicit StreamingDetokenizer(const Tokenizer& tok) : tok_(tok) {}
+    std::string feed(TokenId id);
+    std::string flush();
+
+private:
+    const Tokenizer& tok_;
+    std::string pending_;
+    bool first_ = true;
+};
+
+}  // namespace assistd::engine
