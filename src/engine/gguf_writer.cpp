@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -76,10 +77,18 @@ void GgufWriter::add_tensor(std::string_view name, DType type, std::vector<uint6
 
 void GgufWriter::add_tensor_raw(std::string_view name, uint32_t ggml_type, std::vector<uint64_t> dims,
                                 std::vector<uint8_t> data) {
-    tensors_.push_back({std::string(name), ggml_type, std::move(dims), std::move(data)});
+    const size_t n = data.size();
+    tensors_.push_back({std::string(name), ggml_type, std::move(dims), std::move(data), n, false});
 }
 
-std::vector<uint8_t> GgufWriter::to_bytes(uint32_t version) const {
+void GgufWriter::add_tensor_deferred(std::string_view name, DType type, std::vector<uint64_t> dims) {
+    uint64_t n_elements = 1;
+    for (uint64_t d : dims) n_elements *= d;
+    const size_t n_bytes = dtype_row_bytes(type, n_elements);
+    tensors_.push_back({std::string(name), static_cast<uint32_t>(type), std::move(dims), {}, n_bytes, true});
+}
+
+std::vector<uint8_t> GgufWriter::header_bytes(uint32_t version) const {
     std::vector<uint8_t> out;
     append<uint32_t>(out, 0x46554747);
     append<uint32_t>(out, version);
@@ -92,22 +101,24 @@ std::vector<uint8_t> GgufWriter::to_bytes(uint32_t version) const {
         std::memcpy(out.data() + at, e.encoded.data(), e.encoded.size());
     }
     uint64_t offset = 0;
-    std::vector<uint64_t> offsets;
     for (const auto& t : tensors_) {
         append_string(out, t.name);
         append<uint32_t>(out, static_cast<uint32_t>(t.dims.size()));
         for (uint64_t d : t.dims) append<uint64_t>(out, d);
         append<uint32_t>(out, t.ggml_type);
         append<uint64_t>(out, offset);
-        offsets.push_back(offset);
-        offset += (t.data.size() + alignment_ - 1) / alignment_ * alignment_;
+        offset += padded(t.n_bytes);
     }
-    out.resize((out.size() + alignment_ - 1) / alignment_ * alignment_, 0);
-    const size_t data_start = out.size();
-    out.resize(data_start + offset, 0);
-    for (size_t i = 0; i < tensors_.size(); ++i) {
-        if (!tensors_[i].data.empty())
-            std::memcpy(out.data() + data_start + offsets[i], tensors_[i].data.data(), tensors_[i].data.size());
+    out.resize(padded(out.size()), 0);
+    return out;
+}
+
+std::vector<uint8_t> GgufWriter::to_bytes(uint32_t version) const {
+    std::vector<uint8_t> out = header_bytes(version);
+    for (const auto& t : tensors_) {
+        const size_t at = out.size();
+        out.resize(at + padded(t.n_bytes), 0);
+        if (!t.data.empty()) std::memcpy(out.data() + at, t.data.data(), t.data.size());
     }
     return out;
 }
@@ -119,6 +130,46 @@ Status GgufWriter::write(const std::string& path, uint32_t version) const {
     const size_t n = std::fwrite(bytes.data(), 1, bytes.size(), f);
     const bool ok = n == bytes.size() && std::fclose(f) == 0;
     if (!ok) return make_error(ErrorCode::kIo, fmt::format("cannot write '{}': {}", path, std::strerror(errno)));
+    return {};
+}
+
+Status GgufWriter::write_streaming(const std::string& path, const TensorProducer& produce, uint32_t version) const {
+    std::FILE* f = std::fopen(path.c_str(), "wb");
+    if (!f) return make_error(ErrorCode::kIo, fmt::format("cannot create '{}': {}", path, std::strerror(errno)));
+    auto fail = [&](Error e) -> Status {
+        std::fclose(f);
+        std::remove(path.c_str());
+        return e;
+    };
+    auto io_error = [&] { return make_error(ErrorCode::kIo, fmt::format("cannot write '{}': {}", path, std::strerror(errno))); };
+    const std::vector<uint8_t> header = header_bytes(version);
+    if (std::fwrite(header.data(), 1, header.size(), f) != header.size()) return fail(io_error());
+    static constexpr uint8_t kZeros[64] = {};
+    std::vector<uint8_t> buffer;
+    for (size_t i = 0; i < tensors_.size(); ++i) {
+        const Tensor& t = tensors_[i];
+        const std::vector<uint8_t>* bytes = &t.data;
+        if (t.deferred) {
+            buffer.clear();
+            if (auto s = produce(i, buffer); !s) return fail(s.error());
+            if (buffer.size() != t.n_bytes)
+                return fail(make_error(ErrorCode::kInternal,
+                                       fmt::format("tensor '{}': producer gave {} bytes, expected {}", t.name,
+                                                   buffer.size(), t.n_bytes)));
+            bytes = &buffer;
+        }
+        if (!bytes->empty() && std::fwrite(bytes->data(), 1, bytes->size(), f) != bytes->size()) return fail(io_error());
+        for (size_t pad = padded(t.n_bytes) - t.n_bytes; pad > 0;) {
+            const size_t n = std::min(pad, sizeof(kZeros));
+            if (std::fwrite(kZeros, 1, n, f) != n) return fail(io_error());
+            pad -= n;
+        }
+    }
+    if (std::fclose(f) != 0) {
+        const Error e = io_error();
+        std::remove(path.c_str());
+        return e;
+    }
     return {};
 }
 

@@ -31,7 +31,8 @@ public:
     virtual TokenizerKind kind() const = 0;
     virtual size_t vocab_size() const = 0;
 
-    // Encodes text. add_bos follows the caller (see add_bos_default());
+    // Encodes text. add_bos follows the caller (see add_bos_default()); with
+    // add_bos, EOS is appended too when the file sets tokenizer.ggml.add_eos_token.
     // parse_special: text like "<|im_start|>" becomes the special token
     // instead of its characters (for chat templates, never for user content).
     virtual std::vector<TokenId> encode(std::string_view text, bool add_bos, bool parse_special) const = 0;
@@ -39,7 +40,9 @@ public:
     // The bytes a token stands for (byte tokens give their byte; "▁" becomes a
     // space for SentencePiece; control tokens give "" unless render_special).
     virtual std::string token_to_piece(TokenId id, bool render_special = false) const = 0;
-    // Concatenated pieces; SentencePiece drops the leading space the encoder added.
+    // Concatenated pieces; SentencePiece drops the space the encoder added after
+    // BOS and after special tokens. Text that does not follow one (e.g. generated
+    // tokens alone) keeps its leading space, as llama.cpp's pieces do.
     virtual std::string decode(std::span<const TokenId> ids, bool render_special = false) const = 0;
 
     // The vocabulary entry as stored in the file.
@@ -52,11 +55,18 @@ public:
     // End of generation: EOS, EOT (<|eot_id|>, <|im_end|>, <|end|> ...).
     virtual bool is_end_of_generation(TokenId id) const = 0;
     virtual bool is_control(TokenId id) const = 0;
+    // Unknown, control or user-defined: the tokens parse_special matches in text.
+    virtual bool is_special(TokenId id) const { return is_control(id); }
+    // SentencePiece with add_space_prefix puts a space before the text at the
+    // start and after each special token; decode() and StreamingDetokenizer take
+    // it off after BOS and special tokens.
+    virtual bool decode_strips_leading_space() const { return false; }
 };
 
 // Turns a stream of token ids into text that never splits a UTF-8 character:
 // feed() returns only complete characters; flush() returns the rest (invalid
-// trailing bytes become U+FFFD).
+// trailing bytes become U+FFFD). Like decode(), it drops the space SentencePiece
+// put after BOS or a special token.
 class StreamingDetokenizer {
 public:
     explicit StreamingDetokenizer(const Tokenizer& tok) : tok_(tok) {}
@@ -66,7 +76,7 @@ public:
 private:
     const Tokenizer& tok_;
     std::string pending_;
-    bool first_ = true;
+    bool after_special_ = false;  // the next piece's leading space was added by the encoder
 };
 
 }  // namespace assistd::engine

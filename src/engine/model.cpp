@@ -1,0 +1,643 @@
+// The llama-family forward pass (llama, qwen2) over a batch of sequences,
+// with weights kept per precision and converted lazily from the file.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <thread>
+
+#include "engine/engine.h"
+#include "engine/gguf.h"
+#include "engine/kernels/kernels.h"
+#include "engine/kv_cache.h"
+#include "engine/model_loader.h"
+#include "engine/thread_pool.h"
+
+namespace assistd::engine {
+
+const char* precision_name(Precision p) {
+    switch (p) {
+        case Precision::kNative: return "native";
+        case Precision::kFP32: return "fp32";
+        case Precision::kFP16: return "fp16";
+        case Precision::kBF16: return "bf16";
+    }
+    return "?";
+}
+
+std::optional<Precision> precision_from_name(std::string_view n) {
+    if (n == "native") return Precision::kNative;
+    if (n == "fp32" || n == "f32") return Precision::kFP32;
+    if (n == "fp16" || n == "f16") return Precision::kFP16;
+    if (n == "bf16") return Precision::kBF16;
+    return std::nullopt;
+}
+
+namespace {
+
+// 64-byte aligned buffer that never reallocates after construction.
+class AlignedBuffer {
+public:
+    AlignedBuffer() = default;
+    explicit AlignedBuffer(size_t bytes) : bytes_(bytes) {
+        if (bytes) ptr_ = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+        if (bytes && !ptr_) throw std::bad_alloc();
+    }
+    AlignedBuffer(AlignedBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr; o.bytes_ = 0; }
+    AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
+        std::swap(ptr_, o.ptr_);
+        std::swap(bytes_, o.bytes_);
+        return *this;
+    }
+    ~AlignedBuffer() { std::free(ptr_); }
+    uint8_t* data() const { return ptr_; }
+    size_t size() const { return bytes_; }
+    template <typename T>
+    T* as() const { return reinterpret_cast<T*>(ptr_); }
+
+private:
+    uint8_t* ptr_ = nullptr;
+    size_t bytes_ = 0;
+};
+
+struct Matrix {
+    const void* data = nullptr;
+    DType type = DType::F32;
+    size_t rows = 0, cols = 0;
+};
+
+struct LayerWeights {
+    Matrix wq, wk, wv, wo, w_gate, w_up, w_down;
+};
+
+// All matrices of one precision. Norms and biases are shared (always F32).
+struct WeightSet {
+    std::vector<LayerWeights> layers;
+    Matrix output;
+    std::vector<AlignedBuffer> owned;  // converted copies
+    size_t owned_bytes = 0;
+    uint64_t last_used = 0;
+};
+
+DType storage_for(Precision p, DType file_type) {
+    switch (p) {
+        case Precision::kNative: return file_type;
+        case Precision::kFP32: return DType::F32;
+        case Precision::kFP16: return DType::F16;
+        case Precision::kBF16: return DType::BF16;
+    }
+    return DType::F32;
+}
+
+class LlamaModel final : public Model {
+public:
+    LlamaModel(std::unique_ptr<GgufFile> file, std::unique_ptr<Tokenizer> tok, ModelInfo info, ModelTensors tensors,
+               const ModelParams& params)
+        : file_(std::move(file)), tokenizer_(std::move(tok)), info_(std::move(info)), tensors_(std::move(tensors)),
+          params_(params) {}
+
+    Status init();
+
+    const ModelInfo& info() const override { return info_; }
+    const Tokenizer& tokenizer() const override { return *tokenizer_; }
+    const ChatTemplate& chat_template() const override { return chat_template_; }
+    const GgufFile& file() const override { return *file_; }
+    int n_threads() const override { return pool_->size(); }
+
+    Result<SequenceId> create_sequence() override { return kv_.create_sequence(); }
+    void free_sequence(SequenceId seq) override { kv_.free_sequence(seq); }
+    size_t sequence_length(SequenceId seq) const override { return kv_.valid(seq) ? kv_.length(seq) : 0; }
+    Status truncate_sequence(SequenceId seq, size_t n) override { return kv_.truncate(seq, n); }
+    Result<SequenceId> fork_sequence(SequenceId src, size_t n) override { return kv_.fork(src, n); }
+    size_t free_kv_blocks() const override { return kv_.free_blocks(); }
+    size_t total_kv_blocks() const override { return kv_.shape().n_blocks; }
+
+    Result<std::span<const float>> decode(std::span<const BatchEntry> batch, Precision precision) override;
+    Status prepare_precision(Precision precision) override {
+        auto w = weights_for(precision);
+        if (!w) return w.error();
+        return {};
+    }
+
+private:
+    Result<WeightSet*> weights_for(Precision p);
+    Result<Matrix> convert_matrix(const GgufTensor& t, DType target, WeightSet& set);
+    const float* f32_vector(const GgufTensor* t);
+    void forward(int ith, int nth, const WeightSet& w);
+    void prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols, uint8_t* out) const;
+    void attention(size_t layer, size_t t, size_t h, float* scores, float* out);
+
+    std::unique_ptr<GgufFile> file_;
+    std::unique_ptr<Tokenizer> tokenizer_;
+    ModelInfo info_;
+    ModelTensors tensors_;
+    ModelParams params_;
+    ChatTemplate chat_template_;
+    std::unique_ptr<ThreadPool> pool_;
+    KvCache kv_;
+
+    // Precision sets, created on first use, evicted LRU beyond the budget.
+    std::map<Precision, std::unique_ptr<WeightSet>> sets_;
+    uint64_t use_counter_ = 0;
+    // F32 copies of norms, biases and rope factors (tiny).
+    std::map<const GgufTensor*, std::vector<float>> f32_vectors_;
+    struct LayerVectors {
+        const float *attn_norm, *ffn_norm, *bq, *bk, *bv;
+    };
+    std::vector<LayerVectors> layer_vectors_;
+    const float* output_norm_ = nullptr;
+    std::vector<float> inv_freq_;
+
+    // Activations for up to max_batch_tokens tokens (allocated once).
+    size_t max_tokens_ = 0;
+    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, logits_, scores_, rope_;
+    size_t prep_row_stride_ = 0;
+
+    // The batch being decoded (filled by decode(), read by forward()).
+    std::vector<TokenId> tok_;
+    std::vector<int32_t> tok_seq_;
+    std::vector<uint32_t> tok_pos_;
+    std::vector<uint32_t> out_rows_;  // token indices whose logits are returned
+};
+
+Status LlamaModel::init() {
+    const int n_threads = params_.n_threads > 0 ? params_.n_threads
+                                                 : std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
+    pool_ = std::make_unique<ThreadPool>(n_threads);
+
+    // KV cache.
+    if (params_.kv_type != DType::F16 && params_.kv_type != DType::F32)
+        return make_error(ErrorCode::kInvalidArgument, "kv_type must be f16 or f32");
+    KvCacheShape shape;
+    shape.n_layer = info_.n_layer;
+    shape.n_head_kv = info_.n_head_kv;
+    shape.head_dim = info_.head_dim;
+    shape.block_tokens = std::max<size_t>(1, params_.kv_block_tokens);
+    const size_t kv_tokens = params_.kv_cache_tokens ? params_.kv_cache_tokens : info_.n_ctx * 4;
+    shape.n_blocks = std::max<size_t>(1, (kv_tokens + shape.block_tokens - 1) / shape.block_tokens);
+    shape.max_sequences = std::max<size_t>(1, params_.max_sequences);
+    shape.type = params_.kv_type;
+    auto kv = KvCache::create(shape);
+    if (!kv) return kv.error();
+    kv_ = std::move(*kv);
+
+    // Small F32 vectors.
+    output_norm_ = f32_vector(tensors_.output_norm);
+    for (const auto& L : tensors_.layers) {
+        layer_vectors_.push_back({f32_vector(L.attn_norm), f32_vector(L.ffn_norm), f32_vector(L.bq),
+                                  f32_vector(L.bk), f32_vector(L.bv)});
+    }
+    inv_freq_.resize(info_.n_rot / 2);
+    const float* factors = tensors_.rope_freqs ? f32_vector(tensors_.rope_freqs) : nullptr;
+    for (size_t i = 0; i < inv_freq_.size(); ++i) {
+        double f = std::pow(static_cast<double>(info_.rope_theta), -2.0 * static_cast<double>(i) / info_.n_rot);
+        f *= info_.rope_freq_scale;
+        if (factors) f /= factors[i];
+        inv_freq_[i] = static_cast<float>(f);
+    }
+
+    // Activation buffers.
+    max_tokens_ = std::max<size_t>(1, params_.max_batch_tokens);
+    const size_t T = max_tokens_;
+    const size_t E = info_.n_embd, Q = info_.n_head * info_.head_dim, KV = info_.n_head_kv * info_.head_dim;
+    const size_t F = info_.n_ff, V = info_.n_vocab;
+    const size_t widest = std::max({E, Q, F});
+    for (DType t : {DType::F32, DType::F16, DType::BF16, DType::Q8_0})
+        prep_row_stride_ = std::max(prep_row_stride_, kernels::activation_row_bytes(t, widest));
+    try {
+        x_ = AlignedBuffer(T * E * 4);
+        xn_ = AlignedBuffer(T * E * 4);
+        q_ = AlignedBuffer(T * Q * 4);
+        k_ = AlignedBuffer(T * KV * 4);
+        v_ = AlignedBuffer(T * KV * 4);
+        attn_ = AlignedBuffer(T * Q * 4);
+        tmp_ = AlignedBuffer(T * E * 4);
+        gate_ = AlignedBuffer(T * F * 4);
+        up_ = AlignedBuffer(T * F * 4);
+        prep_ = AlignedBuffer(T * prep_row_stride_);
+        logits_ = AlignedBuffer(T * V * 4);
+        scores_ = AlignedBuffer(static_cast<size_t>(n_threads) * (info_.n_ctx + 16) * 4);
+        rope_ = AlignedBuffer(T * info_.n_rot * 4);  // cos, sin per frequency per token
+    } catch (const std::bad_alloc&) {
+        return make_error(ErrorCode::kResourceExhausted, "cannot allocate the activation buffers");
+    }
+    tok_.reserve(T);
+    tok_seq_.reserve(T);
+    tok_pos_.reserve(T);
+    out_rows_.reserve(T);
+
+    // Chat template from the file.
+    auto tmpl = file_->get_string("tokenizer.chat_template").value_or("");
+    std::string bos_text, eos_text;
+    if (tokenizer_->bos() >= 0) bos_text = tokenizer_->token_text(tokenizer_->bos());
+    if (tokenizer_->eos() >= 0) eos_text = tokenizer_->token_text(tokenizer_->eos());
+    chat_template_ = ChatTemplate::detect(tmpl, bos_text, eos_text);
+    return {};
+}
+
+const float* LlamaModel::f32_vector(const GgufTensor* t) {
+    if (!t) return nullptr;
+    auto& v = f32_vectors_[t];
+    if (v.empty()) {
+        v.resize(t->n_elements);
+        dequantize_row(t->dtype, t->data, v.data(), t->n_elements);
+    }
+    return v.data();
+}
+
+Result<Matrix> LlamaModel::convert_matrix(const GgufTensor& t, DType target, WeightSet& set) {
+    Matrix m;
+    m.type = target;
+    m.rows = t.rows();
+    m.cols = t.cols();
+    if (t.dtype == target) {
+        m.data = t.data;
+        return m;
+    }
+    if (target == DType::Q8_0 && m.cols % kQ8_0Block != 0)
+        return make_error(ErrorCode::kUnsupported, fmt::format("tensor '{}' rows of {} cannot be stored as Q8_0",
+                                                               t.name, m.cols));
+    const size_t src_row = dtype_row_bytes(t.dtype, m.cols), dst_row = dtype_row_bytes(target, m.cols);
+    AlignedBuffer buf;
+    try {
+        buf = AlignedBuffer(dst_row * m.rows);
+    } catch (const std::bad_alloc&) {
+        return make_error(ErrorCode::kResourceExhausted, fmt::format("out of memory converting '{}'", t.name));
+    }
+    const auto* src = static_cast<const uint8_t*>(t.data);
+    uint8_t* dst = buf.data();
+    pool_->run([&](int ith, int nth) {
+        size_t r0, r1;
+        ThreadPool::split(m.rows, 1, ith, nth, r0, r1);
+        for (size_t r = r0; r < r1; ++r)
+            kernels::convert_rows(t.dtype, src + r * src_row, target, dst + r * dst_row, m.cols);
+    });
+    m.data = buf.data();
+    set.owned_bytes += buf.size();
+    set.owned.push_back(std::move(buf));
+    return m;
+}
+
+Result<WeightSet*> LlamaModel::weights_for(Precision p) {
+    auto it = sets_.find(p);
+    if (it != sets_.end()) {
+        it->second->last_used = ++use_counter_;
+        return it->second.get();
+    }
+    // Bytes this precision would add: every matrix not already stored in its format.
+    uint64_t need = 0;
+    auto count = [&](const GgufTensor* t) {
+        const DType target = storage_for(p, t->dtype);
+        if (t->dtype != target) need += dtype_row_bytes(target, t->cols()) * t->rows();
+    };
+    for (const auto& L : tensors_.layers)
+        for (const GgufTensor* t : {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down}) count(t);
+    count(tensors_.output);
+    if (need > params_.converted_weights_budget)
+        return make_error(ErrorCode::kResourceExhausted,
+                          fmt::format("precision {} needs {} MiB of converted weights, over the budget of {} MiB",
+                                      precision_name(p), need >> 20, params_.converted_weights_budget >> 20));
+    // Evict least recently used sets until it fits.
+    auto used = [&] {
+        size_t total = 0;
+        for (auto& [_, s] : sets_) total += s->owned_bytes;
+        return total;
+    };
+    while (used() + need > params_.converted_weights_budget) {
+        auto victim = sets_.end();
+        for (auto i = sets_.begin(); i != sets_.end(); ++i)
+            if (i->second->owned_bytes > 0 && (victim == sets_.end() || i->second->last_used < victim->second->last_used))
+                victim = i;
+        if (victim == sets_.end()) break;
+        sets_.erase(victim);
+    }
+
+    auto set = std::make_unique<WeightSet>();
+    // Matrices that read the same input are kept in one type, so one prepared
+    // activation serves them all (a native file may mix types).
+    auto group = [&](std::initializer_list<std::pair<const GgufTensor*, Matrix*>> members) -> Status {
+        const DType target = storage_for(p, members.begin()->first->dtype);
+        for (auto [t, out] : members) {
+            auto m = convert_matrix(*t, target, *set);
+            if (!m) return m.error();
+            *out = *m;
+        }
+        return {};
+    };
+    set->layers.resize(info_.n_layer);
+    for (size_t l = 0; l < info_.n_layer; ++l) {
+        const auto& L = tensors_.layers[l];
+        auto& W = set->layers[l];
+        Status s;
+        if (!(s = group({{L.wq, &W.wq}, {L.wk, &W.wk}, {L.wv, &W.wv}}))) return s.error();
+        if (!(s = group({{L.wo, &W.wo}}))) return s.error();
+        if (!(s = group({{L.w_gate, &W.w_gate}, {L.w_up, &W.w_up}}))) return s.error();
+        if (!(s = group({{L.w_down, &W.w_down}}))) return s.error();
+    }
+    if (auto s = group({{tensors_.output, &set->output}}); !s) return s.error();
+    set->last_used = ++use_counter_;
+    WeightSet* raw = set.get();
+    sets_[p] = std::move(set);
+    return raw;
+}
+
+Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> batch, Precision precision) {
+    if (batch.empty()) return make_error(ErrorCode::kInvalidArgument, "decode() needs at least one batch entry");
+    size_t total = 0;
+    for (size_t i = 0; i < batch.size(); ++i) {
+        const auto& e = batch[i];
+        if (!kv_.valid(e.seq))
+            return make_error(ErrorCode::kInvalidArgument, fmt::format("unknown sequence {}", e.seq));
+        if (e.tokens.empty())
+            return make_error(ErrorCode::kInvalidArgument, fmt::format("batch entry {} has no tokens", i));
+        for (size_t j = 0; j < i; ++j)
+            if (batch[j].seq == e.seq)
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("sequence {} appears twice in one batch", e.seq));
+        for (TokenId t : e.tokens)
+            if (t < 0 || static_cast<size_t>(t) >= info_.n_vocab)
+                return make_error(ErrorCode::kInvalidArgument,
+                                  fmt::format("token id {} is outside the vocabulary (0..{})", t, info_.n_vocab - 1));
+        if (kv_.length(e.seq) + e.tokens.size() > info_.n_ctx)
+            return make_error(ErrorCode::kOutOfRange,
+                              fmt::format("sequence would hold {} tokens, more than the context of {}",
+                                          kv_.length(e.seq) + e.tokens.size(), info_.n_ctx));
+        total += e.tokens.size();
+    }
+    if (total > max_tokens_)
+        return make_error(ErrorCode::kInvalidArgument,
+                          fmt::format("batch carries {} tokens, more than the {} one call may carry", total,
+                                      max_tokens_));
+    auto weights = weights_for(precision);
+    if (!weights) return weights.error();
+    for (const auto& e : batch)
+        if (auto s = kv_.reserve(e.seq, e.tokens.size()); !s) return s.error();
+
+    tok_.clear();
+    tok_seq_.clear();
+    tok_pos_.clear();
+    out_rows_.clear();
+    for (const auto& e : batch) {
+        const size_t start = kv_.length(e.seq);
+        for (size_t j = 0; j < e.tokens.size(); ++j) {
+            if (e.all_logits || j + 1 == e.tokens.size()) out_rows_.push_back(static_cast<uint32_t>(tok_.size()));
+            tok_.push_back(e.tokens[j]);
+            tok_seq_.push_back(e.seq);
+            tok_pos_.push_back(static_cast<uint32_t>(start + j));
+        }
+    }
+    const WeightSet& w = **weights;
+    pool_->run([&](int ith, int nth) { forward(ith, nth, w); });
+    for (const auto& e : batch) kv_.commit(e.seq, e.tokens.size());
+    return std::span<const float>(logits_.as<float>(), out_rows_.size() * info_.n_vocab);
+}
+
+void LlamaModel::prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols,
+                         uint8_t* out) const {
+    if (t1 <= t0) return;
+    const size_t stride = kernels::activation_row_bytes(wtype, cols);
+    kernels::prepare_activations(wtype, x + t0 * ld, ld, t1 - t0, cols, out + t0 * stride);
+}
+
+void LlamaModel::attention(size_t layer, size_t t, size_t h, float* scores, float* out) {
+    const size_t hd = info_.head_dim;
+    const size_t kvh = h / (info_.n_head / info_.n_head_kv);
+    const int32_t seq = tok_seq_[t];
+    const size_t n_pos = tok_pos_[t] + 1;
+    const float* q = q_.as<float>() + t * info_.n_head * hd + h * hd;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const bool f16 = kv_.shape().type == DType::F16;
+    const size_t esize = f16 ? 2 : 4;
+    const size_t bt = kv_.shape().block_tokens;
+    const auto& blocks = kv_.blocks(seq);
+    const size_t row = kv_.row_bytes();
+
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (size_t j = 0; j < n_pos; ++j) {
+        const uint8_t* k = kv_.block_k(blocks[j / bt], layer) + (j % bt) * row + kvh * hd * esize;
+        const float s = (f16 ? kernels::dot_f32_f16(q, reinterpret_cast<const uint16_t*>(k), hd)
+                             : kernels::dot_f32(q, reinterpret_cast<const float*>(k), hd)) *
+                        scale;
+        scores[j] = s;
+        max_score = std::max(max_score, s);
+    }
+    float sum = 0.f;
+    for (size_t j = 0; j < n_pos; ++j) {
+        scores[j] = std::exp(scores[j] - max_score);
+        sum += scores[j];
+    }
+    const float inv = 1.0f / sum;
+    std::memset(out, 0, hd * 4);
+    for (size_t j = 0; j < n_pos; ++j) {
+        const uint8_t* v = kv_.block_v(blocks[j / bt], layer) + (j % bt) * row + kvh * hd * esize;
+        if (f16) {
+            kernels::axpy_f16(scores[j] * inv, reinterpret_cast<const uint16_t*>(v), out, hd);
+        } else {
+            kernels::axpy_f32(scores[j] * inv, reinterpret_cast<const float*>(v), out, hd);
+        }
+    }
+}
+
+void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
+    const size_t T = tok_.size();
+    const size_t E = info_.n_embd, hd = info_.head_dim, F = info_.n_ff, V = info_.n_vocab;
+    const size_t NH = info_.n_head, NKV = info_.n_head_kv;
+    const size_t Qd = NH * hd, KVd = NKV * hd, n_rot = info_.n_rot, half = n_rot / 2;
+    float* X = x_.as<float>();
+    float* Xn = xn_.as<float>();
+    float* Qb = q_.as<float>();
+    float* Kb = k_.as<float>();
+    float* Vb = v_.as<float>();
+    float* A = attn_.as<float>();
+    float* tmp = tmp_.as<float>();
+    float* G = gate_.as<float>();
+    float* U = up_.as<float>();
+    uint8_t* P = prep_.data();
+    float* rope = rope_.as<float>();
+    float* scores = scores_.as<float>() + static_cast<size_t>(ith) * (info_.n_ctx + 16);
+    const bool kv_f16 = kv_.shape().type == DType::F16;
+
+    size_t t0, t1;
+    ThreadPool::split(T, 1, ith, nth, t0, t1);
+
+    // Embeddings and rotary tables for this thread's tokens.
+    const auto* embd = static_cast<const uint8_t*>(tensors_.token_embd->data);
+    const size_t embd_row = dtype_row_bytes(tensors_.token_embd->dtype, E);
+    for (size_t t = t0; t < t1; ++t) {
+        dequantize_row(tensors_.token_embd->dtype, embd + static_cast<size_t>(tok_[t]) * embd_row, X + t * E, E);
+        for (size_t i = 0; i < half; ++i) {
+            const float theta = static_cast<float>(tok_pos_[t]) * inv_freq_[i];
+            rope[t * n_rot + 2 * i] = std::cos(theta);
+            rope[t * n_rot + 2 * i + 1] = std::sin(theta);
+        }
+    }
+
+    auto rotate = [&](float* x, size_t t) {
+        const float* cs = rope + t * n_rot;
+        if (info_.rope_neox) {
+            for (size_t i = 0; i < half; ++i) {
+                const float a = x[i], b = x[i + half];
+                x[i] = a * cs[2 * i] - b * cs[2 * i + 1];
+                x[i + half] = a * cs[2 * i + 1] + b * cs[2 * i];
+            }
+        } else {
+            for (size_t i = 0; i < half; ++i) {
+                const float a = x[2 * i], b = x[2 * i + 1];
+                x[2 * i] = a * cs[2 * i] - b * cs[2 * i + 1];
+                x[2 * i + 1] = a * cs[2 * i + 1] + b * cs[2 * i];
+            }
+        }
+    };
+
+    for (size_t l = 0; l < info_.n_layer; ++l) {
+        const LayerWeights& W = w.layers[l];
+        const LayerVectors& LV = layer_vectors_[l];
+
+        // (1) residual from the previous layer's FFN, attention norm, prepare.
+        for (size_t t = t0; t < t1; ++t) {
+            if (l > 0)
+                for (size_t i = 0; i < E; ++i) X[t * E + i] += tmp[t * E + i];
+            kernels::rms_norm(X + t * E, LV.attn_norm, info_.rms_eps, Xn + t * E, E);
+        }
+        prepare(W.wq.type, Xn, E, t0, t1, E, P);
+        pool_->barrier();
+
+        // (2) Q, K, V projections split by heads, then bias, RoPE and the KV store.
+        {
+            const size_t units = NH + 2 * NKV;
+            size_t u0, u1;
+            ThreadPool::split(units, 1, ith, nth, u0, u1);
+            auto project = [&](const Matrix& m, float* out, size_t ld, size_t h0, size_t h1) {
+                if (h1 > h0) kernels::matmul(m.type, m.data, E, P, T, out, ld, h0 * hd, h1 * hd);
+            };
+            project(W.wq, Qb, Qd, std::min(u0, NH), std::min(u1, NH));
+            project(W.wk, Kb, KVd, std::clamp(u0, NH, NH + NKV) - NH, std::clamp(u1, NH, NH + NKV) - NH);
+            project(W.wv, Vb, KVd, std::max(u0, NH + NKV) - NH - NKV, std::max(u1, NH + NKV) - NH - NKV);
+            for (size_t u = u0; u < u1; ++u) {
+                for (size_t t = 0; t < T; ++t) {
+                    float* x;
+                    const float* bias;
+                    if (u < NH) {
+                        x = Qb + t * Qd + u * hd;
+                        bias = LV.bq ? LV.bq + u * hd : nullptr;
+                    } else if (u < NH + NKV) {
+                        x = Kb + t * KVd + (u - NH) * hd;
+                        bias = LV.bk ? LV.bk + (u - NH) * hd : nullptr;
+                    } else {
+                        x = Vb + t * KVd + (u - NH - NKV) * hd;
+                        bias = LV.bv ? LV.bv + (u - NH - NKV) * hd : nullptr;
+                    }
+                    if (bias)
+                        for (size_t i = 0; i < hd; ++i) x[i] += bias[i];
+                    if (u < NH + NKV) rotate(x, t);
+                    if (u >= NH) {
+                        const bool is_k = u < NH + NKV;
+                        const size_t kvh = is_k ? u - NH : u - NH - NKV;
+                        uint8_t* dst = (is_k ? kv_.k_at(tok_seq_[t], l, tok_pos_[t])
+                                             : kv_.v_at(tok_seq_[t], l, tok_pos_[t])) +
+                                       kvh * hd * (kv_f16 ? 2 : 4);
+                        if (kv_f16) {
+                            kernels::convert_f32_to_f16(x, reinterpret_cast<uint16_t*>(dst), hd);
+                        } else {
+                            std::memcpy(dst, x, hd * 4);
+                        }
+                    }
+                }
+            }
+        }
+        pool_->barrier();
+
+        // (3) attention, one (token, head) pair at a time.
+        {
+            size_t i0, i1;
+            ThreadPool::split(T * NH, 1, ith, nth, i0, i1);
+            for (size_t i = i0; i < i1; ++i) {
+                const size_t t = i / NH, h = i % NH;
+                attention(l, t, h, scores, A + t * Qd + h * hd);
+            }
+        }
+        pool_->barrier();
+        prepare(W.wo.type, A, Qd, t0, t1, Qd, P);
+        pool_->barrier();
+
+        // (4) output projection.
+        {
+            size_t r0, r1;
+            ThreadPool::split(E, 16, ith, nth, r0, r1);
+            if (r1 > r0) kernels::matmul(W.wo.type, W.wo.data, Qd, P, T, tmp, E, r0, r1);
+        }
+        pool_->barrier();
+
+        // (5) residual, FFN norm, prepare.
+        for (size_t t = t0; t < t1; ++t) {
+            for (size_t i = 0; i < E; ++i) X[t * E + i] += tmp[t * E + i];
+            kernels::rms_norm(X + t * E, LV.ffn_norm, info_.rms_eps, Xn + t * E, E);
+        }
+        prepare(W.w_gate.type, Xn, E, t0, t1, E, P);
+        pool_->barrier();
+
+        // (6) gate and up projections, SwiGLU on this thread's rows.
+        {
+            size_t r0, r1;
+            ThreadPool::split(F, 16, ith, nth, r0, r1);
+            if (r1 > r0) {
+                kernels::matmul(W.w_gate.type, W.w_gate.data, E, P, T, G, F, r0, r1);
+                kernels::matmul(W.w_up.type, W.w_up.data, E, P, T, U, F, r0, r1);
+                for (size_t t = 0; t < T; ++t) kernels::swiglu(G + t * F + r0, U + t * F + r0, G + t * F + r0, r1 - r0);
+            }
+        }
+        pool_->barrier();
+        prepare(W.w_down.type, G, F, t0, t1, F, P);
+        pool_->barrier();
+
+        // (7) down projection; its residual is added at the top of the next layer.
+        {
+            size_t r0, r1;
+            ThreadPool::split(E, 16, ith, nth, r0, r1);
+            if (r1 > r0) kernels::matmul(W.w_down.type, W.w_down.data, F, P, T, tmp, E, r0, r1);
+        }
+        pool_->barrier();
+    }
+
+    // Final residual and norm for the rows whose logits are wanted.
+    const size_t n_out = out_rows_.size();
+    size_t o0, o1;
+    ThreadPool::split(n_out, 1, ith, nth, o0, o1);
+    for (size_t o = o0; o < o1; ++o) {
+        const size_t t = out_rows_[o];
+        for (size_t i = 0; i < E; ++i) X[t * E + i] += tmp[t * E + i];
+        kernels::rms_norm(X + t * E, output_norm_, info_.rms_eps, Xn + o * E, E);
+    }
+    pool_->barrier();
+    prepare(w.output.type, Xn, E, o0, o1, E, P);
+    pool_->barrier();
+    size_t r0, r1;
+    ThreadPool::split(V, 16, ith, nth, r0, r1);
+    if (r1 > r0) kernels::matmul(w.output.type, w.output.data, E, P, n_out, logits_.as<float>(), V, r0, r1);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> Model::load(const ModelParams& params) {
+    auto file = GgufFile::open(params.path);
+    if (!file) return file.error();
+    ModelInfo info;
+    ModelTensors tensors;
+    if (auto s = read_model_description(**file, params.n_ctx, info, tensors); !s)
+        return make_error(s.error().code, fmt::format("{}: {}", params.path, s.error().message));
+    auto tok = Tokenizer::from_gguf(**file);
+    if (!tok) return make_error(tok.error().code, fmt::format("{}: {}", params.path, tok.error().message));
+    if ((*tok)->vocab_size() != info.n_vocab)
+        return make_error(ErrorCode::kCorrupt, fmt::format("{}: the tokenizer has {} tokens but the embedding has {} rows",
+                                                           params.path, (*tok)->vocab_size(), info.n_vocab));
+    auto model = std::make_unique<LlamaModel>(std::move(*file), std::move(*tok), std::move(info), std::move(tensors),
+                                              params);
+    if (auto s = model->init(); !s) return s.error();
+    return std::unique_ptr<Model>(std::move(model));
+}
+
+}  // namespace assistd::engine
