@@ -1,6 +1,7 @@
 #include "engine/thread_pool.h"
 
 #include <immintrin.h>
+#include <sched.h>
 
 #include <algorithm>
 
@@ -10,6 +11,8 @@ namespace {
 // gap between two decode steps of a busy server, short enough not to burn a
 // core when idle.
 constexpr int kSpinsBeforeSleep = 1 << 16;
+// Inside a job the threads normally meet within microseconds.
+constexpr int kSpinsBeforeYield = 1 << 12;
 }  // namespace
 
 ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
@@ -33,7 +36,14 @@ void ThreadPool::run(const std::function<void(int, int)>& job) {
     generation_.fetch_add(1, std::memory_order_acq_rel);
     generation_.notify_all();
     job(0, n_threads_);
-    while (finished_.load(std::memory_order_acquire) != n_threads_ - 1) _mm_pause();
+    int spins = 0;
+    while (finished_.load(std::memory_order_acquire) != n_threads_ - 1) {
+        if (++spins < kSpinsBeforeYield) {
+            _mm_pause();
+        } else {
+            sched_yield();
+        }
+    }
     job_ = nullptr;
 }
 
@@ -66,7 +76,16 @@ void ThreadPool::barrier() {
         barrier_phase_.fetch_add(1, std::memory_order_acq_rel);
         return;
     }
-    while (barrier_phase_.load(std::memory_order_acquire) == phase) _mm_pause();
+    // Spin briefly; if the other threads are not running (an oversubscribed
+    // machine), give the core away instead of burning our time slice.
+    int spins = 0;
+    while (barrier_phase_.load(std::memory_order_acquire) == phase) {
+        if (++spins < kSpinsBeforeYield) {
+            _mm_pause();
+        } else {
+            sched_yield();
+        }
+    }
 }
 
 void ThreadPool::split(size_t n, size_t align, int ith, int nth, size_t& begin, size_t& end) {

@@ -4,8 +4,10 @@
 // use masked loads, which never touch memory past the row.
 // GCC 12's AVX-512 headers self-initialise their "undefined" vectors, which
 // -Wuninitialized reports after inlining; the warning is about the header, not us.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include <cmath>

@@ -3,8 +3,10 @@
 // other kernel is the plain AVX-512 tier's.
 // GCC 12's AVX-512 headers self-initialise their "undefined" vectors, which
 // -Wuninitialized reports after inlining; the warning is about the header, not us.
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 #include "engine/kernels/kernels_impl.h"

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark that prints figures. None fails on time.
+set -euo pipefail
+build=${1:-build}
+cd "$(dirname "$0")/.."
+echo "== engine vs llama.cpp reference (2 threads)"
+bash bench/engine_vs_llamacpp.sh "$build" 2
+if [ -x "$build/bench/kernels_bench" ]; then
+  echo "== kernels"
+  "$build/bench/kernels_bench"
+fi
+if "$build/assistd" bench --help 2>/dev/null | grep -q crdt && [ -f ../shared/data/automerge-paper.json.gz ]; then
+  echo "== CRDT editing trace"
+  "$build/assistd" bench crdt --trace ../shared/data/automerge-paper.json.gz
+fi
