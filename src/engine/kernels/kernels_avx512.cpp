@@ -61,7 +61,8 @@ void matmul_tile(const typename WeightLoader::Element* w, size_t cols, const uns
     using WeightT = typename WeightLoader::Element;
     using ActT = typename ActLoader::Element;
     // With one activation row, a second accumulator set hides the FMA latency.
-    constexpr int kUnroll = kCols == 1 ? 2 : 1;
+    // A lone row streams alone: four accumulators keep enough loads in flight.
+    constexpr int kUnroll = kCols == 1 ? (kRows == 1 ? 4 : 2) : 1;
     const WeightT* w_rows[kRows];
     const ActT* x_rows[kCols];
     for (int i = 0; i < kRows; ++i) w_rows[i] = w + (row + i) * cols;
@@ -132,7 +133,10 @@ void matmul_tiled(const void* w, size_t cols, const void* x, size_t x_row_bytes,
         const size_t chunk_nb = nb - b0 < chunk ? nb - b0 : chunk;
         float* y_chunk = y + b0 * ldy;
         size_t r = r0;
-        for (; r + kTileRows <= r1; r += kTileRows) {
+        // Few activation rows: memory-bound, and the hardware prefetcher
+        // streams one weight row at a time far better than four interleaved.
+        const bool streaming = chunk_nb < kTileCols;
+        for (; !streaming && r + kTileRows <= r1; r += kTileRows) {
             matmul_row_block<WeightLoader, ActLoader, kTileRows>(weights, cols, x_bytes, x_row_bytes, chunk_nb, y_chunk,
                                                                  ldy, r);
         }

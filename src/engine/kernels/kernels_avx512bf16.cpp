@@ -25,7 +25,8 @@ template <int kRows, int kCols>
 void bf16_tile(const uint16_t* w, size_t cols, const unsigned char* x, size_t x_row_bytes, float* y, size_t ldy,
                size_t row) {
     // With one activation row, a second accumulator set hides the dot-product latency.
-    constexpr int kUnroll = kCols == 1 ? 2 : 1;
+    // A lone row streams alone: four accumulators keep enough loads in flight.
+    constexpr int kUnroll = kCols == 1 ? (kRows == 1 ? 4 : 2) : 1;
     const uint16_t* w_rows[kRows];
     const uint16_t* x_rows[kCols];
     for (int i = 0; i < kRows; ++i) w_rows[i] = w + (row + i) * cols;
@@ -96,7 +97,10 @@ void matmul_bf16(const void* w, size_t cols, const void* x, size_t x_row_bytes, 
         const size_t chunk_nb = nb - b0 < chunk ? nb - b0 : chunk;
         float* y_chunk = y + b0 * ldy;
         size_t r = r0;
-        for (; r + kTileRows <= r1; r += kTileRows) {
+        // Few activation rows: memory-bound, and the hardware prefetcher
+        // streams one weight row at a time far better than four interleaved.
+        const bool streaming = chunk_nb < kTileCols;
+        for (; !streaming && r + kTileRows <= r1; r += kTileRows) {
             bf16_row_block<kTileRows>(weights, cols, x_bytes, x_row_bytes, chunk_nb, y_chunk, ldy, r);
         }
         for (; r < r1; ++r) bf16_row_block<1>(weights, cols, x_bytes, x_row_bytes, chunk_nb, y_chunk, ldy, r);
