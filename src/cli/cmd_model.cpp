@@ -11,6 +11,7 @@
 #include <string>
 
 #include "cli/commands.h"
+#include "engine/chat_template.h"
 #include "engine/dtype.h"
 #include "engine/gguf.h"
 #include "engine/random_model.h"
@@ -138,8 +139,19 @@ nlohmann::ordered_json describe(const GgufFile& f) {
     if (auto b = f.get_uint("tokenizer.ggml.bos_token_id")) tok["bos"] = *b;
     if (auto e = f.get_uint("tokenizer.ggml.eos_token_id")) tok["eos"] = *e;
     j["tokenizer"] = tok;
-    auto tmpl = f.get_string("tokenizer.chat_template");
-    j["chat_template"] = tmpl ? "present" : "absent (ChatML fallback)";
+    // The family the engine would render with; an absent template falls back to ChatML.
+    auto token_text = [&](const char* key) -> std::string {
+        auto id = f.get_uint(key);
+        if (!id || !tokens || *id >= tokens->strings.size()) return "";
+        return std::string(tokens->strings[*id]);
+    };
+    const auto tmpl = f.get_string("tokenizer.chat_template");
+    const auto chat = engine::ChatTemplate::detect(tmpl.value_or(""), token_text("tokenizer.ggml.bos_token_id"),
+                                                   token_text("tokenizer.ggml.eos_token_id"));
+    nlohmann::ordered_json ct;
+    ct["family"] = engine::chat_template_name(chat.kind);
+    ct["in_file"] = tmpl.has_value();
+    j["chat_template"] = ct;
     return j;
 }
 
@@ -182,7 +194,8 @@ int run_info(const std::string& path, bool json) {
     const auto& t = j["tokenizer"];
     std::printf("tokenizer:     %s (%s), %s tokens\n", t["kind"].get<std::string>().c_str(),
                 text_or_dash(t["model"]).c_str(), t["vocab"].dump().c_str());
-    std::printf("chat template: %s\n", j["chat_template"].get<std::string>().c_str());
+    std::printf("chat template: %s%s\n", j["chat_template"]["family"].get<std::string>().c_str(),
+                j["chat_template"]["in_file"].get<bool>() ? "" : " (no tokenizer.chat_template in the file)");
     return 0;
 }
 

@@ -53,6 +53,10 @@ std::vector<TensorPlan> plan_tensors(const RandomModelSpec& s) {
     // whether the head is tied or not.
     const float embd_std = 2.f * inv_sqrt_embd;
     const bool bias = s.arch == "qwen2";
+    // Layer outputs larger than the embedding: with a tied head, a residual
+    // dominated by the current token's own embedding would make every token
+    // predict itself (greedy decoding stuck on one token).
+    constexpr float kOutScale = 2.f;
     std::vector<TensorPlan> p;
     p.push_back({"token_embd.weight", s.dtype, {s.n_embd, s.n_vocab}, 0.f, embd_std});
     for (size_t l = 0; l < s.n_layer; ++l) {
@@ -62,17 +66,19 @@ std::vector<TensorPlan> plan_tensors(const RandomModelSpec& s) {
         p.push_back({b + "attn_k.weight", s.dtype, {s.n_embd, kv_dim}, 0.f, inv_sqrt_embd});
         p.push_back({b + "attn_v.weight", s.dtype, {s.n_embd, kv_dim}, 0.f, inv_sqrt_embd});
         if (bias) {
-            p.push_back({b + "attn_q.bias", DType::F32, {q_dim}, 0.f, 0.5f});
-            p.push_back({b + "attn_k.bias", DType::F32, {kv_dim}, 0.f, 0.5f});
-            p.push_back({b + "attn_v.bias", DType::F32, {kv_dim}, 0.f, 0.5f});
+            // Small: a V bias adds the same vector at every position, which would
+            // otherwise pull every state (and the argmax) in one direction.
+            p.push_back({b + "attn_q.bias", DType::F32, {q_dim}, 0.f, 0.2f});
+            p.push_back({b + "attn_k.bias", DType::F32, {kv_dim}, 0.f, 0.2f});
+            p.push_back({b + "attn_v.bias", DType::F32, {kv_dim}, 0.f, 0.1f});
         }
         p.push_back({b + "attn_output.weight", s.dtype, {q_dim, s.n_embd}, 0.f,
-                     1.f / std::sqrt(static_cast<float>(q_dim))});
+                     kOutScale / std::sqrt(static_cast<float>(q_dim))});
         p.push_back({b + "ffn_norm.weight", DType::F32, {s.n_embd}, 1.f, 0.1f});
         p.push_back({b + "ffn_gate.weight", s.dtype, {s.n_embd, s.n_ff}, 0.f, inv_sqrt_embd});
         p.push_back({b + "ffn_up.weight", s.dtype, {s.n_embd, s.n_ff}, 0.f, inv_sqrt_embd});
         p.push_back({b + "ffn_down.weight", s.dtype, {s.n_ff, s.n_embd}, 0.f,
-                     1.f / std::sqrt(static_cast<float>(s.n_ff))});
+                     kOutScale / std::sqrt(static_cast<float>(s.n_ff))});
     }
     p.push_back({"output_norm.weight", DType::F32, {s.n_embd}, 1.f, 0.1f});
     if (!s.tied_output) p.push_back({"output.weight", s.dtype, {s.n_embd, s.n_vocab}, 0.f, embd_std});

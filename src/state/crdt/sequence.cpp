@@ -1,0 +1,428 @@
+#include "state/crdt/sequence.h"
+
+#include <algorithm>
+#include <cassert>
+
+namespace assistd::state::crdt {
+namespace {
+constexpr size_t kMaxRunsPerChunk = 32;
+constexpr size_t kRebuildRunsPerChunk = 16;
+}  // namespace
+
+Sequence::Sequence(bool is_text) : is_text_(is_text) { chunks_.push_back(std::make_unique<Chunk>()); }
+Sequence::~Sequence() = default;
+
+uint32_t Sequence::add_chars(std::u32string_view chars) {
+    const auto off = static_cast<uint32_t>(chars_.size());
+    chars_.append(chars);
+    return off;
+}
+
+uint32_t Sequence::add_values(std::vector<Value> values) {
+    const auto off = static_cast<uint32_t>(values_.size());
+    for (auto& v : values) values_.push_back(std::move(v));
+    return off;
+}
+
+bool Sequence::content_at_end(uint32_t content) const {
+    return content == (is_text_ ? chars_.size() : values_.size());
+}
+
+bool Sequence::mergeable(const SeqRun& a, const SeqRun& b) {
+    if (a.replica != b.replica || a.lamport + a.len != b.lamport || a.del != b.del) return false;
+    return !a.visible() || a.content + a.len == b.content;
+}
+
+bool Sequence::at_end(const Pos& p) const {
+    return p.chunk + 1 >= chunks_.size() && p.run >= chunks_[p.chunk]->runs.size();
+}
+
+void Sequence::normalize(Pos& p) const {
+    for (;;) {
+        const auto& runs = chunks_[p.chunk]->runs;
+        if (p.run < runs.size() && p.off >= runs[p.run].len) {
+            ++p.run;
+            p.off = 0;
+            continue;
+        }
+        if (p.run >= runs.size() && p.chunk + 1 < chunks_.size()) {
+            ++p.chunk;
+            p.run = 0;
+            p.off = 0;
+            continue;
+        }
+        return;
+    }
+}
+
+// The pos-th visible element (pos < visible_length()).
+Sequence::Pos Sequence::locate_visible(uint64_t pos) {
+    if (!cache_valid_) {
+        cache_valid_ = true;
+        cache_chunk_ = 0;
+        cache_before_ = 0;
+    }
+    size_t ci = cache_chunk_;
+    uint64_t before = cache_before_;
+    while (pos < before) {
+        --ci;
+        before -= chunks_[ci]->visible;
+    }
+    while (pos >= before + chunks_[ci]->visible) {
+        before += chunks_[ci]->visible;
+        ++ci;
+    }
+    cache_chunk_ = ci;
+    cache_before_ = before;
+    uint64_t rel = pos - before;
+    const auto& runs = chunks_[ci]->runs;
+    for (size_t ri = 0; ri < runs.size(); ++ri) {
+        if (!runs[ri].visible()) continue;
+        if (rel < runs[ri].len) return Pos{ci, ri, static_cast<uint32_t>(rel)};
+        rel -= runs[ri].len;
+    }
+    assert(false && "chunk visible count out of sync");
+    return Pos{ci, runs.size(), 0};
+}
+
+bool Sequence::locate_id(OpId id, Pos& out) const {
+    auto it = index_.upper_bound({id.replica, id.lamport});
+    if (it == index_.begin()) return false;
+    --it;
+    if (it->first.first != id.replica) return false;
+    const Chunk* chunk = it->second;
+    const auto& runs = chunk->runs;
+    for (size_t ri = 0; ri < runs.size(); ++ri) {
+        const SeqRun& r = runs[ri];
+        if (r.replica == id.replica && id.lamport >= r.lamport && id.lamport < r.lamport + r.len) {
+            out = Pos{chunk->order, ri, static_cast<uint32_t>(id.lamport - r.lamport)};
+            return true;
+        }
+    }
+    return false;
+}
+
+bool Sequence::contains(OpId id) const {
+    Pos p;
+    return locate_id(id, p);
+}
+
+void Sequence::index_range(const SeqRun& run, Chunk* chunk) {
+    index_[{run.replica, run.lamport}] = chunk;
+    // Entries of runs merged into this one must follow it to its chunk.
+    auto it = index_.upper_bound({run.replica, run.lamport});
+    while (it != index_.end() && it->first.first == run.replica && it->first.second < run.lamport + run.len) {
+        it->second = chunk;
+        ++it;
+    }
+}
+
+void Sequence::split_run(size_t ci, size_t ri, uint32_t off) {
+    Chunk& c = *chunks_[ci];
+    SeqRun right = c.runs[ri];
+    right.lamport += off;
+    right.len -= off;
+    right.content += off;
+    c.runs[ri].len = off;
+    c.runs.insert(c.runs.begin() + static_cast<ptrdiff_t>(ri) + 1, right);
+    index_[{right.replica, right.lamport}] = &c;
+}
+
+void Sequence::maybe_split_chunk(size_t ci) {
+    Chunk& c = *chunks_[ci];
+    if (c.runs.size() <= kMaxRunsPerChunk) return;
+    auto fresh = std::make_unique<Chunk>();
+    const size_t half = c.runs.size() / 2;
+    fresh->runs.assign(c.runs.begin() + static_cast<ptrdiff_t>(half), c.runs.end());
+    c.runs.resize(half);
+    for (const SeqRun& r : fresh->runs) {
+        if (r.visible()) fresh->visible += r.len;
+        index_range(r, fresh.get());
+    }
+    c.visible -= fresh->visible;
+    chunks_.insert(chunks_.begin() + static_cast<ptrdiff_t>(ci) + 1, std::move(fresh));
+    for (size_t k = ci + 1; k < chunks_.size(); ++k) chunks_[k]->order = k;
+    if (cache_valid_ && cache_chunk_ > ci) ++cache_chunk_;
+}
+
+void Sequence::insert_at(Pos gap, const SeqRun& run) {
+    if (gap.run < chunks_[gap.chunk]->runs.size() && gap.off >= chunks_[gap.chunk]->runs[gap.run].len) {
+        ++gap.run;
+        gap.off = 0;
+    }
+    if (gap.run < chunks_[gap.chunk]->runs.size() && gap.off > 0) {
+        split_run(gap.chunk, gap.run, gap.off);
+        ++gap.run;
+        gap.off = 0;
+    }
+    Chunk& c = *chunks_[gap.chunk];
+    if (gap.run > 0 && mergeable(c.runs[gap.run - 1], run)) {
+        c.runs[gap.run - 1].len += run.len;
+    } else {
+        c.runs.insert(c.runs.begin() + static_cast<ptrdiff_t>(gap.run), run);
+        index_[{run.replica, run.lamport}] = &c;
+    }
+    if (run.visible()) {
+        c.visible += run.len;
+        visible_ += run.len;
+    }
+    maybe_split_chunk(gap.chunk);
+}
+
+OpId Sequence::insert_local(uint64_t pos, OpId first, uint32_t len, uint32_t content) {
+    SeqRun run{first.lamport, first.replica, OpId{}, len, content};
+    if (pos == 0) {
+        // The new id is the largest known, so it goes before everything.
+        insert_at(Pos{0, 0, 0}, run);
+        if (cache_valid_ && cache_chunk_ > 0) cache_before_ += len;
+        return OpId{};
+    }
+    Pos p = locate_visible(pos - 1);
+    const OpId origin = chunks_[p.chunk]->runs[p.run].id_at(p.off);
+    ++p.off;
+    // Stay in the origin's chunk (cursor cache stays exact), appending to its run if possible.
+    insert_at(p, run);
+    return origin;
+}
+
+bool Sequence::insert_remote(OpId origin, OpId first, uint32_t len, uint32_t content) {
+    cache_valid_ = false;
+    Pos p{0, 0, 0};
+    if (!origin.is_null()) {
+        if (!locate_id(origin, p)) return false;
+        ++p.off;
+    }
+    normalize(p);
+    while (!at_end(p)) {
+        const SeqRun& r = chunks_[p.chunk]->runs[p.run];
+        if (!(r.id_at(p.off) > first)) break;
+        // Every later element of this run has an even larger id: skip it whole.
+        ++p.run;
+        p.off = 0;
+        normalize(p);
+    }
+    insert_at(p, SeqRun{first.lamport, first.replica, OpId{}, len, content});
+    return true;
+}
+
+void Sequence::mark_deleted(size_t ci, size_t ri, uint32_t off, uint32_t n, OpId del) {
+    if (off > 0) {
+        split_run(ci, ri, off);
+        ++ri;
+    }
+    Chunk& c = *chunks_[ci];
+    if (n < c.runs[ri].len) split_run(ci, ri, n);
+    c.runs[ri].del = del;
+    c.visible -= n;
+    visible_ -= n;
+    // Coalesce with neighbouring tombstones of the same delete (backspacing).
+    if (ri + 1 < c.runs.size() && mergeable(c.runs[ri], c.runs[ri + 1])) {
+        c.runs[ri].len += c.runs[ri + 1].len;
+        c.runs.erase(c.runs.begin() + static_cast<ptrdiff_t>(ri) + 1);
+    }
+    if (ri > 0 && mergeable(c.runs[ri - 1], c.runs[ri])) {
+        c.runs[ri - 1].len += c.runs[ri].len;
+        c.runs.erase(c.runs.begin() + static_cast<ptrdiff_t>(ri));
+    }
+    maybe_split_chunk(ci);
+}
+
+void Sequence::delete_local(uint64_t pos, uint64_t count,
+                            const std::function<OpId(OpId, uint32_t)>& name_delete) {
+    while (count > 0) {
+        const Pos p = locate_visible(pos);
+        const SeqRun& r = chunks_[p.chunk]->runs[p.run];
+        const auto n = static_cast<uint32_t>(std::min<uint64_t>(count, r.len - p.off));
+        const OpId del = name_delete(r.id_at(p.off), n);
+        mark_deleted(p.chunk, p.run, p.off, n, del);
+        count -= n;
+    }
+}
+
+void Sequence::delete_ids(OpId target, uint32_t count, OpId del) {
+    cache_valid_ = false;
+    uint64_t lamport = target.lamport;
+    const uint64_t end = target.lamport + count;
+    while (lamport < end) {
+        Pos p;
+        if (locate_id(OpId{lamport, target.replica}, p)) {
+            const SeqRun& r = chunks_[p.chunk]->runs[p.run];
+            const auto n = static_cast<uint32_t>(std::min<uint64_t>(end - lamport, r.len - p.off));
+            if (r.visible()) mark_deleted(p.chunk, p.run, p.off, n, del);
+            lamport += n;
+            continue;
+        }
+        // Not present (never was, or compacted): jump to the next run of this replica.
+        auto it = index_.upper_bound({target.replica, lamport});
+        if (it == index_.end() || it->first.first != target.replica) return;
+        lamport = it->first.second;
+    }
+}
+
+std::u32string Sequence::text() const {
+    std::u32string out;
+    out.reserve(visible_);
+    for (const auto& c : chunks_) {
+        for (const SeqRun& r : c->runs) {
+            if (r.visible()) out.append(chars_, r.content, r.len);
+        }
+    }
+    return out;
+}
+
+std::vector<Value> Sequence::values() const {
+    std::vector<Value> out;
+    for_each_visible_value([&](const Value& v) { out.push_back(v); });
+    return out;
+}
+
+void Sequence::for_each_visible_value(const std::function<void(const Value&)>& fn) const {
+    for (const auto& c : chunks_) {
+        for (const SeqRun& r : c->runs) {
+            if (!r.visible()) continue;
+            for (uint32_t k = 0; k < r.len; ++k) fn(values_[r.content + k]);
+        }
+    }
+}
+
+const Value* Sequence::value_at(uint64_t pos) {
+    if (is_text_ || pos >= visible_) return nullptr;
+    const Pos p = locate_visible(pos);
+    return &values_[chunks_[p.chunk]->runs[p.run].content + p.off];
+}
+
+OpId Sequence::id_at(uint64_t pos) {
+    if (pos >= visible_) return OpId{};
+    const Pos p = locate_visible(pos);
+    return chunks_[p.chunk]->runs[p.run].id_at(p.off);
+}
+
+uint64_t Sequence::tombstone_count() const {
+    uint64_t n = 0;
+    for (const auto& c : chunks_) {
+        for (const SeqRun& r : c->runs) {
+            if (!r.visible()) n += r.len;
+        }
+    }
+    return n;
+}
+
+uint64_t Sequence::compact(const VersionVector& stable) {
+    std::vector<SeqRun> all;
+    for (const auto& c : chunks_) all.insert(all.end(), c->runs.begin(), c->runs.end());
+    std::vector<SeqRun> kept;
+    kept.reserve(all.size());
+    uint64_t removed = 0;
+    size_t i = 0;
+    while (i < all.size()) {
+        if (all[i].visible() || !stable.includes(all[i].del)) {
+            kept.push_back(all[i++]);
+            continue;
+        }
+        size_t j = i;
+        while (j < all.size() && !all[j].visible() && stable.includes(all[j].del)) ++j;
+        // A dropped run must be followed by a stable element (or the end), so a
+        // future insert scanning from the left stops at the same place it would
+        // have stopped at the dropped tombstone.
+        const bool follower_stable = j == all.size() || stable.includes(all[j].id_at(0));
+        for (size_t k = i; k < j; ++k) {
+            if (follower_stable) removed += all[k].len;
+            else kept.push_back(all[k]);
+        }
+        i = j;
+    }
+    if (removed > 0) rebuild(std::move(kept));
+    return removed;
+}
+
+void Sequence::rebuild(std::vector<SeqRun> runs) {
+    // Re-pack the content arena with live elements only.
+    std::u32string chars;
+    std::vector<Value> values;
+    std::vector<SeqRun> merged;
+    for (SeqRun r : runs) {
+        if (r.visible()) {
+            const auto off = static_cast<uint32_t>(is_text_ ? chars.size() : values.size());
+            if (is_text_) chars.append(chars_, r.content, r.len);
+            else values.insert(values.end(), values_.begin() + r.content, values_.begin() + r.content + r.len);
+            r.content = off;
+        } else {
+            r.content = 0;
+        }
+        if (!merged.empty() && mergeable(merged.back(), r)) merged.back().len += r.len;
+        else merged.push_back(r);
+    }
+    chars_ = std::move(chars);
+    values_ = std::move(values);
+    chunks_.clear();
+    index_.clear();
+    visible_ = 0;
+    cache_valid_ = false;
+    for (size_t i = 0; i < merged.size() || chunks_.empty(); i += kRebuildRunsPerChunk) {
+        auto c = std::make_unique<Chunk>();
+        for (size_t k = i; k < std::min(merged.size(), i + kRebuildRunsPerChunk); ++k) {
+            c->runs.push_back(merged[k]);
+            if (merged[k].visible()) c->visible += merged[k].len;
+            index_[{merged[k].replica, merged[k].lamport}] = c.get();
+        }
+        visible_ += c->visible;
+        c->order = chunks_.size();
+        chunks_.push_back(std::move(c));
+    }
+}
+
+void Sequence::encode_state(Writer& w, const std::function<void(Writer&, const Value&)>& write_value) const {
+    // Canonical form: runs merged by id alone (not by arena layout or by which
+    // delete removed an element), deleted content omitted.
+    std::vector<const SeqRun*> all;
+    for (const auto& c : chunks_) {
+        for (const SeqRun& r : c->runs) all.push_back(&r);
+    }
+    std::vector<std::pair<size_t, size_t>> groups;  // [first, last) into all
+    for (size_t i = 0; i < all.size();) {
+        size_t j = i + 1;
+        while (j < all.size() && all[j]->replica == all[j - 1]->replica &&
+               all[j - 1]->lamport + all[j - 1]->len == all[j]->lamport && all[j]->visible() == all[i]->visible()) {
+            ++j;
+        }
+        groups.emplace_back(i, j);
+        i = j;
+    }
+    w.varint(groups.size());
+    for (const auto& [i, j] : groups) {
+        uint64_t len = 0;
+        for (size_t k = i; k < j; ++k) len += all[k]->len;
+        w.varint(all[i]->replica);
+        w.varint(all[i]->lamport);
+        w.varint(len);
+        w.u8(all[i]->visible() ? 1 : 0);
+        if (!all[i]->visible()) continue;
+        if (is_text_) {
+            std::string utf8;
+            for (size_t k = i; k < j; ++k) {
+                for (uint32_t e = 0; e < all[k]->len; ++e) utf8_append(utf8, chars_[all[k]->content + e]);
+            }
+            w.bytes(utf8);
+        } else {
+            for (size_t k = i; k < j; ++k) {
+                for (uint32_t e = 0; e < all[k]->len; ++e) write_value(w, values_[all[k]->content + e]);
+            }
+        }
+    }
+}
+
+size_t Sequence::memory_bytes() const {
+    size_t n = sizeof(*this) + chars_.capacity() * sizeof(char32_t) + values_.capacity() * sizeof(Value);
+    n += chunks_.capacity() * sizeof(void*);
+    for (const auto& c : chunks_) n += sizeof(Chunk) + c->runs.capacity() * sizeof(SeqRun);
+    n += index_.size() * (sizeof(std::pair<const std::pair<ReplicaId, uint64_t>, Chunk*>) + 32);  // node + rb-tree links
+    return n;
+}
+
+size_t Sequence::run_count() const {
+    size_t n = 0;
+    for (const auto& c : chunks_) n += c->runs.size();
+    return n;
+}
+
+}  // namespace assistd::state::crdt

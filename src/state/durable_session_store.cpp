@@ -1,0 +1,427 @@
+#include "state/durable_session_store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include <chrono>
+#include <filesystem>
+
+#include "state/crdt/encoding.h"
+
+namespace assistd::state {
+namespace {
+
+// Envelope of a replication delta: a document delta, or the session's tombstone.
+constexpr uint8_t kEnvelopeDelta = 1;
+constexpr uint8_t kEnvelopeTombstone = 2;
+
+Error io_error(const rocksdb::Status& s, const char* what) {
+    return make_error(ErrorCode::kIo, std::string("session store: ") + what + ": " + s.ToString());
+}
+
+Status validate_id(std::string_view id) {
+    if (id.empty() || id.size() > 128) return make_error(ErrorCode::kInvalidArgument, "session id must be 1 to 128 characters");
+    for (char c : id) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                        c == '_' || c == '.' || c == ':';
+        if (!ok) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              "session id '" + std::string(id) + "' may only hold letters, digits and -_.:");
+        }
+    }
+    return {};
+}
+
+std::string snapshot_key(std::string_view id) { return "d/" + std::string(id); }
+std::string tombstone_key(std::string_view id) { return "t/" + std::string(id); }
+std::string log_prefix(std::string_view id) { return "l/" + std::string(id) + "/"; }
+std::string log_key(std::string_view id, uint64_t seq) {
+    std::string k = log_prefix(id);
+    for (int i = 7; i >= 0; --i) k.push_back(static_cast<char>((seq >> (8 * i)) & 0xFF));  // big-endian: sorts
+    return k;
+}
+
+Error not_found(std::string_view id) {
+    return make_error(ErrorCode::kNotFound, "session '" + std::string(id) + "' does not exist");
+}
+
+}  // namespace
+
+DurableSessionStore::DurableSessionStore(DurableSessionStoreOptions options, Clock& clock)
+    : options_(std::move(options)), clock_(clock) {}
+
+DurableSessionStore::~DurableSessionStore() {
+    {
+        std::lock_guard<std::mutex> lock(sync_mu_);
+        stopping_ = true;
+    }
+    sync_cv_.notify_all();
+    if (syncer_.joinable()) syncer_.join();
+    if (db_) {
+        (void)db_->SyncWAL();
+        (void)db_->Close();
+    }
+}
+
+Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const DurableSessionStoreOptions& options,
+                                                                        Clock& clock) {
+    if (options.replica_id == 0) return make_error(ErrorCode::kInvalidArgument, "session store: replica id must be non-zero");
+    if (options.group_commit_ms < 0 || options.group_commit_ms > 1000) {
+        return make_error(ErrorCode::kInvalidArgument, "session store: group_commit_ms must be 0 to 1000");
+    }
+    std::error_code ec;
+    std::filesystem::create_directories(options.path, ec);
+    if (ec) {
+        return make_error(ErrorCode::kIo, "session store: cannot create directory '" + options.path + "': " + ec.message());
+    }
+    std::unique_ptr<DurableSessionStore> store(new DurableSessionStore(options, clock));
+    rocksdb::Options opts;
+    opts.create_if_missing = true;
+    opts.manual_wal_flush = false;
+    rocksdb::DB* db = nullptr;
+    auto s = rocksdb::DB::Open(opts, options.path, &db);
+    if (!s.ok()) return io_error(s, ("cannot open '" + options.path + "'").c_str());
+    store->db_.reset(db);
+    auto st = store->recover();
+    if (!st.ok()) return st.error();
+    if (options.durability == DurableSessionStoreOptions::Durability::kGroupCommit) {
+        store->syncer_ = std::thread([raw = store.get()] { raw->group_commit_loop(); });
+    }
+    return store;
+}
+
+Status DurableSessionStore::recover() {
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+    for (it->Seek("t/"); it->Valid() && it->key().starts_with("t/"); it->Next()) {
+        deleted_.insert(it->key().ToString().substr(2));
+    }
+    for (it->Seek("d/"); it->Valid() && it->key().starts_with("d/"); it->Next()) {
+        const std::string id = it->key().ToString().substr(2);
+        crdt::Reader r(std::string_view(it->value().data(), it->value().size()));
+        uint64_t covered;
+        if (!r.varint(covered)) return make_error(ErrorCode::kCorrupt, "session store: snapshot of '" + id + "' is corrupt");
+        const std::string_view rest(it->value().data() + (it->value().size() - r.remaining()), r.remaining());
+        auto doc = crdt::Document::decode(rest, options_.replica_id);
+        if (!doc.ok()) return make_error(ErrorCode::kCorrupt, "session store: snapshot of '" + id + "': " + doc.error().message);
+        auto e = std::make_shared<Entry>();
+        e->doc = std::make_unique<SessionDocument>(std::move(doc).value());
+        e->next_seq = covered + 1;
+        sessions_[id] = e;
+    }
+    for (it->Seek("l/"); it->Valid() && it->key().starts_with("l/"); it->Next()) {
+        const std::string key = it->key().ToString();
+        const size_t slash = key.size() - 9;
+        if (key.size() < 11 || key[slash] != '/') return make_error(ErrorCode::kCorrupt, "session store: bad log key");
+        const std::string id = key.substr(2, slash - 2);
+        uint64_t seq = 0;
+        for (size_t i = slash + 1; i < key.size(); ++i) seq = (seq << 8) | static_cast<uint8_t>(key[i]);
+        auto& e = sessions_[id];
+        if (!e) {
+            e = std::make_shared<Entry>();
+            e->doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+        }
+        auto st = e->doc->doc().apply(std::string_view(it->value().data(), it->value().size()));
+        if (!st.ok()) return make_error(ErrorCode::kCorrupt, "session store: log of '" + id + "': " + st.error().message);
+        e->next_seq = std::max(e->next_seq, seq + 1);
+        ++e->since_snapshot;
+    }
+    if (!it->status().ok()) return io_error(it->status(), "recovery scan");
+    for (auto& [id, e] : sessions_) {
+        e->tenant = e->doc->tenant();
+        by_tenant_[e->tenant].insert(id);
+    }
+    return {};
+}
+
+std::shared_ptr<DurableSessionStore::Entry> DurableSessionStore::find(std::string_view id) const {
+    std::shared_lock<std::shared_mutex> lock(map_mu_);
+    auto it = sessions_.find(std::string(id));
+    return it == sessions_.end() ? nullptr : it->second;
+}
+
+bool DurableSessionStore::is_deleted(std::string_view id) const {
+    std::shared_lock<std::shared_mutex> lock(map_mu_);
+    return deleted_.count(std::string(id)) > 0;
+}
+
+Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
+    auto* batch = static_cast<rocksdb::WriteBatch*>(batch_ptr);
+    rocksdb::WriteOptions wo;
+    const bool group = options_.durability == DurableSessionStoreOptions::Durability::kGroupCommit;
+    wo.sync = !group;
+    auto s = db_->Write(wo, batch);
+    if (!s.ok()) return io_error(s, "write");
+    if (!group) return uint64_t{0};
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    const uint64_t ticket = ++written_;
+    sync_cv_.notify_all();
+    return ticket;
+}
+
+Status DurableSessionStore::wait_synced(uint64_t ticket) {
+    if (ticket == 0) return {};
+    std::unique_lock<std::mutex> lock(sync_mu_);
+    sync_cv_.wait(lock, [&] { return synced_ >= ticket || stopping_ || !sync_error_.ok(); });
+    if (!sync_error_.ok()) return sync_error_;
+    if (synced_ < ticket) return make_error(ErrorCode::kIo, "session store: closed before the write was synced");
+    return {};
+}
+
+Status DurableSessionStore::write_durably(void* batch) {
+    auto ticket = write_batch(batch);
+    if (!ticket.ok()) return ticket.error();
+    return wait_synced(*ticket);
+}
+
+void DurableSessionStore::group_commit_loop() {
+    std::unique_lock<std::mutex> lock(sync_mu_);
+    auto last_sync = std::chrono::steady_clock::now() - std::chrono::hours(1);
+    const auto interval = std::chrono::milliseconds(options_.group_commit_ms);
+    while (!stopping_) {
+        sync_cv_.wait(lock, [&] { return stopping_ || written_ > synced_; });
+        if (stopping_) break;
+        // At most one fsync per interval: an idle store syncs at once, a busy
+        // one lets writers gather for the rest of the interval.
+        const auto next = last_sync + interval;
+        if (std::chrono::steady_clock::now() < next) {
+            lock.unlock();
+            std::this_thread::sleep_until(next);
+            lock.lock();
+        }
+        const uint64_t target = written_;  // every ticket <= target has finished its Write()
+        lock.unlock();
+        last_sync = std::chrono::steady_clock::now();
+        auto s = db_->SyncWAL();
+        lock.lock();
+        if (!s.ok()) sync_error_ = io_error(s, "fsync of the write-ahead log");
+        synced_ = target;
+        sync_cv_.notify_all();
+    }
+    // Final sync so nobody waits forever on shutdown.
+    lock.unlock();
+    auto s = db_->SyncWAL();
+    lock.lock();
+    if (s.ok()) synced_ = written_;
+    sync_cv_.notify_all();
+}
+
+Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
+                                    std::unique_lock<std::mutex>& lock) {
+    crdt::Document& doc = entry.doc->doc();
+    rocksdb::WriteBatch batch;
+    const uint64_t seq = entry.next_seq++;
+    const std::string delta = doc.changes_since(before);
+    batch.Put(log_key(id, seq), delta);
+    if (++entry.since_snapshot >= static_cast<uint64_t>(options_.snapshot_every)) {
+        crdt::Writer w;
+        w.varint(seq);
+        w.raw(doc.encode());
+        batch.Put(snapshot_key(id), w.str());
+        batch.DeleteRange(log_key(id, 0), log_key(id, seq + 1));
+        entry.since_snapshot = 0;
+    }
+    // Written under the session lock so the log order is the apply order; the
+    // wait for the fsync happens without it.
+    auto ticket = write_batch(&batch);
+    lock.unlock();
+    if (!ticket.ok()) return ticket.error();
+    return wait_synced(*ticket);
+}
+
+template <typename Fn>
+Status DurableSessionStore::mutate(std::string_view id, Fn&& fn) {
+    auto entry = find(id);
+    if (!entry) return not_found(id);
+    std::unique_lock<std::mutex> lock(entry->mu);
+    if (!entry->doc) return not_found(id);  // removed meanwhile
+    const crdt::VersionVector before = entry->doc->doc().version();
+    auto st = fn(*entry->doc);
+    if (!st.ok()) return st;
+    auto ps = persist(id, *entry, before, lock);
+    if (!ps.ok()) return ps;
+    notify(SessionEvent::Kind::kChanged, id, false);
+    return {};
+}
+
+Status DurableSessionStore::create(std::string_view id, std::string_view tenant, std::string_view title) {
+    if (auto st = validate_id(id); !st.ok()) return st;
+    auto doc = SessionDocument::create(options_.replica_id, tenant, title, clock_.now_unix_ms());
+    if (!doc.ok()) return doc.error();
+    auto entry = std::make_shared<Entry>();
+    entry->doc = std::make_unique<SessionDocument>(std::move(doc).value());
+    entry->tenant.assign(tenant);
+    std::unique_lock<std::mutex> lock(entry->mu);
+    {
+        std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+        if (deleted_.count(std::string(id))) {
+            return make_error(ErrorCode::kInvalidArgument, "session '" + std::string(id) + "' was deleted; ids are not reused");
+        }
+        if (!sessions_.emplace(std::string(id), entry).second) {
+            return make_error(ErrorCode::kInvalidArgument, "session '" + std::string(id) + "' already exists");
+        }
+        by_tenant_[entry->tenant].insert(std::string(id));
+    }
+    auto st = persist(id, *entry, crdt::VersionVector{}, lock);
+    if (!st.ok()) return st;
+    notify(SessionEvent::Kind::kCreated, id, false);
+    return {};
+}
+
+Result<Session> DurableSessionStore::get(std::string_view id) {
+    auto entry = find(id);
+    if (!entry) return not_found(id);
+    std::lock_guard<std::mutex> lock(entry->mu);
+    if (!entry->doc) return not_found(id);
+    return entry->doc->read(id);
+}
+
+Result<Message> DurableSessionStore::append_message(std::string_view id, const MessageInput& message) {
+    Message out;
+    auto st = mutate(id, [&](SessionDocument& doc) -> Status {
+        auto m = doc.append_message(message, clock_.now_unix_ms());
+        if (!m.ok()) return m.error();
+        out = std::move(m).value();
+        return {};
+    });
+    if (!st.ok()) return st.error();
+    return out;
+}
+
+Status DurableSessionStore::update_metadata(std::string_view id, std::string_view key, std::string_view value) {
+    return mutate(id, [&](SessionDocument& doc) { return doc.update_metadata(key, value); });
+}
+
+Status DurableSessionStore::add_usage(std::string_view id, int64_t prompt_tokens, int64_t completion_tokens) {
+    return mutate(id, [&](SessionDocument& doc) { return doc.add_usage(prompt_tokens, completion_tokens); });
+}
+
+Status DurableSessionStore::set_summary(std::string_view id, std::string_view summary) {
+    return mutate(id, [&](SessionDocument& doc) { return doc.set_summary(summary); });
+}
+
+Status DurableSessionStore::remove(std::string_view id) {
+    if (auto st = validate_id(id); !st.ok()) return st;
+    std::shared_ptr<Entry> entry;
+    {
+        std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+        if (deleted_.count(std::string(id))) return {};
+        auto it = sessions_.find(std::string(id));
+        if (it != sessions_.end()) {
+            entry = it->second;
+            auto t = by_tenant_.find(entry->tenant);
+            if (t != by_tenant_.end()) t->second.erase(std::string(id));
+            sessions_.erase(it);
+        }
+        deleted_.insert(std::string(id));
+    }
+    if (entry) {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        entry->doc.reset();  // the data is gone from memory now
+    }
+    rocksdb::WriteBatch batch;
+    batch.Put(tombstone_key(id), "");
+    batch.Delete(snapshot_key(id));
+    batch.DeleteRange(log_key(id, 0), log_key(id, UINT64_MAX));
+    auto st = write_durably(&batch);
+    if (!st.ok()) return st;
+    // Reclaim the space of the dropped range now rather than at some later compaction.
+    const std::string from = log_prefix(id), to = log_key(id, UINT64_MAX);
+    rocksdb::Slice b(from), e(to);
+    (void)db_->CompactRange(rocksdb::CompactRangeOptions(), &b, &e);
+    notify(SessionEvent::Kind::kDeleted, id, false);
+    return {};
+}
+
+std::vector<std::string> DurableSessionStore::list_by_tenant(std::string_view tenant) {
+    std::shared_lock<std::shared_mutex> lock(map_mu_);
+    auto it = by_tenant_.find(tenant);
+    if (it == by_tenant_.end()) return {};
+    return std::vector<std::string>(it->second.begin(), it->second.end());
+}
+
+Result<crdt::VersionVector> DurableSessionStore::version(std::string_view id) {
+    auto entry = find(id);
+    if (!entry) return not_found(id);
+    std::lock_guard<std::mutex> lock(entry->mu);
+    if (!entry->doc) return not_found(id);
+    return entry->doc->doc().version();
+}
+
+Result<std::string> DurableSessionStore::changes_since(std::string_view id, const crdt::VersionVector& since) {
+    if (is_deleted(id)) return std::string(1, static_cast<char>(kEnvelopeTombstone));
+    auto entry = find(id);
+    if (!entry) return not_found(id);
+    std::lock_guard<std::mutex> lock(entry->mu);
+    if (!entry->doc) return std::string(1, static_cast<char>(kEnvelopeTombstone));
+    return std::string(1, static_cast<char>(kEnvelopeDelta)) + entry->doc->doc().changes_since(since);
+}
+
+Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
+    if (auto st = validate_id(id); !st.ok()) return st;
+    if (delta.empty() || (delta[0] != kEnvelopeDelta && delta[0] != kEnvelopeTombstone)) {
+        return make_error(ErrorCode::kCorrupt, "session store: not a session delta");
+    }
+    if (delta[0] == kEnvelopeTombstone) return remove(id);
+    if (is_deleted(id)) return {};  // deleted for good: late changes are dropped
+    delta.remove_prefix(1);
+    std::shared_ptr<Entry> entry = find(id);
+    bool created = false;
+    if (!entry) {
+        auto fresh = std::make_shared<Entry>();
+        fresh->doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+        std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+        if (deleted_.count(std::string(id))) return {};
+        auto [it, inserted] = sessions_.emplace(std::string(id), fresh);
+        entry = it->second;
+        created = inserted;
+    }
+    std::unique_lock<std::mutex> lock(entry->mu);
+    if (!entry->doc) return {};
+    crdt::Document& doc = entry->doc->doc();
+    const crdt::VersionVector before = doc.version();
+    auto st = doc.apply(delta);
+    if (!st.ok()) return st;
+    if (doc.version() == before) return {};  // nothing new (duplicate or still buffered)
+    if (entry->tenant.empty()) {
+        entry->tenant = entry->doc->tenant();
+        if (!entry->tenant.empty()) {
+            std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+            by_tenant_[entry->tenant].insert(std::string(id));
+        }
+    }
+    auto ps = persist(id, *entry, before, lock);
+    if (!ps.ok()) return ps;
+    notify(created ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged, id, true);
+    return {};
+}
+
+uint64_t DurableSessionStore::subscribe(Subscriber subscriber) {
+    std::lock_guard<std::mutex> lock(sub_mu_);
+    const uint64_t id = next_subscription_++;
+    subscribers_[id] = std::move(subscriber);
+    return id;
+}
+
+void DurableSessionStore::unsubscribe(uint64_t subscription) {
+    std::lock_guard<std::mutex> lock(sub_mu_);
+    subscribers_.erase(subscription);
+}
+
+void DurableSessionStore::notify(SessionEvent::Kind kind, std::string_view id, bool remote) {
+    std::vector<Subscriber> subs;
+    {
+        std::lock_guard<std::mutex> lock(sub_mu_);
+        if (subscribers_.empty()) return;
+        for (const auto& [k, s] : subscribers_) subs.push_back(s);
+    }
+    const SessionEvent ev{kind, std::string(id), remote};
+    for (const auto& s : subs) s(ev);
+}
+
+size_t DurableSessionStore::session_count() const {
+    std::shared_lock<std::shared_mutex> lock(map_mu_);
+    return sessions_.size();
+}
+
+}  // namespace assistd::state

@@ -1,0 +1,75 @@
+#pragma once
+// The session store: every conversation is a replicated JSON CRDT document
+// (see session_document.h). This is the seam the serving and cluster layers
+// use; DurableSessionStore (RocksDB) implements it.
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "state/crdt/version_vector.h"
+
+namespace assistd::state {
+
+struct MessageInput {
+    std::string role;     // "system", "user", "assistant", "tool"
+    std::string content;
+};
+
+struct Message {
+    std::string id;       // "<author replica>-<lamport>", unique across replicas
+    std::string role;
+    std::string content;
+    int64_t created_at_ms = 0;
+    uint64_t author = 0;  // replica that appended it
+};
+
+struct Session {
+    std::string id;
+    std::string tenant;
+    std::string title;
+    int64_t created_at_ms = 0;
+    std::vector<Message> messages;
+    std::map<std::string, std::string> metadata;
+    int64_t prompt_tokens = 0;
+    int64_t completion_tokens = 0;
+    std::string summary;
+};
+
+struct SessionEvent {
+    enum class Kind { kCreated, kChanged, kDeleted };
+    Kind kind;
+    std::string session_id;
+    bool remote;  // came in through apply()
+};
+
+class SessionStore {
+public:
+    virtual ~SessionStore() = default;
+
+    virtual Status create(std::string_view id, std::string_view tenant, std::string_view title) = 0;
+    virtual Result<Session> get(std::string_view id) = 0;
+    virtual Result<Message> append_message(std::string_view id, const MessageInput& message) = 0;
+    virtual Status update_metadata(std::string_view id, std::string_view key, std::string_view value) = 0;
+    virtual Status add_usage(std::string_view id, int64_t prompt_tokens, int64_t completion_tokens) = 0;
+    virtual Status set_summary(std::string_view id, std::string_view summary) = 0;
+    // Gone for good: the deletion replicates as a tombstone and the data is dropped.
+    virtual Status remove(std::string_view id) = 0;
+    virtual std::vector<std::string> list_by_tenant(std::string_view tenant) = 0;
+
+    // Replication: an opaque delta with what `since` lacks (or the tombstone),
+    // and its application (idempotent, any order).
+    virtual Result<crdt::VersionVector> version(std::string_view id) = 0;
+    virtual Result<std::string> changes_since(std::string_view id, const crdt::VersionVector& since) = 0;
+    virtual Status apply(std::string_view id, std::string_view delta) = 0;
+
+    // Called after every acknowledged change, on the writer's thread.
+    using Subscriber = std::function<void(const SessionEvent&)>;
+    virtual uint64_t subscribe(Subscriber subscriber) = 0;
+    virtual void unsubscribe(uint64_t subscription) = 0;
+};
+
+}  // namespace assistd::state

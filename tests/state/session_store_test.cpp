@@ -1,0 +1,162 @@
+// DurableSessionStore: the SessionStore contract, replication between two
+// stores, restart recovery and deletion.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "common/clock.h"
+#include "state/durable_session_store.h"
+
+namespace assistd::state {
+namespace {
+
+class SessionStoreTest : public ::testing::Test {
+protected:
+    void SetUp() override {
+        base_ = std::filesystem::temp_directory_path() /
+                ("assistd_store_" + std::to_string(getpid()) + "_" +
+                 ::testing::UnitTest::GetInstance()->current_test_info()->name());
+        std::filesystem::remove_all(base_);
+    }
+    void TearDown() override { std::filesystem::remove_all(base_); }
+
+    std::unique_ptr<DurableSessionStore> open(const std::string& name, crdt::ReplicaId replica,
+                                              DurableSessionStoreOptions::Durability d =
+                                                  DurableSessionStoreOptions::Durability::kGroupCommit) {
+        DurableSessionStoreOptions o;
+        o.path = (base_ / name).string();
+        o.replica_id = replica;
+        o.durability = d;
+        o.group_commit_ms = 1;
+        o.snapshot_every = 4;
+        auto s = DurableSessionStore::open(o, clock_);
+        EXPECT_TRUE(s.ok()) << s.error().message;
+        return std::move(s).value();
+    }
+
+    std::filesystem::path base_;
+    ManualClock clock_;
+};
+
+TEST_F(SessionStoreTest, CreateAppendReadAndList) {
+    auto s = open("a", 1);
+    ASSERT_TRUE(s->create("s1", "acme", "hello").ok());
+    ASSERT_TRUE(s->create("s2", "acme", "other").ok());
+    ASSERT_TRUE(s->create("s3", "globex", "x").ok());
+    EXPECT_EQ(s->create("s1", "acme", "dup").error().code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(s->create("bad/id", "acme", "x").error().code, ErrorCode::kInvalidArgument);
+    clock_.advance_ms(5);
+    auto m = s->append_message("s1", {"user", "hi"});
+    ASSERT_TRUE(m.ok());
+    EXPECT_EQ(m->created_at_ms, clock_.now_unix_ms());
+    EXPECT_EQ(m->author, 1u);
+    ASSERT_TRUE(s->append_message("s1", {"assistant", "hello!"}).ok());
+    ASSERT_TRUE(s->update_metadata("s1", "model", "llama").ok());
+    ASSERT_TRUE(s->add_usage("s1", 10, 3).ok());
+    ASSERT_TRUE(s->add_usage("s1", 1, 1).ok());
+    ASSERT_TRUE(s->set_summary("s1", "a greeting").ok());
+    auto got = s->get("s1");
+    ASSERT_TRUE(got.ok());
+    EXPECT_EQ(got->tenant, "acme");
+    EXPECT_EQ(got->title, "hello");
+    ASSERT_EQ(got->messages.size(), 2u);
+    EXPECT_EQ(got->messages[0].content, "hi");
+    EXPECT_EQ(got->messages[1].role, "assistant");
+    EXPECT_NE(got->messages[0].id, got->messages[1].id);
+    EXPECT_EQ(got->metadata.at("model"), "llama");
+    EXPECT_EQ(got->prompt_tokens, 11);
+    EXPECT_EQ(got->completion_tokens, 4);
+    EXPECT_EQ(got->summary, "a greeting");
+    EXPECT_EQ(s->list_by_tenant("acme"), (std::vector<std::string>{"s1", "s2"}));
+    EXPECT_EQ(s->get("nope").error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(s->append_message("nope", {"user", "x"}).error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(SessionStoreTest, RestartReplaysLogOverSnapshot) {
+    for (auto d : {DurableSessionStoreOptions::Durability::kGroupCommit,
+                   DurableSessionStoreOptions::Durability::kSyncEachWrite}) {
+        const std::string name = d == DurableSessionStoreOptions::Durability::kGroupCommit ? "g" : "s";
+        {
+            auto s = open(name, 1, d);
+            ASSERT_TRUE(s->create("s1", "acme", "t").ok());
+            for (int i = 0; i < 10; ++i) ASSERT_TRUE(s->append_message("s1", {"user", std::to_string(i)}).ok());
+            ASSERT_TRUE(s->update_metadata("s1", "k", "v").ok());
+        }
+        auto s = open(name, 1, d);
+        auto got = s->get("s1");
+        ASSERT_TRUE(got.ok()) << got.error().message;
+        ASSERT_EQ(got->messages.size(), 10u);
+        for (int i = 0; i < 10; ++i) EXPECT_EQ(got->messages[i].content, std::to_string(i));
+        EXPECT_EQ(got->metadata.at("k"), "v");
+        EXPECT_EQ(s->list_by_tenant("acme"), std::vector<std::string>{"s1"});
+        // And it keeps going where it left off.
+        ASSERT_TRUE(s->append_message("s1", {"user", "after"}).ok());
+        EXPECT_EQ(s->get("s1")->messages.back().content, "after");
+    }
+}
+
+TEST_F(SessionStoreTest, ReplicatesConcurrentAppendsBetweenStores) {
+    auto a = open("a", 1);
+    auto b = open("b", 2);
+    int events = 0;
+    const uint64_t sub = b->subscribe([&](const SessionEvent& e) {
+        if (e.remote) ++events;
+    });
+    ASSERT_TRUE(a->create("s1", "acme", "t").ok());
+    ASSERT_TRUE(b->apply("s1", a->changes_since("s1", {}).value()).ok());
+    EXPECT_EQ(events, 1);
+    // Both append concurrently (a user on two devices), then exchange deltas, twice over.
+    ASSERT_TRUE(a->append_message("s1", {"user", "from a"}).ok());
+    ASSERT_TRUE(b->append_message("s1", {"user", "from b"}).ok());
+    ASSERT_TRUE(a->update_metadata("s1", "k", "a").ok());
+    ASSERT_TRUE(b->update_metadata("s1", "k", "b").ok());
+    for (int i = 0; i < 2; ++i) {
+        ASSERT_TRUE(b->apply("s1", a->changes_since("s1", b->version("s1").value()).value()).ok());
+        ASSERT_TRUE(a->apply("s1", b->changes_since("s1", {}).value()).ok());
+    }
+    auto sa = a->get("s1").value();
+    auto sb = b->get("s1").value();
+    ASSERT_EQ(sa.messages.size(), 2u);
+    ASSERT_EQ(sb.messages.size(), 2u);
+    for (size_t i = 0; i < 2; ++i) EXPECT_EQ(sa.messages[i].id, sb.messages[i].id);
+    EXPECT_EQ(sa.metadata, sb.metadata);
+    EXPECT_EQ(a->version("s1").value(), b->version("s1").value());
+    b->unsubscribe(sub);
+    // Replicated data survives b's restart too.
+    b.reset();
+    b = open("b", 2);
+    EXPECT_EQ(b->get("s1")->messages.size(), 2u);
+    EXPECT_EQ(b->list_by_tenant("acme"), std::vector<std::string>{"s1"});
+}
+
+TEST_F(SessionStoreTest, DeletionIsReplicatedAndPermanent) {
+    auto a = open("a", 1);
+    auto b = open("b", 2);
+    ASSERT_TRUE(a->create("s1", "acme", "t").ok());
+    ASSERT_TRUE(a->append_message("s1", {"user", "secret"}).ok());
+    const std::string old_delta = a->changes_since("s1", {}).value();
+    ASSERT_TRUE(b->apply("s1", old_delta).ok());
+    ASSERT_TRUE(a->remove("s1").ok());
+    EXPECT_EQ(a->get("s1").error().code, ErrorCode::kNotFound);
+    EXPECT_TRUE(a->list_by_tenant("acme").empty());
+    ASSERT_TRUE(b->apply("s1", a->changes_since("s1", {}).value()).ok());
+    EXPECT_EQ(b->get("s1").error().code, ErrorCode::kNotFound);
+    // A late delta does not resurrect it, nor does a restart, nor a re-create.
+    ASSERT_TRUE(b->apply("s1", old_delta).ok());
+    EXPECT_EQ(b->get("s1").error().code, ErrorCode::kNotFound);
+    a.reset();
+    a = open("a", 1);
+    EXPECT_EQ(a->get("s1").error().code, ErrorCode::kNotFound);
+    EXPECT_FALSE(a->create("s1", "acme", "again").ok());
+    EXPECT_EQ(a->session_count(), 0u);
+}
+
+TEST_F(SessionStoreTest, RejectsCorruptDeltas) {
+    auto a = open("a", 1);
+    EXPECT_EQ(a->apply("s1", "").error().code, ErrorCode::kCorrupt);
+    EXPECT_EQ(a->apply("s1", std::string("\x01\xAD\x01\x05", 4)).error().code, ErrorCode::kCorrupt);
+}
+
+}  // namespace
+}  // namespace assistd::state
