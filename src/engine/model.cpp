@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -157,6 +158,15 @@ private:
     AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, logits_, scores_, rope_;
     size_t prep_row_stride_ = 0;
 
+    // Matmul phases hand out row chunks from a shared counter (one per phase,
+    // reset before every forward): a thread whose memory stream runs faster
+    // takes more rows instead of waiting at the barrier for the slower one.
+    struct alignas(64) WorkCounter {
+        std::atomic<size_t> next{0};
+    };
+    std::unique_ptr<WorkCounter[]> work_;
+    size_t n_work_ = 0;
+
     // The batch being decoded (filled by decode(), read by forward()).
     std::vector<TokenId> tok_;
     std::vector<int32_t> tok_seq_;
@@ -225,6 +235,8 @@ Status LlamaModel::init() {
     } catch (const std::bad_alloc&) {
         return make_error(ErrorCode::kResourceExhausted, "cannot allocate the activation buffers");
     }
+    n_work_ = 4 * info_.n_layer + 1;
+    work_ = std::make_unique<WorkCounter[]>(n_work_);
     tok_.reserve(T);
     tok_seq_.reserve(T);
     tok_pos_.reserve(T);
@@ -391,6 +403,7 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
         }
     }
     const WeightSet& w = **weights;
+    for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);
     pool_->run([&](int ith, int nth) { forward(ith, nth, w); });
     for (const auto& e : batch) kv_.commit(e.seq, e.tokens.size());
     return std::span<const float>(logits_.as<float>(), out_rows_.size() * info_.n_vocab);
@@ -464,6 +477,20 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     size_t t0, t1;
     ThreadPool::split(T, 1, ith, nth, t0, t1);
 
+    // Claims chunks of [0, n) from this phase's counter until none are left.
+    size_t phase = 0;
+    auto claim_chunks = [&](size_t n, size_t chunk, auto&& body) {
+        std::atomic<size_t>& next = work_[phase++].next;
+        for (;;) {
+            const size_t begin = next.fetch_add(chunk, std::memory_order_relaxed);
+            if (begin >= n) break;
+            body(begin, std::min(n, begin + chunk));
+        }
+    };
+    // Rows per claim: small enough to balance, large enough that the atomic
+    // and the kernel's start-up stay negligible (and a multiple of 16).
+    auto rows_per_claim = [&](size_t rows) { return std::max<size_t>(16, (rows / (8 * nth) + 15) / 16 * 16); };
+
     // Embeddings and rotary tables for this thread's tokens.
     const auto* embd = static_cast<const uint8_t*>(tensors_.token_embd->data);
     const size_t embd_row = dtype_row_bytes(tensors_.token_embd->dtype, E);
@@ -507,10 +534,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         pool_->barrier();
 
         // (2) Q, K, V projections split by heads, then bias, RoPE and the KV store.
-        {
-            const size_t units = NH + 2 * NKV;
-            size_t u0, u1;
-            ThreadPool::split(units, 1, ith, nth, u0, u1);
+        claim_chunks(NH + 2 * NKV, 1, [&](size_t u0, size_t u1) {
             auto project = [&](const Matrix& m, float* out, size_t ld, size_t h0, size_t h1) {
                 if (h1 > h0) kernels::matmul(m.type, m.data, E, P, T, out, ld, h0 * hd, h1 * hd);
             };
@@ -548,7 +572,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
                     }
                 }
             }
-        }
+        });
         pool_->barrier();
 
         // (3) attention, one (token, head) pair at a time.
@@ -565,11 +589,9 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         pool_->barrier();
 
         // (4) output projection.
-        {
-            size_t r0, r1;
-            ThreadPool::split(E, 16, ith, nth, r0, r1);
-            if (r1 > r0) kernels::matmul(W.wo.type, W.wo.data, Qd, P, T, tmp, E, r0, r1);
-        }
+        claim_chunks(E, rows_per_claim(E), [&](size_t r0, size_t r1) {
+            kernels::matmul(W.wo.type, W.wo.data, Qd, P, T, tmp, E, r0, r1);
+        });
         pool_->barrier();
 
         // (5) residual, FFN norm, prepare.
@@ -581,25 +603,19 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         pool_->barrier();
 
         // (6) gate and up projections, SwiGLU on this thread's rows.
-        {
-            size_t r0, r1;
-            ThreadPool::split(F, 16, ith, nth, r0, r1);
-            if (r1 > r0) {
-                kernels::matmul(W.w_gate.type, W.w_gate.data, E, P, T, G, F, r0, r1);
-                kernels::matmul(W.w_up.type, W.w_up.data, E, P, T, U, F, r0, r1);
-                for (size_t t = 0; t < T; ++t) kernels::swiglu(G + t * F + r0, U + t * F + r0, G + t * F + r0, r1 - r0);
-            }
-        }
+        claim_chunks(F, rows_per_claim(F), [&](size_t r0, size_t r1) {
+            kernels::matmul(W.w_gate.type, W.w_gate.data, E, P, T, G, F, r0, r1);
+            kernels::matmul(W.w_up.type, W.w_up.data, E, P, T, U, F, r0, r1);
+            for (size_t t = 0; t < T; ++t) kernels::swiglu(G + t * F + r0, U + t * F + r0, G + t * F + r0, r1 - r0);
+        });
         pool_->barrier();
         prepare(W.w_down.type, G, F, t0, t1, F, P);
         pool_->barrier();
 
         // (7) down projection; its residual is added at the top of the next layer.
-        {
-            size_t r0, r1;
-            ThreadPool::split(E, 16, ith, nth, r0, r1);
-            if (r1 > r0) kernels::matmul(W.w_down.type, W.w_down.data, F, P, T, tmp, E, r0, r1);
-        }
+        claim_chunks(E, rows_per_claim(E), [&](size_t r0, size_t r1) {
+            kernels::matmul(W.w_down.type, W.w_down.data, F, P, T, tmp, E, r0, r1);
+        });
         pool_->barrier();
     }
 
@@ -615,9 +631,9 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     pool_->barrier();
     prepare(w.output.type, Xn, E, o0, o1, E, P);
     pool_->barrier();
-    size_t r0, r1;
-    ThreadPool::split(V, 16, ith, nth, r0, r1);
-    if (r1 > r0) kernels::matmul(w.output.type, w.output.data, E, P, n_out, logits_.as<float>(), V, r0, r1);
+    claim_chunks(V, rows_per_claim(V), [&](size_t r0, size_t r1) {
+        kernels::matmul(w.output.type, w.output.data, E, P, n_out, logits_.as<float>(), V, r0, r1);
+    });
 }
 
 }  // namespace
