@@ -11,6 +11,7 @@ PACKAGES=(
   librocksdb-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server       # the session benchmark's side-by-side baseline
+  prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
 )
 
 missing=()

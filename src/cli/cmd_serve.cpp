@@ -1,0 +1,191 @@
+// `assistd serve`: the OpenAI-compatible server. One YAML config
+// (--config FILE) whose keys are the long flag names; a flag given on the
+// command line wins over the file. SIGTERM/SIGINT drain: /readyz turns 503,
+// new requests get 503, running streams finish within the grace period.
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <thread>
+
+#include "cli/commands.h"
+#include "cli/model_options.h"
+#include "common/clock.h"
+#include "serve/http_server.h"
+#include "serve/metrics.h"
+#include "serve/openai_routes.h"
+#include "serve/scheduler.h"
+
+namespace assistd::cli {
+namespace {
+
+struct ServeOptions {
+    ModelOptions model;
+    std::string config_file;
+    std::string host = "127.0.0.1";
+    int port = 8080;
+    int io_threads = 1;
+    size_t max_queue = 256;
+    size_t max_running = 16;
+    size_t prefill_chunk = 256;
+    size_t max_body_bytes = size_t{1} << 20;
+    int64_t queue_timeout_ms = 30000;
+    double drain_grace_s = 30;
+    std::string model_id;
+    size_t default_max_tokens = 1024;
+    serve::PrecisionPolicyConfig policy;
+};
+
+// Applies the YAML file's keys to options not given on the command line.
+bool apply_config(CLI::App& cmd, const std::string& path) {
+    YAML::Node root;
+    try {
+        root = YAML::LoadFile(path);
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "assistd serve: cannot read --config %s: %s\n", path.c_str(), e.what());
+        return false;
+    }
+    if (!root.IsMap()) {
+        std::fprintf(stderr, "assistd serve: %s must be a YAML mapping of option names to values\n", path.c_str());
+        return false;
+    }
+    for (const auto& kv : root) {
+        const std::string key = kv.first.as<std::string>();
+        CLI::Option* opt = nullptr;
+        try {
+            opt = cmd.get_option("--" + key);
+        } catch (const CLI::OptionNotFound&) {
+        }
+        if (!opt || key == "config") {
+            std::fprintf(stderr, "assistd serve: unknown key '%s' in %s (keys are the long flag names)\n", key.c_str(),
+                         path.c_str());
+            return false;
+        }
+        if (opt->count() > 0) continue;  // the command line wins
+        try {
+            opt->add_result(kv.second.as<std::string>());
+            opt->run_callback();
+        } catch (const std::exception& e) {
+            std::fprintf(stderr, "assistd serve: bad value for '%s' in %s: %s\n", key.c_str(), path.c_str(), e.what());
+            return false;
+        }
+    }
+    return true;
+}
+
+int run_serve(const ServeOptions& o, bool precision_given) {
+    using namespace assistd::serve;
+    if (o.port < 0 || o.port > 65535) {
+        std::fprintf(stderr, "assistd serve: --port must be 0..65535\n");
+        return 2;
+    }
+    if (o.model.path.empty()) {
+        std::fprintf(stderr, "assistd serve: give --model PATH (or 'model' in --config)\n");
+        return 2;
+    }
+    auto precision = parse_precision(o.model.precision);
+    if (!precision) return 2;
+    // Block the stop signals before any thread starts, so only sigwait sees them.
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+    auto model = load_model(o.model, "serve", std::max<size_t>(1, o.max_running));
+    if (!model) return 2;
+
+    SchedulerConfig sc;
+    sc.max_queue = o.max_queue;
+    sc.max_running = o.max_running;
+    sc.max_batch_tokens = o.model.batch_tokens;
+    sc.prefill_chunk_tokens = std::min(o.prefill_chunk, o.model.batch_tokens);
+    if (precision_given) sc.fixed_precision = *precision;
+    sc.policy = o.policy;
+    ServeMetrics metrics;
+    Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);
+    scheduler.start();
+
+    OpenAiRoutesConfig rc;
+    rc.model_id = o.model_id.empty() ? std::filesystem::path(o.model.path).stem().string() : o.model_id;
+    rc.default_max_tokens = o.default_max_tokens;
+    rc.queue_timeout_ms = o.queue_timeout_ms;
+    rc.seed = static_cast<uint64_t>(SystemClock::instance().now_mono_ns());
+    OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc);
+
+    HttpServerConfig hc;
+    hc.host = o.host;
+    hc.port = static_cast<uint16_t>(o.port);
+    hc.io_threads = o.io_threads;
+    hc.max_body_bytes = o.max_body_bytes;
+    auto server = HttpServer::start(hc, [&routes](const HttpRequest& r) { return routes.handle(r); });
+    if (!server) {
+        std::fprintf(stderr, "assistd serve: %s\n", server.error().message.c_str());
+        return 2;
+    }
+    std::fprintf(stderr, "assistd serve: model '%s' (%s, %zu ctx) on http://%s:%u  precision %s\n", rc.model_id.c_str(),
+                 model->info().arch_name.c_str(), model->info().n_ctx, o.host.c_str(), (*server)->port(),
+                 precision_given ? engine::precision_name(*precision) : "by policy");
+
+    int sig = 0;
+    sigwait(&signals, &sig);
+    std::fprintf(stderr, "assistd serve: %s received, draining (grace %.0f s)\n", sig == SIGTERM ? "SIGTERM" : "SIGINT",
+                 o.drain_grace_s);
+    routes.set_draining(true);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.drain_grace_s);
+    while ((scheduler.in_flight() > 0 || (*server)->active_requests() > 0) && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const size_t left = scheduler.in_flight();
+    (*server)->stop();
+    scheduler.stop();
+    std::fprintf(stderr, "assistd serve: stopped (%zu requests cut off by the grace period)\n", left);
+    return 0;
+}
+
+}  // namespace
+
+void register_serve(CLI::App& app, int& exit_code) {
+    auto o = std::make_shared<ServeOptions>();
+    CLI::App* cmd = app.add_subcommand("serve", "Serve the OpenAI-compatible API (chat completions, completions, models)");
+    add_model_options(*cmd, o->model);
+    cmd->get_option("--model")->required(false);
+    cmd->add_option("--config", o->config_file, "YAML file whose keys are these long option names");
+    cmd->add_option("--host", o->host, "Address to bind")->capture_default_str();
+    cmd->add_option("--port", o->port, "Port to bind (0: any free port)")->capture_default_str();
+    cmd->add_option("--io-threads", o->io_threads, "HTTP I/O threads")->capture_default_str();
+    cmd->add_option("--max-queue", o->max_queue, "Requests waiting before new ones get 429")->capture_default_str();
+    cmd->add_option("--max-running", o->max_running, "Requests decoding at once")->capture_default_str();
+    cmd->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per step across prefills")->capture_default_str();
+    cmd->add_option("--max-body-bytes", o->max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+    cmd->add_option("--queue-timeout-ms", o->queue_timeout_ms, "Queued longer than this: 503")->capture_default_str();
+    cmd->add_option("--drain-grace-s", o->drain_grace_s, "Seconds running streams get on SIGTERM")->capture_default_str();
+    cmd->add_option("--model-id", o->model_id, "Model name clients use (default: the file name)");
+    cmd->add_option("--default-max-tokens", o->default_max_tokens, "max_tokens when a request gives none")
+        ->capture_default_str();
+    cmd->add_option("--policy-slow-latency-s", o->policy.slow_latency_s, "p95 step latency above which (with low throughput) FP16 runs")
+        ->capture_default_str();
+    cmd->add_option("--policy-slow-throughput-rps", o->policy.slow_throughput_rps, "throughput below which FP16 may run")
+        ->capture_default_str();
+    cmd->add_option("--policy-fast-latency-s", o->policy.fast_latency_s, "p95 step latency below which (with high throughput) FP32 runs")
+        ->capture_default_str();
+    cmd->add_option("--policy-fast-throughput-rps", o->policy.fast_throughput_rps, "throughput above which FP32 may run")
+        ->capture_default_str();
+    cmd->add_option("--policy-hold-evaluations", o->policy.hold_evaluations, "evaluations a new choice must win in a row")
+        ->capture_default_str();
+    cmd->add_option("--policy-min-dwell-s", o->policy.min_dwell_s, "seconds between two precision switches")
+        ->capture_default_str();
+    cmd->callback([o, cmd, &exit_code] {
+        const bool precision_on_cli = cmd->get_option("--precision")->count() > 0;
+        if (!o->config_file.empty() && !apply_config(*cmd, o->config_file)) {
+            exit_code = 2;
+            return;
+        }
+        exit_code = run_serve(*o, cmd->get_option("--precision")->count() > 0 || precision_on_cli);
+    });
+}
+
+}  // namespace assistd::cli

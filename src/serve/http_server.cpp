@@ -1,0 +1,293 @@
+// The only Beast translation unit: sessions are C++20 coroutines on a strand
+// per connection; generations are awaited through AsyncBody wakers.
+#include "serve/http_server.h"
+
+#include "serve/asio.h"
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <set>
+#include <thread>
+
+namespace assistd::serve {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+std::string_view HttpRequest::header(std::string_view name) const {
+    for (const auto& [k, v] : headers)
+        if (beast::iequals(k, beast::string_view(name.data(), name.size()))) return v;
+    return {};
+}
+
+namespace {
+
+constexpr auto kWriteTimeout = std::chrono::seconds(30);
+
+// Shared by a session and its disconnect watcher (both on the connection's strand).
+struct Pending {
+    std::shared_ptr<AsyncBody> body;
+    std::shared_ptr<asio::steady_timer> timer;
+    bool done = false;
+    bool client_gone = false;
+};
+
+class HttpServerImpl final : public HttpServer {
+public:
+    HttpServerImpl(const HttpServerConfig& config, HttpHandler handler)
+        : config_(config), handler_(std::move(handler)), acceptor_(ioc_) {}
+
+    ~HttpServerImpl() override { stop(); }
+
+    Status listen() {
+        beast::error_code ec;
+        auto address = asio::ip::make_address(config_.host, ec);
+        if (ec) return make_error(ErrorCode::kInvalidArgument, "cannot parse host '" + config_.host + "': " + ec.message());
+        tcp::endpoint ep(address, config_.port);
+        acceptor_.open(ep.protocol(), ec);
+        if (!ec) acceptor_.set_option(asio::socket_base::reuse_address(true), ec);
+        if (!ec) acceptor_.bind(ep, ec);
+        if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+        if (ec)
+            return make_error(ErrorCode::kIo, "cannot listen on " + config_.host + ":" + std::to_string(config_.port) +
+                                                  ": " + ec.message());
+        port_ = acceptor_.local_endpoint().port();
+        asio::co_spawn(ioc_, accept_loop(), asio::detached);
+        const int n = std::max(1, config_.io_threads);
+        for (int i = 0; i < n; ++i) threads_.emplace_back([this] { ioc_.run(); });
+        return {};
+    }
+
+    uint16_t port() const override { return port_; }
+    size_t active_requests() const override { return active_.load(); }
+
+    void stop() override {
+        if (stopped_.exchange(true)) return;
+        {
+            std::lock_guard lk(bodies_mu_);
+            for (auto& b : bodies_) {
+                b->clear_waker();
+                b->cancel();
+            }
+        }
+        asio::post(ioc_, [this] {
+            beast::error_code ec;
+            acceptor_.close(ec);
+        });
+        ioc_.stop();
+        for (auto& t : threads_)
+            if (t.joinable()) t.join();
+    }
+
+private:
+    asio::awaitable<void> accept_loop() {
+        for (;;) {
+            beast::error_code ec;
+            tcp::socket socket = co_await acceptor_.async_accept(asio::make_strand(ioc_),
+                                                                  asio::redirect_error(asio::use_awaitable, ec));
+            if (ec) {
+                if (!acceptor_.is_open()) co_return;
+                continue;
+            }
+            auto ex = socket.get_executor();
+            asio::co_spawn(ex, session(std::make_shared<beast::tcp_stream>(std::move(socket))), asio::detached);
+        }
+    }
+
+    void track(const std::shared_ptr<AsyncBody>& b, bool add) {
+        std::lock_guard lk(bodies_mu_);
+        if (add)
+            bodies_.insert(b);
+        else
+            bodies_.erase(b);
+    }
+
+    static HttpRequest to_request(const http::request<http::string_body>& r) {
+        HttpRequest req;
+        req.method = std::string(r.method_string());
+        req.target = std::string(r.target());
+        for (const auto& f : r) req.headers.emplace_back(std::string(f.name_string()), std::string(f.value()));
+        req.body = r.body();
+        return req;
+    }
+
+    template <class Message>
+    static void fill_head(Message& h, int status, const std::string& content_type,
+                          const HttpHeaders& extra, bool keep_alive) {
+        h.result(static_cast<unsigned>(status));
+        h.set(http::field::server, "assistd");
+        if (!content_type.empty()) h.set(http::field::content_type, content_type);
+        for (const auto& [k, v] : extra) h.set(k, v);
+        h.keep_alive(keep_alive);
+    }
+
+    asio::awaitable<bool> write_full(beast::tcp_stream& stream, int status, const std::string& content_type,
+                                     const HttpHeaders& extra, std::string body, unsigned version, bool keep_alive) {
+        http::response<http::string_body> res;
+        res.version(version);
+        fill_head(res, status, content_type, extra, keep_alive);
+        res.body() = std::move(body);
+        res.prepare_payload();
+        beast::error_code ec;
+        stream.expires_after(kWriteTimeout);
+        co_await http::async_write(stream, res, asio::redirect_error(asio::use_awaitable, ec));
+        co_return !ec;
+    }
+
+    // Notices a client that closes its connection while its response is pending.
+    static asio::awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
+                                                  std::shared_ptr<Pending> p) {
+        beast::error_code ec;
+        co_await stream->socket().async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
+        if (p->done) co_return;
+        beast::error_code ec2;
+        const size_t available = stream->socket().available(ec2);
+        if (ec || ec2 || available == 0) {
+            p->client_gone = true;
+            p->body->cancel();
+            p->timer->cancel();
+        }
+    }
+
+    // Waits for the body's next bytes (or its end); false when the client left.
+    static asio::awaitable<bool> next(Pending& p, std::string& out, bool& finished) {
+        for (;;) {
+            finished = p.body->poll(out);
+            if (finished || !out.empty()) co_return true;
+            if (p.client_gone) co_return false;
+            p.timer->expires_at(asio::steady_timer::time_point::max());
+            beast::error_code ec;
+            co_await p.timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (p.client_gone) co_return false;
+        }
+    }
+
+    asio::awaitable<bool> write_async(std::shared_ptr<beast::tcp_stream> stream, HttpResponse& res, unsigned version,
+                                      bool keep_alive) {
+        auto ex = co_await asio::this_coro::executor;
+        auto p = std::make_shared<Pending>();
+        p->body = res.async;
+        p->timer = std::make_shared<asio::steady_timer>(ex);
+        track(p->body, true);
+        p->body->set_waker([ex, timer = p->timer] { asio::post(ex, [timer] { timer->cancel(); }); });
+        asio::co_spawn(ex, watch_disconnect(stream, p), asio::detached);
+
+        bool ok = true;
+        std::string chunk;
+        bool finished = false;
+        ok = co_await next(*p, chunk, finished);
+        const int status = p->body->status();
+        if (ok && (!res.stream || status != 200)) {
+            // One complete response: wait for the whole body.
+            while (ok && !finished) ok = co_await next(*p, chunk, finished);
+            if (ok) {
+                auto headers = res.headers;
+                for (auto& h : p->body->headers()) headers.push_back(h);
+                ok = co_await write_full(*stream, p->body->status(), res.content_type, headers, std::move(chunk),
+                                         version, keep_alive);
+            }
+        } else if (ok) {
+            http::response<http::empty_body> head;
+            head.version(version);
+            fill_head(head, 200, res.content_type, res.headers, keep_alive);
+            head.set(http::field::cache_control, "no-cache");
+            head.chunked(true);
+            http::response_serializer<http::empty_body> sr(head);
+            beast::error_code ec;
+            stream->expires_after(kWriteTimeout);
+            co_await http::async_write_header(*stream, sr, asio::redirect_error(asio::use_awaitable, ec));
+            ok = !ec;
+            while (ok) {
+                if (!chunk.empty()) {
+                    stream->expires_after(kWriteTimeout);
+                    co_await asio::async_write(*stream, http::make_chunk(asio::buffer(chunk)),
+                                               asio::redirect_error(asio::use_awaitable, ec));
+                    chunk.clear();
+                    if (ec) {
+                        ok = false;
+                        break;
+                    }
+                }
+                if (finished) {
+                    stream->expires_after(kWriteTimeout);
+                    co_await asio::async_write(*stream, http::make_chunk_last(),
+                                               asio::redirect_error(asio::use_awaitable, ec));
+                    ok = !ec;
+                    break;
+                }
+                ok = co_await next(*p, chunk, finished);
+            }
+        }
+        p->done = true;
+        p->body->clear_waker();
+        if (!ok || !finished) p->body->cancel();  // the client went away: free its slot now
+        track(p->body, false);
+        beast::error_code ec;
+        stream->socket().cancel(ec);  // ends the watcher
+        co_return ok;
+    }
+
+    asio::awaitable<void> session(std::shared_ptr<beast::tcp_stream> stream) {
+        beast::flat_buffer buffer;
+        for (;;) {
+            http::request_parser<http::string_body> parser;
+            parser.body_limit(config_.max_body_bytes);
+            parser.header_limit(64 * 1024);
+            stream->expires_after(std::chrono::seconds(config_.idle_timeout_s));
+            beast::error_code ec;
+            co_await http::async_read(*stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
+            bool too_large = ec == http::error::body_limit;
+            if (ec && !too_large) break;
+            if (stopped_.load()) break;
+            HttpRequest req = to_request(parser.get());
+            req.body_too_large = too_large;
+            if (too_large) req.body.clear();
+            const unsigned version = parser.get().version();
+            const bool keep_alive = parser.get().keep_alive() && !too_large;
+
+            active_.fetch_add(1);
+            HttpResponse res;
+            try {
+                res = handler_(req);
+            } catch (const std::exception& e) {
+                res = HttpResponse{};
+                res.status = 500;
+                res.body = R"({"error":{"message":"internal error","type":"server_error","param":null,"code":null}})";
+            }
+            bool ok;
+            if (res.async)
+                ok = co_await write_async(stream, res, version, keep_alive);
+            else
+                ok = co_await write_full(*stream, res.status, res.content_type, res.headers, std::move(res.body),
+                                         version, keep_alive);
+            active_.fetch_sub(1);
+            if (!ok || !keep_alive) break;
+        }
+        beast::error_code ec;
+        stream->socket().shutdown(tcp::socket::shutdown_send, ec);
+    }
+
+    HttpServerConfig config_;
+    HttpHandler handler_;
+    asio::io_context ioc_;
+    tcp::acceptor acceptor_;
+    std::vector<std::thread> threads_;
+    std::atomic<size_t> active_{0};
+    std::atomic<bool> stopped_{false};
+    uint16_t port_ = 0;
+    std::mutex bodies_mu_;
+    std::set<std::shared_ptr<AsyncBody>> bodies_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerConfig& config, HttpHandler handler) {
+    auto server = std::make_unique<HttpServerImpl>(config, std::move(handler));
+    if (auto s = server->listen(); !s) return s.error();
+    return std::unique_ptr<HttpServer>(std::move(server));
+}
+
+}  // namespace assistd::serve

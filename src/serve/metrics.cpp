@@ -1,0 +1,105 @@
+#include "serve/metrics.h"
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+
+namespace assistd::serve {
+
+namespace {
+const prometheus::Histogram::BucketBoundaries kLatencyBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                                                 0.5,   1,    2.5,   5,    10,  30};
+const prometheus::Histogram::BucketBoundaries kTokenBuckets = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                               0.05,   0.1,   0.25,   0.5,   1};
+const engine::Precision kPrecisions[] = {engine::Precision::kNative, engine::Precision::kFP32,
+                                         engine::Precision::kFP16, engine::Precision::kBF16};
+}  // namespace
+
+ServeMetrics::ServeMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
+    using namespace prometheus;
+    requests_ = &BuildCounter()
+                     .Name("assistd_http_requests_total")
+                     .Help("HTTP requests answered, by route and status")
+                     .Register(*registry_);
+    precision_switches_ = &BuildCounter()
+                               .Name("assistd_precision_switches_total")
+                               .Help("Precision policy switches, by new precision")
+                               .Register(*registry_);
+    precision_ = &BuildGauge()
+                      .Name("assistd_precision")
+                      .Help("1 for the precision the policy currently runs batches at")
+                      .Register(*registry_);
+    inference_latency_ = &BuildHistogram()
+                              .Name("assistd_inference_latency_seconds")
+                              .Help("Time from a request's submission to its last token")
+                              .Register(*registry_)
+                              .Add({}, kLatencyBuckets);
+    ttft_ = &BuildHistogram()
+                 .Name("assistd_time_to_first_token_seconds")
+                 .Help("Time from submission to the first generated token")
+                 .Register(*registry_)
+                 .Add({}, kLatencyBuckets);
+    inter_token_ = &BuildHistogram()
+                        .Name("assistd_inter_token_seconds")
+                        .Help("Time between consecutive tokens of one request")
+                        .Register(*registry_)
+                        .Add({}, kTokenBuckets);
+    step_seconds_ = &BuildHistogram()
+                         .Name("assistd_decode_step_seconds")
+                         .Help("Duration of one batched decode step")
+                         .Register(*registry_)
+                         .Add({}, kTokenBuckets);
+    tokens_generated_ = &BuildCounter()
+                             .Name("assistd_tokens_generated_total")
+                             .Help("Tokens generated")
+                             .Register(*registry_)
+                             .Add({});
+    auto gauge = [&](const char* name, const char* help) {
+        return &BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+    };
+    queue_depth_ = gauge("assistd_queue_depth", "Requests waiting for admission");
+    running_ = gauge("assistd_running_sequences", "Requests decoding");
+    batch_size_ = gauge("assistd_batch_size", "Sequences in the last decode step");
+    kv_blocks_in_use_ = gauge("assistd_kv_blocks_in_use", "KV cache blocks in use");
+    kv_blocks_total_ = gauge("assistd_kv_blocks_total", "KV cache blocks in all");
+    for (auto p : kPrecisions) {
+        precision_->Add({{"precision", engine::precision_name(p)}});
+        precision_switches_->Add({{"to", engine::precision_name(p)}});  // zeros are exported too
+    }
+}
+
+ServeMetrics::~ServeMetrics() = default;
+
+void ServeMetrics::count_request(std::string_view route, int status) {
+    requests_->Add({{"route", std::string(route)}, {"status", std::to_string(status)}}).Increment();
+}
+
+void ServeMetrics::on_step(const StepReport& r) {
+    step_seconds_->Observe(r.seconds);
+    for (double s : r.time_to_first_token_s) ttft_->Observe(s);
+    for (double s : r.inter_token_s) inter_token_->Observe(s);
+    tokens_generated_->Increment(static_cast<double>(r.tokens_generated));
+}
+
+void ServeMetrics::on_finish(const FinishReport& r) {
+    if (r.reason == FinishReason::kStop || r.reason == FinishReason::kLength) inference_latency_->Observe(r.latency_s);
+}
+
+void ServeMetrics::on_precision_switch(engine::Precision, engine::Precision to) {
+    precision_switches_->Add({{"to", engine::precision_name(to)}}).Increment();
+}
+
+std::string ServeMetrics::render(const SchedulerStats& s) {
+    queue_depth_->Set(static_cast<double>(s.queue_depth));
+    running_->Set(static_cast<double>(s.running));
+    batch_size_->Set(static_cast<double>(s.last_batch_sequences));
+    kv_blocks_in_use_->Set(static_cast<double>(s.kv_blocks_in_use));
+    kv_blocks_total_->Set(static_cast<double>(s.kv_blocks_total));
+    for (auto p : kPrecisions) precision_->Add({{"precision", engine::precision_name(p)}}).Set(p == s.precision ? 1 : 0);
+    return prometheus::TextSerializer().Serialize(registry_->Collect());
+}
+
+}  // namespace assistd::serve

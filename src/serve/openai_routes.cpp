@@ -1,0 +1,494 @@
+#include "serve/openai_routes.h"
+
+#include <nlohmann/json.hpp>
+
+#include <atomic>
+#include <optional>
+#include <string_view>
+
+namespace assistd::serve {
+
+using nlohmann::json;
+
+namespace {
+
+struct ApiError {
+    int status = 400;
+    std::string message;
+    std::string type = "invalid_request_error";
+    std::string param;  // empty: null
+    std::string code;   // empty: null
+};
+
+std::string error_json(const ApiError& e) {
+    json j = {{"error",
+               {{"message", e.message},
+                {"type", e.type},
+                {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+                {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+HttpResponse error_response(const ApiError& e, int retry_after_s = 0) {
+    HttpResponse r;
+    r.status = e.status;
+    r.body = error_json(e);
+    if (retry_after_s > 0) r.headers.emplace_back("Retry-After", std::to_string(retry_after_s));
+    return r;
+}
+
+HttpResponse json_response(int status, const json& j) {
+    HttpResponse r;
+    r.status = status;
+    r.body = j.dump(-1, ' ', false, json::error_handler_t::replace);
+    return r;
+}
+
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+uint64_t splitmix(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+const char* openai_finish_reason(FinishReason r) { return r == FinishReason::kLength ? "length" : "stop"; }
+
+// What a finished-without-output generation answers.
+ApiError failure_error(const GenerationUpdate& u) {
+    if (u.reason == FinishReason::kDeadlineExpired)
+        return {503, "the server is overloaded: the request waited in the queue past its deadline; retry later",
+                "server_error", "", "queue_timeout"};
+    if (u.reason == FinishReason::kCancelled)
+        return {503, "the server is shutting down; retry later", "server_error", "", "server_shutting_down"};
+    if (u.error.code == ErrorCode::kResourceExhausted)
+        return {503, u.error.message, "server_error", "", "resources_exhausted"};
+    if (u.error.code == ErrorCode::kOutOfRange)
+        return {400, u.error.message, "invalid_request_error", "messages", "context_length_exceeded"};
+    return {500, u.error.message.empty() ? "generation failed" : u.error.message, "server_error", "", ""};
+}
+
+// A generation as an HTTP body: one JSON object, or SSE frames.
+class CompletionBody final : public AsyncBody {
+public:
+    CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
+                   std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
+                   int retry_after_s)
+        : channel_(std::move(channel)),
+          chat_(chat),
+          stream_(stream),
+          include_usage_(include_usage),
+          id_(std::move(id)),
+          model_(std::move(model)),
+          created_(created),
+          metrics_(metrics),
+          route_(std::move(route)),
+          retry_after_s_(retry_after_s) {}
+
+    void set_waker(std::function<void()> wake) override { channel_->set_waker(std::move(wake)); }
+    void clear_waker() override { channel_->clear_waker(); }
+    int status() const override { return status_; }
+    HttpHeaders headers() const override { return headers_; }
+    void cancel() override {
+        channel_->cancel();
+        if (!counted_.exchange(true)) metrics_.count_request(route_, 499);  // the client closed the request
+    }
+
+    bool poll(std::string& out) override {
+        if (done_) return true;
+        update_.text.clear();
+        update_.tokens.clear();
+        const bool finished = channel_->take(update_);
+        if (!stream_) {
+            text_ += update_.text;
+            if (!finished) return false;
+            if (update_.reason == FinishReason::kStop || update_.reason == FinishReason::kLength) {
+                out += dump(final_object());
+            } else {
+                fail(out, failure_error(update_));
+            }
+            return finish();
+        }
+        const bool failed = finished && update_.reason != FinishReason::kStop && update_.reason != FinishReason::kLength;
+        if (!started_) {
+            if (failed) {
+                fail(out, failure_error(update_));
+                return finish();
+            }
+            if (update_.tokens.empty() && update_.text.empty() && !finished) return false;
+            started_ = true;
+            if (chat_) frame(out, chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
+        }
+        if (!update_.text.empty()) {
+            if (chat_)
+                frame(out, chunk({{"content", update_.text}}, nullptr));
+            else
+                frame(out, chunk(update_.text, nullptr));
+        }
+        if (!finished) return false;
+        if (failed) {
+            const ApiError e = failure_error(update_);
+            out += "data: " + error_json(e) + "\n\n";
+        } else {
+            frame(out, chunk(chat_ ? json::object() : json(""), openai_finish_reason(update_.reason)));
+            if (include_usage_) {
+                json u = base("chunk");
+                u["choices"] = json::array();
+                u["usage"] = usage();
+                frame(out, u);
+            }
+        }
+        out += "data: [DONE]\n\n";
+        return finish();
+    }
+
+private:
+    bool finish() {
+        done_ = true;
+        if (!counted_.exchange(true)) metrics_.count_request(route_, status_);
+        return true;
+    }
+
+    void fail(std::string& out, const ApiError& e) {
+        status_ = e.status;
+        if (e.status == 503 || e.status == 429) headers_.emplace_back("Retry-After", std::to_string(retry_after_s_));
+        out += error_json(e);
+    }
+
+    json base(const char* kind) const {
+        std::string object = chat_ ? "chat.completion" : "text_completion";
+        if (std::string_view(kind) == "chunk" && chat_) object += ".chunk";
+        return {{"id", id_}, {"object", object}, {"created", created_}, {"model", model_}};
+    }
+
+    json usage() const {
+        return {{"prompt_tokens", update_.prompt_tokens},
+                {"completion_tokens", update_.completion_tokens},
+                {"total_tokens", update_.prompt_tokens + update_.completion_tokens}};
+    }
+
+    // delta: the chat delta object, or the completion's text.
+    json chunk(json delta, const char* finish_reason) const {
+        json c = base("chunk");
+        json choice = {{"index", 0}, {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}};
+        if (chat_)
+            choice["delta"] = std::move(delta);
+        else {
+            choice["text"] = std::move(delta);
+            choice["logprobs"] = nullptr;
+        }
+        c["choices"] = json::array({std::move(choice)});
+        if (include_usage_) c["usage"] = nullptr;
+        return c;
+    }
+
+    static void frame(std::string& out, const json& j) {
+        out += "data: ";
+        out += dump(j);
+        out += "\n\n";
+    }
+
+    json final_object() const {
+        json j = base("");
+        json choice = {{"index", 0}, {"finish_reason", openai_finish_reason(update_.reason)}};
+        if (chat_)
+            choice["message"] = {{"role", "assistant"}, {"content", text_}};
+        else {
+            choice["text"] = text_;
+            choice["logprobs"] = nullptr;
+        }
+        j["choices"] = json::array({std::move(choice)});
+        j["usage"] = usage();
+        return j;
+    }
+
+    std::shared_ptr<GenerationChannel> channel_;
+    bool chat_, stream_, include_usage_;
+    std::string id_, model_;
+    int64_t created_;
+    ServeMetrics& metrics_;
+    std::string route_;
+    int retry_after_s_;
+    GenerationUpdate update_;
+    std::string text_;
+    int status_ = 200;
+    HttpHeaders headers_;
+    bool started_ = false, done_ = false;
+    std::atomic<bool> counted_{false};  // cancel() may come from the stopping server's thread
+};
+
+// Reads an optional number field; sets err on a wrong type.
+std::optional<double> number_field(const json& body, const char* name, std::optional<ApiError>& err) {
+    auto it = body.find(name);
+    if (it == body.end() || it->is_null()) return std::nullopt;
+    if (!it->is_number()) {
+        err = ApiError{400, std::string("'") + name + "' must be a number", "invalid_request_error", name, "invalid_type"};
+        return std::nullopt;
+    }
+    return it->get<double>();
+}
+
+std::optional<int64_t> integer_field(const json& body, const char* name, std::optional<ApiError>& err) {
+    auto it = body.find(name);
+    if (it == body.end() || it->is_null()) return std::nullopt;
+    if (!it->is_number_integer()) {
+        err = ApiError{400, std::string("'") + name + "' must be an integer", "invalid_request_error", name,
+                       "invalid_type"};
+        return std::nullopt;
+    }
+    return it->get<int64_t>();
+}
+
+// The text of a message's content: a string or an array of {type:"text", text} parts.
+std::optional<std::string> message_content(const json& content) {
+    if (content.is_string()) return content.get<std::string>();
+    if (content.is_null()) return std::string();
+    if (!content.is_array()) return std::nullopt;
+    std::string text;
+    for (const auto& part : content) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string())
+            return std::nullopt;
+        text += part["text"].get<std::string>();
+    }
+    return text;
+}
+
+std::string_view path_of(std::string_view target) {
+    const size_t q = target.find('?');
+    return q == std::string_view::npos ? target : target.substr(0, q);
+}
+
+}  // namespace
+
+OpenAiRoutes::OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, ServeMetrics& metrics, Clock& clock,
+                           const OpenAiRoutesConfig& config)
+    : model_(model), scheduler_(scheduler), metrics_(metrics), clock_(clock), config_(config) {}
+
+HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
+    const std::string_view path = path_of(request.target);
+    std::string route(path);
+    HttpResponse r;
+    if (request.body_too_large) {
+        r = error_response({413, "the request body is too large; send a smaller request", "invalid_request_error", "",
+                            "request_too_large"});
+    } else if (path == "/v1/chat/completions" || path == "/v1/completions") {
+        if (request.method != "POST") {
+            r = error_response({405, "use POST for " + route, "invalid_request_error", "", "method_not_allowed"});
+        } else {
+            try {
+                r = completions(request, path == "/v1/chat/completions");
+            } catch (const nlohmann::json::exception& e) {
+                r = error_response({400, std::string("the request does not have the expected shape: ") + e.what(),
+                                    "invalid_request_error", "", "invalid_type"});
+            }
+            if (r.async) return r;  // counted when the generation ends
+        }
+    } else if (request.method == "GET" && path == "/healthz") {
+        r = json_response(200, {{"status", "ok"}});
+    } else if (request.method == "GET" && path == "/readyz") {
+        r = draining() ? json_response(503, {{"status", "draining"}}) : json_response(200, {{"status", "ready"}});
+    } else if (request.method == "GET" && path == "/metrics") {
+        r.content_type = "text/plain; version=0.0.4";
+        r.body = metrics_.render(scheduler_.stats());
+    } else if (request.method == "GET" && path == "/v1/models") {
+        r = models({});
+    } else if (request.method == "GET" && path.starts_with("/v1/models/")) {
+        route = "/v1/models/{id}";
+        r = models(path.substr(std::string_view("/v1/models/").size()));
+    } else {
+        route = "other";
+        r = error_response({404, "unknown route " + request.method + " " + std::string(path), "invalid_request_error",
+                            "", "unknown_url"});
+    }
+    metrics_.count_request(route, r.status);
+    return r;
+}
+
+HttpResponse OpenAiRoutes::models(std::string_view id) {
+    const json m = {{"id", config_.model_id}, {"object", "model"}, {"created", 0}, {"owned_by", "assistd"}};
+    if (id.empty()) return json_response(200, {{"object", "list"}, {"data", json::array({m})}});
+    if (id != config_.model_id)
+        return error_response({404, "the model '" + std::string(id) + "' does not exist", "invalid_request_error",
+                               "model", "model_not_found"});
+    return json_response(200, m);
+}
+
+HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
+    const std::string route = chat ? "/v1/chat/completions" : "/v1/completions";
+    if (draining())
+        return error_response({503, "the server is shutting down; retry on another instance", "server_error", "",
+                               "server_shutting_down"},
+                              config_.retry_after_s);
+    json body;
+    try {
+        body = json::parse(request.body);
+    } catch (const json::parse_error& e) {
+        const bool utf8 = std::string_view(e.what()).find("UTF-8") != std::string_view::npos;
+        return error_response({400,
+                               utf8 ? "the request body is not valid UTF-8"
+                                    : std::string("the request body is not valid JSON: ") + e.what(),
+                               "invalid_request_error", "", utf8 ? "invalid_utf8" : "invalid_json"});
+    }
+    if (!body.is_object())
+        return error_response({400, "the request body must be a JSON object", "invalid_request_error", "", "invalid_json"});
+
+    // model
+    if (auto it = body.find("model"); it != body.end() && !it->is_null()) {
+        if (!it->is_string())
+            return error_response({400, "'model' must be a string", "invalid_request_error", "model", "invalid_type"});
+        if (it->get<std::string>() != config_.model_id)
+            return error_response({404, "the model '" + it->get<std::string>() + "' does not exist; GET /v1/models lists '" +
+                                            config_.model_id + "'",
+                                   "invalid_request_error", "model", "model_not_found"});
+    }
+
+    std::optional<ApiError> err;
+    GenerationRequest gen;
+    const auto& tok = model_.tokenizer();
+    std::vector<std::string> stops;
+
+    // The prompt.
+    if (chat) {
+        auto it = body.find("messages");
+        if (it == body.end() || !it->is_array() || it->empty())
+            return error_response({400, "'messages' must be a non-empty array of {role, content}",
+                                   "invalid_request_error", "messages", "invalid_type"});
+        std::vector<engine::ChatMessage> messages;
+        for (size_t i = 0; i < it->size(); ++i) {
+            const json& m = (*it)[i];
+            const std::string param = "messages[" + std::to_string(i) + "]";
+            if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+                return error_response({400, param + " must be an object with a string 'role'", "invalid_request_error",
+                                       param, "invalid_type"});
+            std::string role = m["role"].get<std::string>();
+            if (role == "developer") role = "system";
+            if (role != "system" && role != "user" && role != "assistant")
+                return error_response({400, param + ".role must be system, developer, user or assistant",
+                                       "invalid_request_error", param + ".role", "invalid_value"});
+            auto content = message_content(m.contains("content") ? m["content"] : json(nullptr));
+            if (!content)
+                return error_response({400, param + ".content must be a string or an array of text parts",
+                                       "invalid_request_error", param + ".content", "invalid_type"});
+            messages.push_back({role, std::move(*content)});
+        }
+        const std::string text = model_.chat_template().apply(messages, true);
+        gen.prompt = tok.encode(text, tok.add_bos_default(), true);
+        for (auto& s : model_.chat_template().stop_strings()) stops.push_back(s);
+    } else {
+        auto it = body.find("prompt");
+        std::string prompt;
+        if (it != body.end() && it->is_string()) {
+            prompt = it->get<std::string>();
+        } else if (it != body.end() && it->is_array() && it->size() == 1 && (*it)[0].is_string()) {
+            prompt = (*it)[0].get<std::string>();
+        } else {
+            return error_response({400, "'prompt' must be a string (or an array of one string)",
+                                   "invalid_request_error", "prompt", "invalid_type"});
+        }
+        gen.prompt = tok.encode(prompt, tok.add_bos_default(), false);
+        if (gen.prompt.empty())
+            return error_response({400, "'prompt' is empty and the model adds no BOS token", "invalid_request_error",
+                                   "prompt", "invalid_value"});
+    }
+
+    // Sampling and limits.
+    auto max_tokens = integer_field(body, "max_completion_tokens", err);
+    if (!max_tokens && !err) max_tokens = integer_field(body, "max_tokens", err);
+    auto temperature = number_field(body, "temperature", err);
+    auto top_p = number_field(body, "top_p", err);
+    auto seed = integer_field(body, "seed", err);
+    auto n = integer_field(body, "n", err);
+    if (err) return error_response(*err);
+    if (max_tokens && *max_tokens < 1)
+        return error_response({400, "max_tokens must be at least 1", "invalid_request_error", "max_tokens", "invalid_value"});
+    if (temperature && (*temperature < 0 || *temperature > 2))
+        return error_response({400, "temperature must be between 0 and 2", "invalid_request_error", "temperature",
+                               "invalid_value"});
+    if (top_p && (*top_p <= 0 || *top_p > 1))
+        return error_response({400, "top_p must be in (0, 1]", "invalid_request_error", "top_p", "invalid_value"});
+    if (n && *n != 1)
+        return error_response({400, "only n=1 is supported", "invalid_request_error", "n", "invalid_value"});
+
+    if (auto it = body.find("stop"); it != body.end() && !it->is_null()) {
+        if (it->is_string()) {
+            stops.push_back(it->get<std::string>());
+        } else if (it->is_array() && it->size() <= config_.max_stop_strings) {
+            for (const auto& s : *it) {
+                if (!s.is_string())
+                    return error_response({400, "'stop' must be a string or an array of strings",
+                                           "invalid_request_error", "stop", "invalid_type"});
+                stops.push_back(s.get<std::string>());
+            }
+        } else {
+            return error_response({400,
+                                   "'stop' must be a string or an array of at most " +
+                                       std::to_string(config_.max_stop_strings) + " strings",
+                                   "invalid_request_error", "stop", "invalid_type"});
+        }
+        std::erase_if(stops, [](const std::string& s) { return s.empty(); });
+    }
+
+    bool stream = false, include_usage = false;
+    if (auto it = body.find("stream"); it != body.end() && !it->is_null()) {
+        if (!it->is_boolean())
+            return error_response({400, "'stream' must be a boolean", "invalid_request_error", "stream", "invalid_type"});
+        stream = it->get<bool>();
+    }
+    if (auto it = body.find("stream_options"); it != body.end() && !it->is_null()) {
+        if (!it->is_object())
+            return error_response({400, "'stream_options' must be an object", "invalid_request_error", "stream_options",
+                                   "invalid_type"});
+        if (auto u = it->find("include_usage"); u != it->end()) {
+            if (!u->is_boolean())
+                return error_response({400, "'stream_options.include_usage' must be a boolean", "invalid_request_error",
+                                       "stream_options.include_usage", "invalid_type"});
+            include_usage = u->get<bool>();
+        }
+    }
+    if (auto it = body.find("precision"); it != body.end() && !it->is_null()) {
+        auto p = it->is_string() ? engine::precision_from_name(it->get<std::string>()) : std::nullopt;
+        if (!p)
+            return error_response({400, "'precision' must be one of fp32, fp16, bf16, native", "invalid_request_error",
+                                   "precision", "invalid_value"});
+        gen.precision = *p;
+    }
+
+    const size_t n_ctx = model_.info().n_ctx;
+    if (gen.prompt.size() >= n_ctx || (max_tokens && gen.prompt.size() + static_cast<size_t>(*max_tokens) > n_ctx))
+        return error_response({400,
+                               "this model's context is " + std::to_string(n_ctx) + " tokens; the prompt has " +
+                                   std::to_string(gen.prompt.size()) + " tokens" +
+                                   (max_tokens ? " and max_tokens asks for " + std::to_string(*max_tokens) : "") +
+                                   "; shorten the messages or lower max_tokens",
+                               "invalid_request_error", chat ? "messages" : "prompt", "context_length_exceeded"});
+    gen.max_tokens = max_tokens ? static_cast<size_t>(*max_tokens)
+                                : std::min(config_.default_max_tokens, n_ctx - gen.prompt.size());
+    const uint64_t number = request_counter_.fetch_add(1) + 1;
+    gen.sampling.temperature = static_cast<float>(temperature.value_or(1.0));
+    gen.sampling.top_p = static_cast<float>(top_p.value_or(1.0));
+    gen.sampling.seed = seed ? static_cast<uint64_t>(*seed) : splitmix(config_.seed ^ number);
+    gen.stops = std::move(stops);
+    gen.deadline_mono_ns = clock_.now_mono_ns() + config_.queue_timeout_ms * 1'000'000;
+
+    auto channel = scheduler_.submit(std::move(gen));
+    if (!channel) {
+        const Error& e = channel.error();
+        if (e.code == ErrorCode::kResourceExhausted)
+            return error_response({429, e.message, "rate_limit_error", "", "queue_full"}, config_.retry_after_s);
+        if (e.code == ErrorCode::kOutOfRange)
+            return error_response({400, e.message, "invalid_request_error", chat ? "messages" : "prompt",
+                                   "context_length_exceeded"});
+        return error_response({400, e.message, "invalid_request_error", "", ""});
+    }
+    HttpResponse r;
+    r.stream = stream;
+    r.content_type = stream ? "text/event-stream" : "application/json";
+    r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
+                                               (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
+                                               config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
+                                               config_.retry_after_s);
+    return r;
+}
+
+}  // namespace assistd::serve

@@ -1,0 +1,56 @@
+#pragma once
+// The OpenAI-compatible API on top of the scheduler: request JSON in,
+// response JSON or SSE frames out. No Beast here; the HTTP server calls
+// handle() on its I/O threads and it never blocks (generations come back as
+// an AsyncBody).
+//
+//   POST /v1/chat/completions   POST /v1/completions   GET /v1/models[/{id}]
+//   GET /healthz   GET /readyz   GET /metrics
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "common/clock.h"
+#include "engine/engine.h"
+#include "serve/http_server.h"
+#include "serve/metrics.h"
+#include "serve/scheduler.h"
+
+namespace assistd::serve {
+
+struct OpenAiRoutesConfig {
+    std::string model_id = "assistd";   // the name /v1/models lists and requests must use
+    size_t default_max_tokens = 1024;   // when a request gives none (capped by the context)
+    int64_t queue_timeout_ms = 30000;   // a request queued longer is answered 503
+    int retry_after_s = 1;
+    size_t max_stop_strings = 16;
+    uint64_t seed = 0;                  // mixed into the seeds of requests that give none
+};
+
+class OpenAiRoutes {
+public:
+    // model: for its tokenizer, chat template and context (const use only;
+    // the scheduler is its only decode() caller).
+    OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, ServeMetrics& metrics, Clock& clock,
+                 const OpenAiRoutesConfig& config);
+
+    HttpResponse handle(const HttpRequest& request);
+
+    // Draining: /readyz answers 503 and new generations get 503.
+    void set_draining(bool draining) { draining_.store(draining); }
+    bool draining() const { return draining_.load(); }
+
+private:
+    HttpResponse completions(const HttpRequest& request, bool chat);
+    HttpResponse models(std::string_view id);
+
+    const engine::Model& model_;
+    Scheduler& scheduler_;
+    ServeMetrics& metrics_;
+    Clock& clock_;
+    OpenAiRoutesConfig config_;
+    std::atomic<bool> draining_{false};
+    std::atomic<uint64_t> request_counter_{0};
+};
+
+}  // namespace assistd::serve

@@ -1,0 +1,507 @@
+#include "serve/scheduler.h"
+
+#include <algorithm>
+#include <chrono>
+#include <string_view>
+#include <utility>
+
+namespace assistd::serve {
+
+using engine::BatchEntry;
+using engine::Precision;
+using engine::TokenId;
+
+const char* finish_reason_name(FinishReason reason) {
+    switch (reason) {
+        case FinishReason::kNone: return "none";
+        case FinishReason::kStop: return "stop";
+        case FinishReason::kLength: return "length";
+        case FinishReason::kCancelled: return "cancelled";
+        case FinishReason::kDeadlineExpired: return "deadline_expired";
+        case FinishReason::kError: return "error";
+    }
+    return "unknown";
+}
+
+// ---- GenerationChannel ------------------------------------------------------
+
+void GenerationChannel::set_waker(std::function<void()> waker) {
+    std::lock_guard lk(mu_);
+    waker_ = std::move(waker);
+    if (waker_ && (!text_.empty() || !tokens_.empty() || (finished_ && !finish_taken_))) waker_();
+}
+
+void GenerationChannel::clear_waker() {
+    std::lock_guard lk(mu_);
+    waker_ = nullptr;
+}
+
+bool GenerationChannel::take(GenerationUpdate& out) {
+    std::lock_guard lk(mu_);
+    out.text += text_;
+    text_.clear();
+    out.tokens.insert(out.tokens.end(), tokens_.begin(), tokens_.end());
+    tokens_.clear();
+    out.prompt_tokens = prompt_tokens_;
+    out.completion_tokens = completion_tokens_;
+    if (finished_) {
+        finish_taken_ = true;
+        out.finished = true;
+        out.reason = reason_;
+        out.error = error_;
+    }
+    return finished_;
+}
+
+bool GenerationChannel::wait_finished(GenerationUpdate& out, int64_t timeout_ms) {
+    {
+        std::unique_lock lk(mu_);
+        cv_.wait_for(lk, std::chrono::milliseconds(timeout_ms), [&] { return finished_; });
+    }
+    return take(out);
+}
+
+void GenerationChannel::wake_locked() {
+    if (waker_) waker_();
+}
+
+void GenerationChannel::push(TokenId token, std::string_view text) {
+    {
+        std::lock_guard lk(mu_);
+        tokens_.push_back(token);
+        text_.append(text);
+        ++completion_tokens_;
+        wake_locked();
+    }
+    cv_.notify_all();
+}
+
+void GenerationChannel::push_text(std::string_view text) {
+    if (text.empty()) return;
+    {
+        std::lock_guard lk(mu_);
+        text_.append(text);
+        wake_locked();
+    }
+    cv_.notify_all();
+}
+
+void GenerationChannel::finish(FinishReason reason, Error error) {
+    {
+        std::lock_guard lk(mu_);
+        if (finished_) return;
+        finished_ = true;
+        reason_ = reason;
+        error_ = std::move(error);
+        wake_locked();
+    }
+    cv_.notify_all();
+}
+
+// ---- Scheduler ----------------------------------------------------------------
+
+struct Scheduler::Active {
+    GenerationRequest req;
+    std::shared_ptr<GenerationChannel> channel;
+    engine::SequenceId seq = -1;
+    size_t prefilled = 0;      // prompt tokens already in the KV cache
+    size_t pending = 0;        // tokens of this request in the current decode
+    std::vector<TokenId> history;
+    std::optional<engine::Sampler> sampler;
+    std::optional<engine::StreamingDetokenizer> detok;
+    std::string text;          // generated text so far
+    size_t emitted = 0;        // bytes of text handed to the channel
+    size_t max_stop_len = 0;
+    size_t generated = 0;
+    TokenId last = -1;
+    int64_t submitted_ns = 0;
+    int64_t last_token_ns = 0;
+    bool done = false;
+};
+
+namespace {
+constexpr size_t kLatencyRing = 256;
+constexpr size_t kFinishRing = 4096;
+}  // namespace
+
+Scheduler::Scheduler(engine::Model& model, const SchedulerConfig& config, Clock& clock, SchedulerObserver* observer)
+    : model_(model), config_(config), clock_(clock), observer_(observer), policy_(config.policy) {
+    config_.max_running = std::max<size_t>(1, config_.max_running);
+    config_.max_batch_tokens = std::max<size_t>(config_.max_running + 1, config_.max_batch_tokens);
+    config_.prefill_chunk_tokens = std::max<size_t>(1, config_.prefill_chunk_tokens);
+    precision_.store(static_cast<int>(config_.fixed_precision.value_or(policy_.current())));
+    running_.reserve(config_.max_running);
+    entries_.reserve(config_.max_running);
+    entry_owner_.reserve(config_.max_running);
+    ttft_.reserve(config_.max_running);
+    inter_token_.reserve(config_.max_running);
+    step_latency_window_.reserve(kLatencyRing);
+    finish_times_.reserve(kFinishRing);
+    kv_in_use_.store(model_.total_kv_blocks() - model_.free_kv_blocks());
+}
+
+Scheduler::~Scheduler() { stop(); }
+
+void Scheduler::start() {
+    std::lock_guard lk(mu_);
+    if (thread_.joinable() || stopping_) return;
+    thread_ = std::thread([this] { run(); });
+}
+
+void Scheduler::stop() {
+    {
+        std::lock_guard lk(mu_);
+        stopping_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    // Whatever is left (also when never started) ends as cancelled.
+    std::deque<std::unique_ptr<Active>> left;
+    {
+        std::lock_guard lk(mu_);
+        left.swap(queue_);
+    }
+    for (auto& a : left) finish(*a, FinishReason::kCancelled);
+    for (auto& a : running_) finish(*a, FinishReason::kCancelled);
+    running_.clear();
+    queue_depth_.store(0);
+    running_count_.store(0);
+}
+
+Result<std::shared_ptr<GenerationChannel>> Scheduler::submit(GenerationRequest request, std::function<void()> waker) {
+    const auto& info = model_.info();
+    if (request.prompt.empty())
+        return make_error(ErrorCode::kInvalidArgument, "the prompt is empty: give at least one token");
+    if (request.max_tokens == 0) return make_error(ErrorCode::kInvalidArgument, "max_tokens must be at least 1");
+    for (TokenId t : request.prompt)
+        if (t < 0 || static_cast<size_t>(t) >= info.n_vocab)
+            return make_error(ErrorCode::kInvalidArgument,
+                              "prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    if (request.prompt.size() + request.max_tokens > info.n_ctx)
+        return make_error(ErrorCode::kOutOfRange,
+                          "the prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
+                              std::to_string(request.max_tokens) + ") exceeds the context of " +
+                              std::to_string(info.n_ctx) + " tokens; shorten the prompt or lower max_tokens");
+
+    auto a = std::make_unique<Active>();
+    a->channel = std::make_shared<GenerationChannel>(request.prompt.size());
+    if (waker) a->channel->set_waker(std::move(waker));
+    a->req = std::move(request);
+    a->submitted_ns = clock_.now_mono_ns();
+    auto channel = a->channel;
+    {
+        std::lock_guard lk(mu_);
+        if (stopping_)
+            return make_error(ErrorCode::kResourceExhausted, "the scheduler is shutting down; retry on another instance");
+        if (queue_.size() >= config_.max_queue)
+            return make_error(ErrorCode::kResourceExhausted,
+                              "the request queue is full (" + std::to_string(config_.max_queue) +
+                                  " waiting); retry later");
+        queue_.push_back(std::move(a));
+        queue_depth_.store(queue_.size());
+    }
+    cv_.notify_one();
+    return channel;
+}
+
+SchedulerStats Scheduler::stats() const {
+    SchedulerStats s;
+    s.queue_depth = queue_depth_.load();
+    s.running = running_count_.load();
+    s.last_batch_sequences = batch_sequences_.load();
+    s.last_batch_tokens = batch_tokens_.load();
+    s.tokens_generated = tokens_generated_.load();
+    s.steps = steps_.load();
+    s.requests_finished = requests_finished_.load();
+    s.kv_blocks_in_use = kv_in_use_.load();
+    s.kv_blocks_total = model_.total_kv_blocks();
+    s.precision = static_cast<Precision>(precision_.load());
+    s.precision_switches = precision_switches_.load();
+    return s;
+}
+
+size_t Scheduler::in_flight() const {
+    std::lock_guard lk(mu_);
+    return queue_.size() + running_count_.load();
+}
+
+void Scheduler::run() {
+    for (;;) {
+        {
+            std::unique_lock lk(mu_);
+            if (running_.empty() && !stopping_) cv_.wait(lk, [&] { return stopping_ || !queue_.empty(); });
+            if (stopping_) return;
+        }
+        const int64_t now = clock_.now_mono_ns();
+        admit(now);
+        if (running_.empty()) {
+            // Nothing could be admitted (e.g. no sequence slot): try again shortly.
+            std::unique_lock lk(mu_);
+            cv_.wait_for(lk, std::chrono::milliseconds(2), [&] { return stopping_; });
+            continue;
+        }
+        step();
+        publish_stats();
+        maybe_evaluate_policy(clock_.now_mono_ns());
+    }
+}
+
+void Scheduler::admit(int64_t now) {
+    std::vector<std::unique_ptr<Active>> dropped;
+    {
+        std::lock_guard lk(mu_);
+        for (auto it = queue_.begin(); it != queue_.end();) {
+            Active& a = **it;
+            if (a.channel->cancelled() || (a.req.deadline_mono_ns != 0 && now > a.req.deadline_mono_ns)) {
+                dropped.push_back(std::move(*it));
+                it = queue_.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        while (running_.size() < config_.max_running && !queue_.empty()) {
+            auto seq = model_.create_sequence();
+            if (!seq) {
+                if (!running_.empty()) break;  // wait for a running request to free its slot
+                auto a = std::move(queue_.front());
+                queue_.pop_front();
+                a->channel->finish(FinishReason::kError, seq.error());
+                continue;
+            }
+            auto a = std::move(queue_.front());
+            queue_.pop_front();
+            a->seq = *seq;
+            a->history.reserve(a->req.prompt.size() + a->req.max_tokens);
+            a->history = a->req.prompt;
+            a->sampler.emplace(a->req.sampling, model_.info().n_vocab);
+            a->detok.emplace(model_.tokenizer());
+            for (const auto& s : a->req.stops) a->max_stop_len = std::max(a->max_stop_len, s.size());
+            running_.push_back(std::move(a));
+        }
+        queue_depth_.store(queue_.size());
+        running_count_.store(running_.size());
+    }
+    for (auto& a : dropped)
+        finish(*a, a->channel->cancelled() ? FinishReason::kCancelled : FinishReason::kDeadlineExpired,
+               a->channel->cancelled() ? Error{}
+                                       : make_error(ErrorCode::kResourceExhausted,
+                                                    "the request waited in the queue past its deadline; retry later"));
+}
+
+Precision Scheduler::precision_for(const Active& a) const {
+    if (a.req.precision) return *a.req.precision;
+    if (config_.fixed_precision) return *config_.fixed_precision;
+    return policy_.current();
+}
+
+void Scheduler::step() {
+    for (auto& a : running_)
+        if (a->channel->cancelled()) finish(*a, FinishReason::kCancelled);
+    std::erase_if(running_, [](const auto& a) { return a->done; });
+    if (running_.empty()) {
+        running_count_.store(0);
+        return;
+    }
+
+    size_t decoding = 0;
+    for (auto& a : running_) decoding += a->prefilled == a->req.prompt.size() ? 1 : 0;
+    size_t prefill_budget = std::min(config_.prefill_chunk_tokens, config_.max_batch_tokens - decoding);
+
+    ttft_.clear();
+    inter_token_.clear();
+    size_t step_sequences = 0, step_tokens = 0, step_generated = 0;
+    double step_seconds = 0;
+    Precision step_precision = policy_.current();
+
+    // One decode() per distinct precision in the running set (usually one).
+    std::vector<Precision> precisions;
+    for (auto& a : running_) {
+        const Precision p = precision_for(*a);
+        if (std::find(precisions.begin(), precisions.end(), p) == precisions.end()) precisions.push_back(p);
+    }
+    for (Precision p : precisions) {
+        entries_.clear();
+        entry_owner_.clear();
+        for (auto& a : running_) {
+            if (a->done || precision_for(*a) != p) continue;
+            const size_t prompt_len = a->req.prompt.size();
+            if (a->prefilled < prompt_len) {
+                const size_t n = std::min(prompt_len - a->prefilled, prefill_budget);
+                if (n == 0) continue;
+                prefill_budget -= n;
+                a->pending = n;
+                entries_.push_back(BatchEntry{a->seq, std::span<const TokenId>(a->req.prompt.data() + a->prefilled, n)});
+            } else {
+                a->pending = 1;
+                entries_.push_back(BatchEntry{a->seq, std::span<const TokenId>(&a->last, 1)});
+            }
+            entry_owner_.push_back(a.get());
+        }
+        while (!entries_.empty()) {
+            const int64_t t0 = clock_.now_mono_ns();
+            auto logits = model_.decode(entries_, p);
+            const int64_t t1 = clock_.now_mono_ns();
+            if (!logits) {
+                if (logits.error().code == ErrorCode::kResourceExhausted) {
+                    // The KV cache is full: fail the newest request, the others continue.
+                    Active* victim = entry_owner_.back();
+                    finish(*victim, FinishReason::kError,
+                           make_error(ErrorCode::kResourceExhausted,
+                                      "the KV cache is full: " + logits.error().message +
+                                          "; retry later or with a shorter request"));
+                    entries_.pop_back();
+                    entry_owner_.pop_back();
+                    continue;
+                }
+                for (Active* a : entry_owner_) finish(*a, FinishReason::kError, logits.error());
+                entries_.clear();
+                break;
+            }
+            step_seconds += static_cast<double>(t1 - t0) / 1e9;
+            step_precision = p;
+            step_sequences += entries_.size();
+            const size_t n_vocab = model_.info().n_vocab;
+            for (size_t i = 0; i < entries_.size(); ++i) {
+                Active& a = *entry_owner_[i];
+                step_tokens += a.pending;
+                const bool was_prefilling = a.prefilled < a.req.prompt.size();
+                if (was_prefilling) {
+                    a.prefilled += a.pending;
+                    if (a.prefilled < a.req.prompt.size()) continue;  // more prompt to go
+                }
+                const std::span<const float> row = logits->subspan(i * n_vocab, n_vocab);
+                const TokenId t = a.sampler->sample(row, a.history);
+                const size_t before = a.generated;
+                deliver(a, t, t1);
+                step_generated += a.generated - before;
+            }
+            break;
+        }
+    }
+    std::erase_if(running_, [](const auto& a) { return a->done; });
+    running_count_.store(running_.size());
+    batch_sequences_.store(step_sequences);
+    batch_tokens_.store(step_tokens);
+    tokens_generated_.fetch_add(step_generated, std::memory_order_relaxed);
+    steps_.fetch_add(1, std::memory_order_relaxed);
+    if (step_sequences > 0) {
+        if (step_latency_window_.size() < kLatencyRing) {
+            step_latency_window_.push_back(step_seconds);
+        } else {
+            step_latency_window_[step_latency_next_] = step_seconds;
+            step_latency_next_ = (step_latency_next_ + 1) % kLatencyRing;
+        }
+    }
+    if (observer_ && step_sequences > 0) {
+        StepReport r;
+        r.sequences = step_sequences;
+        r.tokens = step_tokens;
+        r.seconds = step_seconds;
+        r.precision = step_precision;
+        r.time_to_first_token_s = ttft_;
+        r.inter_token_s = inter_token_;
+        r.tokens_generated = step_generated;
+        observer_->on_step(r);
+    }
+}
+
+void Scheduler::deliver(Active& a, TokenId token, int64_t now) {
+    if (a.generated == 0 && a.last_token_ns == 0)
+        ttft_.push_back(static_cast<double>(now - a.submitted_ns) / 1e9);
+    else
+        inter_token_.push_back(static_cast<double>(now - a.last_token_ns) / 1e9);
+    a.last_token_ns = now;
+
+    if (!a.req.ignore_eos && model_.tokenizer().is_end_of_generation(token)) {
+        a.text += a.detok->flush();
+        if (a.text.size() > a.emitted) a.channel->push_text(std::string_view(a.text).substr(a.emitted));
+        a.emitted = a.text.size();
+        finish(a, FinishReason::kStop);
+        return;
+    }
+    ++a.generated;
+    a.history.push_back(token);
+    a.last = token;
+    a.text += a.detok->feed(token);
+    // Stop strings can only start within the last max_stop_len bytes before new text.
+    const size_t from = a.emitted > a.max_stop_len ? a.emitted - a.max_stop_len : 0;
+    const engine::StopMatch m = engine::find_stop(std::string_view(a.text).substr(from), a.req.stops);
+    if (m.position != std::string::npos) {
+        const size_t end = std::max(from + m.position, a.emitted);
+        a.channel->push(token, std::string_view(a.text).substr(a.emitted, end - a.emitted));
+        a.text.resize(end);
+        a.emitted = end;
+        finish(a, FinishReason::kStop);
+        return;
+    }
+    if (a.generated >= a.req.max_tokens) {
+        a.text += a.detok->flush();
+        a.channel->push(token, std::string_view(a.text).substr(a.emitted));
+        a.emitted = a.text.size();
+        finish(a, FinishReason::kLength);
+        return;
+    }
+    const size_t safe = a.text.size() - std::min(m.hold_back, a.text.size());
+    if (safe > a.emitted) {
+        a.channel->push(token, std::string_view(a.text).substr(a.emitted, safe - a.emitted));
+        a.emitted = safe;
+    } else {
+        a.channel->push(token, {});
+    }
+}
+
+void Scheduler::finish(Active& a, FinishReason reason, Error error) {
+    if (a.done) return;
+    a.done = true;
+    if (a.seq >= 0) {
+        model_.free_sequence(a.seq);
+        a.seq = -1;
+    }
+    a.channel->finish(reason, std::move(error));
+    const int64_t now = clock_.now_mono_ns();
+    if (finish_times_.size() < kFinishRing) {
+        finish_times_.push_back(now);
+    } else {
+        finish_times_[finish_next_] = now;
+        finish_next_ = (finish_next_ + 1) % kFinishRing;
+    }
+    requests_finished_.fetch_add(1, std::memory_order_relaxed);
+    if (observer_) {
+        FinishReport r;
+        r.reason = reason;
+        r.latency_s = static_cast<double>(now - a.submitted_ns) / 1e9;
+        r.prompt_tokens = a.req.prompt.size();
+        r.completion_tokens = a.generated;
+        observer_->on_finish(r);
+    }
+}
+
+void Scheduler::maybe_evaluate_policy(int64_t now) {
+    if (config_.fixed_precision) return;
+    if (last_policy_eval_ns_ != 0 && static_cast<double>(now - last_policy_eval_ns_) / 1e9 < config_.policy_interval_s)
+        return;
+    last_policy_eval_ns_ = now;
+    PrecisionFigures f;
+    if (!step_latency_window_.empty()) {
+        std::vector<double> lat = step_latency_window_;
+        const size_t k = std::min(lat.size() - 1, static_cast<size_t>(0.95 * static_cast<double>(lat.size())));
+        std::nth_element(lat.begin(), lat.begin() + static_cast<ptrdiff_t>(k), lat.end());
+        f.p95_latency_s = lat[k];
+    }
+    const int64_t window_ns = static_cast<int64_t>(config_.policy_window_s * 1e9);
+    size_t recent = 0;
+    for (int64_t t : finish_times_) recent += now - t <= window_ns ? 1 : 0;
+    f.throughput_rps = config_.policy_window_s > 0 ? static_cast<double>(recent) / config_.policy_window_s : 0;
+    const Precision before = policy_.current();
+    if (policy_.evaluate(f, static_cast<double>(now) / 1e9)) {
+        precision_.store(static_cast<int>(policy_.current()));
+        precision_switches_.fetch_add(1);
+        if (observer_) observer_->on_precision_switch(before, policy_.current());
+    }
+}
+
+void Scheduler::publish_stats() {
+    kv_in_use_.store(model_.total_kv_blocks() - model_.free_kv_blocks());
+}
+
+}  // namespace assistd::serve

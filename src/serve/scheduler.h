@@ -1,0 +1,221 @@
+#pragma once
+// The scheduler: one thread owns the Model and runs iteration-level
+// continuous batching. Requests wait in a bounded queue; between decode steps
+// queued requests are admitted and their prompts prefilled in chunks, while
+// every running sequence advances by one token in the same decode() call.
+// Output goes to a per-request GenerationChannel that the consumer (an HTTP
+// coroutine, a test) drains; cancelling the channel frees the sequence at the
+// next step. Nothing here knows about HTTP.
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/clock.h"
+#include "common/result.h"
+#include "engine/engine.h"
+#include "serve/precision_policy.h"
+
+namespace assistd::serve {
+
+enum class FinishReason {
+    kNone,             // still running
+    kStop,             // end-of-generation token or a stop string
+    kLength,           // max_tokens reached
+    kCancelled,        // the consumer cancelled (client went away)
+    kDeadlineExpired,  // waited in the queue past its deadline
+    kError,            // see GenerationUpdate::error (e.g. the KV cache is full)
+};
+const char* finish_reason_name(FinishReason reason);
+
+struct GenerationRequest {
+    std::vector<engine::TokenId> prompt;
+    engine::SamplerParams sampling;
+    size_t max_tokens = 16;
+    std::vector<std::string> stops;
+    std::optional<engine::Precision> precision;  // pinned; otherwise the policy decides
+    int64_t deadline_mono_ns = 0;                // 0: none; checked while queued
+    bool ignore_eos = false;
+};
+
+// What a consumer takes from a channel: new output since the last take.
+struct GenerationUpdate {
+    std::string text;                     // appended
+    std::vector<engine::TokenId> tokens;  // appended
+    bool finished = false;
+    FinishReason reason = FinishReason::kNone;
+    Error error;                          // when reason == kError
+    size_t prompt_tokens = 0;
+    size_t completion_tokens = 0;
+};
+
+// The handoff between the scheduler thread and one consumer: a mutex held
+// for a few instructions per token, a waker to resume an async consumer and
+// a condition variable for a blocking one.
+class GenerationChannel {
+public:
+    explicit GenerationChannel(size_t prompt_tokens) : prompt_tokens_(prompt_tokens) {}
+
+    // Consumer side.
+    // The waker runs on the scheduler thread, under the channel's lock (keep
+    // it tiny: post to an executor). If output is pending it runs at once.
+    void set_waker(std::function<void()> waker);
+    // After this returns the waker is never called again.
+    void clear_waker();
+    // Moves pending output into `out` (appending); true once finished.
+    bool take(GenerationUpdate& out);
+    // Blocks until finished or the timeout; collects everything. For tests and tools.
+    bool wait_finished(GenerationUpdate& out, int64_t timeout_ms);
+    void cancel() { cancelled_.store(true, std::memory_order_relaxed); }
+    bool cancelled() const { return cancelled_.load(std::memory_order_relaxed); }
+
+    // Scheduler side.
+    void push(engine::TokenId token, std::string_view text);
+    void push_text(std::string_view text);
+    void finish(FinishReason reason, Error error = {});
+
+private:
+    void wake_locked();
+
+    std::mutex mu_;
+    std::condition_variable cv_;
+    std::function<void()> waker_;
+    std::string text_;
+    std::vector<engine::TokenId> tokens_;
+    size_t prompt_tokens_;
+    size_t completion_tokens_ = 0;
+    bool finished_ = false;
+    bool finish_taken_ = false;
+    FinishReason reason_ = FinishReason::kNone;
+    Error error_;
+    std::atomic<bool> cancelled_{false};
+};
+
+struct SchedulerConfig {
+    size_t max_queue = 256;            // queued (not yet running) requests; more are rejected
+    size_t max_running = 16;           // sequences decoding at once (<= the model's max_sequences)
+    size_t max_batch_tokens = 512;     // the model's max_batch_tokens
+    size_t prefill_chunk_tokens = 256; // prompt tokens per step across all prefills
+    std::optional<engine::Precision> fixed_precision;  // set: the policy is off
+    PrecisionPolicyConfig policy;
+    double policy_interval_s = 1.0;    // how often the policy is evaluated
+    double policy_window_s = 10.0;     // figures are taken over this window
+};
+
+// Live figures for /metrics and tests; read from any thread.
+struct SchedulerStats {
+    size_t queue_depth = 0;
+    size_t running = 0;
+    size_t last_batch_sequences = 0;
+    size_t last_batch_tokens = 0;
+    uint64_t tokens_generated = 0;
+    uint64_t steps = 0;
+    uint64_t requests_finished = 0;
+    size_t kv_blocks_in_use = 0;
+    size_t kv_blocks_total = 0;
+    engine::Precision precision = engine::Precision::kBF16;
+    uint64_t precision_switches = 0;
+};
+
+// One decode step, reported once per step (not per token) to keep the hot
+// path free of per-token locks in the metrics library.
+struct StepReport {
+    size_t sequences = 0;
+    size_t tokens = 0;
+    double seconds = 0;
+    engine::Precision precision = engine::Precision::kBF16;
+    std::span<const double> time_to_first_token_s;
+    std::span<const double> inter_token_s;
+    size_t tokens_generated = 0;
+};
+
+struct FinishReport {
+    FinishReason reason = FinishReason::kNone;
+    double latency_s = 0;  // submit to finish
+    size_t prompt_tokens = 0;
+    size_t completion_tokens = 0;
+};
+
+// Called on the scheduler thread.
+class SchedulerObserver {
+public:
+    virtual ~SchedulerObserver() = default;
+    virtual void on_step(const StepReport&) {}
+    virtual void on_finish(const FinishReport&) {}
+    virtual void on_precision_switch(engine::Precision /*from*/, engine::Precision /*to*/) {}
+};
+
+class Scheduler {
+public:
+    // The model must outlive the scheduler; the scheduler is its only decode() caller.
+    Scheduler(engine::Model& model, const SchedulerConfig& config, Clock& clock,
+              SchedulerObserver* observer = nullptr);
+    ~Scheduler();
+    Scheduler(const Scheduler&) = delete;
+    Scheduler& operator=(const Scheduler&) = delete;
+
+    void start();
+    // Finishes every queued and running request as cancelled, then joins.
+    void stop();
+
+    // kInvalidArgument: empty prompt; kOutOfRange: prompt + max_tokens exceed
+    // the context; kResourceExhausted: the queue is full (answer 429).
+    Result<std::shared_ptr<GenerationChannel>> submit(GenerationRequest request,
+                                                       std::function<void()> waker = nullptr);
+
+    SchedulerStats stats() const;
+    const SchedulerConfig& config() const { return config_; }
+    // Queued plus running: zero means idle (used by drain).
+    size_t in_flight() const;
+
+private:
+    struct Active;
+    void run();
+    void admit(int64_t now);
+    void step();
+    void deliver(Active& a, engine::TokenId token, int64_t now);
+    void finish(Active& a, FinishReason reason, Error error = {});
+    void maybe_evaluate_policy(int64_t now);
+    engine::Precision precision_for(const Active& a) const;
+    void publish_stats();
+
+    engine::Model& model_;
+    SchedulerConfig config_;
+    Clock& clock_;
+    SchedulerObserver* observer_;
+    PrecisionPolicy policy_;
+
+    mutable std::mutex mu_;  // guards queue_ and stopping_
+    std::condition_variable cv_;
+    std::deque<std::unique_ptr<Active>> queue_;
+    bool stopping_ = false;
+    std::thread thread_;
+
+    // Scheduler-thread state.
+    std::vector<std::unique_ptr<Active>> running_;
+    std::vector<engine::BatchEntry> entries_;
+    std::vector<Active*> entry_owner_;
+    std::vector<double> ttft_;
+    std::vector<double> inter_token_;
+    std::vector<double> step_latency_window_;   // ring of recent step latencies
+    std::vector<int64_t> finish_times_;          // ring of recent finish times
+    size_t step_latency_next_ = 0, finish_next_ = 0;
+    int64_t last_policy_eval_ns_ = 0;
+
+    // Published figures.
+    std::atomic<size_t> queue_depth_{0}, running_count_{0}, batch_sequences_{0}, batch_tokens_{0};
+    std::atomic<uint64_t> tokens_generated_{0}, steps_{0}, requests_finished_{0}, precision_switches_{0};
+    std::atomic<size_t> kv_in_use_{0};
+    std::atomic<int> precision_{static_cast<int>(engine::Precision::kBF16)};
+};
+
+}  // namespace assistd::serve

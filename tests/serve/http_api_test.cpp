@@ -1,0 +1,484 @@
+// The HTTP layer end to end: a real server on an ephemeral loopback port,
+// talked to over plain sockets.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "serve/http_server.h"
+#include "serve/metrics.h"
+#include "serve/openai_routes.h"
+#include "serve/scheduler.h"
+
+namespace assistd::serve {
+namespace {
+
+using engine::Precision;
+using engine::TokenId;
+using nlohmann::json;
+
+const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+
+// ---- a small blocking HTTP/1.1 client ------------------------------------------
+
+int connect_loopback(uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{30, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+void send_all(int fd, const std::string& data) {
+    size_t off = 0;
+    while (off < data.size()) {
+        const ssize_t n = ::send(fd, data.data() + off, data.size() - off, MSG_NOSIGNAL);
+        if (n <= 0) return;
+        off += static_cast<size_t>(n);
+    }
+}
+
+std::string request_text(const std::string& method, const std::string& path, const std::string& body,
+                         bool close = true) {
+    std::string r = method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n";
+    if (close) r += "Connection: close\r\n";
+    if (!body.empty() || method == "POST") r += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+    return r + "\r\n" + body;
+}
+
+struct Reply {
+    int status = 0;
+    std::map<std::string, std::string> headers;  // lower-case names
+    std::string body;                             // de-chunked
+    json json_body() const { return json::parse(body, nullptr, false); }
+};
+
+// Parses one response from the front of `raw`; returns the bytes it used (0: incomplete).
+size_t parse_reply(const std::string& raw, Reply& out) {
+    const size_t head_end = raw.find("\r\n\r\n");
+    if (head_end == std::string::npos) return 0;
+    out = Reply{};
+    out.status = std::atoi(raw.c_str() + raw.find(' ') + 1);
+    size_t pos = raw.find("\r\n") + 2;
+    while (pos < head_end) {
+        const size_t eol = raw.find("\r\n", pos);
+        const std::string line = raw.substr(pos, eol - pos);
+        const size_t colon = line.find(':');
+        std::string name = line.substr(0, colon);
+        for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+        out.headers[name] = line.substr(line.find_first_not_of(' ', colon + 1));
+        pos = eol + 2;
+    }
+    pos = head_end + 4;
+    if (out.headers["transfer-encoding"] == "chunked") {
+        for (;;) {
+            const size_t eol = raw.find("\r\n", pos);
+            if (eol == std::string::npos) return 0;
+            const size_t n = std::stoul(raw.substr(pos, eol - pos), nullptr, 16);
+            if (raw.size() < eol + 2 + n + 2) return 0;
+            out.body += raw.substr(eol + 2, n);
+            pos = eol + 2 + n + 2;
+            if (n == 0) return pos;
+        }
+    }
+    const size_t len = out.headers.count("content-length") ? std::stoul(out.headers["content-length"]) : 0;
+    if (raw.size() < pos + len) return 0;
+    out.body = raw.substr(pos, len);
+    return pos + len;
+}
+
+std::string read_to_eof(int fd) {
+    std::string raw;
+    char buf[8192];
+    for (;;) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        raw.append(buf, static_cast<size_t>(n));
+    }
+    return raw;
+}
+
+Reply exchange(uint16_t port, const std::string& method, const std::string& path, const std::string& body = "") {
+    const int fd = connect_loopback(port);
+    EXPECT_GE(fd, 0);
+    send_all(fd, request_text(method, path, body));
+    const std::string raw = read_to_eof(fd);
+    ::close(fd);
+    Reply r;
+    EXPECT_GT(parse_reply(raw, r), 0u) << raw;
+    return r;
+}
+
+// The concatenated content of an SSE chat or completion stream; checks the framing.
+std::string sse_text(const std::string& body, bool chat, json* usage = nullptr, std::string* finish = nullptr) {
+    std::string text;
+    size_t pos = 0;
+    bool done = false;
+    while (pos < body.size()) {
+        const size_t end = body.find("\n\n", pos);
+        EXPECT_NE(end, std::string::npos);
+        if (end == std::string::npos) break;
+        const std::string frame = body.substr(pos, end - pos);
+        pos = end + 2;
+        EXPECT_EQ(frame.rfind("data: ", 0), 0u) << frame;
+        const std::string data = frame.substr(6);
+        EXPECT_FALSE(done) << "a frame after [DONE]";
+        if (data == "[DONE]") {
+            done = true;
+            continue;
+        }
+        const json j = json::parse(data);
+        EXPECT_EQ(j["object"], chat ? "chat.completion.chunk" : "text_completion");
+        if (j.contains("usage") && !j["usage"].is_null() && usage) *usage = j["usage"];
+        for (const auto& c : j["choices"]) {
+            if (chat && c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
+            if (!chat) text += c["text"].get<std::string>();
+            if (!c["finish_reason"].is_null() && finish) *finish = c["finish_reason"];
+        }
+    }
+    EXPECT_TRUE(done) << "the stream must end with data: [DONE]";
+    return text;
+}
+
+// ---- the reference: the engine alone ----------------------------------------------
+
+std::string plain_greedy_text(engine::Model& model, const std::vector<TokenId>& prompt, size_t max_tokens,
+                              const std::vector<std::string>& stops) {
+    auto seq = model.create_sequence();
+    engine::Sampler sampler({.temperature = 0});
+    engine::BatchEntry e{*seq, prompt};
+    auto logits = model.decode(std::span(&e, 1), Precision::kFP32);
+    std::vector<TokenId> history = prompt, out;
+    for (size_t i = 0; i < max_tokens; ++i) {
+        const TokenId t = sampler.sample(*logits, history);
+        if (model.tokenizer().is_end_of_generation(t)) break;
+        out.push_back(t);
+        history.push_back(t);
+        engine::BatchEntry d{*seq, std::span<const TokenId>(&out.back(), 1)};
+        logits = model.decode(std::span(&d, 1), Precision::kFP32);
+    }
+    model.free_sequence(*seq);
+    std::string text = model.tokenizer().decode(out);
+    const auto m = engine::find_stop(text, stops);
+    if (m.position != std::string::npos) text.resize(m.position);
+    return text;
+}
+
+// ---- the server under test -----------------------------------------------------------
+
+struct TestServer {
+    TestServer(engine::Model& model, SchedulerConfig sc, OpenAiRoutesConfig rc, bool start_scheduler = true,
+               size_t max_body = 1 << 20)
+        : scheduler(model, sc, SystemClock::instance(), &metrics),
+          routes(model, scheduler, metrics, SystemClock::instance(), rc) {
+        if (start_scheduler) scheduler.start();
+        HttpServerConfig hc;
+        hc.port = 0;
+        hc.io_threads = 2;
+        hc.max_body_bytes = max_body;
+        auto s = HttpServer::start(hc, [this](const HttpRequest& r) { return routes.handle(r); });
+        EXPECT_TRUE(s.ok());
+        server = std::move(*s);
+    }
+    ~TestServer() {
+        server->stop();
+        scheduler.stop();
+    }
+    uint16_t port() const { return server->port(); }
+
+    ServeMetrics metrics;
+    Scheduler scheduler;
+    OpenAiRoutes routes;
+    std::unique_ptr<HttpServer> server;
+};
+
+SchedulerConfig fp32() {
+    SchedulerConfig c;
+    c.fixed_precision = Precision::kFP32;
+    return c;
+}
+
+OpenAiRoutesConfig routes_config() {
+    OpenAiRoutesConfig c;
+    c.model_id = "stories260K";
+    return c;
+}
+
+class HttpApi : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (!std::filesystem::exists(kStories)) return;
+        engine::ModelParams p;
+        p.path = kStories;
+        p.n_threads = 2;
+        p.max_sequences = 16;
+        auto m = engine::Model::load(p);
+        ASSERT_TRUE(m.ok());
+        model_ = std::move(*m).release();
+    }
+    static void TearDownTestSuite() {
+        delete model_;
+        model_ = nullptr;
+    }
+    void SetUp() override {
+        if (!model_) GTEST_SKIP() << "no " << kStories;
+    }
+    static engine::Model* model_;
+};
+engine::Model* HttpApi::model_ = nullptr;
+
+std::vector<TokenId> chat_prompt(engine::Model& m, const std::string& user) {
+    const std::string text = m.chat_template().apply({{"user", user}}, true);
+    return m.tokenizer().encode(text, m.tokenizer().add_bos_default(), true);
+}
+
+TEST_F(HttpApi, ChatCompletionNonStreamEqualsEngineGreedy) {
+    TestServer s(*model_, fp32(), routes_config());
+    const std::string expected = plain_greedy_text(*model_, chat_prompt(*model_, "Tell me a story"), 32,
+                                                   model_->chat_template().stop_strings());
+    const Reply r = exchange(s.port(), "POST", "/v1/chat/completions",
+                             R"({"model":"stories260K","messages":[{"role":"user","content":"Tell me a story"}],)"
+                             R"("max_tokens":32,"temperature":0})");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.headers.at("content-type"), "application/json");
+    const json j = r.json_body();
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["model"], "stories260K");
+    EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+    EXPECT_EQ(j["choices"][0]["message"]["content"], expected);
+    EXPECT_EQ(j["usage"]["prompt_tokens"], chat_prompt(*model_, "Tell me a story").size());
+    EXPECT_EQ(j["usage"]["total_tokens"].get<int>(),
+              j["usage"]["prompt_tokens"].get<int>() + j["usage"]["completion_tokens"].get<int>());
+}
+
+TEST_F(HttpApi, ChatCompletionStreamEqualsEngineGreedy) {
+    TestServer s(*model_, fp32(), routes_config());
+    const std::string expected = plain_greedy_text(*model_, chat_prompt(*model_, "Tell me a story"), 32,
+                                                   model_->chat_template().stop_strings());
+    const Reply r = exchange(s.port(), "POST", "/v1/chat/completions",
+                             R"({"messages":[{"role":"user","content":[{"type":"text","text":"Tell me a story"}]}],)"
+                             R"("max_completion_tokens":32,"temperature":0,"stream":true,)"
+                             R"("stream_options":{"include_usage":true}})");
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.headers.at("content-type"), "text/event-stream");
+    EXPECT_EQ(r.headers.at("transfer-encoding"), "chunked");
+    json usage;
+    std::string finish;
+    EXPECT_EQ(sse_text(r.body, true, &usage, &finish), expected);
+    EXPECT_TRUE(finish == "length" || finish == "stop");
+    ASSERT_TRUE(usage.is_object());
+    EXPECT_GT(usage["completion_tokens"].get<int>(), 0);
+}
+
+TEST_F(HttpApi, CompletionsStreamAndNonStreamEqualEngineGreedy) {
+    TestServer s(*model_, fp32(), routes_config());
+    const auto prompt = model_->tokenizer().encode("Once upon a time", model_->tokenizer().add_bos_default(), false);
+    const std::string expected = plain_greedy_text(*model_, prompt, 24, {});
+    const std::string req = R"({"model":"stories260K","prompt":"Once upon a time","max_tokens":24,"temperature":0)";
+    const Reply a = exchange(s.port(), "POST", "/v1/completions", req + "}");
+    ASSERT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.json_body()["object"], "text_completion");
+    EXPECT_EQ(a.json_body()["choices"][0]["text"], expected);
+    const Reply b = exchange(s.port(), "POST", "/v1/completions", req + R"(,"stream":true})");
+    ASSERT_EQ(b.status, 200);
+    EXPECT_EQ(sse_text(b.body, false), expected);
+}
+
+TEST_F(HttpApi, ModelsHealthReadyAndKeepAlive) {
+    TestServer s(*model_, fp32(), routes_config());
+    const Reply m = exchange(s.port(), "GET", "/v1/models");
+    ASSERT_EQ(m.status, 200);
+    EXPECT_EQ(m.json_body()["data"][0]["id"], "stories260K");
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/models/stories260K").status, 200);
+    EXPECT_EQ(exchange(s.port(), "GET", "/healthz").status, 200);
+    EXPECT_EQ(exchange(s.port(), "GET", "/readyz").status, 200);
+
+    // Two requests on one connection.
+    const int fd = connect_loopback(s.port());
+    send_all(fd, request_text("GET", "/healthz", "", false) + request_text("GET", "/v1/models", "", true));
+    const std::string raw = read_to_eof(fd);
+    ::close(fd);
+    Reply first, second;
+    const size_t used = parse_reply(raw, first);
+    ASSERT_GT(used, 0u);
+    ASSERT_GT(parse_reply(raw.substr(used), second), 0u);
+    EXPECT_EQ(first.status, 200);
+    EXPECT_EQ(second.status, 200);
+    EXPECT_EQ(second.json_body()["object"], "list");
+
+    s.routes.set_draining(true);
+    EXPECT_EQ(exchange(s.port(), "GET", "/readyz").status, 503);
+    const Reply d = exchange(s.port(), "POST", "/v1/completions", R"({"prompt":"hi"})");
+    EXPECT_EQ(d.status, 503);
+    EXPECT_TRUE(d.headers.count("retry-after"));
+    EXPECT_EQ(exchange(s.port(), "GET", "/healthz").status, 200);
+}
+
+struct BadCase {
+    const char* name;
+    const char* path;
+    std::string body;
+    int status;
+    const char* param;  // nullptr: not checked
+};
+
+TEST_F(HttpApi, BadInputGetsStatusAndOpenAiErrorJson) {
+    TestServer s(*model_, fp32(), routes_config(), true, 4096);
+    const std::string chat = "/v1/chat/completions";
+    const std::vector<BadCase> cases = {
+        {"malformed JSON", "/v1/chat/completions", R"({"messages": [)", 400, nullptr},
+        {"not an object", "/v1/chat/completions", R"([1,2])", 400, nullptr},
+        {"messages missing", "/v1/chat/completions", R"({"model":"stories260K"})", 400, "messages"},
+        {"messages wrong type", "/v1/chat/completions", R"({"messages":"hi"})", 400, "messages"},
+        {"role wrong type", "/v1/chat/completions", R"({"messages":[{"role":1,"content":"x"}]})", 400, "messages[0]"},
+        {"content wrong type", "/v1/chat/completions", R"({"messages":[{"role":"user","content":5}]})", 400,
+         "messages[0].content"},
+        {"temperature wrong type", "/v1/chat/completions",
+         R"({"messages":[{"role":"user","content":"x"}],"temperature":"hot"})", 400, "temperature"},
+        {"max_tokens wrong type", "/v1/chat/completions",
+         R"({"messages":[{"role":"user","content":"x"}],"max_tokens":"ten"})", 400, "max_tokens"},
+        {"max_tokens zero", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})",
+         400, "max_tokens"},
+        {"n=2", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":2})", 400, "n"},
+        {"stop wrong type", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stop":7})", 400,
+         "stop"},
+        {"stream wrong type", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream":"yes"})",
+         400, "stream"},
+        {"bad precision", "/v1/chat/completions",
+         R"({"messages":[{"role":"user","content":"x"}],"precision":"fp8"})", 400, "precision"},
+        {"invalid UTF-8", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", 400,
+         nullptr},
+        {"context overflow", "/v1/chat/completions",
+         R"({"messages":[{"role":"user","content":"x"}],"max_tokens":100000})", 400, "messages"},
+        {"unknown model", "/v1/chat/completions", R"({"model":"gpt-9","messages":[{"role":"user","content":"x"}]})",
+         404, "model"},
+        {"prompt wrong type", "/v1/completions", R"({"prompt":42})", 400, "prompt"},
+        {"oversized body", "/v1/completions", R"({"prompt":")" + std::string(10000, 'a') + R"("})", 413, nullptr},
+    };
+    for (const auto& c : cases) {
+        const Reply r = exchange(s.port(), "POST", c.path, c.body);
+        EXPECT_EQ(r.status, c.status) << c.name << ": " << r.body;
+        const json j = r.json_body();
+        ASSERT_TRUE(j.is_object() && j.contains("error")) << c.name << ": " << r.body;
+        EXPECT_TRUE(j["error"]["message"].is_string()) << c.name;
+        EXPECT_FALSE(j["error"]["message"].get<std::string>().empty()) << c.name;
+        EXPECT_TRUE(j["error"]["type"].is_string()) << c.name;
+        EXPECT_TRUE(j["error"].contains("param") && j["error"].contains("code")) << c.name;
+        if (c.param) {
+            EXPECT_EQ(j["error"]["param"], c.param) << c.name;
+        }
+    }
+    const Reply r404 = exchange(s.port(), "GET", "/v1/nothing");
+    EXPECT_EQ(r404.status, 404);
+    EXPECT_TRUE(r404.json_body()["error"]["message"].is_string());
+    const Reply utf8 = exchange(s.port(), "POST", chat, "{\"messages\":[{\"role\":\"user\",\"content\":\"\xc3\x28\"}]}");
+    EXPECT_EQ(utf8.json_body()["error"]["code"], "invalid_utf8");
+    // The server still answers properly after all that.
+    EXPECT_EQ(exchange(s.port(), "GET", "/healthz").status, 200);
+}
+
+TEST_F(HttpApi, QueueFullAnswers429WithRetryAfter) {
+    SchedulerConfig sc = fp32();
+    sc.max_queue = 0;
+    TestServer s(*model_, sc, routes_config());
+    const Reply r = exchange(s.port(), "POST", "/v1/completions", R"({"prompt":"hi","max_tokens":4})");
+    EXPECT_EQ(r.status, 429);
+    EXPECT_EQ(r.headers.at("retry-after"), "1");
+    EXPECT_EQ(r.json_body()["error"]["code"], "queue_full");
+}
+
+TEST_F(HttpApi, QueuedPastDeadlineAnswers503) {
+    OpenAiRoutesConfig rc = routes_config();
+    rc.queue_timeout_ms = -1;  // every request is already late when the scheduler looks at it
+    TestServer s(*model_, fp32(), rc);
+    for (bool stream : {false, true}) {
+        const Reply r = exchange(s.port(), "POST", "/v1/completions",
+                                 std::string(R"({"prompt":"hi","max_tokens":4,"stream":)") +
+                                     (stream ? "true" : "false") + "}");
+        EXPECT_EQ(r.status, 503) << r.body;
+        EXPECT_TRUE(r.headers.count("retry-after"));
+        EXPECT_EQ(r.json_body()["error"]["code"], "queue_timeout");
+    }
+}
+
+TEST_F(HttpApi, DisconnectMidStreamFreesTheSlot) {
+    TestServer s(*model_, fp32(), routes_config());
+    const int fd = connect_loopback(s.port());
+    send_all(fd, request_text("POST", "/v1/chat/completions",
+                              R"({"messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":1500,)"
+                              R"("temperature":0,"stream":true})"));
+    std::string raw;
+    char buf[4096];
+    while (raw.find("data: {") == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        ASSERT_GT(n, 0);
+        raw.append(buf, static_cast<size_t>(n));
+    }
+    ASSERT_EQ(raw.rfind("HTTP/1.1 200", 0), 0u);
+    ::close(fd);
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while ((s.scheduler.stats().running != 0 || s.server->active_requests() != 0) &&
+           std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    EXPECT_EQ(s.scheduler.stats().running, 0u);
+    EXPECT_EQ(s.server->active_requests(), 0u);
+    EXPECT_LT(s.scheduler.stats().tokens_generated, 1500u) << "the generation should stop early";
+    EXPECT_EQ(model_->free_kv_blocks(), model_->total_kv_blocks());
+    const Reply m = exchange(s.port(), "GET", "/metrics");
+    EXPECT_NE(m.body.find(R"(status="499")"), std::string::npos);
+}
+
+TEST_F(HttpApi, ConcurrentStreamsAllMatchEngine) {
+    TestServer s(*model_, fp32(), routes_config());
+    const char* users[] = {"Tell me a story", "Hi", "What is a cat?", "Sing"};
+    std::vector<std::string> expected, got(8);
+    for (int i = 0; i < 8; ++i)
+        expected.push_back(plain_greedy_text(*model_, chat_prompt(*model_, users[i % 4]), 24,
+                                             model_->chat_template().stop_strings()));
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 8; ++i)
+        clients.emplace_back([&, i] {
+            const Reply r = exchange(s.port(), "POST", "/v1/chat/completions",
+                                     json({{"messages", {{{"role", "user"}, {"content", users[i % 4]}}}},
+                                           {"max_tokens", 24},
+                                           {"temperature", 0},
+                                           {"stream", i % 2 == 0}})
+                                         .dump());
+            got[i] = i % 2 == 0 ? sse_text(r.body, true) : r.json_body()["choices"][0]["message"]["content"].get<std::string>();
+        });
+    for (auto& t : clients) t.join();
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(got[i], expected[i]) << "client " << i;
+}
+
+TEST_F(HttpApi, MetricsExposeTheNames) {
+    TestServer s(*model_, fp32(), routes_config());
+    ASSERT_EQ(exchange(s.port(), "POST", "/v1/completions", R"({"prompt":"Once","max_tokens":8,"temperature":0})").status,
+              200);
+    const Reply m = exchange(s.port(), "GET", "/metrics");
+    ASSERT_EQ(m.status, 200);
+    EXPECT_EQ(m.headers.at("content-type").rfind("text/plain", 0), 0u);
+    for (const char* name :
+         {"assistd_http_requests_total{route=\"/v1/completions\",status=\"200\"} 1",
+          "assistd_inference_latency_seconds_bucket", "assistd_time_to_first_token_seconds_count 1",
+          "assistd_inter_token_seconds_count", "assistd_tokens_generated_total 8", "assistd_queue_depth",
+          "assistd_running_sequences", "assistd_batch_size", "assistd_kv_blocks_in_use",
+          "assistd_precision{precision=\"fp32\"}", "assistd_precision_switches_total"})
+        EXPECT_NE(m.body.find(name), std::string::npos) << name;
+}
+
+}  // namespace
+}  // namespace assistd::serve

@@ -1,0 +1,117 @@
+// `assistd serve` as a process: binds, answers, and on SIGTERM drains —
+// a stream in flight completes, then the process exits 0.
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+namespace {
+
+const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+
+int connect_loopback(uint16_t port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    timeval tv{30, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+std::string http(uint16_t port, const std::string& method, const std::string& path, const std::string& body = "") {
+    const int fd = connect_loopback(port);
+    if (fd < 0) return "";
+    const std::string req = method + " " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string raw;
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) raw.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    return raw;
+}
+
+TEST(ServeCommand, SigtermDrainsARunningStreamThenExitsZero) {
+    if (!std::filesystem::exists(kStories)) GTEST_SKIP() << "no " << kStories;
+    int err_pipe[2];
+    ASSERT_EQ(::pipe(err_pipe), 0);
+    const pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+        ::dup2(err_pipe[1], 2);
+        ::close(err_pipe[0]);
+        ::execl(ASSISTD_BINARY, ASSISTD_BINARY, "serve", "--model", kStories.c_str(), "--port", "0", "--threads", "2",
+                "--precision", "fp32", static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    ::close(err_pipe[1]);
+    // The banner names the port.
+    std::string log;
+    uint16_t port = 0;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while (port == 0 && std::chrono::steady_clock::now() < until) {
+        pollfd p{err_pipe[0], POLLIN, 0};
+        if (::poll(&p, 1, 100) <= 0) continue;
+        char buf[512];
+        const ssize_t n = ::read(err_pipe[0], buf, sizeof buf);
+        if (n <= 0) break;
+        log.append(buf, static_cast<size_t>(n));
+        const size_t at = log.find("http://127.0.0.1:");
+        if (at != std::string::npos && log.find(' ', at + 17) != std::string::npos)
+            port = static_cast<uint16_t>(std::stoi(log.substr(at + 17)));
+    }
+    ASSERT_NE(port, 0) << log;
+    EXPECT_NE(http(port, "GET", "/readyz").find("200 OK"), std::string::npos);
+
+    // A long stream; SIGTERM once its first frame arrives.
+    const int fd = connect_loopback(port);
+    ASSERT_GE(fd, 0);
+    const std::string body =
+        R"({"messages":[{"role":"user","content":"Tell me a story"}],"max_tokens":600,"temperature":0,"stream":true})";
+    const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string stream;
+    char buf[4096];
+    while (stream.find("data: {") == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        ASSERT_GT(n, 0);
+        stream.append(buf, static_cast<size_t>(n));
+    }
+    ::kill(pid, SIGTERM);
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) stream.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    EXPECT_NE(stream.find("data: [DONE]"), std::string::npos) << "the running stream must complete";
+    EXPECT_NE(stream.find(R"("finish_reason":"length")"), std::string::npos);
+
+    int status = 0;
+    pid_t done = 0;
+    const auto until_exit = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    while ((done = ::waitpid(pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until_exit)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (done == 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, &status, 0);
+        FAIL() << "assistd serve did not exit after SIGTERM";
+    }
+    ::close(err_pipe[0]);
+    ASSERT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+}  // namespace
