@@ -2,20 +2,14 @@
 #include <cmath>
 #include <limits>
 
+#include "common/random.h"
 #include "engine/engine.h"
 
 namespace assistd::engine {
 namespace {
 
-// splitmix64: small, fast, and the same sequence on every platform.
-uint64_t next_random(uint64_t& state) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
-double uniform01(uint64_t& state) { return static_cast<double>(next_random(state) >> 11) * 0x1.0p-53; }
+double uniform01(uint64_t& state) { return static_cast<double>(splitmix64(state) >> 11) * 0x1.0p-53; }
 
 }  // namespace
 

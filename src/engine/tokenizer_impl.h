@@ -9,6 +9,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "common/utf8.h"
 #include "engine/tokenizer.h"
 
 namespace assistd::engine::tokenizer_detail {
@@ -36,14 +37,10 @@ inline size_t utf8_sequence_length(uint8_t lead) {
     return kLengthByHighNibble[lead >> 4];
 }
 
-struct DecodedCodePoint {
-    uint32_t code_point = 0;
-    uint32_t length = 1;  // bytes consumed (1 for an invalid byte)
-    bool valid = false;
-};
-// Strict decoding (no overlongs, no surrogates, <= U+10FFFF).
-DecodedCodePoint decode_utf8(std::string_view s, size_t pos);
-void append_utf8(std::string& out, uint32_t code_point);
+// Strict decoding and encoding live in common/utf8.h.
+using assistd::DecodedCodePoint;
+using assistd::append_utf8;
+using assistd::decode_utf8;
 // Replaces every invalid byte sequence with U+FFFD.
 std::string sanitize_utf8(std::string_view s);
 // Length of the longest prefix that does not end inside an incomplete (but so
