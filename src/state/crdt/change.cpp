@@ -206,14 +206,17 @@ std::string encode_delta(const std::vector<std::string_view>& encoded_changes) {
     return w.take();
 }
 
-Result<std::vector<DecodedChange>> decode_delta(std::string_view bytes) {
+Result<std::vector<DecodedChange>> decode_change_list(std::string_view bytes, uint8_t magic, const char* what) {
     Reader r(bytes);
-    uint8_t magic, version;
+    uint8_t got_magic, version;
     uint64_t n;
-    if (!r.u8(magic) || magic != kDeltaMagic) return corrupt("not a delta (bad magic)");
+    if (!r.u8(got_magic) || got_magic != magic) {
+        return make_error(ErrorCode::kCorrupt, std::string("crdt: corrupt encoding: not a ") + what + " (bad magic)");
+    }
     if (!r.u8(version)) return corrupt("truncated");
     if (version != kFormatVersion) {
-        return make_error(ErrorCode::kUnsupported, "crdt: delta format version " + std::to_string(version) +
+        return make_error(ErrorCode::kUnsupported, std::string("crdt: ") + what + " format version " +
+                                                       std::to_string(version) +
                                                        " is not supported (this build reads version 1)");
     }
     if (!r.varint(n) || n > r.remaining()) return corrupt("change count");
@@ -226,8 +229,14 @@ Result<std::vector<DecodedChange>> decode_delta(std::string_view bytes) {
         if (!c.ok()) return c.error();
         out.push_back(DecodedChange{std::move(c).value(), bytes_i});
     }
-    if (!r.done()) return corrupt("trailing bytes after delta");
+    if (!r.done()) {
+        return make_error(ErrorCode::kCorrupt, std::string("crdt: corrupt encoding: trailing bytes after ") + what);
+    }
     return out;
+}
+
+Result<std::vector<DecodedChange>> decode_delta(std::string_view bytes) {
+    return decode_change_list(bytes, kDeltaMagic, "delta");
 }
 
 }  // namespace assistd::state::crdt

@@ -70,5 +70,8 @@ struct DecodedChange {
     std::string_view bytes;  // the change's own encoding, a slice of the input
 };
 Result<std::vector<DecodedChange>> decode_delta(std::string_view bytes);
+// The framing deltas and documents share: magic, format version, a counted
+// list of encoded changes, nothing after. `what` names the kind in errors.
+Result<std::vector<DecodedChange>> decode_change_list(std::string_view bytes, uint8_t magic, const char* what);
 
 }  // namespace assistd::state::crdt

@@ -654,26 +654,9 @@ std::string Document::encode() {
 }
 
 Result<Document> Document::decode(std::string_view bytes, ReplicaId replica) {
-    Reader r(bytes);
-    uint8_t magic, version;
-    uint64_t n;
-    if (!r.u8(magic) || magic != kDocumentMagic) return corrupt("not a document (bad magic)");
-    if (!r.u8(version)) return corrupt("truncated");
-    if (version != kFormatVersion) {
-        return make_error(ErrorCode::kUnsupported, "crdt: document format version " + std::to_string(version) +
-                                                       " is not supported (this build reads version 1)");
-    }
-    if (!r.varint(n) || n > r.remaining()) return corrupt("change count");
-    std::vector<DecodedChange> changes;
-    changes.reserve(n);
-    for (uint64_t i = 0; i < n; ++i) {
-        std::string_view cb;
-        if (!r.bytes(cb)) return corrupt("change truncated");
-        auto c = decode_change(cb);
-        if (!c.ok()) return c.error();
-        changes.push_back(DecodedChange{std::move(c).value(), cb});
-    }
-    if (!r.done()) return corrupt("trailing bytes after document");
+    auto decoded = decode_change_list(bytes, kDocumentMagic, "document");
+    if (!decoded.ok()) return decoded.error();
+    std::vector<DecodedChange>& changes = decoded.value();
     Document doc(replica);
     auto st = doc.apply_changes(changes);
     if (!st.ok()) return st.error();
