@@ -17,7 +17,7 @@ namespace assistd::engine::kernels {
 const char* active_tier();
 
 // The format a weight type's dot products want their activation rows in:
-// F32 -> F32, F16 -> F32, BF16 -> BF16, Q8_0 -> Q8_0.
+// F32 -> F32, F16 -> F16, BF16 -> BF16, Q8_0 -> Q8_0.
 DType activation_type(DType weight_type);
 // Bytes of one prepared activation row of `cols` elements (padded so rows stay 64-byte aligned).
 size_t activation_row_bytes(DType weight_type, size_t cols);

@@ -153,7 +153,7 @@ void matmul_f32(const void* w, size_t cols, const void* x, size_t x_row_bytes, s
 
 void matmul_f16(const void* w, size_t cols, const void* x, size_t x_row_bytes, size_t nb, float* y, size_t ldy,
                 size_t r0, size_t r1) {
-    matmul_tiled<F16Loader, F32Loader>(w, cols, x, x_row_bytes, nb, y, ldy, r0, r1);
+    matmul_tiled<F16Loader, F16Loader>(w, cols, x, x_row_bytes, nb, y, ldy, r0, r1);
 }
 
 void matmul_bf16(const void* w, size_t cols, const void* x, size_t x_row_bytes, size_t nb, float* y, size_t ldy,

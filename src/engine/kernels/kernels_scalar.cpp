@@ -49,8 +49,8 @@ void matmul_f32(const void* w, size_t cols, const void* x, size_t x_row_bytes, s
 
 void matmul_f16(const void* w, size_t cols, const void* x, size_t x_row_bytes, size_t nb, float* y, size_t ldy,
                 size_t r0, size_t r1) {
-    matmul_generic<uint16_t, float (*)(uint16_t), float>(static_cast<const uint16_t*>(w), half_to_float, cols, x,
-                                                         identity, x_row_bytes, nb, y, ldy, r0, r1);
+    matmul_generic<uint16_t, float (*)(uint16_t), uint16_t>(static_cast<const uint16_t*>(w), half_to_float, cols, x,
+                                                            half_to_float, x_row_bytes, nb, y, ldy, r0, r1);
 }
 
 void matmul_bf16(const void* w, size_t cols, const void* x, size_t x_row_bytes, size_t nb, float* y, size_t ldy,
