@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <functional>
 #include <map>
+#include <optional>
 #include <thread>
+#include <vector>
 
 #include "cli/commands.h"
 #include "cli/model_options.h"
@@ -19,6 +21,8 @@
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/scheduler.h"
+#include "serve/sessions.h"
+#include "serve/static_files.h"
 
 namespace assistd::cli {
 namespace {
@@ -38,7 +42,23 @@ struct ServeOptions {
     std::string model_id;
     size_t default_max_tokens = 1024;
     serve::PrecisionPolicyConfig policy;
+    std::string state_dir;  // empty: sessions live in a temporary store removed on exit
+    std::string web_dir;    // empty: the web/ folder of the source tree, else ./web
 };
+
+// Where the chat page lives when --web-dir is not given: next to the
+// binary's source tree (build dirs sit one or two levels below it), else ./web.
+std::filesystem::path default_web_dir() {
+    std::error_code ec;
+    const std::filesystem::path exe_dir = std::filesystem::read_symlink("/proc/self/exe", ec).parent_path();
+    std::vector<std::filesystem::path> candidates;
+    if (!ec) {
+        candidates.push_back(exe_dir / ".." / "web");
+        candidates.push_back(exe_dir / ".." / ".." / "web");
+    }
+    candidates.push_back("web");
+    return serve::StaticFiles::find_root(candidates);
+}
 
 // Applies the YAML file's keys to options not given on the command line.
 bool apply_config(CLI::App& cmd, const std::string& path) {
@@ -99,6 +119,20 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     auto model = load_model(o.model, "serve", std::max<size_t>(1, o.max_running));
     if (!model) return 2;
 
+    auto sessions = ServerSessionStore::open(o.state_dir, SystemClock::instance());
+    if (!sessions) {
+        std::fprintf(stderr, "assistd serve: %s\n", sessions.error().message.c_str());
+        return 2;
+    }
+    std::filesystem::path web_dir = o.web_dir.empty() ? default_web_dir() : std::filesystem::path(o.web_dir);
+    std::error_code web_ec;
+    if (!o.web_dir.empty() && !std::filesystem::is_directory(web_dir, web_ec)) {
+        std::fprintf(stderr, "assistd serve: --web-dir %s is not a directory\n", o.web_dir.c_str());
+        return 2;
+    }
+    std::optional<StaticFiles> web;
+    if (!web_dir.empty()) web.emplace(web_dir);
+
     SchedulerConfig sc;
     sc.max_queue = o.max_queue;
     sc.max_running = o.max_running;
@@ -115,7 +149,8 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     rc.default_max_tokens = o.default_max_tokens;
     rc.queue_timeout_ms = o.queue_timeout_ms;
     rc.seed = static_cast<uint64_t>(SystemClock::instance().now_mono_ns());
-    OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc);
+    OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc, &(*sessions)->store(),
+                        web ? &*web : nullptr);
 
     HttpServerConfig hc;
     hc.host = o.host;
@@ -130,6 +165,9 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     std::fprintf(stderr, "assistd serve: model '%s' (%s, %zu ctx) on http://%s:%u  precision %s\n", rc.model_id.c_str(),
                  model->info().arch_name.c_str(), model->info().n_ctx, o.host.c_str(), (*server)->port(),
                  precision_given ? engine::precision_name(*precision) : "by policy");
+    std::fprintf(stderr, "assistd serve: sessions in %s%s; chat page %s\n", (*sessions)->path().c_str(),
+                 (*sessions)->temporary() ? " (temporary: give --state-dir to keep them)" : "",
+                 web ? web->root().c_str() : "off (no web/ folder found: give --web-dir)");
 
     int sig = 0;
     sigwait(&signals, &sig);
@@ -166,6 +204,9 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--model-id", o->model_id, "Model name clients use (default: the file name)");
     cmd->add_option("--default-max-tokens", o->default_max_tokens, "max_tokens when a request gives none")
         ->capture_default_str();
+    cmd->add_option("--state-dir", o->state_dir,
+                    "Directory of the durable session store (default: a temporary one, removed on exit)");
+    cmd->add_option("--web-dir", o->web_dir, "Directory of the chat page served at / (default: the source tree's web/)");
     cmd->add_option("--policy-slow-latency-s", o->policy.slow_latency_s, "p95 step latency above which (with low throughput) FP16 runs")
         ->capture_default_str();
     cmd->add_option("--policy-slow-throughput-rps", o->policy.slow_throughput_rps, "throughput below which FP16 may run")

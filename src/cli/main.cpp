@@ -13,7 +13,9 @@ int main(int argc, char** argv) {
 
     assistd::cli::register_generate(app, exit_code);
     assistd::cli::register_model(app, exit_code);
+#ifdef ASSISTD_HAVE_SERVE
     assistd::cli::register_serve(app, exit_code);
+#endif
     CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
     bench->require_subcommand(1);
     assistd::cli::register_bench_engine(*bench, exit_code);

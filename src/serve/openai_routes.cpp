@@ -2,9 +2,12 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <string_view>
+
+#include "serve/sessions.h"
 
 namespace assistd::serve {
 
@@ -74,7 +77,7 @@ class CompletionBody final : public AsyncBody {
 public:
     CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
                    std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
-                   int retry_after_s)
+                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {})
         : channel_(std::move(channel)),
           chat_(chat),
           stream_(stream),
@@ -84,7 +87,11 @@ public:
           created_(created),
           metrics_(metrics),
           route_(std::move(route)),
-          retry_after_s_(retry_after_s) {}
+          retry_after_s_(retry_after_s),
+          sessions_(sessions),
+          session_id_(std::move(session_id)) {
+        if (sessions_) headers_.emplace_back("X-Session-Id", session_id_);
+    }
 
     void set_waker(std::function<void()> wake) override { channel_->set_waker(std::move(wake)); }
     void clear_waker() override { channel_->clear_waker(); }
@@ -100,11 +107,14 @@ public:
         update_.text.clear();
         update_.tokens.clear();
         const bool finished = channel_->take(update_);
+        text_ += update_.text;
         if (!stream_) {
-            text_ += update_.text;
             if (!finished) return false;
             if (update_.reason == FinishReason::kStop || update_.reason == FinishReason::kLength) {
-                out += dump(final_object());
+                if (auto saved = record_answer(); !saved.ok())
+                    fail(out, {500, saved.error().message, "server_error", "session_id", "session_store_error"});
+                else
+                    out += dump(final_object());
             } else {
                 fail(out, failure_error(update_));
             }
@@ -130,6 +140,10 @@ public:
         if (failed) {
             const ApiError e = failure_error(update_);
             out += "data: " + error_json(e) + "\n\n";
+        } else if (auto saved = record_answer(); !saved.ok()) {
+            out += "data: " +
+                   error_json({500, saved.error().message, "server_error", "session_id", "session_store_error"}) +
+                   "\n\n";
         } else {
             frame(out, chunk(chat_ ? json::object() : json(""), openai_finish_reason(update_.reason)));
             if (include_usage_) {
@@ -144,6 +158,18 @@ public:
     }
 
 private:
+    // A session's turn ends with the assistant's answer in the store.
+    Status record_answer() {
+        if (!sessions_) return {};
+        auto appended = sessions_->append_message(session_id_, {"assistant", text_});
+        if (!appended.ok())
+            return make_error(appended.error().code,
+                              "the answer could not be saved to session '" + session_id_ + "': " +
+                                  appended.error().message);
+        return sessions_->add_usage(session_id_, static_cast<int64_t>(update_.prompt_tokens),
+                                    static_cast<int64_t>(update_.completion_tokens));
+    }
+
     bool finish() {
         done_ = true;
         if (!counted_.exchange(true)) metrics_.count_request(route_, status_);
@@ -200,6 +226,7 @@ private:
         }
         j["choices"] = json::array({std::move(choice)});
         j["usage"] = usage();
+        if (sessions_) j["session_id"] = session_id_;
         return j;
     }
 
@@ -216,7 +243,32 @@ private:
     HttpHeaders headers_;
     bool started_ = false, done_ = false;
     std::atomic<bool> counted_{false};  // cancel() may come from the stopping server's thread
+    state::SessionStore* sessions_;     // set: the answer is appended to session_id_ when it completes
+    std::string session_id_;
 };
+
+json session_json(const state::Session& session) {
+    json messages = json::array();
+    for (const auto& m : session.messages)
+        messages.push_back(
+            {{"id", m.id}, {"role", m.role}, {"content", m.content}, {"created_at", m.created_at_ms / 1000}});
+    return {{"id", session.id},
+            {"object", "session"},
+            {"created_at", session.created_at_ms / 1000},
+            {"title", session.title},
+            {"messages", std::move(messages)},
+            {"usage",
+             {{"prompt_tokens", session.prompt_tokens},
+              {"completion_tokens", session.completion_tokens},
+              {"total_tokens", session.prompt_tokens + session.completion_tokens}}}};
+}
+
+ApiError session_store_error(const Error& e) {
+    if (e.code == ErrorCode::kNotFound) return {404, e.message, "invalid_request_error", "session_id", "session_not_found"};
+    if (e.code == ErrorCode::kInvalidArgument)
+        return {400, e.message, "invalid_request_error", "session_id", "invalid_session_id"};
+    return {500, "the session store failed: " + e.message, "server_error", "", "session_store_error"};
+}
 
 // Reads an optional number field; sets err on a wrong type.
 std::optional<double> number_field(const json& body, const char* name, std::optional<ApiError>& err) {
@@ -262,8 +314,14 @@ std::string_view path_of(std::string_view target) {
 }  // namespace
 
 OpenAiRoutes::OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, ServeMetrics& metrics, Clock& clock,
-                           const OpenAiRoutesConfig& config)
-    : model_(model), scheduler_(scheduler), metrics_(metrics), clock_(clock), config_(config) {}
+                           const OpenAiRoutesConfig& config, state::SessionStore* sessions, const StaticFiles* web)
+    : model_(model),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      clock_(clock),
+      config_(config),
+      sessions_(sessions),
+      web_(web) {}
 
 HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
     const std::string_view path = path_of(request.target);
@@ -296,6 +354,17 @@ HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
     } else if (request.method == "GET" && path.starts_with("/v1/models/")) {
         route = "/v1/models/{id}";
         r = models(path.substr(std::string_view("/v1/models/").size()));
+    } else if (sessions_ && path == "/v1/sessions") {
+        r = sessions(request, {}, true);
+    } else if (sessions_ && path.starts_with("/v1/sessions/")) {
+        route = "/v1/sessions/{id}";
+        r = sessions(request, path.substr(std::string_view("/v1/sessions/").size()), false);
+    } else if (web_ && request.method == "GET" && !path.starts_with("/v1/")) {
+        route = "static";
+        if (auto file = web_->serve(path))
+            r = std::move(*file);
+        else
+            r = error_response({404, "no file " + std::string(path) + " here", "invalid_request_error", "", "not_found"});
     } else {
         route = "other";
         r = error_response({404, "unknown route " + request.method + " " + std::string(path), "invalid_request_error",
@@ -312,6 +381,41 @@ HttpResponse OpenAiRoutes::models(std::string_view id) {
         return error_response({404, "the model '" + std::string(id) + "' does not exist", "invalid_request_error",
                                "model", "model_not_found"});
     return json_response(200, m);
+}
+
+HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view id, bool list) {
+    if (list) {
+        if (request.method != "GET")
+            return error_response({405, "use GET for /v1/sessions", "invalid_request_error", "", "method_not_allowed"});
+        // No tenants yet: every session belongs to the tenant "".
+        std::vector<state::Session> found;
+        for (const auto& session_id : sessions_->list_by_tenant("")) {
+            auto s = sessions_->get(session_id);
+            if (s.ok()) found.push_back(std::move(*s));  // deleted meanwhile: skipped
+        }
+        std::sort(found.begin(), found.end(), [](const state::Session& a, const state::Session& b) {
+            return a.created_at_ms != b.created_at_ms ? a.created_at_ms > b.created_at_ms : a.id < b.id;
+        });
+        json data = json::array();
+        for (const auto& s : found)
+            data.push_back({{"id", s.id},
+                            {"object", "session"},
+                            {"created_at", s.created_at_ms / 1000},
+                            {"title", s.title},
+                            {"message_count", s.messages.size()}});
+        return json_response(200, {{"object", "list"}, {"data", std::move(data)}});
+    }
+    if (auto valid = validate_session_id(id); !valid.ok())
+        return error_response({400, valid.error().message, "invalid_request_error", "session_id", "invalid_session_id"});
+    if (request.method != "GET" && request.method != "DELETE")
+        return error_response(
+            {405, "use GET or DELETE for /v1/sessions/{id}", "invalid_request_error", "", "method_not_allowed"});
+    auto session = sessions_->get(id);
+    if (!session.ok()) return error_response(session_store_error(session.error()));
+    if (request.method == "GET") return json_response(200, session_json(*session));
+    // The store tombstones any id it is asked to remove, so only existing ones get here.
+    if (auto removed = sessions_->remove(id); !removed.ok()) return error_response(session_store_error(removed.error()));
+    return json_response(200, {{"id", std::string(id)}, {"object", "session.deleted"}, {"deleted", true}});
 }
 
 HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
@@ -343,6 +447,31 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
                                    "invalid_request_error", "model", "model_not_found"});
     }
 
+    // The session: the body's session_id, else the X-Session-Id header.
+    std::string session_id;
+    if (auto it = body.find("session_id"); it != body.end() && !it->is_null()) {
+        if (!it->is_string())
+            return error_response(
+                {400, "'session_id' must be a string", "invalid_request_error", "session_id", "invalid_type"});
+        session_id = it->get<std::string>();
+    } else if (!request.header("X-Session-Id").empty()) {
+        session_id = std::string(request.header("X-Session-Id"));
+    }
+    const bool in_session = body.contains("session_id") || !request.header("X-Session-Id").empty();
+    if (in_session) {
+        if (!chat)
+            return error_response({400, "sessions work with /v1/chat/completions only", "invalid_request_error",
+                                   "session_id", "invalid_value"});
+        if (!sessions_)
+            return error_response({400, "this server keeps no sessions; send the whole conversation in 'messages'",
+                                   "invalid_request_error", "session_id", "sessions_disabled"});
+        if (auto valid = validate_session_id(session_id); !valid.ok())
+            return error_response(
+                {400, valid.error().message, "invalid_request_error", "session_id", "invalid_session_id"});
+    }
+    std::vector<engine::ChatMessage> new_messages;  // in a session: what this request appends
+    bool session_exists = false;
+
     std::optional<ApiError> err;
     GenerationRequest gen;
     const auto& tok = model_.tokenizer();
@@ -355,6 +484,17 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
             return error_response({400, "'messages' must be a non-empty array of {role, content}",
                                    "invalid_request_error", "messages", "invalid_type"});
         std::vector<engine::ChatMessage> messages;
+        if (in_session) {
+            // The stored conversation comes first; the request carries only what is new.
+            auto stored = sessions_->get(session_id);
+            if (stored.ok()) {
+                session_exists = true;
+                for (auto& m : stored->messages) messages.push_back({std::move(m.role), std::move(m.content)});
+            } else if (stored.error().code != ErrorCode::kNotFound) {
+                return error_response(session_store_error(stored.error()));
+            }
+        }
+        const size_t stored_count = messages.size();
         for (size_t i = 0; i < it->size(); ++i) {
             const json& m = (*it)[i];
             const std::string param = "messages[" + std::to_string(i) + "]";
@@ -372,6 +512,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
                                        "invalid_request_error", param + ".content", "invalid_type"});
             messages.push_back({role, std::move(*content)});
         }
+        if (in_session) new_messages.assign(messages.begin() + static_cast<std::ptrdiff_t>(stored_count), messages.end());
         const std::string text = model_.chat_template().apply(messages, true);
         gen.prompt = tok.encode(text, tok.add_bos_default(), true);
         for (auto& s : model_.chat_template().stop_strings()) stops.push_back(s);
@@ -471,6 +612,21 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
     gen.stops = std::move(stops);
     gen.deadline_mono_ns = clock_.now_mono_ns() + config_.queue_timeout_ms * 1'000'000;
 
+    if (in_session && !session_exists) {
+        std::string first_user;
+        for (const auto& m : new_messages)
+            if (m.role == "user") {
+                first_user = m.content;
+                break;
+            }
+        if (auto created = sessions_->create(session_id, "", session_title(first_user)); !created.ok()) {
+            // Another request may have created it just now; a deleted id stays gone.
+            if (!sessions_->get(session_id).ok())
+                return error_response({404, created.error().message + "; start a new session with a new id",
+                                       "invalid_request_error", "session_id", "session_not_found"});
+        }
+    }
+
     auto channel = scheduler_.submit(std::move(gen));
     if (!channel) {
         const Error& e = channel.error();
@@ -481,13 +637,20 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
                                    "context_length_exceeded"});
         return error_response({400, e.message, "invalid_request_error", "", ""});
     }
+    // Only an admitted request adds to the conversation, so a retried 429 does not repeat the message.
+    for (const auto& m : new_messages) {
+        if (auto appended = sessions_->append_message(session_id, {m.role, m.content}); !appended.ok()) {
+            (*channel)->cancel();
+            return error_response(session_store_error(appended.error()));
+        }
+    }
     HttpResponse r;
     r.stream = stream;
     r.content_type = stream ? "text/event-stream" : "application/json";
     r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
-                                               config_.retry_after_s);
+                                               config_.retry_after_s, in_session ? sessions_ : nullptr, session_id);
     return r;
 }
 

@@ -6,6 +6,8 @@
 //
 //   POST /v1/chat/completions   POST /v1/completions   GET /v1/models[/{id}]
 //   GET /healthz   GET /readyz   GET /metrics
+//   GET /v1/sessions   GET|DELETE /v1/sessions/{id}   (with a session store)
+//   GET /, /app.js, ...                                 (with static files: the chat page)
 #include <atomic>
 #include <cstdint>
 #include <string>
@@ -15,6 +17,8 @@
 #include "serve/http_server.h"
 #include "serve/metrics.h"
 #include "serve/scheduler.h"
+#include "serve/static_files.h"
+#include "state/session_store.h"
 
 namespace assistd::serve {
 
@@ -30,9 +34,12 @@ struct OpenAiRoutesConfig {
 class OpenAiRoutes {
 public:
     // model: for its tokenizer, chat template and context (const use only;
-    // the scheduler is its only decode() caller).
+    // the scheduler is its only decode() caller). sessions: null turns
+    // `session_id` and /v1/sessions off; web: null serves no chat page.
+    // Both must outlive the routes.
     OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, ServeMetrics& metrics, Clock& clock,
-                 const OpenAiRoutesConfig& config);
+                 const OpenAiRoutesConfig& config, state::SessionStore* sessions = nullptr,
+                 const StaticFiles* web = nullptr);
 
     HttpResponse handle(const HttpRequest& request);
 
@@ -43,12 +50,15 @@ public:
 private:
     HttpResponse completions(const HttpRequest& request, bool chat);
     HttpResponse models(std::string_view id);
+    HttpResponse sessions(const HttpRequest& request, std::string_view id, bool list);
 
     const engine::Model& model_;
     Scheduler& scheduler_;
     ServeMetrics& metrics_;
     Clock& clock_;
     OpenAiRoutesConfig config_;
+    state::SessionStore* sessions_;
+    const StaticFiles* web_;
     std::atomic<bool> draining_{false};
     std::atomic<uint64_t> request_counter_{0};
 };

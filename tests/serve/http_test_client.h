@@ -1,0 +1,76 @@
+#pragma once
+// Shared by the serve tests: a small blocking HTTP/1.1 client over loopback
+// sockets, an SSE reader, the engine's plain greedy loop as the reference,
+// and a real server (scheduler + routes + HttpServer) on an ephemeral port.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "common/clock.h"
+#include "serve/http_server.h"
+#include "serve/metrics.h"
+#include "serve/openai_routes.h"
+#include "serve/scheduler.h"
+
+namespace assistd::serve::test_support {
+
+int connect_loopback(uint16_t port);
+void send_all(int fd, const std::string& data);
+// extra_headers: complete "Name: value\r\n" lines.
+std::string request_text(const std::string& method, const std::string& path,
+                         const std::string& body, bool close = true,
+                         const std::string& extra_headers = "");
+
+struct Reply {
+    int status = 0;
+    std::map<std::string, std::string> headers;  // lower-case names
+    std::string body;                            // de-chunked
+    nlohmann::json json_body() const { return nlohmann::json::parse(body, nullptr, false); }
+};
+
+// Parses one response from the front of `raw`; returns the bytes it used (0: incomplete).
+size_t parse_reply(const std::string& raw, Reply& out);
+std::string read_to_eof(int fd);
+Reply exchange(uint16_t port, const std::string& method, const std::string& path,
+               const std::string& body = "", const std::string& extra_headers = "");
+
+// The concatenated content of an SSE chat or completion stream; checks the framing.
+std::string sse_text(const std::string& body, bool chat, nlohmann::json* usage = nullptr,
+                     std::string* finish = nullptr);
+
+// The reference: greedy decoding with the engine alone, cut at the first stop string.
+std::string plain_greedy_text(engine::Model& model, const std::vector<engine::TokenId>& prompt,
+                              size_t max_tokens, const std::vector<std::string>& stops);
+
+struct TestServer {
+    TestServer(engine::Model& model, SchedulerConfig sc, OpenAiRoutesConfig rc,
+               bool start_scheduler = true, size_t max_body = 1 << 20,
+               state::SessionStore* sessions = nullptr, const StaticFiles* web = nullptr)
+        : scheduler(model, sc, SystemClock::instance(), &metrics),
+          routes(model, scheduler, metrics, SystemClock::instance(), rc, sessions, web) {
+        if (start_scheduler) scheduler.start();
+        HttpServerConfig hc;
+        hc.port = 0;
+        hc.io_threads = 2;
+        hc.max_body_bytes = max_body;
+        auto s = HttpServer::start(hc, [this](const HttpRequest& r) { return routes.handle(r); });
+        EXPECT_TRUE(s.ok());
+        server = std::move(*s);
+    }
+    ~TestServer() {
+        server->stop();
+        scheduler.stop();
+    }
+    uint16_t port() const { return server->port(); }
+
+    ServeMetrics metrics;
+    Scheduler scheduler;
+    OpenAiRoutes routes;
+    std::unique_ptr<HttpServer> server;
+};
+
+}  // namespace assistd::serve::test_support

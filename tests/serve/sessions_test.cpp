@@ -1,0 +1,331 @@
+// Sessions over HTTP and the chat page: a real server on an ephemeral port
+// with a real (RocksDB) session store; conversations are checked against the
+// engine's own greedy output on the whole templated history.
+#include "serve/sessions.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "http_test_client.h"
+#include "serve/static_files.h"
+
+namespace assistd::serve {
+namespace {
+
+using engine::Precision;
+using engine::TokenId;
+using nlohmann::json;
+using namespace test_support;
+
+const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+const std::filesystem::path kWebDir =
+    std::filesystem::path(ASSISTD_TEST_DATA_DIR) / ".." / ".." / "web";
+
+SchedulerConfig fp32() {
+    SchedulerConfig c;
+    c.fixed_precision = Precision::kFP32;
+    return c;
+}
+
+OpenAiRoutesConfig routes_config() {
+    OpenAiRoutesConfig c;
+    c.model_id = "stories260K";
+    return c;
+}
+
+// A directory removed when the test ends.
+struct TempDir {
+    TempDir() {
+        std::string pattern =
+            (std::filesystem::temp_directory_path() / "assistd-sessions-test-XXXXXX").string();
+        EXPECT_NE(::mkdtemp(pattern.data()), nullptr);
+        path = pattern;
+    }
+    ~TempDir() {
+        std::error_code ec;
+        std::filesystem::remove_all(path, ec);
+    }
+    std::filesystem::path path;
+};
+
+class Sessions : public ::testing::Test {
+  protected:
+    static void SetUpTestSuite() {
+        if (!std::filesystem::exists(kStories)) return;
+        engine::ModelParams p;
+        p.path = kStories;
+        p.n_threads = 2;
+        p.max_sequences = 4;
+        auto m = engine::Model::load(p);
+        ASSERT_TRUE(m.ok());
+        model_ = std::move(*m).release();
+    }
+    static void TearDownTestSuite() {
+        delete model_;
+        model_ = nullptr;
+    }
+    void SetUp() override {
+        if (!model_) GTEST_SKIP() << "no " << kStories;
+    }
+
+    std::vector<TokenId> prompt_of(const std::vector<engine::ChatMessage>& conversation) const {
+        const std::string text = model_->chat_template().apply(conversation, true);
+        return model_->tokenizer().encode(text, model_->tokenizer().add_bos_default(), true);
+    }
+    std::string greedy(const std::vector<engine::ChatMessage>& conversation,
+                       size_t max_tokens) const {
+        return plain_greedy_text(*model_, prompt_of(conversation), max_tokens,
+                                 model_->chat_template().stop_strings());
+    }
+
+    static engine::Model* model_;
+};
+engine::Model* Sessions::model_ = nullptr;
+
+std::string turn_body(const std::string& user, size_t max_tokens, bool stream,
+                      const std::string& session_id = "") {
+    json j = {{"messages", {{{"role", "user"}, {"content", user}}}},
+              {"max_tokens", max_tokens},
+              {"temperature", 0},
+              {"stream", stream}};
+    if (stream) j["stream_options"] = {{"include_usage", true}};
+    if (!session_id.empty()) j["session_id"] = session_id;
+    return j.dump();
+}
+
+void expect_openai_error(const Reply& r, int status, const std::string& what) {
+    EXPECT_EQ(r.status, status) << what << ": " << r.body;
+    const json j = r.json_body();
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << what << ": " << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string()) << what;
+    EXPECT_TRUE(j["error"]["type"].is_string()) << what;
+}
+
+TEST_F(Sessions, TwoTurnsBuildOneConversationAndTheSecondSeesTheFirst) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok()) << store.error().message;
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+
+    const std::string user1 = "Tell me a story", user2 = "What happened next?";
+    // Turn 1: non-streamed, the id in the body.
+    const Reply r1 =
+        exchange(s.port(), "POST", "/v1/chat/completions", turn_body(user1, 16, false, "story-1"));
+    ASSERT_EQ(r1.status, 200) << r1.body;
+    const std::string answer1 = r1.json_body()["choices"][0]["message"]["content"];
+    EXPECT_EQ(answer1, greedy({{"user", user1}}, 16));
+    EXPECT_EQ(r1.json_body()["session_id"], "story-1");
+    EXPECT_EQ(r1.headers.at("x-session-id"), "story-1");
+
+    // Turn 2: streamed, the id in the header, only the new message sent.
+    const Reply r2 = exchange(s.port(), "POST", "/v1/chat/completions", turn_body(user2, 16, true),
+                              "X-Session-Id: story-1\r\n");
+    ASSERT_EQ(r2.status, 200) << r2.body;
+    json usage;
+    const std::string answer2 = sse_text(r2.body, true, &usage);
+    const std::vector<engine::ChatMessage> whole = {
+        {"user", user1}, {"assistant", answer1}, {"user", user2}};
+    // The prompt was the whole conversation: same length, and the same greedy output.
+    EXPECT_EQ(usage["prompt_tokens"].get<size_t>(), prompt_of(whole).size());
+    EXPECT_EQ(answer2, greedy(whole, 16));
+    EXPECT_NE(answer2, greedy({{"user", user2}}, 16))
+        << "the second turn must not see only its own message";
+
+    const Reply got = exchange(s.port(), "GET", "/v1/sessions/story-1");
+    ASSERT_EQ(got.status, 200) << got.body;
+    const json session = got.json_body();
+    EXPECT_EQ(session["id"], "story-1");
+    EXPECT_EQ(session["object"], "session");
+    EXPECT_EQ(session["title"], user1);
+    ASSERT_EQ(session["messages"].size(), 4u);
+    const std::vector<std::pair<std::string, std::string>> expected = {
+        {"user", user1}, {"assistant", answer1}, {"user", user2}, {"assistant", answer2}};
+    for (size_t i = 0; i < 4; ++i) {
+        EXPECT_EQ(session["messages"][i]["role"], expected[i].first) << i;
+        EXPECT_EQ(session["messages"][i]["content"], expected[i].second) << i;
+        EXPECT_GT(session["messages"][i]["created_at"].get<int64_t>(), 1'600'000'000) << i;
+    }
+    EXPECT_EQ(session["usage"]["completion_tokens"].get<int64_t>(),
+              r1.json_body()["usage"]["completion_tokens"].get<int64_t>() +
+                  usage["completion_tokens"].get<int64_t>());
+
+    const Reply list = exchange(s.port(), "GET", "/v1/sessions");
+    ASSERT_EQ(list.status, 200);
+    ASSERT_EQ(list.json_body()["data"].size(), 1u);
+    EXPECT_EQ(list.json_body()["data"][0]["id"], "story-1");
+    EXPECT_EQ(list.json_body()["data"][0]["message_count"], 4);
+
+    // A request without a session still works and stores nothing.
+    ASSERT_EQ(exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false)).status,
+              200);
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions").json_body()["data"].size(), 1u);
+}
+
+TEST_F(Sessions, DeleteThenGetIs404AndTheIdStaysGone) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    ASSERT_EQ(exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false, "gone"))
+                  .status,
+              200);
+    ASSERT_EQ(exchange(s.port(), "GET", "/v1/sessions/gone").status, 200);
+
+    const Reply d = exchange(s.port(), "DELETE", "/v1/sessions/gone");
+    ASSERT_EQ(d.status, 200) << d.body;
+    EXPECT_EQ(d.json_body()["deleted"], true);
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/gone"), 404, "GET after DELETE");
+    expect_openai_error(exchange(s.port(), "DELETE", "/v1/sessions/gone"), 404, "DELETE twice");
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/never-made"), 404, "unknown id");
+    expect_openai_error(exchange(s.port(), "DELETE", "/v1/sessions/never-made"), 404,
+                        "DELETE unknown id");
+    expect_openai_error(
+        exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false, "gone")), 404,
+        "chat in a deleted session");
+    EXPECT_TRUE(exchange(s.port(), "GET", "/v1/sessions").json_body()["data"].empty());
+}
+
+TEST_F(Sessions, BadSessionIdsAre400) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    const std::string chat = "/v1/chat/completions";
+    const std::string too_long(129, 'a');
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/bad.id"), 400, "dot in GET");
+    expect_openai_error(exchange(s.port(), "DELETE", "/v1/sessions/" + too_long), 400,
+                        "129 chars in DELETE");
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/"), 400, "empty id in GET");
+    for (const std::string& id :
+         std::vector<std::string>{"", "a b", "x!y", "semi:colon", too_long}) {
+        const std::string body =
+            json({{"messages", {{{"role", "user"}, {"content", "Hi"}}}}, {"session_id", id}})
+                .dump();
+        const Reply r = exchange(s.port(), "POST", chat, body);
+        expect_openai_error(r, 400, "body id '" + id + "'");
+        EXPECT_EQ(r.json_body()["error"]["param"], "session_id") << id;
+    }
+    expect_openai_error(
+        exchange(s.port(), "POST", chat, turn_body("Hi", 4, false), "X-Session-Id: x!y\r\n"), 400,
+        "bad header id");
+    expect_openai_error(exchange(s.port(), "POST", chat,
+                                 R"({"messages":[{"role":"user","content":"Hi"}],"session_id":5})"),
+                        400, "id of the wrong type");
+    expect_openai_error(
+        exchange(s.port(), "POST", "/v1/completions", R"({"prompt":"Hi","session_id":"ok"})"), 400,
+        "session on /v1/completions");
+    // The longest valid id is accepted (unknown, so 404, not 400).
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/" + std::string(128, 'b')), 404,
+                        "128 chars");
+    EXPECT_TRUE(exchange(s.port(), "GET", "/v1/sessions").json_body()["data"].empty())
+        << "nothing was stored";
+}
+
+TEST_F(Sessions, WithoutAStoreSessionRequestsAreRefused) {
+    TestServer s(*model_, fp32(), routes_config());
+    expect_openai_error(
+        exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false, "s")), 400,
+        "session_id without a store");
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions"), 404,
+                        "no /v1/sessions without a store");
+}
+
+TEST_F(Sessions, DurableStoreKeepsSessionsAcrossServerInstances) {
+    TempDir dir;
+    const std::string user1 = "Tell me a story";
+    std::string answer1;
+    {
+        auto store = ServerSessionStore::open(dir.path.string(), SystemClock::instance());
+        ASSERT_TRUE(store.ok()) << store.error().message;
+        EXPECT_FALSE((*store)->temporary());
+        TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+        const Reply r =
+            exchange(s.port(), "POST", "/v1/chat/completions", turn_body(user1, 12, false, "kept"));
+        ASSERT_EQ(r.status, 200) << r.body;
+        answer1 = r.json_body()["choices"][0]["message"]["content"];
+    }
+    ASSERT_TRUE(std::filesystem::exists(dir.path)) << "a --state-dir store is never removed";
+    auto store = ServerSessionStore::open(dir.path.string(), SystemClock::instance());
+    ASSERT_TRUE(store.ok()) << store.error().message;
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    const Reply got = exchange(s.port(), "GET", "/v1/sessions/kept");
+    ASSERT_EQ(got.status, 200) << got.body;
+    ASSERT_EQ(got.json_body()["messages"].size(), 2u);
+    EXPECT_EQ(got.json_body()["messages"][0]["content"], user1);
+    EXPECT_EQ(got.json_body()["messages"][1]["content"], answer1);
+    // The restarted server continues the conversation from the stored history.
+    const Reply r2 = exchange(s.port(), "POST", "/v1/chat/completions",
+                              turn_body("And then?", 12, false, "kept"));
+    ASSERT_EQ(r2.status, 200) << r2.body;
+    EXPECT_EQ(r2.json_body()["choices"][0]["message"]["content"],
+              greedy({{"user", user1}, {"assistant", answer1}, {"user", "And then?"}}, 12));
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/kept").json_body()["messages"].size(), 4u);
+}
+
+TEST(SessionStoreLifetime, TemporaryStoreIsRemovedOnShutdown) {
+    std::filesystem::path path;
+    {
+        auto store = ServerSessionStore::open("", SystemClock::instance());
+        ASSERT_TRUE(store.ok()) << store.error().message;
+        EXPECT_TRUE((*store)->temporary());
+        path = (*store)->path();
+        ASSERT_TRUE((*store)->store().create("x", "", "t").ok());
+        EXPECT_TRUE(std::filesystem::exists(path));
+    }
+    EXPECT_FALSE(std::filesystem::exists(path));
+}
+
+TEST(SessionTitle, CutsAtALineAndACharacterBoundary) {
+    EXPECT_EQ(session_title("hello\nworld"), "hello");
+    EXPECT_EQ(session_title("abcdef", 4), "abcd");
+    EXPECT_EQ(session_title("ab\xc3\xa9", 3), "ab");  // never half of "é"
+}
+
+TEST_F(Sessions, ChatPageIsServedAndNothingOutsideIt) {
+    ASSERT_TRUE(std::filesystem::exists(kWebDir / "index.html")) << kWebDir;
+    const StaticFiles web(kWebDir);
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, nullptr, &web);
+    const Reply index = exchange(s.port(), "GET", "/");
+    ASSERT_EQ(index.status, 200);
+    EXPECT_EQ(index.headers.at("content-type"), "text/html; charset=utf-8");
+    EXPECT_NE(index.body.find("<title>assistd chat</title>"), std::string::npos);
+    EXPECT_EQ(index.body.find("http://"), std::string::npos) << "no external URLs";
+    EXPECT_EQ(index.body.find("https://"), std::string::npos) << "no external URLs";
+    EXPECT_EQ(exchange(s.port(), "GET", "/index.html").body, index.body);
+    const Reply js = exchange(s.port(), "GET", "/app.js");
+    ASSERT_EQ(js.status, 200);
+    EXPECT_EQ(js.headers.at("content-type"), "text/javascript; charset=utf-8");
+    EXPECT_NE(js.body.find("/v1/chat/completions"), std::string::npos);
+    EXPECT_EQ(exchange(s.port(), "GET", "/style.css").headers.at("content-type"),
+              "text/css; charset=utf-8");
+
+    for (const char* path :
+         {"/../etc/passwd", "/../../../../etc/passwd", "/x/../../etc/passwd", "/..",
+          "/%2e%2e/etc/passwd", "/..\\etc\\passwd", "/missing.html", "/v1/nothing"})
+        expect_openai_error(exchange(s.port(), "GET", path), 404, path);
+    // The API still answers beside the page.
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/models").status, 200);
+}
+
+TEST(StaticFiles, SymlinkOutOfTheRootIsRefused) {
+    TempDir dir;
+    { std::ofstream(dir.path / "index.html") << "<title>t</title>"; }
+    std::filesystem::create_directory(dir.path / "sub");
+    { std::ofstream(dir.path / "sub" / "a.css") << "body{}"; }
+    std::filesystem::create_symlink("/etc/hostname", dir.path / "leak.txt");
+    const StaticFiles web(dir.path);
+    ASSERT_TRUE(web.serve("/").has_value());
+    EXPECT_EQ(web.serve("/").value().body, "<title>t</title>");
+    ASSERT_TRUE(web.serve("/sub/a.css").has_value());
+    EXPECT_EQ(web.serve("/sub/a.css").value().content_type, "text/css; charset=utf-8");
+    EXPECT_FALSE(web.serve("/leak.txt").has_value());
+    EXPECT_FALSE(web.serve("/sub").has_value()) << "directories are not files";
+    EXPECT_FALSE(web.serve("/sub/../index.html").has_value()) << "any '..' is refused";
+    EXPECT_EQ(StaticFiles::content_type("x.bin"), "application/octet-stream");
+}
+
+}  // namespace
+}  // namespace assistd::serve
