@@ -26,7 +26,6 @@ using engine::TokenId;
 using nlohmann::json;
 using namespace test_support;
 
-const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
 
 SchedulerConfig fp32() {
     SchedulerConfig c;
@@ -40,28 +39,8 @@ OpenAiRoutesConfig routes_config() {
     return c;
 }
 
-class HttpApi : public ::testing::Test {
-protected:
-    static void SetUpTestSuite() {
-        if (!std::filesystem::exists(kStories)) return;
-        engine::ModelParams p;
-        p.path = kStories;
-        p.n_threads = 2;
-        p.max_sequences = 16;
-        auto m = engine::Model::load(p);
-        ASSERT_TRUE(m.ok());
-        model_ = std::move(*m).release();
-    }
-    static void TearDownTestSuite() {
-        delete model_;
-        model_ = nullptr;
-    }
-    void SetUp() override {
-        if (!model_) GTEST_SKIP() << "no " << kStories;
-    }
-    static engine::Model* model_;
+class HttpApi : public StoriesModelTest<16> {
 };
-engine::Model* HttpApi::model_ = nullptr;
 
 std::vector<TokenId> chat_prompt(engine::Model& m, const std::string& user) {
     const std::string text = m.chat_template().apply({{"user", user}}, true);

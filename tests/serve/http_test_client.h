@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -17,6 +18,33 @@
 #include "serve/scheduler.h"
 
 namespace assistd::serve::test_support {
+
+inline const std::string kStoriesModelPath = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+
+// Loads stories260K once per test suite (with room for kMaxSequences
+// sequences); every test of the suite skips when ../shared is absent.
+template <size_t kMaxSequences>
+class StoriesModelTest : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        if (!std::filesystem::exists(kStoriesModelPath)) return;
+        engine::ModelParams p;
+        p.path = kStoriesModelPath;
+        p.n_threads = 2;
+        p.max_sequences = kMaxSequences;
+        auto m = engine::Model::load(p);
+        ASSERT_TRUE(m.ok());
+        model_ = std::move(*m).release();
+    }
+    static void TearDownTestSuite() {
+        delete model_;
+        model_ = nullptr;
+    }
+    void SetUp() override {
+        if (!model_) GTEST_SKIP() << "no " << kStoriesModelPath;
+    }
+    static inline engine::Model* model_ = nullptr;
+};
 
 int connect_loopback(uint16_t port);
 void send_all(int fd, const std::string& data);

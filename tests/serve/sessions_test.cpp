@@ -23,7 +23,6 @@ using engine::TokenId;
 using nlohmann::json;
 using namespace test_support;
 
-const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
 const std::filesystem::path kWebDir =
     std::filesystem::path(ASSISTD_TEST_DATA_DIR) / ".." / ".." / "web";
 
@@ -54,25 +53,8 @@ struct TempDir {
     std::filesystem::path path;
 };
 
-class Sessions : public ::testing::Test {
-  protected:
-    static void SetUpTestSuite() {
-        if (!std::filesystem::exists(kStories)) return;
-        engine::ModelParams p;
-        p.path = kStories;
-        p.n_threads = 2;
-        p.max_sequences = 4;
-        auto m = engine::Model::load(p);
-        ASSERT_TRUE(m.ok());
-        model_ = std::move(*m).release();
-    }
-    static void TearDownTestSuite() {
-        delete model_;
-        model_ = nullptr;
-    }
-    void SetUp() override {
-        if (!model_) GTEST_SKIP() << "no " << kStories;
-    }
+class Sessions : public StoriesModelTest<4> {
+protected:
 
     std::vector<TokenId> prompt_of(const std::vector<engine::ChatMessage>& conversation) const {
         const std::string text = model_->chat_template().apply(conversation, true);
@@ -84,9 +66,7 @@ class Sessions : public ::testing::Test {
                                  model_->chat_template().stop_strings());
     }
 
-    static engine::Model* model_;
 };
-engine::Model* Sessions::model_ = nullptr;
 
 std::string turn_body(const std::string& user, size_t max_tokens, bool stream,
                       const std::string& session_id = "") {
