@@ -24,7 +24,7 @@ using nlohmann::json;
 using namespace test_support;
 
 const std::filesystem::path kWebDir =
-    std::filesystem::path(ASSISTD_TEST_DATA_DIR) / ".." / ".." / "web";
+    std::filesystem::path(ASSISTD_SOURCE_DIR) / "web";
 
 SchedulerConfig fp32() {
     SchedulerConfig c;
