@@ -17,12 +17,6 @@ namespace beast = boost::beast;
 namespace http = beast::http;
 using tcp = asio::ip::tcp;
 
-std::string_view HttpRequest::header(std::string_view name) const {
-    for (const auto& [k, v] : headers)
-        if (beast::iequals(k, beast::string_view(name.data(), name.size()))) return v;
-    return {};
-}
-
 namespace {
 
 constexpr auto kWriteTimeout = std::chrono::seconds(30);
