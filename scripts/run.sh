@@ -8,7 +8,8 @@ model="$root/../shared/models/stories260K.gguf"
 if [ ! -f "$model" ]; then
   model="$root/build/models/random-smollm2-135m-bf16.gguf"
   if [ ! -f "$model" ]; then
-    echo "run: ../shared/models/stories260K.gguf is absent; generating a random-weight smollm2-135m (its text is noise)"
+    echo "run: ../shared/models/stories260K.gguf is absent; generating a random-weight smollm2-135m"
+    echo "run: (random weights: answers are random tokens, mostly unused vocabulary entries that print as nothing)"
     mkdir -p "$(dirname "$model")"
     "$bin" model random --shape smollm2-135m --dtype bf16 --out "$model"
   fi
