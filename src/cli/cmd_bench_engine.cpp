@@ -41,13 +41,8 @@ double median(std::vector<double> v) {
 // Bytes of weights one decode step reads at this precision (every matrix once).
 double weight_bytes_per_token(const Model& m, Precision p) {
     const auto& info = m.info();
-    auto bytes = [&](size_t rows, size_t cols) {
-        DType t = info.file_type;
-        if (p == Precision::kFP32) t = DType::F32;
-        if (p == Precision::kFP16) t = DType::F16;
-        if (p == Precision::kBF16) t = DType::BF16;
-        return static_cast<double>(dtype_row_bytes(t, cols)) * rows;
-    };
+    const DType t = precision_storage_type(p, info.file_type);
+    auto bytes = [&](size_t rows, size_t cols) { return static_cast<double>(dtype_row_bytes(t, cols)) * rows; };
     const size_t E = info.n_embd, Q = info.n_head * info.head_dim, KV = info.n_head_kv * info.head_dim;
     double per_layer = bytes(Q, E) + 2 * bytes(KV, E) + bytes(E, Q) + 2 * bytes(info.n_ff, E) + bytes(E, info.n_ff);
     return per_layer * info.n_layer + bytes(info.n_vocab, E);
@@ -194,7 +189,6 @@ void register_bench_engine(CLI::App& bench, int& exit_code) {
     auto o = std::make_shared<BenchOptions>();
     CLI::App* cmd = bench.add_subcommand("engine", "Prefill and decode tokens/s, batched decode, weight GB/s");
     add_model_options(*cmd, o->model);
-    cmd->get_option("--precision")->description("Comma-separated list: fp32,fp16,bf16,native");
     cmd->remove_option(cmd->get_option("--precision"));
     cmd->add_option("--precision", o->precisions, "Comma-separated list of fp32, fp16, bf16, native")
         ->capture_default_str();

@@ -17,18 +17,31 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
-std::string render_chatml(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
+// Formats whose turns are "<open><role><after role>content<close>" with the
+// system message as an ordinary turn (ChatML, Phi-3).
+struct TaggedTurns {
+    std::string_view open, after_role, close;
+};
+
+std::string render_tagged(const std::vector<ChatMessage>& messages, bool add_generation_prompt, TaggedTurns tags) {
     std::string out;
     for (const ChatMessage& m : messages) {
-        out += "<|im_start|>";
+        out += tags.open;
         out += m.role;
-        out += '\n';
+        out += tags.after_role;
         out += m.content;
-        out += "<|im_end|>\n";
+        out += tags.close;
     }
-    if (add_generation_prompt) out += "<|im_start|>assistant\n";
+    if (add_generation_prompt) {
+        out += tags.open;
+        out += "assistant";
+        out += tags.after_role;
+    }
     return out;
 }
+
+constexpr TaggedTurns kChatML{"<|im_start|>", "\n", "<|im_end|>\n"};
+constexpr TaggedTurns kPhi3{"<|", "|>\n", "<|end|>\n"};
 
 // Meta's Llama 2 format: the system prompt goes inside the first [INST] in
 // <<SYS>> markers; each later turn starts with BOS.
@@ -135,19 +148,6 @@ std::string render_gemma(const std::vector<ChatMessage>& messages, bool add_gene
     return out;
 }
 
-std::string render_phi3(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
-    std::string out;
-    for (const ChatMessage& m : messages) {
-        out += "<|";
-        out += m.role;
-        out += "|>\n";
-        out += m.content;
-        out += "<|end|>\n";
-    }
-    if (add_generation_prompt) out += "<|assistant|>\n";
-    return out;
-}
-
 }  // namespace
 
 ChatTemplate ChatTemplate::detect(std::string_view source, std::string bos_text, std::string eos_text) {
@@ -178,15 +178,15 @@ std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages, bool a
     const std::string_view eos = eos_text.empty() ? std::string_view("</s>") : std::string_view(eos_text);
     switch (kind) {
         case ChatTemplateKind::kChatML:
-        case ChatTemplateKind::kFallback: return render_chatml(messages, add_generation_prompt);
+        case ChatTemplateKind::kFallback: return render_tagged(messages, add_generation_prompt, kChatML);
         case ChatTemplateKind::kLlama2: return render_llama2(messages, bos, eos);
         case ChatTemplateKind::kMistral: return render_mistral(messages, eos);
         case ChatTemplateKind::kLlama3: return render_llama3(messages, add_generation_prompt);
         case ChatTemplateKind::kZephyr: return render_zephyr(messages, add_generation_prompt, eos);
         case ChatTemplateKind::kGemma: return render_gemma(messages, add_generation_prompt);
-        case ChatTemplateKind::kPhi3: return render_phi3(messages, add_generation_prompt);
+        case ChatTemplateKind::kPhi3: return render_tagged(messages, add_generation_prompt, kPhi3);
     }
-    return render_chatml(messages, add_generation_prompt);
+    return render_tagged(messages, add_generation_prompt, kChatML);
 }
 
 std::vector<std::string> ChatTemplate::stop_strings() const {

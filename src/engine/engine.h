@@ -30,6 +30,8 @@ class GgufFile;
 enum class Precision { kNative, kFP32, kFP16, kBF16 };
 const char* precision_name(Precision p);
 std::optional<Precision> precision_from_name(std::string_view name);  // "fp32", "fp16", "bf16", "native"
+// The type a weight stored as `stored_type` is computed in at precision p.
+DType precision_storage_type(Precision p, DType stored_type);
 
 enum class Architecture { kLlama, kQwen2 };
 

@@ -30,6 +30,16 @@ const char* precision_name(Precision p) {
     return "?";
 }
 
+DType precision_storage_type(Precision p, DType stored_type) {
+    switch (p) {
+        case Precision::kNative: return stored_type;
+        case Precision::kFP32: return DType::F32;
+        case Precision::kFP16: return DType::F16;
+        case Precision::kBF16: return DType::BF16;
+    }
+    return stored_type;
+}
+
 std::optional<Precision> precision_from_name(std::string_view n) {
     if (n == "native") return Precision::kNative;
     if (n == "fp32" || n == "f32") return Precision::kFP32;
@@ -84,15 +94,6 @@ struct WeightSet {
     uint64_t last_used = 0;
 };
 
-DType storage_for(Precision p, DType file_type) {
-    switch (p) {
-        case Precision::kNative: return file_type;
-        case Precision::kFP32: return DType::F32;
-        case Precision::kFP16: return DType::F16;
-        case Precision::kBF16: return DType::BF16;
-    }
-    return DType::F32;
-}
 
 class LlamaModel final : public Model {
 public:
@@ -303,7 +304,7 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
     // Bytes this precision would add: every matrix not already stored in its format.
     uint64_t need = 0;
     auto count = [&](const GgufTensor* t) {
-        const DType target = storage_for(p, t->dtype);
+        const DType target = precision_storage_type(p, t->dtype);
         if (t->dtype != target) need += dtype_row_bytes(target, t->cols()) * t->rows();
     };
     for (const auto& L : tensors_.layers)
@@ -332,7 +333,7 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
     // Matrices that read the same input are kept in one type, so one prepared
     // activation serves them all (a native file may mix types).
     auto group = [&](std::initializer_list<std::pair<const GgufTensor*, Matrix*>> members) -> Status {
-        const DType target = storage_for(p, members.begin()->first->dtype);
+        const DType target = precision_storage_type(p, members.begin()->first->dtype);
         for (auto [t, out] : members) {
             auto m = convert_matrix(*t, target, *set);
             if (!m) return m.error();
