@@ -156,8 +156,15 @@ private:
 
     // Activations for up to max_batch_tokens tokens (allocated once).
     size_t max_tokens_ = 0;
-    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, logits_, scores_, rope_;
+    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, prepn_, logits_, scores_, rope_;
     size_t prep_row_stride_ = 0;
+    // Small batches (decode) keep a private copy of the residual stream on
+    // every thread: each thread adds, normalizes and prepares the few rows
+    // itself instead of one thread doing it while the others wait at a
+    // barrier. Per thread: X, Xn, rope tables and prepared rows.
+    static constexpr size_t kReplicatedTokens = 4;
+    size_t private_stride_ = 0;
+    AlignedBuffer private_;
 
     // Matmul phases hand out row chunks from a shared counter (one per phase,
     // reset before every forward): a thread whose memory stream runs faster
@@ -230,6 +237,10 @@ Status LlamaModel::init() {
         gate_ = AlignedBuffer(T * F * 4);
         up_ = AlignedBuffer(T * F * 4);
         prep_ = AlignedBuffer(T * prep_row_stride_);
+        prepn_ = AlignedBuffer(T * prep_row_stride_);
+        const size_t R = kReplicatedTokens;
+        private_stride_ = (2 * R * E * 4 + R * info_.n_rot * 4 + R * prep_row_stride_ + 63) / 64 * 64;
+        private_ = AlignedBuffer(static_cast<size_t>(n_threads) * private_stride_);
         logits_ = AlignedBuffer(T * V * 4);
         scores_ = AlignedBuffer(static_cast<size_t>(n_threads) * (info_.n_ctx + 16) * 4);
         rope_ = AlignedBuffer(T * info_.n_rot * 4);  // cos, sin per frequency per token
@@ -461,8 +472,6 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     const size_t E = info_.n_embd, hd = info_.head_dim, F = info_.n_ff, V = info_.n_vocab;
     const size_t NH = info_.n_head, NKV = info_.n_head_kv;
     const size_t Qd = NH * hd, KVd = NKV * hd, n_rot = info_.n_rot, half = n_rot / 2;
-    float* X = x_.as<float>();
-    float* Xn = xn_.as<float>();
     float* Qb = q_.as<float>();
     float* Kb = k_.as<float>();
     float* Vb = v_.as<float>();
@@ -470,13 +479,32 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     float* tmp = tmp_.as<float>();
     float* G = gate_.as<float>();
     float* U = up_.as<float>();
-    uint8_t* P = prep_.data();
-    float* rope = rope_.as<float>();
+    uint8_t* P = prep_.data();  // inputs of the output and down projections
     float* scores = scores_.as<float>() + static_cast<size_t>(ith) * (info_.n_ctx + 16);
     const bool kv_f16 = kv_.shape().type == DType::F16;
 
+    // The residual stream: shared and split by tokens, or replicated per thread.
+    const bool replicated = T <= kReplicatedTokens;
+    float* X = x_.as<float>();
+    float* Xn = xn_.as<float>();
+    float* rope = rope_.as<float>();
+    uint8_t* Pn = prepn_.data();  // inputs of the QKV and gate/up projections
     size_t t0, t1;
-    ThreadPool::split(T, 1, ith, nth, t0, t1);
+    if (replicated) {
+        uint8_t* mine = private_.data() + static_cast<size_t>(ith) * private_stride_;
+        X = reinterpret_cast<float*>(mine);
+        Xn = X + kReplicatedTokens * E;
+        rope = Xn + kReplicatedTokens * E;
+        Pn = reinterpret_cast<uint8_t*>(rope + kReplicatedTokens * n_rot);
+        t0 = 0;
+        t1 = T;
+    } else {
+        ThreadPool::split(T, 1, ith, nth, t0, t1);
+    }
+    // A barrier that only the shared stream needs.
+    auto stream_barrier = [&] {
+        if (!replicated) pool_->barrier();
+    };
 
     // Claims chunks of [0, n) from this phase's counter until none are left.
     size_t phase = 0;
@@ -489,8 +517,9 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         }
     };
     // Rows per claim: small enough to balance, large enough that the atomic
-    // and the kernel's start-up stay negligible (and a multiple of 16).
-    auto rows_per_claim = [&](size_t rows) { return std::max<size_t>(16, (rows / (8 * nth) + 15) / 16 * 16); };
+    // and the kernel's start-up stay negligible (and a multiple of 32, the
+    // Q8_0 block, so a chunk's outputs can be prepared on their own).
+    auto rows_per_claim = [&](size_t rows) { return std::max<size_t>(32, (rows / (8 * nth) + 31) / 32 * 32); };
 
     // Embeddings and rotary tables for this thread's tokens.
     const auto* embd = static_cast<const uint8_t*>(tensors_.token_embd->data);
@@ -524,6 +553,9 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     for (size_t l = 0; l < info_.n_layer; ++l) {
         const LayerWeights& W = w.layers[l];
         const LayerVectors& LV = layer_vectors_[l];
+        // Attention heads prepare their own slice of the output projection's
+        // input, unless a head is not a whole number of Q8_0 blocks.
+        const bool heads_prepare = W.wo.type != DType::Q8_0 || hd % kQ8_0Block == 0;
 
         // (1) residual from the previous layer's FFN, attention norm, prepare.
         for (size_t t = t0; t < t1; ++t) {
@@ -531,13 +563,13 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
                 for (size_t i = 0; i < E; ++i) X[t * E + i] += tmp[t * E + i];
             kernels::rms_norm(X + t * E, LV.attn_norm, info_.rms_eps, Xn + t * E, E);
         }
-        prepare(W.wq.type, Xn, E, t0, t1, E, P);
-        pool_->barrier();
+        prepare(W.wq.type, Xn, E, t0, t1, E, Pn);
+        stream_barrier();
 
         // (2) Q, K, V projections split by heads, then bias, RoPE and the KV store.
         claim_chunks(NH + 2 * NKV, 1, [&](size_t u0, size_t u1) {
             auto project = [&](const Matrix& m, float* out, size_t ld, size_t h0, size_t h1) {
-                if (h1 > h0) kernels::matmul(m.type, m.data, E, P, T, out, ld, h0 * hd, h1 * hd);
+                if (h1 > h0) kernels::matmul(m.type, m.data, E, Pn, T, out, ld, h0 * hd, h1 * hd);
             };
             project(W.wq, Qb, Qd, std::min(u0, NH), std::min(u1, NH));
             project(W.wk, Kb, KVd, std::clamp(u0, NH, NH + NKV) - NH, std::clamp(u1, NH, NH + NKV) - NH);
@@ -576,18 +608,27 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         });
         pool_->barrier();
 
-        // (3) attention, one (token, head) pair at a time.
+        // (3) attention, one (token, head) pair at a time; each pair prepares
+        // its slice of the output projection's input.
         {
             size_t i0, i1;
             ThreadPool::split(T * NH, 1, ith, nth, i0, i1);
+            const size_t stride = kernels::activation_row_bytes(W.wo.type, Qd);
             for (size_t i = i0; i < i1; ++i) {
                 const size_t t = i / NH, h = i % NH;
                 attention(l, t, h, scores, A + t * Qd + h * hd);
+                if (heads_prepare)
+                    kernels::prepare_activation_columns(W.wo.type, A + t * Qd, Qd, 1, Qd, h * hd, (h + 1) * hd,
+                                                        P + t * stride);
             }
         }
         pool_->barrier();
-        prepare(W.wo.type, A, Qd, t0, t1, Qd, P);
-        pool_->barrier();
+        if (!heads_prepare) {
+            size_t p0, p1;
+            ThreadPool::split(T, 1, ith, nth, p0, p1);
+            prepare(W.wo.type, A, Qd, p0, p1, Qd, P);
+            pool_->barrier();
+        }
 
         // (4) output projection.
         claim_chunks(E, rows_per_claim(E), [&](size_t r0, size_t r1) {
@@ -600,17 +641,17 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
             for (size_t i = 0; i < E; ++i) X[t * E + i] += tmp[t * E + i];
             kernels::rms_norm(X + t * E, LV.ffn_norm, info_.rms_eps, Xn + t * E, E);
         }
-        prepare(W.w_gate.type, Xn, E, t0, t1, E, P);
-        pool_->barrier();
+        prepare(W.w_gate.type, Xn, E, t0, t1, E, Pn);
+        stream_barrier();
 
-        // (6) gate and up projections, SwiGLU on this thread's rows.
+        // (6) gate and up projections, SwiGLU and the down projection's input
+        // for this thread's rows.
         claim_chunks(F, rows_per_claim(F), [&](size_t r0, size_t r1) {
-            kernels::matmul(W.w_gate.type, W.w_gate.data, E, P, T, G, F, r0, r1);
-            kernels::matmul(W.w_up.type, W.w_up.data, E, P, T, U, F, r0, r1);
+            kernels::matmul(W.w_gate.type, W.w_gate.data, E, Pn, T, G, F, r0, r1);
+            kernels::matmul(W.w_up.type, W.w_up.data, E, Pn, T, U, F, r0, r1);
             for (size_t t = 0; t < T; ++t) kernels::swiglu(G + t * F + r0, U + t * F + r0, G + t * F + r0, r1 - r0);
+            kernels::prepare_activation_columns(W.w_down.type, G, F, T, F, r0, r1, P);
         });
-        pool_->barrier();
-        prepare(W.w_down.type, G, F, t0, t1, F, P);
         pool_->barrier();
 
         // (7) down projection; its residual is added at the top of the next layer.
@@ -622,18 +663,17 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
 
     // Final residual and norm for the rows whose logits are wanted.
     const size_t n_out = out_rows_.size();
-    size_t o0, o1;
-    ThreadPool::split(n_out, 1, ith, nth, o0, o1);
+    size_t o0 = 0, o1 = n_out;
+    if (!replicated) ThreadPool::split(n_out, 1, ith, nth, o0, o1);
     for (size_t o = o0; o < o1; ++o) {
         const size_t t = out_rows_[o];
         for (size_t i = 0; i < E; ++i) X[t * E + i] += tmp[t * E + i];
         kernels::rms_norm(X + t * E, output_norm_, info_.rms_eps, Xn + o * E, E);
     }
-    pool_->barrier();
-    prepare(w.output.type, Xn, E, o0, o1, E, P);
-    pool_->barrier();
+    prepare(w.output.type, Xn, E, o0, o1, E, Pn);
+    stream_barrier();
     claim_chunks(V, rows_per_claim(V), [&](size_t r0, size_t r1) {
-        kernels::matmul(w.output.type, w.output.data, E, P, n_out, logits_.as<float>(), V, r0, r1);
+        kernels::matmul(w.output.type, w.output.data, E, Pn, n_out, logits_.as<float>(), V, r0, r1);
     });
 }
 

@@ -172,6 +172,34 @@ void check_matmul_for_type(DType type, const std::vector<size_t>& col_sizes,
     }
 }
 
+// Threads prepare the parts of a row they produced (attention heads, FFN row
+// chunks); pieces must add up to exactly what a whole-row prepare writes.
+TEST(KernelsTest, PreparingColumnPiecesEqualsPreparingWholeRows) {
+    std::mt19937 rng(7);
+    for (DType type : {DType::F32, DType::F16, DType::BF16, DType::Q8_0}) {
+        for (size_t cols : {size_t{64}, size_t{576}, size_t{1536}}) {
+            const size_t nb = 3;
+            const std::vector<float> x = random_floats(nb * (cols + 5), rng, -3.f, 3.f);
+            for (const TierUnderTest& t : tiers_under_test()) {
+                const size_t bytes = activation_row_bytes(type, cols) * nb;
+                AlignedBuffer whole(bytes), pieces(bytes);
+                std::memset(whole.data(), 0, bytes);
+                std::memset(pieces.data(), 0, bytes);
+                prepare_activations_with(*t.table, type, x.data(), cols + 5, nb, cols, whole.data());
+                // Uneven pieces on block boundaries, prepared out of order.
+                std::vector<size_t> cuts{0};
+                for (size_t c = 32; c < cols; c += 32 * (1 + cuts.size() % 3)) cuts.push_back(c);
+                cuts.push_back(cols);
+                for (size_t i = cuts.size() - 1; i-- > 0;)
+                    prepare_activation_columns_with(*t.table, type, x.data(), cols + 5, nb, cols, cuts[i],
+                                                    cuts[i + 1], pieces.data());
+                EXPECT_EQ(0, std::memcmp(whole.data(), pieces.data(), bytes))
+                    << tier_name(t.tier) << " " << dtype_name(type) << " cols=" << cols;
+            }
+        }
+    }
+}
+
 TEST(KernelsTest, EveryTierIncludesScalarAndTheActiveOne) {
     const std::vector<Tier> tiers = available_tiers();
     ASSERT_FALSE(tiers.empty());

@@ -94,7 +94,8 @@ Tier active_tier_id() {
     return tier;
 }
 
-void prepare_q8_0_row(const float* x, size_t cols, void* out) {
+// Quantizes the blocks [b0, b1) of one row (x points at the row's start).
+static void prepare_q8_0_blocks(const float* x, size_t cols, size_t b0, size_t b1, void* out) {
     const Q8ActivationLayout layout = q8_activation_layout(cols);
     auto* base = static_cast<unsigned char*>(out);
     auto* scales = reinterpret_cast<float*>(base + layout.scales_offset);
@@ -102,7 +103,7 @@ void prepare_q8_0_row(const float* x, size_t cols, void* out) {
     auto* quants = reinterpret_cast<int8_t*>(base + layout.quants_offset);
     // Adding 1.5 * 2^23 rounds to nearest even for |v| < 2^22 without a libm call.
     constexpr float kRoundingMagic = 12582912.0f;
-    for (size_t block = 0; block < q8_blocks(cols); ++block) {
+    for (size_t block = b0; block < b1; ++block) {
         const float* xb = x + block * kQ8_0Block;
         float amax = 0.f;
         for (size_t i = 0; i < kQ8_0Block; ++i) amax = std::max(amax, std::fabs(xb[i]));
@@ -117,6 +118,33 @@ void prepare_q8_0_row(const float* x, size_t cols, void* out) {
         }
         scales[block] = d;
         corrections[block] = -16 * sum;
+    }
+}
+
+void prepare_q8_0_row(const float* x, size_t cols, void* out) { prepare_q8_0_blocks(x, cols, 0, q8_blocks(cols), out); }
+
+void prepare_activation_columns_with(const KernelTable& table, DType weight_type, const float* x, size_t ldx,
+                                     size_t nb, size_t cols, size_t c0, size_t c1, void* out) {
+    if (c1 <= c0) return;
+    const size_t row_bytes = activation_row_bytes(weight_type, cols);
+    auto* out_bytes = static_cast<unsigned char*>(out);
+    for (size_t b = 0; b < nb; ++b) {
+        const float* row = x + b * ldx;
+        unsigned char* dst = out_bytes + b * row_bytes;
+        switch (weight_type) {
+            case DType::F32:
+                std::memcpy(dst + c0 * sizeof(float), row + c0, (c1 - c0) * sizeof(float));
+                break;
+            case DType::F16:
+                table.convert_f32_to_f16(row + c0, reinterpret_cast<uint16_t*>(dst) + c0, c1 - c0);
+                break;
+            case DType::BF16:
+                table.convert_f32_to_bf16(row + c0, reinterpret_cast<uint16_t*>(dst) + c0, c1 - c0);
+                break;
+            case DType::Q8_0:
+                prepare_q8_0_blocks(row, cols, c0 / kQ8_0Block, c1 / kQ8_0Block, dst);
+                break;
+        }
     }
 }
 
@@ -233,6 +261,11 @@ size_t activation_row_bytes(DType weight_type, size_t cols) {
 
 void prepare_activations(DType weight_type, const float* x, size_t ldx, size_t nb, size_t cols, void* out) {
     prepare_activations_with(active_table(), weight_type, x, ldx, nb, cols, out);
+}
+
+void prepare_activation_columns(DType weight_type, const float* x, size_t ldx, size_t nb, size_t cols, size_t c0,
+                                size_t c1, void* out) {
+    prepare_activation_columns_with(active_table(), weight_type, x, ldx, nb, cols, c0, c1, out);
 }
 
 void matmul(DType weight_type, const void* w, size_t cols, const void* x_prepared, size_t nb, float* y, size_t ldy,

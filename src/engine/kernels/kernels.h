@@ -24,6 +24,11 @@ size_t activation_row_bytes(DType weight_type, size_t cols);
 // Converts nb float rows (stride ldx floats) into the prepared format, rows
 // `activation_row_bytes` apart in `out`. `cols` is a multiple of the weight's block size.
 void prepare_activations(DType weight_type, const float* x, size_t ldx, size_t nb, size_t cols, void* out);
+// The columns [c0, c1) of the same prepared rows (the rest is left as is), so
+// the threads that produce parts of a row can prepare their own parts. For
+// Q8_0, c0 and c1 are multiples of its 32-element block.
+void prepare_activation_columns(DType weight_type, const float* x, size_t ldx, size_t nb, size_t cols, size_t c0,
+                                size_t c1, void* out);
 
 // y[b * ldy + r] = sum_k W[r, k] * X[b, k]  for r in [r0, r1), b in [0, nb).
 // `x_prepared` is the output of prepare_activations for the same weight type.

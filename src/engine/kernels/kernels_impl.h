@@ -93,6 +93,8 @@ void prepare_q8_0_row(const float* x, size_t cols, void* out);
 // The public operations with an explicit table (the public functions pass the active one).
 void prepare_activations_with(const KernelTable& table, DType weight_type, const float* x, size_t ldx, size_t nb,
                               size_t cols, void* out);
+void prepare_activation_columns_with(const KernelTable& table, DType weight_type, const float* x, size_t ldx,
+                                     size_t nb, size_t cols, size_t c0, size_t c1, void* out);
 void matmul_with(const KernelTable& table, DType weight_type, const void* w, size_t cols, const void* x_prepared,
                  size_t nb, float* y, size_t ldy, size_t r0, size_t r1);
 void convert_rows_with(const KernelTable& table, DType src_type, const void* src, DType dst_type, void* dst,
