@@ -3,16 +3,24 @@
 # Idempotent and non-interactive: packages already present are skipped.
 set -euo pipefail
 
+# `--build-only`: just what building the release binaries needs (the Docker image).
+BUILD_ONLY=0
+if [ "${1:-}" = "--build-only" ]; then BUILD_ONLY=1; fi
+
 PACKAGES=(
   build-essential cmake ninja-build pkg-config git python3
-  clang libclang-rt-14-dev          # libFuzzer and the sanitize build
   libboost-dev                      # Asio + Beast (header-only in 1.74)
   libyaml-cpp-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libcli11-dev
   librocksdb-dev zlib1g-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
-  libhiredis-dev redis-server       # the session benchmark's side-by-side baseline
+  libhiredis-dev                    # the session benchmark's Redis client
   prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
 )
+TEST_PACKAGES=(
+  clang libclang-rt-14-dev          # libFuzzer and the sanitize build
+  libgtest-dev libgmock-dev libbenchmark-dev
+  redis-server                      # the session benchmark's side-by-side baseline
+)
+if [ "$BUILD_ONLY" -eq 0 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
