@@ -12,7 +12,13 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server       # the session benchmark's side-by-side baseline
   prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
+  chromium                          # the chat page's browser test (driven by playwright-core from npm)
 )
+# The JavaScript suites (openai SDK, browser) run on node >= 18 and npm; a node
+# already on the PATH (e.g. from NodeSource) is used as it is.
+if ! command -v node >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

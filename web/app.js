@@ -128,6 +128,7 @@ async function send(text) {
       answer.textContent = await errorText(response);
       return;
     }
+    els.label.textContent = "session " + current;  // admitted: the server now keeps it
     await readSse(response, (data) => {
       if (data === "[DONE]") return;
       const chunk = JSON.parse(data);
