@@ -87,6 +87,8 @@ describe("chat.completions", () => {
     assert.equal(typeof c.message.content, "string");
     assert.ok(c.message.content.length > 0, "stories260K answers with text");
     assert.ok(["stop", "length"].includes(c.finish_reason));
+    assert.equal(c.logprobs, null, "sent as null, as OpenAI does");
+    assert.equal(c.message.refusal, null);
     const u = r.usage;
     assert.ok(u.prompt_tokens > 5, "the templated prompt has more tokens than that");
     assert.ok(u.completion_tokens > 0 && u.completion_tokens <= 40);
@@ -120,6 +122,8 @@ describe("chat.completions", () => {
     for (const ch of chunks.slice(0, -1)) {
       assert.equal(ch.usage, null, "with include_usage, the other chunks carry usage: null");
       assert.equal(ch.choices.length, 1);
+      assert.equal(ch.choices[0].index, 0);
+      assert.equal(ch.choices[0].logprobs, null);
     }
 
     const withChoices = chunks.slice(0, -1);
@@ -130,8 +134,11 @@ describe("chat.completions", () => {
 
     const text = withChoices.map((ch) => ch.choices[0].delta.content ?? "").join("");
     assert.equal(text, reference.choices[0].message.content);
+    // One chunk per token (a token whose text is held back, e.g. half a character, shares the next one's).
     const contentChunks = withChoices.filter((ch) => ch.choices[0].delta.content);
-    assert.ok(contentChunks.length >= 2, "the text arrives incrementally");
+    assert.ok(contentChunks.length <= reference.usage.completion_tokens);
+    assert.ok(contentChunks.length >= reference.usage.completion_tokens * 0.75,
+              `${contentChunks.length} content chunks for ${reference.usage.completion_tokens} tokens`);
   });
 
   test("streamed without include_usage: no usage anywhere", async () => {
@@ -216,6 +223,42 @@ describe("chat.completions", () => {
     assert.ok(sys.usage.prompt_tokens > reference.usage.prompt_tokens, "the system message is part of the prompt");
   });
 
+  test("non-ASCII messages stream the same text as the non-streamed answer", async () => {
+    const messages = [{ role: "user", content: "Érase una vez un gato 🐱 — 猫の話をして" }];
+    const whole = await client.chat.completions.create({ model: MODEL, messages, max_tokens: 40, ...GREEDY });
+    const chunks = await collect(await client.chat.completions.create({
+      model: MODEL, messages, max_tokens: 40, ...GREEDY, stream: true,
+    }));
+    assert.equal(chunks.map((ch) => ch.choices[0].delta.content ?? "").join(""), whole.choices[0].message.content);
+    assert.ok(!whole.choices[0].message.content.includes("\ufffd"), "no character split across tokens");
+  });
+
+  test("leaving a stream early cancels its generation on the server", async () => {
+    const metric = async (name) => {
+      const text = await (await fetch(baseUrl + "/metrics")).text();
+      const line = text.split("\n").find((l) => l.startsWith(name + " ") || l.startsWith(name + "{"));
+      return line === undefined ? undefined : Number(line.split(" ").at(-1));
+    };
+    const CLOSED = 'assistd_http_requests_total{route="/v1/chat/completions",status="499"}';
+    const closedBefore = (await metric(CLOSED)) ?? 0;
+    const tokensBefore = await metric("assistd_tokens_generated_total");
+    const stream = await client.chat.completions.create({
+      model: MODEL, messages: STORY, max_tokens: 1500, ...GREEDY, stream: true,
+    });
+    let seen = 0;
+    for await (const chunk of stream) {
+      if (chunk.choices[0].delta.content && ++seen === 3) break;  // break aborts the request
+    }
+    const until = Date.now() + 5_000;
+    let running;
+    while ((running = await metric("assistd_running_sequences")) !== 0 && Date.now() < until)
+      await new Promise((r) => setTimeout(r, 20));
+    assert.equal(running, 0, "the abandoned stream no longer runs");
+    assert.equal(await metric(CLOSED), closedBefore + 1, "the server saw the client leave mid-stream (499)");
+    const generated = (await metric("assistd_tokens_generated_total")) - tokensBefore;
+    assert.ok(generated < 1000, `generation stopped early: ${generated} of up to 1500 tokens`);
+  });
+
   test("withResponse exposes the HTTP response", async () => {
     const { data, response } = await client.chat.completions
       .create({ model: MODEL, messages: STORY, max_tokens: 2, ...GREEDY })
@@ -281,19 +324,27 @@ describe("errors the SDK raises", () => {
       [{ n: 2 }, "n", "invalid_value"],
       [{ max_tokens: 0 }, "max_tokens", "invalid_value"],
       [{ max_tokens: "four" }, "max_tokens", "invalid_type"],
+      [{ max_completion_tokens: 0 }, "max_completion_tokens", "invalid_value"],
+      [{ max_completion_tokens: 1.5 }, "max_completion_tokens", "invalid_type"],
       [{ messages: [] }, "messages", "invalid_type"],
       [{ messages: "hello" }, "messages", "invalid_type"],
       [{ messages: [{ role: "wizard", content: "hi" }] }, "messages[0].role", "invalid_value"],
       [{ messages: [{ role: "user", content: 5 }] }, "messages[0].content", "invalid_type"],
       [{ stop: 5 }, "stop", "invalid_type"],
       [{ stream: "yes" }, "stream", "invalid_type"],
-      [{ stream_options: { include_usage: "yes" } }, "stream_options.include_usage", "invalid_type"],
+      [{ stream: true, stream_options: { include_usage: "yes" } }, "stream_options.include_usage", "invalid_type"],
+      [{ stream_options: { include_usage: true } }, "stream_options", "invalid_value"],  // without stream: true
       [{ precision: "fp8" }, "precision", "invalid_value"],
     ];
     for (const [extra, param, code] of cases) {
       const e = await expectError(BadRequestError, () => chat(extra));
       assertErrorShape(e, { status: 400, param, code });
     }
+  });
+
+  test("a lone UTF-16 surrogate in a message is BadRequestError", async () => {
+    const e = await expectError(BadRequestError, () => chat({ messages: [{ role: "user", content: "cat \ud800" }] }));
+    assertErrorShape(e, { status: 400, param: null });
   });
 
   test("a streamed request with a bad parameter fails before any chunk", async () => {
