@@ -71,14 +71,18 @@ function startServer() {
   const child = spawn(assistd, args, { stdio: ["ignore", "inherit", "pipe"] });
   let log = "";
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error("no banner within " + BANNER_TIMEOUT_MS + " ms:\n" + log)),
-                             BANNER_TIMEOUT_MS);
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error("no banner within " + BANNER_TIMEOUT_MS + " ms:\n" + log));
+    }, BANNER_TIMEOUT_MS);
     child.stderr.on("data", (data) => {
+      process.stderr.write(data);  // the server's log stays in the test's output
+      if (log === null) return;
       log += data;
-      process.stderr.write(data);
       const m = /http:\/\/127\.0\.0\.1:(\d+)\s/.exec(log);
-      if (m && timer) {
+      if (m) {
         clearTimeout(timer);
+        log = null;
         resolve({ child, port: Number(m[1]) });
       }
     });
@@ -128,9 +132,12 @@ try {
 } catch (e) {
   fail(e.message);
 }
-// ctest's timeout or a Ctrl-C must not leave the server behind.
+// ctest's timeout, a Ctrl-C or a harness error must not leave the server behind.
 for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"])
-  process.on(sig, () => { server.child.kill("SIGKILL"); process.exit(1); });
+  process.on(sig, () => process.exit(1));
+process.on("exit", () => {
+  if (server.child.exitCode === null && server.child.signalCode === null) server.child.kill("SIGKILL");
+});
 
 const started = Date.now();
 const status = await runSuite(server.port);
