@@ -19,7 +19,13 @@ TEST_PACKAGES=(
   clang libclang-rt-14-dev          # libFuzzer and the sanitize build
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server                      # the session benchmark's side-by-side baseline
+  chromium                          # the chat page's browser test (driven by playwright-core from npm)
 )
+# The JavaScript suites (openai SDK, browser) run on node >= 18 and npm; a node
+# already on the PATH (e.g. from NodeSource) is used as it is.
+if ! command -v node >/dev/null 2>&1; then
+  TEST_PACKAGES+=(nodejs npm)
+fi
 if [ "$BUILD_ONLY" -eq 0 ]; then PACKAGES+=("${TEST_PACKAGES[@]}"); fi
 
 missing=()

@@ -128,6 +128,7 @@ async function send(text) {
       answer.textContent = await errorText(response);
       return;
     }
+    els.label.textContent = "session " + current;  // admitted: the server now keeps it
     await readSse(response, (data) => {
       if (data === "[DONE]") return;
       const chunk = JSON.parse(data);
@@ -141,7 +142,7 @@ async function send(text) {
         const piece = choice.delta && choice.delta.content;
         if (piece) {
           if (!firstAt) firstAt = performance.now();
-          if (!chunk.usage) tokens += 1;  // roughly one chunk per token; the final usage frame is exact
+          if (!chunk.usage) tokens += 1;  // one chunk per token; the final usage frame is exact
           answer.textContent += piece;
           els.messages.scrollTop = els.messages.scrollHeight;
           showSpeed(tokens, started, firstAt);

@@ -106,6 +106,7 @@ public:
         if (done_) return true;
         update_.text.clear();
         update_.tokens.clear();
+        update_.piece_ends.clear();
         const bool finished = channel_->take(update_);
         text_ += update_.text;
         if (!stream_) {
@@ -130,11 +131,15 @@ public:
             started_ = true;
             if (chat_) frame(out, chunk({{"role", "assistant"}, {"content", ""}}, nullptr));
         }
-        if (!update_.text.empty()) {
+        // One chunk per token's text, as OpenAI streams, even when several tokens arrived at once.
+        size_t begin = 0;
+        for (size_t end : update_.piece_ends) {
+            const std::string_view piece = std::string_view(update_.text).substr(begin, end - begin);
+            begin = end;
             if (chat_)
-                frame(out, chunk({{"content", update_.text}}, nullptr));
+                frame(out, chunk({{"content", piece}}, nullptr));
             else
-                frame(out, chunk(update_.text, nullptr));
+                frame(out, chunk(piece, nullptr));
         }
         if (!finished) return false;
         if (failed) {
@@ -197,13 +202,10 @@ private:
     // delta: the chat delta object, or the completion's text.
     json chunk(json delta, const char* finish_reason) const {
         json c = base("chunk");
-        json choice = {{"index", 0}, {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)}};
-        if (chat_)
-            choice["delta"] = std::move(delta);
-        else {
-            choice["text"] = std::move(delta);
-            choice["logprobs"] = nullptr;
-        }
+        json choice = {{"index", 0},
+                       {"finish_reason", finish_reason ? json(finish_reason) : json(nullptr)},
+                       {"logprobs", nullptr}};
+        choice[chat_ ? "delta" : "text"] = std::move(delta);
         c["choices"] = json::array({std::move(choice)});
         if (include_usage_) c["usage"] = nullptr;
         return c;
@@ -217,13 +219,11 @@ private:
 
     json final_object() const {
         json j = base("");
-        json choice = {{"index", 0}, {"finish_reason", openai_finish_reason(update_.reason)}};
+        json choice = {{"index", 0}, {"finish_reason", openai_finish_reason(update_.reason)}, {"logprobs", nullptr}};
         if (chat_)
-            choice["message"] = {{"role", "assistant"}, {"content", text_}};
-        else {
+            choice["message"] = {{"role", "assistant"}, {"content", text_}, {"refusal", nullptr}};
+        else
             choice["text"] = text_;
-            choice["logprobs"] = nullptr;
-        }
         j["choices"] = json::array({std::move(choice)});
         j["usage"] = usage();
         if (sessions_) j["session_id"] = session_id_;
@@ -534,15 +534,21 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
     }
 
     // Sampling and limits.
-    auto max_tokens = integer_field(body, "max_completion_tokens", err);
-    if (!max_tokens && !err) max_tokens = integer_field(body, "max_tokens", err);
+    // max_completion_tokens is the newer name; errors name the field the client sent.
+    const char* max_tokens_param = "max_completion_tokens";
+    auto max_tokens = integer_field(body, max_tokens_param, err);
+    if (!max_tokens && !err) {
+        max_tokens_param = "max_tokens";
+        max_tokens = integer_field(body, max_tokens_param, err);
+    }
     auto temperature = number_field(body, "temperature", err);
     auto top_p = number_field(body, "top_p", err);
     auto seed = integer_field(body, "seed", err);
     auto n = integer_field(body, "n", err);
     if (err) return error_response(*err);
     if (max_tokens && *max_tokens < 1)
-        return error_response({400, "max_tokens must be at least 1", "invalid_request_error", "max_tokens", "invalid_value"});
+        return error_response({400, std::string(max_tokens_param) + " must be at least 1", "invalid_request_error",
+                               max_tokens_param, "invalid_value"});
     if (temperature && (*temperature < 0 || *temperature > 2))
         return error_response({400, "temperature must be between 0 and 2", "invalid_request_error", "temperature",
                                "invalid_value"});
@@ -586,6 +592,10 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
                                        "stream_options.include_usage", "invalid_type"});
             include_usage = u->get<bool>();
         }
+        // As OpenAI: stream_options belongs to streamed requests only.
+        if (!stream)
+            return error_response({400, "'stream_options' is only allowed when 'stream' is true",
+                                   "invalid_request_error", "stream_options", "invalid_value"});
     }
     if (auto it = body.find("precision"); it != body.end() && !it->is_null()) {
         auto p = it->is_string() ? engine::precision_from_name(it->get<std::string>()) : std::nullopt;

@@ -38,6 +38,9 @@ void GenerationChannel::clear_waker() {
 
 bool GenerationChannel::take(GenerationUpdate& out) {
     std::lock_guard lk(mu_);
+    const size_t base = out.text.size();
+    for (size_t end : piece_ends_) out.piece_ends.push_back(base + end);
+    piece_ends_.clear();
     out.text += text_;
     text_.clear();
     out.tokens.insert(out.tokens.end(), tokens_.begin(), tokens_.end());
@@ -69,7 +72,10 @@ void GenerationChannel::push(TokenId token, std::string_view text) {
     {
         std::lock_guard lk(mu_);
         tokens_.push_back(token);
-        text_.append(text);
+        if (!text.empty()) {
+            text_.append(text);
+            piece_ends_.push_back(text_.size());
+        }
         ++completion_tokens_;
         wake_locked();
     }
@@ -81,6 +87,7 @@ void GenerationChannel::push_text(std::string_view text) {
     {
         std::lock_guard lk(mu_);
         text_.append(text);
+        piece_ends_.push_back(text_.size());
         wake_locked();
     }
     cv_.notify_all();

@@ -51,6 +51,10 @@ struct GenerationRequest {
 struct GenerationUpdate {
     std::string text;                     // appended
     std::vector<engine::TokenId> tokens;  // appended
+    // Where each non-empty piece of text the scheduler pushed (one per token,
+    // less any it held back) ends in `text`, so a stream can send one chunk per
+    // token even when the consumer takes several at once. Appended.
+    std::vector<size_t> piece_ends;
     bool finished = false;
     FinishReason reason = FinishReason::kNone;
     Error error;                          // when reason == kError
@@ -90,6 +94,7 @@ private:
     std::condition_variable cv_;
     std::function<void()> waker_;
     std::string text_;
+    std::vector<size_t> piece_ends_;  // into text_
     std::vector<engine::TokenId> tokens_;
     size_t prompt_tokens_;
     size_t completion_tokens_ = 0;

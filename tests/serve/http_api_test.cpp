@@ -61,6 +61,9 @@ TEST_F(HttpApi, ChatCompletionNonStreamEqualsEngineGreedy) {
     EXPECT_EQ(j["model"], "stories260K");
     EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
     EXPECT_EQ(j["choices"][0]["message"]["content"], expected);
+    // Fields OpenAI always sends, null when unused.
+    EXPECT_TRUE(j["choices"][0].contains("logprobs") && j["choices"][0]["logprobs"].is_null());
+    EXPECT_TRUE(j["choices"][0]["message"].contains("refusal") && j["choices"][0]["message"]["refusal"].is_null());
     EXPECT_EQ(j["usage"]["prompt_tokens"], chat_prompt(*model_, "Tell me a story").size());
     EXPECT_EQ(j["usage"]["total_tokens"].get<int>(),
               j["usage"]["prompt_tokens"].get<int>() + j["usage"]["completion_tokens"].get<int>());
@@ -154,6 +157,11 @@ TEST_F(HttpApi, BadInputGetsStatusAndOpenAiErrorJson) {
          R"({"messages":[{"role":"user","content":"x"}],"max_tokens":"ten"})", 400, "max_tokens"},
         {"max_tokens zero", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"max_tokens":0})",
          400, "max_tokens"},
+        {"max_completion_tokens zero", "/v1/chat/completions",
+         R"({"messages":[{"role":"user","content":"x"}],"max_completion_tokens":0})", 400, "max_completion_tokens"},
+        {"stream_options without stream", "/v1/chat/completions",
+         R"({"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}})", 400,
+         "stream_options"},
         {"n=2", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"n":2})", 400, "n"},
         {"stop wrong type", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stop":7})", 400,
          "stop"},
