@@ -219,8 +219,8 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     } else {
         std::string tenants;
         for (const auto& t : keys->tenants()) tenants += (tenants.empty() ? "" : ", ") + t;
-        std::fprintf(stderr, "assistd serve: API keys required: %zu keys for tenants %s\n", keys->size(),
-                     tenants.c_str());
+        std::fprintf(stderr, "assistd serve: API keys required: %zu key%s for tenants %s\n", keys->size(),
+                     keys->size() == 1 ? "" : "s", tenants.c_str());
     }
 
     int sig = 0;
