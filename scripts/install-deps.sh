@@ -14,6 +14,7 @@ PACKAGES=(
   librocksdb-dev zlib1g-dev
   libhiredis-dev                    # the session benchmark's Redis client
   prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
+  libssl-dev                        # libcrypto: SHA-256 of API keys, constant-time compare, key generation
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev          # libFuzzer and the sanitize build

@@ -1,5 +1,7 @@
 // The assistd chat page: sessions from /v1/sessions, answers streamed from
 // /v1/chat/completions (SSE over fetch). No framework, no external URLs.
+// A server with API keys needs one: the key typed in the sidebar is kept in
+// this browser's localStorage and sent as "Authorization: Bearer <key>".
 "use strict";
 
 const els = {
@@ -10,7 +12,32 @@ const els = {
   send: document.getElementById("send"),
   label: document.getElementById("session-label"),
   speed: document.getElementById("speed"),
+  apiKey: document.getElementById("api-key"),
+  apiKeyHint: document.getElementById("api-key-hint"),
 };
+
+const API_KEY_STORAGE = "assistd.apiKey";
+
+function storedApiKey() {
+  try {
+    return localStorage.getItem(API_KEY_STORAGE) || "";
+  } catch (_) {
+    return "";  // storage disabled: the key lives in the field only
+  }
+}
+
+// Headers for an API request: the key, when one was entered.
+function apiHeaders(extra) {
+  const headers = Object.assign({}, extra || {});
+  const key = els.apiKey.value.trim();
+  if (key) headers["Authorization"] = "Bearer " + key;
+  return headers;
+}
+
+// A 401 asks for a key; anything else clears the hint.
+function noteAuth(response) {
+  els.apiKeyHint.textContent = response.status === 401 ? "(needed: enter a valid key)" : "";
+}
 
 let current = null;  // the session id messages go to
 let busy = false;
@@ -45,8 +72,12 @@ async function errorText(response) {
 }
 
 async function loadSessions() {
-  const response = await fetch("/v1/sessions");
-  if (!response.ok) return;
+  const response = await fetch("/v1/sessions", { headers: apiHeaders() });
+  noteAuth(response);
+  if (!response.ok) {
+    if (response.status === 401) els.sessions.replaceChildren();
+    return;
+  }
   const list = await response.json();
   els.sessions.replaceChildren();
   for (const s of list.data) {
@@ -64,7 +95,8 @@ async function openSession(id) {
   els.messages.replaceChildren();
   els.label.textContent = "session " + id;
   els.speed.textContent = "";
-  const response = await fetch("/v1/sessions/" + encodeURIComponent(id));
+  const response = await fetch("/v1/sessions/" + encodeURIComponent(id), { headers: apiHeaders() });
+  noteAuth(response);
   if (response.ok) {
     const session = await response.json();
     for (const m of session.messages) addMessage(m.role, m.content);
@@ -115,7 +147,7 @@ async function send(text) {
   try {
     const response = await fetch("/v1/chat/completions", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: apiHeaders({ "Content-Type": "application/json" }),
       body: JSON.stringify({
         session_id: current,
         messages: [{ role: "user", content: text }],
@@ -123,6 +155,7 @@ async function send(text) {
         stream_options: { include_usage: true },
       }),
     });
+    noteAuth(response);
     if (!response.ok) {
       answer.parentElement.className = "msg error";
       answer.textContent = await errorText(response);
@@ -182,5 +215,16 @@ els.input.addEventListener("keydown", (e) => {
   }
 });
 document.getElementById("new-session").addEventListener("click", startNewSession);
+els.apiKey.value = storedApiKey();
+els.apiKey.addEventListener("change", () => {
+  const key = els.apiKey.value.trim();
+  try {
+    if (key) localStorage.setItem(API_KEY_STORAGE, key);
+    else localStorage.removeItem(API_KEY_STORAGE);
+  } catch (_) {
+    // storage disabled: the key still works for this page
+  }
+  startNewSession();  // another key may be another tenant with other sessions
+});
 
 startNewSession();

@@ -2,6 +2,8 @@
 // (--config FILE) whose keys are the long flag names; a flag given on the
 // command line wins over the file. SIGTERM/SIGINT drain: /readyz turns 503,
 // new requests get 503, running streams finish within the grace period.
+// A repeatable flag (--api-key) is a YAML list; a list item may be a mapping,
+// which stands for "name=value,name=value" (see serve/auth.h).
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
@@ -17,9 +19,11 @@
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "common/clock.h"
+#include "serve/auth.h"
 #include "serve/http_server.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
+#include "serve/rate_limit.h"
 #include "serve/scheduler.h"
 #include "serve/sessions.h"
 #include "serve/static_files.h"
@@ -44,6 +48,9 @@ struct ServeOptions {
     serve::PrecisionPolicyConfig policy;
     std::string state_dir;  // empty: sessions live in a temporary store removed on exit
     std::string web_dir;    // empty: the web/ folder of the source tree, else ./web
+    std::vector<std::string> api_keys;  // "sha256=...,tenant=..." each; none: the API is open
+    size_t max_messages = 256;
+    size_t max_prompt_tokens = 0;
 };
 
 // Where the chat page lives when --web-dir is not given: next to the
@@ -58,6 +65,17 @@ std::filesystem::path default_web_dir() {
     }
     candidates.push_back("web");
     return serve::StaticFiles::find_root(candidates);
+}
+
+// One value of a YAML key as option text: a scalar as written, a mapping as "name=value,...".
+std::string config_value_text(const YAML::Node& node) {
+    if (!node.IsMap()) return node.as<std::string>();
+    std::string text;
+    for (const auto& field : node) {
+        if (!text.empty()) text += ',';
+        text += field.first.as<std::string>() + "=" + field.second.as<std::string>();
+    }
+    return text;
 }
 
 // Applies the YAML file's keys to options not given on the command line.
@@ -87,7 +105,16 @@ bool apply_config(CLI::App& cmd, const std::string& path) {
         }
         if (opt->count() > 0) continue;  // the command line wins
         try {
-            opt->add_result(kv.second.as<std::string>());
+            if (kv.second.IsSequence()) {
+                if (opt->get_expected_max() <= 1) {
+                    std::fprintf(stderr, "assistd serve: '%s' in %s takes one value, not a list\n", key.c_str(),
+                                 path.c_str());
+                    return false;
+                }
+                for (const auto& item : kv.second) opt->add_result(config_value_text(item));
+            } else {
+                opt->add_result(config_value_text(kv.second));
+            }
             opt->run_callback();
         } catch (const std::exception& e) {
             std::fprintf(stderr, "assistd serve: bad value for '%s' in %s: %s\n", key.c_str(), path.c_str(), e.what());
@@ -109,6 +136,20 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     }
     auto precision = parse_precision(o.model.precision);
     if (!precision) return 2;
+    std::vector<ApiKeyConfig> key_configs;
+    for (size_t i = 0; i < o.api_keys.size(); ++i) {
+        auto key = parse_api_key_spec(o.api_keys[i]);
+        if (!key) {
+            std::fprintf(stderr, "assistd serve: api key %zu: %s\n", i + 1, key.error().message.c_str());
+            return 2;
+        }
+        key_configs.push_back(std::move(*key));
+    }
+    auto keys = ApiKeyTable::create(std::move(key_configs));
+    if (!keys) {
+        std::fprintf(stderr, "assistd serve: %s\n", keys.error().message.c_str());
+        return 2;
+    }
     // Block the stop signals before any thread starts, so only sigwait sees them.
     sigset_t signals;
     sigemptyset(&signals);
@@ -149,8 +190,11 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     rc.default_max_tokens = o.default_max_tokens;
     rc.queue_timeout_ms = o.queue_timeout_ms;
     rc.seed = static_cast<uint64_t>(SystemClock::instance().now_mono_ns());
+    rc.max_messages = o.max_messages;
+    rc.max_prompt_tokens = o.max_prompt_tokens;
+    RateLimiter limiter(*keys, SystemClock::instance());
     OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc, &(*sessions)->store(),
-                        web ? &*web : nullptr);
+                        web ? &*web : nullptr, {&*keys, &limiter});
 
     HttpServerConfig hc;
     hc.host = o.host;
@@ -168,6 +212,16 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     std::fprintf(stderr, "assistd serve: sessions in %s%s; chat page %s\n", (*sessions)->path().c_str(),
                  (*sessions)->temporary() ? " (temporary: give --state-dir to keep them)" : "",
                  web ? web->root().c_str() : "off (no web/ folder found: give --web-dir)");
+    if (keys->empty()) {
+        std::fprintf(stderr,
+                     "assistd serve: API open: no API keys configured, every caller is the tenant \"\" "
+                     "(give --api-key to require keys)\n");
+    } else {
+        std::string tenants;
+        for (const auto& t : keys->tenants()) tenants += (tenants.empty() ? "" : ", ") + t;
+        std::fprintf(stderr, "assistd serve: API keys required: %zu key%s for tenants %s\n", keys->size(),
+                     keys->size() == 1 ? "" : "s", tenants.c_str());
+    }
 
     int sig = 0;
     sigwait(&signals, &sig);
@@ -207,6 +261,13 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--state-dir", o->state_dir,
                     "Directory of the durable session store (default: a temporary one, removed on exit)");
     cmd->add_option("--web-dir", o->web_dir, "Directory of the chat page served at / (default: the source tree's web/)");
+    cmd->add_option("--api-key,--api-keys", o->api_keys,
+                    "An API key, repeatable: sha256=<hex of `assistd apikey hash`>,tenant=NAME"
+                    "[,requests-per-minute=N][,tokens-per-minute=N][,precision=fp32|fp16|bf16]; none: the API is open");
+    cmd->add_option("--max-messages", o->max_messages, "Messages one chat request may carry (0: no limit)")
+        ->capture_default_str();
+    cmd->add_option("--max-prompt-tokens", o->max_prompt_tokens, "Prompt tokens one request may have (0: the context)")
+        ->capture_default_str();
     cmd->add_option("--policy-slow-latency-s", o->policy.slow_latency_s, "p95 step latency above which (with low throughput) FP16 runs")
         ->capture_default_str();
     cmd->add_option("--policy-slow-throughput-rps", o->policy.slow_throughput_rps, "throughput below which FP16 may run")

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
     assistd::cli::register_model(app, exit_code);
 #ifdef ASSISTD_HAVE_SERVE
     assistd::cli::register_serve(app, exit_code);
+    assistd::cli::register_apikey(app, exit_code);
 #endif
     CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
     bench->require_subcommand(1);

@@ -28,6 +28,23 @@ ServeMetrics::ServeMetrics() : registry_(std::make_shared<prometheus::Registry>(
                                .Name("assistd_precision_switches_total")
                                .Help("Precision policy switches, by new precision")
                                .Register(*registry_);
+    tenant_requests_ = &BuildCounter()
+                            .Name("assistd_tenant_requests_total")
+                            .Help("API requests answered, by tenant (from the key configuration) and status")
+                            .Register(*registry_);
+    rate_limited_ = &BuildCounter()
+                         .Name("assistd_rate_limited_total")
+                         .Help("Requests refused with 429 by a per-key rate limit, by tenant and limit")
+                         .Register(*registry_);
+    tenant_precision_ = &BuildCounter()
+                             .Name("assistd_tenant_precision_requests_total")
+                             .Help("Generations admitted, by tenant and the precision they were pinned to "
+                                   "(by the request or the tenant's default; policy: none)")
+                             .Register(*registry_);
+    steps_by_precision_ = &BuildCounter()
+                               .Name("assistd_decode_steps_total")
+                               .Help("Batched decode steps, by the precision they ran at")
+                               .Register(*registry_);
     precision_ = &BuildGauge()
                       .Name("assistd_precision")
                       .Help("1 for the precision the policy currently runs batches at")
@@ -68,6 +85,7 @@ ServeMetrics::ServeMetrics() : registry_(std::make_shared<prometheus::Registry>(
     for (auto p : kPrecisions) {
         precision_->Add({{"precision", engine::precision_name(p)}});
         precision_switches_->Add({{"to", engine::precision_name(p)}});  // zeros are exported too
+        steps_by_precision_->Add({{"precision", engine::precision_name(p)}});
     }
 }
 
@@ -77,7 +95,27 @@ void ServeMetrics::count_request(std::string_view route, int status) {
     requests_->Add({{"route", std::string(route)}, {"status", std::to_string(status)}}).Increment();
 }
 
+void ServeMetrics::register_tenants(const std::vector<std::string>& tenants) {
+    for (const auto& t : tenants) {
+        rate_limited_->Add({{"tenant", t}, {"limit", "requests"}});
+        rate_limited_->Add({{"tenant", t}, {"limit", "tokens"}});
+    }
+}
+
+void ServeMetrics::count_tenant_request(std::string_view tenant, int status) {
+    tenant_requests_->Add({{"tenant", std::string(tenant)}, {"status", std::to_string(status)}}).Increment();
+}
+
+void ServeMetrics::count_rate_limited(std::string_view tenant, std::string_view limit) {
+    rate_limited_->Add({{"tenant", std::string(tenant)}, {"limit", std::string(limit)}}).Increment();
+}
+
+void ServeMetrics::count_tenant_precision(std::string_view tenant, std::string_view precision) {
+    tenant_precision_->Add({{"tenant", std::string(tenant)}, {"precision", std::string(precision)}}).Increment();
+}
+
 void ServeMetrics::on_step(const StepReport& r) {
+    steps_by_precision_->Add({{"precision", engine::precision_name(r.precision)}}).Increment();
     step_seconds_->Observe(r.seconds);
     for (double s : r.time_to_first_token_s) ttft_->Observe(s);
     for (double s : r.inter_token_s) inter_token_->Observe(s);

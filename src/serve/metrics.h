@@ -5,6 +5,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "serve/scheduler.h"
 
@@ -25,6 +26,13 @@ public:
     ~ServeMetrics() override;
 
     void count_request(std::string_view route, int status);
+    // Tenants come from the key configuration, so these labels stay bounded.
+    // register_tenants exports their zeros before the first request.
+    void register_tenants(const std::vector<std::string>& tenants);
+    void count_tenant_request(std::string_view tenant, int status);
+    void count_rate_limited(std::string_view tenant, std::string_view limit);  // limit: "requests" or "tokens"
+    // The precision a tenant's request was pinned to ("policy": none).
+    void count_tenant_precision(std::string_view tenant, std::string_view precision);
     void on_step(const StepReport& report) override;
     void on_finish(const FinishReport& report) override;
     void on_precision_switch(engine::Precision from, engine::Precision to) override;
@@ -36,6 +44,10 @@ private:
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>* requests_;
     prometheus::Family<prometheus::Counter>* precision_switches_;
+    prometheus::Family<prometheus::Counter>* tenant_requests_;
+    prometheus::Family<prometheus::Counter>* rate_limited_;
+    prometheus::Family<prometheus::Counter>* tenant_precision_;
+    prometheus::Family<prometheus::Counter>* steps_by_precision_;
     prometheus::Family<prometheus::Gauge>* precision_;
     prometheus::Histogram* inference_latency_;
     prometheus::Histogram* ttft_;

@@ -7,6 +7,8 @@
 #include <optional>
 #include <string_view>
 
+#include "serve/auth.h"
+#include "serve/rate_limit.h"
 #include "serve/sessions.h"
 
 namespace assistd::serve {
@@ -72,12 +74,16 @@ ApiError failure_error(const GenerationUpdate& u) {
     return {500, u.error.message.empty() ? "generation failed" : u.error.message, "server_error", "", ""};
 }
 
+// Called once when a generation's response ends: its status and the completion tokens it produced.
+using OnCompletionDone = std::function<void(int status, size_t completion_tokens)>;
+
 // A generation as an HTTP body: one JSON object, or SSE frames.
 class CompletionBody final : public AsyncBody {
 public:
     CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
                    std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
-                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {})
+                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {},
+                   OnCompletionDone on_done = nullptr)
         : channel_(std::move(channel)),
           chat_(chat),
           stream_(stream),
@@ -89,7 +95,8 @@ public:
           route_(std::move(route)),
           retry_after_s_(retry_after_s),
           sessions_(sessions),
-          session_id_(std::move(session_id)) {
+          session_id_(std::move(session_id)),
+          on_done_(std::move(on_done)) {
         if (sessions_) headers_.emplace_back("X-Session-Id", session_id_);
     }
 
@@ -99,7 +106,10 @@ public:
     HttpHeaders headers() const override { return headers_; }
     void cancel() override {
         channel_->cancel();
-        if (!counted_.exchange(true)) metrics_.count_request(route_, 499);  // the client closed the request
+        if (!counted_.exchange(true)) {
+            metrics_.count_request(route_, 499);  // the client closed the request
+            if (on_done_) on_done_(499, completion_seen_.load());
+        }
     }
 
     bool poll(std::string& out) override {
@@ -108,6 +118,7 @@ public:
         update_.tokens.clear();
         update_.piece_ends.clear();
         const bool finished = channel_->take(update_);
+        completion_seen_.store(update_.completion_tokens);
         text_ += update_.text;
         if (!stream_) {
             if (!finished) return false;
@@ -177,7 +188,10 @@ private:
 
     bool finish() {
         done_ = true;
-        if (!counted_.exchange(true)) metrics_.count_request(route_, status_);
+        if (!counted_.exchange(true)) {
+            metrics_.count_request(route_, status_);
+            if (on_done_) on_done_(status_, update_.completion_tokens);
+        }
         return true;
     }
 
@@ -243,8 +257,10 @@ private:
     HttpHeaders headers_;
     bool started_ = false, done_ = false;
     std::atomic<bool> counted_{false};  // cancel() may come from the stopping server's thread
+    std::atomic<size_t> completion_seen_{0};  // for cancel(), which may run on another thread
     state::SessionStore* sessions_;     // set: the answer is appended to session_id_ when it completes
     std::string session_id_;
+    OnCompletionDone on_done_;
 };
 
 json session_json(const state::Session& session) {
@@ -311,22 +327,68 @@ std::string_view path_of(std::string_view target) {
     return q == std::string_view::npos ? target : target.substr(0, q);
 }
 
+// What a session of another tenant answers: the same as a session that does not exist.
+ApiError foreign_session_error(std::string_view id) {
+    return session_store_error(make_error(ErrorCode::kNotFound, "session '" + std::string(id) + "' does not exist"));
+}
+
+// A session id a chat request cannot use: deleted, or another tenant's. One answer for both.
+ApiError unusable_session_error(std::string_view id) {
+    return {404,
+            "session '" + std::string(id) +
+                "' does not exist and its id cannot be used (it was deleted, or it is taken); start a new session "
+                "with a new id",
+            "invalid_request_error", "session_id", "session_not_found"};
+}
+
+// 401 like OpenAI's: the key is never echoed back.
+HttpResponse unauthorized(bool had_header) {
+    HttpResponse r = error_response(
+        {401,
+         had_header ? "Incorrect API key provided. Send a key this server was configured with, as "
+                      "'Authorization: Bearer <key>'."
+                    : "You didn't provide an API key. Send it in an Authorization header using Bearer auth "
+                      "('Authorization: Bearer <key>').",
+         "invalid_request_error", "", "invalid_api_key"});
+    r.headers.emplace_back("WWW-Authenticate", "Bearer");
+    return r;
+}
+
 }  // namespace
 
 OpenAiRoutes::OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, ServeMetrics& metrics, Clock& clock,
-                           const OpenAiRoutesConfig& config, state::SessionStore* sessions, const StaticFiles* web)
+                           const OpenAiRoutesConfig& config, state::SessionStore* sessions, const StaticFiles* web,
+                           ApiAccess access)
     : model_(model),
       scheduler_(scheduler),
       metrics_(metrics),
       clock_(clock),
       config_(config),
       sessions_(sessions),
-      web_(web) {}
+      web_(web),
+      keys_(access.keys && !access.keys->empty() ? access.keys : nullptr),
+      limiter_(keys_ ? access.limiter : nullptr) {
+    if (keys_) metrics_.register_tenants(keys_->tenants());
+}
 
 HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
     const std::string_view path = path_of(request.target);
     std::string route(path);
     HttpResponse r;
+    // The API needs a key when keys are configured; probes, /metrics and the chat page's files do not.
+    const bool api = path.starts_with("/v1/");
+    Caller caller;
+    if (api && keys_) {
+        const std::string_view header = request.header("Authorization");
+        const auto token = bearer_token(header);
+        const auto key = token ? keys_->find(*token) : std::nullopt;
+        if (!key) {
+            r = unauthorized(!header.empty());
+            metrics_.count_request("unauthenticated", r.status);
+            return r;
+        }
+        caller = {keys_->key(*key).tenant, *key};
+    }
     if (request.body_too_large) {
         r = error_response({413, "the request body is too large; send a smaller request", "invalid_request_error", "",
                             "request_too_large"});
@@ -335,7 +397,7 @@ HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
             r = error_response({405, "use POST for " + route, "invalid_request_error", "", "method_not_allowed"});
         } else {
             try {
-                r = completions(request, path == "/v1/chat/completions");
+                r = completions(request, path == "/v1/chat/completions", caller);
             } catch (const nlohmann::json::exception& e) {
                 r = error_response({400, std::string("the request does not have the expected shape: ") + e.what(),
                                     "invalid_request_error", "", "invalid_type"});
@@ -355,10 +417,10 @@ HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
         route = "/v1/models/{id}";
         r = models(path.substr(std::string_view("/v1/models/").size()));
     } else if (sessions_ && path == "/v1/sessions") {
-        r = sessions(request, {}, true);
+        r = sessions(request, {}, true, caller);
     } else if (sessions_ && path.starts_with("/v1/sessions/")) {
         route = "/v1/sessions/{id}";
-        r = sessions(request, path.substr(std::string_view("/v1/sessions/").size()), false);
+        r = sessions(request, path.substr(std::string_view("/v1/sessions/").size()), false, caller);
     } else if (web_ && request.method == "GET" && !path.starts_with("/v1/")) {
         route = "static";
         if (auto file = web_->serve(path))
@@ -371,6 +433,7 @@ HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
                             "", "unknown_url"});
     }
     metrics_.count_request(route, r.status);
+    if (api) metrics_.count_tenant_request(caller.tenant, r.status);
     return r;
 }
 
@@ -383,13 +446,13 @@ HttpResponse OpenAiRoutes::models(std::string_view id) {
     return json_response(200, m);
 }
 
-HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view id, bool list) {
+HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view id, bool list,
+                                    const Caller& caller) {
     if (list) {
         if (request.method != "GET")
             return error_response({405, "use GET for /v1/sessions", "invalid_request_error", "", "method_not_allowed"});
-        // No tenants yet: every session belongs to the tenant "".
         std::vector<state::Session> found;
-        for (const auto& session_id : sessions_->list_by_tenant("")) {
+        for (const auto& session_id : sessions_->list_by_tenant(caller.tenant)) {
             auto s = sessions_->get(session_id);
             if (s.ok()) found.push_back(std::move(*s));  // deleted meanwhile: skipped
         }
@@ -412,13 +475,14 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
             {405, "use GET or DELETE for /v1/sessions/{id}", "invalid_request_error", "", "method_not_allowed"});
     auto session = sessions_->get(id);
     if (!session.ok()) return error_response(session_store_error(session.error()));
+    if (session->tenant != caller.tenant) return error_response(foreign_session_error(id));
     if (request.method == "GET") return json_response(200, session_json(*session));
     // The store tombstones any id it is asked to remove, so only existing ones get here.
     if (auto removed = sessions_->remove(id); !removed.ok()) return error_response(session_store_error(removed.error()));
     return json_response(200, {{"id", std::string(id)}, {"object", "session.deleted"}, {"deleted", true}});
 }
 
-HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
+HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, const Caller& caller) {
     const std::string route = chat ? "/v1/chat/completions" : "/v1/completions";
     if (draining())
         return error_response({503, "the server is shutting down; retry on another instance", "server_error", "",
@@ -483,11 +547,18 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
         if (it == body.end() || !it->is_array() || it->empty())
             return error_response({400, "'messages' must be a non-empty array of {role, content}",
                                    "invalid_request_error", "messages", "invalid_type"});
+        if (config_.max_messages > 0 && it->size() > config_.max_messages)
+            return error_response({400,
+                                   "'messages' has " + std::to_string(it->size()) + " messages; this server takes at most " +
+                                       std::to_string(config_.max_messages) + " per request",
+                                   "invalid_request_error", "messages", "too_many_messages"});
         std::vector<engine::ChatMessage> messages;
         if (in_session) {
             // The stored conversation comes first; the request carries only what is new.
             auto stored = sessions_->get(session_id);
-            if (stored.ok()) {
+            if (stored.ok() && stored->tenant != caller.tenant) {
+                return error_response(unusable_session_error(session_id));
+            } else if (stored.ok()) {
                 session_exists = true;
                 for (auto& m : stored->messages) messages.push_back({std::move(m.role), std::move(m.content)});
             } else if (stored.error().code != ErrorCode::kNotFound) {
@@ -603,8 +674,16 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
             return error_response({400, "'precision' must be one of fp32, fp16, bf16, native", "invalid_request_error",
                                    "precision", "invalid_value"});
         gen.precision = *p;
+    } else if (caller.key) {
+        gen.precision = keys_->key(*caller.key).default_precision;  // the tenant's default, if it has one
     }
 
+    if (config_.max_prompt_tokens > 0 && gen.prompt.size() > config_.max_prompt_tokens)
+        return error_response({400,
+                               "the prompt has " + std::to_string(gen.prompt.size()) +
+                                   " tokens; this server takes at most " + std::to_string(config_.max_prompt_tokens) +
+                                   " prompt tokens per request: shorten the " + (chat ? "messages" : "prompt"),
+                               "invalid_request_error", chat ? "messages" : "prompt", "prompt_too_long"});
     const size_t n_ctx = model_.info().n_ctx;
     if (gen.prompt.size() >= n_ctx || (max_tokens && gen.prompt.size() + static_cast<size_t>(*max_tokens) > n_ctx))
         return error_response({400,
@@ -622,6 +701,36 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
     gen.stops = std::move(stops);
     gen.deadline_mono_ns = clock_.now_mono_ns() + config_.queue_timeout_ms * 1'000'000;
 
+    // The key's rate limits: one request and the prompt's tokens now, the completion's when it ends.
+    HttpHeaders rate_headers;
+    if (caller.key && limiter_) {
+        const RateDecision d = limiter_->admit(*caller.key, gen.prompt.size());
+        rate_headers = rate_limit_headers(d.state);
+        if (!d.admitted) {
+            metrics_.count_rate_limited(caller.tenant, d.limit);
+            const ApiKeyConfig& k = keys_->key(*caller.key);
+            std::string message;
+            if (d.too_large)
+                message = "Request too large for tokens per minute (TPM): Limit " +
+                          std::to_string(static_cast<int64_t>(k.tokens_per_minute)) + ", Requested " +
+                          std::to_string(gen.prompt.size()) + ". Shorten the " + (chat ? "messages" : "prompt") +
+                          " to run it.";
+            else if (d.limit == "requests")
+                message = "Rate limit reached for requests per minute (RPM): Limit " +
+                          std::to_string(static_cast<int64_t>(k.requests_per_minute)) + ". Please try again in " +
+                          std::to_string(d.retry_after_s) + "s.";
+            else
+                message = "Rate limit reached for tokens per minute (TPM): Limit " +
+                          std::to_string(static_cast<int64_t>(k.tokens_per_minute)) + ", Requested " +
+                          std::to_string(gen.prompt.size()) + ". Please try again in " +
+                          std::to_string(d.retry_after_s) + "s.";
+            HttpResponse refused = error_response({429, message, d.limit, "", "rate_limit_exceeded"}, d.retry_after_s);
+            for (auto& h : rate_headers) refused.headers.push_back(std::move(h));
+            return refused;
+        }
+    }
+    metrics_.count_tenant_precision(caller.tenant, gen.precision ? engine::precision_name(*gen.precision) : "policy");
+
     if (in_session && !session_exists) {
         std::string first_user;
         for (const auto& m : new_messages)
@@ -629,11 +738,10 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
                 first_user = m.content;
                 break;
             }
-        if (auto created = sessions_->create(session_id, "", session_title(first_user)); !created.ok()) {
-            // Another request may have created it just now; a deleted id stays gone.
-            if (!sessions_->get(session_id).ok())
-                return error_response({404, created.error().message + "; start a new session with a new id",
-                                       "invalid_request_error", "session_id", "session_not_found"});
+        if (auto created = sessions_->create(session_id, caller.tenant, session_title(first_user)); !created.ok()) {
+            // Another request may have created it just now (for this tenant, or not); a deleted id stays gone.
+            auto now = sessions_->get(session_id);
+            if (!now.ok() || now->tenant != caller.tenant) return error_response(unusable_session_error(session_id));
         }
     }
 
@@ -657,10 +765,16 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
     HttpResponse r;
     r.stream = stream;
     r.content_type = stream ? "text/event-stream" : "application/json";
+    r.headers = std::move(rate_headers);
+    OnCompletionDone on_done = [this, tenant = caller.tenant, key = caller.key](int status, size_t completion_tokens) {
+        metrics_.count_tenant_request(tenant, status);
+        if (key && limiter_) limiter_->charge_tokens(*key, completion_tokens);
+    };
     r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
-                                               config_.retry_after_s, in_session ? sessions_ : nullptr, session_id);
+                                               config_.retry_after_s, in_session ? sessions_ : nullptr, session_id,
+                                               std::move(on_done));
     return r;
 }
 

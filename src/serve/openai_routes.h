@@ -8,8 +8,14 @@
 //   GET /healthz   GET /readyz   GET /metrics
 //   GET /v1/sessions   GET|DELETE /v1/sessions/{id}   (with a session store)
 //   GET /, /app.js, ...                                 (with static files: the chat page)
+//
+// With API keys configured, every /v1/ route needs "Authorization: Bearer
+// <key>"; the key's tenant owns the sessions it creates and only sees those,
+// and the key's rate limits and default precision apply. The probes, /metrics
+// and the chat page's files stay open.
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "common/clock.h"
@@ -29,6 +35,18 @@ struct OpenAiRoutesConfig {
     int retry_after_s = 1;
     size_t max_stop_strings = 16;
     uint64_t seed = 0;                  // mixed into the seeds of requests that give none
+    size_t max_messages = 256;          // messages in one chat request; 0: no limit
+    size_t max_prompt_tokens = 0;       // tokens of a templated prompt; 0: only the context limits it
+};
+
+class ApiKeyTable;
+class RateLimiter;
+
+// API keys and their rate limits (serve/auth.h, serve/rate_limit.h); both
+// must outlive the routes. The limiter has its own clock, so tests drive it.
+struct ApiAccess {
+    const ApiKeyTable* keys = nullptr;  // null or empty: the API is open, every caller is tenant ""
+    RateLimiter* limiter = nullptr;     // built over *keys; required with keys
 };
 
 class OpenAiRoutes {
@@ -39,7 +57,7 @@ public:
     // Both must outlive the routes.
     OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, ServeMetrics& metrics, Clock& clock,
                  const OpenAiRoutesConfig& config, state::SessionStore* sessions = nullptr,
-                 const StaticFiles* web = nullptr);
+                 const StaticFiles* web = nullptr, ApiAccess access = {});
 
     HttpResponse handle(const HttpRequest& request);
 
@@ -48,9 +66,14 @@ public:
     bool draining() const { return draining_.load(); }
 
 private:
-    HttpResponse completions(const HttpRequest& request, bool chat);
+    // Who is asking: the tenant, and the key (none on an open server).
+    struct Caller {
+        std::string tenant;
+        std::optional<size_t> key;
+    };
+    HttpResponse completions(const HttpRequest& request, bool chat, const Caller& caller);
     HttpResponse models(std::string_view id);
-    HttpResponse sessions(const HttpRequest& request, std::string_view id, bool list);
+    HttpResponse sessions(const HttpRequest& request, std::string_view id, bool list, const Caller& caller);
 
     const engine::Model& model_;
     Scheduler& scheduler_;
@@ -59,6 +82,8 @@ private:
     OpenAiRoutesConfig config_;
     state::SessionStore* sessions_;
     const StaticFiles* web_;
+    const ApiKeyTable* keys_;  // null: open
+    RateLimiter* limiter_;     // set with keys_
     std::atomic<bool> draining_{false};
     std::atomic<uint64_t> request_counter_{0};
 };

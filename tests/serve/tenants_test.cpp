@@ -1,0 +1,353 @@
+// API keys, tenants and limits over HTTP: a real server on an ephemeral
+// loopback port, a real session store, and the rate limiter on a ManualClock
+// so its windows pass only when the test says so.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "http_test_client.h"
+#include "serve/auth.h"
+#include "serve/rate_limit.h"
+#include "serve/sessions.h"
+#include "serve/static_files.h"
+
+namespace assistd::serve {
+namespace {
+
+using engine::Precision;
+using nlohmann::json;
+using namespace test_support;
+
+const std::string kChat = "/v1/chat/completions";
+
+OpenAiRoutesConfig routes_config() {
+    OpenAiRoutesConfig c;
+    c.model_id = "stories260K";
+    return c;
+}
+
+std::string auth(const std::string& key) { return "Authorization: Bearer " + key + "\r\n"; }
+
+std::string turn(const std::string& user, size_t max_tokens, const std::string& session_id = "",
+                 const std::string& precision = "") {
+    json j = {{"messages", {{{"role", "user"}, {"content", user}}}}, {"max_tokens", max_tokens}, {"temperature", 0}};
+    if (!session_id.empty()) j["session_id"] = session_id;
+    if (!precision.empty()) j["precision"] = precision;
+    return j.dump();
+}
+
+void expect_error(const Reply& r, int status, const std::string& code, const std::string& what) {
+    EXPECT_EQ(r.status, status) << what << ": " << r.body;
+    const json j = r.json_body();
+    ASSERT_TRUE(j.is_object() && j.contains("error")) << what << ": " << r.body;
+    EXPECT_TRUE(j["error"]["message"].is_string()) << what;
+    EXPECT_TRUE(j["error"]["type"].is_string()) << what;
+    EXPECT_EQ(j["error"]["code"], code) << what << ": " << r.body;
+}
+
+// The value of one series in a Prometheus text body; -1 when absent.
+double metric(const std::string& body, const std::string& series) {
+    std::istringstream in(body);
+    for (std::string line; std::getline(in, line);)
+        if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 && line[series.size()] == ' ')
+            return std::stod(line.substr(series.size() + 1));
+    return -1;
+}
+
+ApiKeyTable keys_of(const std::vector<std::pair<std::string, std::string>>& key_and_fields) {
+    std::vector<ApiKeyConfig> keys;
+    for (const auto& [key, fields] : key_and_fields) {
+        auto k = parse_api_key_spec("sha256=" + sha256_hex(key) + "," + fields);
+        EXPECT_TRUE(k.ok()) << fields;
+        keys.push_back(*k);
+    }
+    auto t = ApiKeyTable::create(std::move(keys));
+    EXPECT_TRUE(t.ok());
+    return std::move(*t);
+}
+
+// A server with keys: its own ManualClock drives the rate limits; the
+// scheduler runs on the system clock at FP32 unless a request pins another.
+struct KeyedServer {
+    KeyedServer(engine::Model& model, ApiKeyTable table, OpenAiRoutesConfig rc = routes_config(),
+                const StaticFiles* web = nullptr, size_t max_body = 1 << 20)
+        : keys(std::move(table)),
+          limiter(keys, clock),
+          sessions(open_store()),
+          scheduler(model, fp32(), SystemClock::instance(), &metrics),
+          routes(model, scheduler, metrics, SystemClock::instance(), rc, &sessions->store(), web, {&keys, &limiter}) {
+        scheduler.start();
+        HttpServerConfig hc;
+        hc.port = 0;
+        hc.io_threads = 2;
+        hc.max_body_bytes = max_body;
+        auto s = HttpServer::start(hc, [this](const HttpRequest& r) { return routes.handle(r); });
+        EXPECT_TRUE(s.ok());
+        server = std::move(*s);
+    }
+    ~KeyedServer() {
+        server->stop();
+        scheduler.stop();
+    }
+    static SchedulerConfig fp32() {
+        SchedulerConfig c;
+        c.fixed_precision = Precision::kFP32;
+        return c;
+    }
+    static std::unique_ptr<ServerSessionStore> open_store() {
+        auto s = ServerSessionStore::open("", SystemClock::instance());
+        EXPECT_TRUE(s.ok());
+        return std::move(*s);
+    }
+    uint16_t port() const { return server->port(); }
+    std::string metrics_text() { return exchange(port(), "GET", "/metrics").body; }
+
+    ManualClock clock;
+    ApiKeyTable keys;
+    RateLimiter limiter;
+    std::unique_ptr<ServerSessionStore> sessions;
+    ServeMetrics metrics;
+    Scheduler scheduler;
+    OpenAiRoutes routes;
+    std::unique_ptr<HttpServer> server;
+};
+
+class Tenants : public StoriesModelTest<4> {};
+
+TEST_F(Tenants, MissingWrongOrMalformedKeyIs401LikeOpenAi) {
+    const std::filesystem::path web_dir = std::filesystem::path(ASSISTD_SOURCE_DIR) / "web";
+    StaticFiles web(web_dir);
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}}), routes_config(), &web);
+    const std::vector<std::pair<std::string, std::string>> routes = {
+        {"GET", "/v1/models"}, {"GET", "/v1/sessions"}, {"GET", "/v1/sessions/x"}, {"POST", kChat},
+        {"POST", "/v1/completions"}, {"GET", "/v1/nothing-here"}};
+    const std::vector<std::pair<std::string, std::string>> bad_headers = {
+        {"", "no header"},
+        {auth("key-b"), "unknown key"},
+        {auth(sha256_hex("key-a")), "the key's hash instead of the key"},
+        {"Authorization: Basic a2V5LWE6\r\n", "Basic scheme"},
+        {"Authorization: key-a\r\n", "no scheme"},
+        {"Authorization: Bearer\r\n", "Bearer without a key"},
+        {"Authorization: Bearer key-a extra\r\n", "two words"}};
+    for (const auto& [method, path] : routes) {
+        for (const auto& [header, what] : bad_headers) {
+            const Reply r = exchange(s.port(), method, path, method == "POST" ? turn("Hi", 2) : "", header);
+            expect_error(r, 401, "invalid_api_key", method + " " + path + ", " + what);
+            EXPECT_EQ(r.json_body()["error"]["type"], "invalid_request_error");
+            EXPECT_EQ(r.headers.count("www-authenticate") ? r.headers.at("www-authenticate") : "", "Bearer");
+            EXPECT_EQ(r.body.find("key-"), std::string::npos) << "the key is never echoed: " << r.body;
+        }
+    }
+    // The key in another case of the scheme word works; the probes, /metrics and the chat page need none.
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/models", "", "Authorization: bearer key-a\r\n").status, 200);
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/models", "", auth("key-a")).status, 200);
+    for (const char* open : {"/healthz", "/readyz", "/metrics", "/", "/app.js"})
+        EXPECT_EQ(exchange(s.port(), "GET", open).status, 200) << open;
+    EXPECT_EQ(metric(s.metrics_text(), "assistd_http_requests_total{route=\"unauthenticated\",status=\"401\"}"),
+              static_cast<double>(routes.size() * bad_headers.size()));
+}
+
+TEST_F(Tenants, ATenantSeesAndUsesOnlyItsOwnSessions) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}, {"key-a2", "tenant=a"}, {"key-b", "tenant=b"}}));
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hello", 4, "a-1"), auth("key-a")).status, 200);
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hi there", 4, "b-1"), auth("key-b")).status, 200);
+
+    // Another key of the same tenant shares its sessions.
+    const Reply same = exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-a2"));
+    ASSERT_EQ(same.status, 200) << same.body;
+    EXPECT_EQ(same.json_body()["messages"].size(), 2u);
+
+    // Tenant b: a's session answers exactly like one that does not exist.
+    const Reply foreign = exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-b"));
+    const Reply missing = exchange(s.port(), "GET", "/v1/sessions/zz-9", "", auth("key-b"));
+    expect_error(foreign, 404, "session_not_found", "GET another tenant's session");
+    expect_error(missing, 404, "session_not_found", "GET a missing session");
+    std::string foreign_body = foreign.body;
+    foreign_body.replace(foreign_body.find("a-1"), 3, "zz-9");
+    EXPECT_EQ(foreign_body, missing.body);
+    expect_error(exchange(s.port(), "DELETE", "/v1/sessions/a-1", "", auth("key-b")), 404, "session_not_found",
+                 "DELETE another tenant's session");
+    expect_error(exchange(s.port(), "POST", kChat, turn("Let me in", 4, "a-1"), auth("key-b")), 404,
+                 "session_not_found", "chat in another tenant's session (body id)");
+    expect_error(exchange(s.port(), "POST", kChat, turn("Let me in", 4), auth("key-b") + "X-Session-Id: a-1\r\n"),
+                 404, "session_not_found", "chat in another tenant's session (header id)");
+
+    // Nothing of b's reached a's session, and it is still there.
+    const Reply after = exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-a"));
+    ASSERT_EQ(after.status, 200) << after.body;
+    EXPECT_EQ(after.json_body()["messages"].size(), 2u);
+    EXPECT_EQ(after.json_body()["messages"][0]["content"], "Hello");
+
+    // Each list holds only the caller's own.
+    auto ids = [&](const std::string& key) {
+        std::vector<std::string> out;
+        const Reply list = exchange(s.port(), "GET", "/v1/sessions", "", auth(key));
+        EXPECT_EQ(list.status, 200) << list.body;
+        const json body = list.json_body();
+        for (const auto& item : body["data"]) out.push_back(item["id"]);
+        return out;
+    };
+    EXPECT_EQ(ids("key-a"), std::vector<std::string>{"a-1"});
+    EXPECT_EQ(ids("key-a2"), std::vector<std::string>{"a-1"});
+    EXPECT_EQ(ids("key-b"), std::vector<std::string>{"b-1"});
+
+    // The owner can delete it; then it is gone for both.
+    EXPECT_EQ(exchange(s.port(), "DELETE", "/v1/sessions/a-1", "", auth("key-a")).status, 200);
+    expect_error(exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-a")), 404, "session_not_found",
+                 "GET after the owner deleted it");
+    EXPECT_TRUE(ids("key-a").empty());
+
+    const std::string m = s.metrics_text();
+    EXPECT_GE(metric(m, "assistd_tenant_requests_total{status=\"200\",tenant=\"a\"}"), 5);
+    EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"404\",tenant=\"b\"}"), 5);
+}
+
+TEST_F(Tenants, RequestsPerMinuteLimitAnswers429ThenRecoversWhenTheClockMoves) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a,requests-per-minute=2"}, {"key-b", "tenant=b"}}));
+    const Reply r1 = exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-a"));
+    ASSERT_EQ(r1.status, 200) << r1.body;
+    EXPECT_EQ(r1.headers.at("x-ratelimit-limit-requests"), "2");
+    EXPECT_EQ(r1.headers.at("x-ratelimit-remaining-requests"), "1");
+    EXPECT_EQ(r1.headers.at("x-ratelimit-reset-requests"), "30s");
+    EXPECT_EQ(r1.headers.count("x-ratelimit-limit-tokens"), 0u) << "no token limit on this key";
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-a")).status, 200);
+
+    const Reply limited = exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-a"));
+    expect_error(limited, 429, "rate_limit_exceeded", "third request in the minute");
+    EXPECT_EQ(limited.json_body()["error"]["type"], "requests");
+    EXPECT_EQ(limited.headers.at("retry-after"), "30");
+    EXPECT_EQ(limited.headers.at("x-ratelimit-remaining-requests"), "0");
+    EXPECT_EQ(limited.headers.at("x-ratelimit-reset-requests"), "1m0s");
+    // Other keys are not affected, and neither are the sessions routes.
+    EXPECT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-b")).status, 200);
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions", "", auth("key-a")).status, 200);
+
+    s.clock.advance_ms(29'000);
+    const Reply still = exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-a"));
+    expect_error(still, 429, "rate_limit_exceeded", "one second early");
+    EXPECT_EQ(still.headers.at("retry-after"), "1");
+    s.clock.advance_ms(1'000);
+    EXPECT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-a")).status, 200);
+    expect_error(exchange(s.port(), "POST", "/v1/completions", R"({"prompt":"Hi","max_tokens":2})", auth("key-a")),
+                 429, "rate_limit_exceeded", "completions share the limit");
+
+    const std::string m = s.metrics_text();
+    EXPECT_EQ(metric(m, "assistd_rate_limited_total{limit=\"requests\",tenant=\"a\"}"), 3);
+    EXPECT_EQ(metric(m, "assistd_rate_limited_total{limit=\"tokens\",tenant=\"a\"}"), 0);
+    EXPECT_EQ(metric(m, "assistd_rate_limited_total{limit=\"requests\",tenant=\"b\"}"), 0);
+    EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"429\",tenant=\"a\"}"), 3);
+}
+
+TEST_F(Tenants, TokensPerMinuteChargePromptAndCompletion) {
+    const auto& tok = model_->tokenizer();
+    const std::string text = model_->chat_template().apply({{"user", "Hi"}}, true);
+    const size_t prompt = tok.encode(text, tok.add_bos_default(), true).size();
+    // Room for one prompt and one token more: the completion puts the bucket in debt.
+    const size_t tpm = prompt + 1;
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a,tokens-per-minute=" + std::to_string(tpm)}}));
+    const Reply r1 = exchange(s.port(), "POST", kChat, turn("Hi", 8), auth("key-a"));
+    ASSERT_EQ(r1.status, 200) << r1.body;
+    EXPECT_EQ(r1.headers.at("x-ratelimit-limit-tokens"), std::to_string(tpm));
+    EXPECT_EQ(r1.headers.at("x-ratelimit-remaining-tokens"), "1") << "the prompt was charged at admission";
+    const size_t completion = r1.json_body()["usage"]["completion_tokens"];
+    ASSERT_GE(completion, 1u);
+
+    const Reply limited = exchange(s.port(), "POST", kChat, turn("Hi", 8), auth("key-a"));
+    expect_error(limited, 429, "rate_limit_exceeded", "the completion was charged too");
+    EXPECT_EQ(limited.json_body()["error"]["type"], "tokens");
+    // From 1 - completion up to `prompt`, at tpm per minute.
+    const double debt_s = static_cast<double>(prompt - 1 + completion) * 60.0 / static_cast<double>(tpm);
+    const int retry = std::stoi(limited.headers.at("retry-after"));
+    EXPECT_EQ(retry, static_cast<int>(std::ceil(debt_s - 1e-9))) << limited.headers.at("retry-after");
+    s.clock.advance_ms(static_cast<int64_t>(retry) * 1000 - 1000);
+    if (retry > 1)
+        expect_error(exchange(s.port(), "POST", kChat, turn("Hi", 8), auth("key-a")), 429, "rate_limit_exceeded",
+                     "a second early");
+    s.clock.advance_ms(1000);
+    EXPECT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 8), auth("key-a")).status, 200);
+
+    // A prompt larger than a whole minute's tokens can never pass: no Retry-After.
+    s.clock.advance_ms(60'000);
+    const Reply huge = exchange(s.port(), "POST", kChat, turn("Once upon a time there was a little dog", 2), auth("key-a"));
+    expect_error(huge, 429, "rate_limit_exceeded", "prompt over the whole limit");
+    EXPECT_NE(huge.json_body()["error"]["message"].get<std::string>().find("Request too large"), std::string::npos);
+    EXPECT_EQ(huge.headers.count("retry-after"), 0u);
+    EXPECT_EQ(metric(s.metrics_text(), "assistd_rate_limited_total{limit=\"tokens\",tenant=\"a\"}"),
+              retry > 1 ? 3 : 2);
+}
+
+TEST_F(Tenants, TheTenantDefaultPrecisionAppliesWhenTheRequestPinsNone) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}, {"key-b", "tenant=b,precision=fp16"}}));
+    auto steps = [&](const char* p) {
+        return metric(s.metrics_text(), std::string("assistd_decode_steps_total{precision=\"") + p + "\"}");
+    };
+    ASSERT_EQ(steps("fp16"), 0);
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 4), auth("key-a")).status, 200);
+    EXPECT_EQ(steps("fp16"), 0) << "tenant a has no default: the server's fp32";
+    EXPECT_GT(steps("fp32"), 0);
+
+    const double fp32_before = steps("fp32");
+    const Reply b = exchange(s.port(), "POST", kChat, turn("Hi", 4), auth("key-b"));
+    ASSERT_EQ(b.status, 200) << b.body;
+    EXPECT_GT(steps("fp16"), 0) << "tenant b's default ran the decode steps";
+    EXPECT_EQ(steps("fp32"), fp32_before);
+
+    const double fp16_before = steps("fp16");
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 4, "", "fp32"), auth("key-b")).status, 200);
+    EXPECT_EQ(steps("fp16"), fp16_before) << "a pinned precision wins over the tenant's default";
+
+    const std::string m = s.metrics_text();
+    EXPECT_EQ(metric(m, "assistd_tenant_precision_requests_total{precision=\"policy\",tenant=\"a\"}"), 1);
+    EXPECT_EQ(metric(m, "assistd_tenant_precision_requests_total{precision=\"fp16\",tenant=\"b\"}"), 1);
+    EXPECT_EQ(metric(m, "assistd_tenant_precision_requests_total{precision=\"fp32\",tenant=\"b\"}"), 1);
+}
+
+TEST_F(Tenants, RequestSizeLimitsGiveClearErrors) {
+    OpenAiRoutesConfig rc = routes_config();
+    rc.max_messages = 2;
+    rc.max_prompt_tokens = 12;
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}}), rc, nullptr, 2048);
+    const json three = {{"messages",
+                         {{{"role", "system"}, {"content", "Be brief"}},
+                          {{"role", "user"}, {"content", "Hi"}},
+                          {{"role", "user"}, {"content", "Hi again"}}}}};
+    const Reply many = exchange(s.port(), "POST", kChat, three.dump(), auth("key-a"));
+    expect_error(many, 400, "too_many_messages", "three messages, two allowed");
+    EXPECT_EQ(many.json_body()["error"]["param"], "messages");
+    EXPECT_NE(many.json_body()["error"]["message"].get<std::string>().find("at most 2"), std::string::npos);
+
+    const Reply long_prompt = exchange(s.port(), "POST", "/v1/completions",
+                                       R"({"prompt":"Once upon a time there was a little dog who liked to run","max_tokens":2})",
+                                       auth("key-a"));
+    expect_error(long_prompt, 400, "prompt_too_long", "prompt over max_prompt_tokens");
+    EXPECT_EQ(long_prompt.json_body()["error"]["param"], "prompt");
+    EXPECT_NE(long_prompt.json_body()["error"]["message"].get<std::string>().find("at most 12"), std::string::npos);
+
+    const Reply big = exchange(s.port(), "POST", kChat, turn(std::string(4096, 'a'), 2), auth("key-a"));
+    expect_error(big, 413, "request_too_large", "body over max_body_bytes");
+    expect_error(exchange(s.port(), "POST", kChat, turn(std::string(4096, 'a'), 2)), 401, "invalid_api_key",
+                 "a large body without a key is still 401");
+
+    EXPECT_EQ(exchange(s.port(), "POST", "/v1/completions", R"({"prompt":"Once","max_tokens":2})", auth("key-a")).status,
+              200);
+}
+
+TEST_F(Tenants, WithoutKeysTheServerStaysOpenAsTenantEmpty) {
+    KeyedServer s(*model_, ApiKeyTable());
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hello", 2, "open-1")).status, 200);
+    // A header is ignored rather than refused.
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/open-1", "", auth("anything")).status, 200);
+    const Reply list = exchange(s.port(), "GET", "/v1/sessions");
+    ASSERT_EQ(list.status, 200);
+    ASSERT_EQ(list.json_body()["data"].size(), 1u);
+    EXPECT_EQ(list.headers.count("x-ratelimit-limit-requests"), 0u);
+    EXPECT_EQ(metric(s.metrics_text(), "assistd_tenant_requests_total{status=\"200\",tenant=\"\"}"), 3);
+}
+
+}  // namespace
+}  // namespace assistd::serve
