@@ -39,7 +39,7 @@ struct PrefixBenchOptions {
     size_t repeats = 3;           // sessions per history size (the median is printed)
     size_t message_words = 16;    // the measured turn's new message
     size_t answer_tokens = 8;     // max_tokens of every turn
-    double max_seconds = 600;     // bound on the whole run
+    double max_seconds = 900;     // bound on the whole run
     size_t prefill_chunk = 256;
     bool json = false;
 };
@@ -174,10 +174,18 @@ public:
         auto count = [&](const std::string& text) {
             return tok.encode(model_.chat_template().apply({{"user", text}}, true), tok.add_bos_default(), true).size();
         };
-        std::string text;
-        for (size_t have = count(text); have < tokens; have = count(text))
-            text += (text.empty() ? "" : " ") + words(rng, std::max<size_t>(1, (tokens - have) / 3));
-        return text;
+        // Every word is at least one token: the shortest prefix of `tokens` words that is long enough.
+        const std::string all = words(rng, tokens);
+        std::vector<size_t> ends;  // byte offset after each word
+        for (size_t i = 0; i <= all.size(); ++i)
+            if (i == all.size() || all[i] == ' ') ends.push_back(i);
+        size_t lo = 1, hi = ends.size();
+        while (lo < hi) {
+            const size_t mid = (lo + hi) / 2;
+            if (count(all.substr(0, ends[mid - 1])) >= tokens) hi = mid;
+            else lo = mid + 1;
+        }
+        return all.substr(0, ends[lo - 1]);
     }
 
     // One mode (cache on or off): its own scheduler and server on the same model.

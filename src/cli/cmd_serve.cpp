@@ -176,6 +176,12 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     std::fprintf(stderr, "assistd serve: sessions in %s%s; chat page %s\n", (*sessions)->path().c_str(),
                  (*sessions)->temporary() ? " (temporary: give --state-dir to keep them)" : "",
                  web ? web->root().c_str() : "off (no web/ folder found: give --web-dir)");
+    if (sc.prefix_cache)
+        std::fprintf(stderr, "assistd serve: prefix cache up to %zu of %zu KV blocks, %zu sequences\n",
+                     sc.prefix_cache_blocks ? sc.prefix_cache_blocks : std::max<size_t>(1, model->total_kv_blocks() / 2),
+                     model->total_kv_blocks(), o.prefix_cache_sequences);
+    else
+        std::fprintf(stderr, "assistd serve: prefix cache off\n");
 
     int sig = 0;
     sigwait(&signals, &sig);

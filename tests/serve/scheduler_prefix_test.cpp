@@ -2,6 +2,7 @@
 // a prompt that shares its prefix prefills only the rest, and the answers
 // are exactly those of a full prefill (greedy, FP32).
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -31,15 +32,21 @@ std::unique_ptr<engine::Model> load(const std::string& path, size_t max_sequence
     return m.ok() ? std::move(*m) : nullptr;
 }
 
-std::string tiny_model_path() {
-    static const std::string path = [] {
-        const std::string p = ::testing::TempDir() + "/serve_prefix_tiny_llama.gguf";
+// One file per test process (ctest runs tests in parallel processes; a file
+// rewritten under another's mapping would crash it), removed at exit.
+struct TinyModelFile {
+    TinyModelFile() : path(::testing::TempDir() + "/serve_prefix_tiny_llama_" + std::to_string(::getpid()) + ".gguf") {
         auto spec = engine::random_model_shape("tiny-llama");
         EXPECT_TRUE(spec.has_value());
-        EXPECT_TRUE(engine::write_random_model(*spec, p).ok());
-        return p;
-    }();
-    return path;
+        EXPECT_TRUE(engine::write_random_model(*spec, path).ok());
+    }
+    ~TinyModelFile() { std::filesystem::remove(path); }
+    std::string path;
+};
+
+const std::string& tiny_model_path() {
+    static const TinyModelFile file;
+    return file.path;
 }
 
 // The reference: one fresh sequence, the whole prompt prefilled, then one token per decode.
