@@ -5,7 +5,9 @@
 // every running sequence advances by one token in the same decode() call.
 // Output goes to a per-request GenerationChannel that the consumer (an HTTP
 // coroutine, a test) drains; cancelling the channel frees the sequence at the
-// next step. Nothing here knows about HTTP.
+// next step. A request that completes leaves its sequence in the prefix
+// cache, so a later prompt sharing its prefix prefills only the rest.
+// Nothing here knows about HTTP.
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
