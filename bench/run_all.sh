@@ -13,3 +13,11 @@ if "$build/assistd" bench --help 2>/dev/null | grep -q crdt && [ -f ../shared/da
   echo "== CRDT editing trace"
   "$build/assistd" bench crdt --trace ../shared/data/automerge-paper.json.gz
 fi
+if "$build/assistd" bench --help 2>/dev/null | grep -q prefix; then
+  echo "== prefix reuse: a session's next-turn TTFT as its history grows (random smollm2-135m BF16)"
+  models=${MODELS:-$build/models}
+  mkdir -p "$models"
+  [ -f "$models/smollm2-135m-bf16.gguf" ] ||
+    "$build/assistd" model random --shape smollm2-135m --dtype bf16 --out "$models/smollm2-135m-bf16.gguf" >&2
+  "$build/assistd" bench prefix --model "$models/smollm2-135m-bf16.gguf" --precision bf16 --threads 2
+fi

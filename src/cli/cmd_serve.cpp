@@ -46,6 +46,10 @@ struct ServeOptions {
     std::string model_id;
     size_t default_max_tokens = 1024;
     serve::PrecisionPolicyConfig policy;
+    bool prefix_cache = true;
+    size_t prefix_cache_blocks = 0;      // 0: half of the KV cache
+    size_t prefix_cache_sequences = 64;  // sequence slots beyond --max-running for cached prefixes
+    size_t prefix_cache_min_tokens = 16;
     std::string state_dir;  // empty: sessions live in a temporary store removed on exit
     std::string web_dir;    // empty: the web/ folder of the source tree, else ./web
     std::vector<std::string> api_keys;  // "sha256=...,tenant=..." each; none: the API is open
@@ -157,7 +161,8 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-    auto model = load_model(o.model, "serve", std::max<size_t>(1, o.max_running));
+    auto model = load_model(o.model, "serve",
+                            std::max<size_t>(1, o.max_running) + (o.prefix_cache ? o.prefix_cache_sequences : 0));
     if (!model) return 2;
 
     auto sessions = ServerSessionStore::open(o.state_dir, SystemClock::instance());
@@ -181,6 +186,9 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     sc.prefill_chunk_tokens = std::min(o.prefill_chunk, o.model.batch_tokens);
     if (precision_given) sc.fixed_precision = *precision;
     sc.policy = o.policy;
+    sc.prefix_cache = o.prefix_cache && o.prefix_cache_sequences > 0;
+    sc.prefix_cache_blocks = o.prefix_cache_blocks;
+    sc.prefix_cache_min_tokens = o.prefix_cache_min_tokens;
     ServeMetrics metrics;
     Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);
     scheduler.start();
@@ -222,6 +230,12 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         std::fprintf(stderr, "assistd serve: API keys required: %zu key%s for tenants %s\n", keys->size(),
                      keys->size() == 1 ? "" : "s", tenants.c_str());
     }
+    if (sc.prefix_cache)
+        std::fprintf(stderr, "assistd serve: prefix cache up to %zu of %zu KV blocks, %zu sequences\n",
+                     sc.prefix_cache_blocks ? sc.prefix_cache_blocks : std::max<size_t>(1, model->total_kv_blocks() / 2),
+                     model->total_kv_blocks(), o.prefix_cache_sequences);
+    else
+        std::fprintf(stderr, "assistd serve: prefix cache off\n");
 
     int sig = 0;
     sigwait(&signals, &sig);
@@ -279,6 +293,19 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--policy-hold-evaluations", o->policy.hold_evaluations, "evaluations a new choice must win in a row")
         ->capture_default_str();
     cmd->add_option("--policy-min-dwell-s", o->policy.min_dwell_s, "seconds between two precision switches")
+        ->capture_default_str();
+    cmd->add_option("--prefix-cache", o->prefix_cache,
+                    "Keep finished requests' KV so a prompt sharing their prefix (a session's next turn) "
+                    "prefills only the rest (true/false)")
+        ->capture_default_str();
+    cmd->add_option("--prefix-cache-blocks", o->prefix_cache_blocks,
+                    "KV blocks the prefix cache may hold (0: half of the KV cache)")
+        ->capture_default_str();
+    cmd->add_option("--prefix-cache-sequences", o->prefix_cache_sequences,
+                    "Cached sequences kept beside the --max-running ones")
+        ->capture_default_str();
+    cmd->add_option("--prefix-cache-min-tokens", o->prefix_cache_min_tokens,
+                    "Shortest common prefix worth reusing")
         ->capture_default_str();
     cmd->callback([o, cmd, &exit_code] {
         const bool precision_on_cli = cmd->get_option("--precision")->count() > 0;

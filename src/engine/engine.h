@@ -99,6 +99,8 @@ public:
     virtual Result<SequenceId> fork_sequence(SequenceId src, size_t n_tokens) = 0;
     virtual size_t free_kv_blocks() const = 0;
     virtual size_t total_kv_blocks() const = 0;
+    virtual size_t kv_block_tokens() const = 0;   // positions per KV block
+    virtual size_t max_sequences() const = 0;     // sequence slots in all
 
     // One forward pass over several sequences at once. Returns logits, one
     // row of n_vocab floats per requested position, in entry order (the last

@@ -117,6 +117,8 @@ public:
     Result<SequenceId> fork_sequence(SequenceId src, size_t n) override { return kv_.fork(src, n); }
     size_t free_kv_blocks() const override { return kv_.free_blocks(); }
     size_t total_kv_blocks() const override { return kv_.shape().n_blocks; }
+    size_t kv_block_tokens() const override { return kv_.shape().block_tokens; }
+    size_t max_sequences() const override { return kv_.shape().max_sequences; }
 
     Result<std::span<const float>> decode(std::span<const BatchEntry> batch, Precision precision) override;
     Status prepare_precision(Precision precision) override {

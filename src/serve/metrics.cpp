@@ -7,6 +7,8 @@
 #include <prometheus/registry.h>
 #include <prometheus/text_serializer.h>
 
+#include <algorithm>
+
 namespace assistd::serve {
 
 namespace {
@@ -82,6 +84,20 @@ ServeMetrics::ServeMetrics() : registry_(std::make_shared<prometheus::Registry>(
     batch_size_ = gauge("assistd_batch_size", "Sequences in the last decode step");
     kv_blocks_in_use_ = gauge("assistd_kv_blocks_in_use", "KV cache blocks in use");
     kv_blocks_total_ = gauge("assistd_kv_blocks_total", "KV cache blocks in all");
+    prefix_cache_sequences_ = gauge("assistd_prefix_cache_sequences", "Finished sequences kept for prefix reuse");
+    prefix_cache_blocks_ = gauge("assistd_prefix_cache_blocks", "KV blocks the prefix cache's sequences span");
+    auto counter = [&](const char* name, const char* help) {
+        return &BuildCounter().Name(name).Help(help).Register(*registry_).Add({});
+    };
+    prefix_cache_hits_.counter = counter("assistd_prefix_cache_hits_total", "Requests that reused a cached prefix");
+    prefix_cache_misses_.counter =
+        counter("assistd_prefix_cache_misses_total", "Requests that found no cached prefix to reuse");
+    prefix_cache_reused_tokens_.counter =
+        counter("assistd_prefix_cache_reused_tokens_total", "Prompt tokens taken from the prefix cache");
+    prefix_cache_evictions_.counter =
+        counter("assistd_prefix_cache_evictions_total", "Cached sequences evicted (budget or room for running ones)");
+    prompt_tokens_prefilled_.counter =
+        counter("assistd_prompt_tokens_prefilled_total", "Prompt tokens computed (not taken from the prefix cache)");
     for (auto p : kPrecisions) {
         precision_->Add({{"precision", engine::precision_name(p)}});
         precision_switches_->Add({{"to", engine::precision_name(p)}});  // zeros are exported too
@@ -130,7 +146,22 @@ void ServeMetrics::on_precision_switch(engine::Precision, engine::Precision to) 
     precision_switches_->Add({{"to", engine::precision_name(to)}}).Increment();
 }
 
+void ServeMetrics::TotalCounter::advance(uint64_t total) {
+    if (total > seen) counter->Increment(static_cast<double>(total - seen));
+    seen = std::max(seen, total);
+}
+
 std::string ServeMetrics::render(const SchedulerStats& s) {
+    prefix_cache_sequences_->Set(static_cast<double>(s.prefix_cache_sequences));
+    prefix_cache_blocks_->Set(static_cast<double>(s.prefix_cache_blocks));
+    {
+        std::lock_guard lk(totals_mu_);
+        prefix_cache_hits_.advance(s.prefix_cache_hits);
+        prefix_cache_misses_.advance(s.prefix_cache_misses);
+        prefix_cache_reused_tokens_.advance(s.prefix_cache_reused_tokens);
+        prefix_cache_evictions_.advance(s.prefix_cache_evictions);
+        prompt_tokens_prefilled_.advance(s.prompt_tokens_prefilled);
+    }
     queue_depth_->Set(static_cast<double>(s.queue_depth));
     running_->Set(static_cast<double>(s.running));
     batch_size_->Set(static_cast<double>(s.last_batch_sequences));

@@ -2,7 +2,9 @@
 // The server's Prometheus metrics (prometheus-cpp core, text format served on
 // our own /metrics). Scheduler figures come in once per decode step through
 // SchedulerObserver; gauges are read from SchedulerStats at scrape time.
+#include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,6 +61,17 @@ private:
     prometheus::Gauge* batch_size_;
     prometheus::Gauge* kv_blocks_in_use_;
     prometheus::Gauge* kv_blocks_total_;
+    prometheus::Gauge* prefix_cache_sequences_;
+    prometheus::Gauge* prefix_cache_blocks_;
+    // Scheduler totals, carried into counters by their growth since the last scrape.
+    struct TotalCounter {
+        prometheus::Counter* counter = nullptr;
+        uint64_t seen = 0;
+        void advance(uint64_t total);
+    };
+    std::mutex totals_mu_;
+    TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
+        prompt_tokens_prefilled_;
 };
 
 }  // namespace assistd::serve

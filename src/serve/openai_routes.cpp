@@ -210,7 +210,8 @@ private:
     json usage() const {
         return {{"prompt_tokens", update_.prompt_tokens},
                 {"completion_tokens", update_.completion_tokens},
-                {"total_tokens", update_.prompt_tokens + update_.completion_tokens}};
+                {"total_tokens", update_.prompt_tokens + update_.completion_tokens},
+                {"prompt_tokens_details", {{"cached_tokens", update_.cached_tokens}}}};
     }
 
     // delta: the chat delta object, or the completion's text.

@@ -46,6 +46,7 @@ bool GenerationChannel::take(GenerationUpdate& out) {
     out.tokens.insert(out.tokens.end(), tokens_.begin(), tokens_.end());
     tokens_.clear();
     out.prompt_tokens = prompt_tokens_;
+    out.cached_tokens = cached_tokens_;
     out.completion_tokens = completion_tokens_;
     if (finished_) {
         finish_taken_ = true;
@@ -93,6 +94,11 @@ void GenerationChannel::push_text(std::string_view text) {
     cv_.notify_all();
 }
 
+void GenerationChannel::set_cached_tokens(size_t n) {
+    std::lock_guard lk(mu_);
+    cached_tokens_ = n;
+}
+
 void GenerationChannel::finish(FinishReason reason, Error error) {
     {
         std::lock_guard lk(mu_);
@@ -112,6 +118,7 @@ struct Scheduler::Active {
     std::shared_ptr<GenerationChannel> channel;
     engine::SequenceId seq = -1;
     size_t prefilled = 0;      // prompt tokens already in the KV cache
+    size_t cached = 0;         // of which taken from the prefix cache
     size_t pending = 0;        // tokens of this request in the current decode
     std::vector<TokenId> history;
     std::optional<engine::Sampler> sampler;
@@ -129,10 +136,23 @@ struct Scheduler::Active {
 namespace {
 constexpr size_t kLatencyRing = 256;
 constexpr size_t kFinishRing = 4096;
+
+PrefixCacheConfig prefix_cache_config(const engine::Model& model, const SchedulerConfig& c) {
+    PrefixCacheConfig p;
+    if (c.prefix_cache)
+        p.max_blocks = c.prefix_cache_blocks ? c.prefix_cache_blocks : std::max<size_t>(1, model.total_kv_blocks() / 2);
+    p.min_match_tokens = c.prefix_cache_min_tokens;
+    return p;
+}
 }  // namespace
 
 Scheduler::Scheduler(engine::Model& model, const SchedulerConfig& config, Clock& clock, SchedulerObserver* observer)
-    : model_(model), config_(config), clock_(clock), observer_(observer), policy_(config.policy) {
+    : model_(model),
+      config_(config),
+      clock_(clock),
+      observer_(observer),
+      policy_(config.policy),
+      prefix_cache_(model, prefix_cache_config(model, config)) {
     config_.max_running = std::max<size_t>(1, config_.max_running);
     config_.max_batch_tokens = std::max<size_t>(config_.max_running + 1, config_.max_batch_tokens);
     config_.prefill_chunk_tokens = std::max<size_t>(1, config_.prefill_chunk_tokens);
@@ -171,8 +191,10 @@ void Scheduler::stop() {
     for (auto& a : left) finish(*a, FinishReason::kCancelled);
     for (auto& a : running_) finish(*a, FinishReason::kCancelled);
     running_.clear();
+    prefix_cache_.clear();
     queue_depth_.store(0);
     running_count_.store(0);
+    publish_stats();
 }
 
 Result<std::shared_ptr<GenerationChannel>> Scheduler::submit(GenerationRequest request, std::function<void()> waker) {
@@ -224,6 +246,13 @@ SchedulerStats Scheduler::stats() const {
     s.kv_blocks_total = model_.total_kv_blocks();
     s.precision = static_cast<Precision>(precision_.load());
     s.precision_switches = precision_switches_.load();
+    s.prompt_tokens_prefilled = prefilled_.load();
+    s.prefix_cache_hits = cache_hits_.load();
+    s.prefix_cache_misses = cache_misses_.load();
+    s.prefix_cache_reused_tokens = cache_reused_.load();
+    s.prefix_cache_evictions = cache_evictions_.load();
+    s.prefix_cache_sequences = cache_sequences_.load();
+    s.prefix_cache_blocks = cache_blocks_.load();
     return s;
 }
 
@@ -267,7 +296,8 @@ void Scheduler::admit(int64_t now) {
             }
         }
         while (running_.size() < config_.max_running && !queue_.empty()) {
-            auto seq = model_.create_sequence();
+            // A sequence holding the longest cached prefix of the prompt, or a fresh one.
+            auto seq = prefix_cache_.acquire(queue_.front()->req.prompt);
             if (!seq) {
                 if (!running_.empty()) break;  // wait for a running request to free its slot
                 auto a = std::move(queue_.front());
@@ -277,7 +307,12 @@ void Scheduler::admit(int64_t now) {
             }
             auto a = std::move(queue_.front());
             queue_.pop_front();
-            a->seq = *seq;
+            a->seq = seq->seq;
+            a->prefilled = a->cached = seq->reused;
+            a->channel->set_cached_tokens(seq->reused);
+            // Cached sequences give up blocks for the prompt's remaining prefill (plus a copied tail).
+            const size_t bt = std::max<size_t>(1, model_.kv_block_tokens());
+            prefix_cache_.make_room((a->req.prompt.size() - a->prefilled + bt - 1) / bt + 1);
             a->history.reserve(a->req.prompt.size() + a->req.max_tokens);
             a->history = a->req.prompt;
             a->sampler.emplace(a->req.sampling, model_.info().n_vocab);
@@ -316,7 +351,7 @@ void Scheduler::step() {
 
     ttft_.clear();
     inter_token_.clear();
-    size_t step_sequences = 0, step_tokens = 0, step_generated = 0;
+    size_t step_sequences = 0, step_tokens = 0, step_generated = 0, step_prefilled = 0;
     double step_seconds = 0;
     Precision step_precision = policy_.current();
 
@@ -350,6 +385,8 @@ void Scheduler::step() {
             const int64_t t1 = clock_.now_mono_ns();
             if (!logits) {
                 if (logits.error().code == ErrorCode::kResourceExhausted) {
+                    // Cached prefixes give way to running requests first.
+                    if (prefix_cache_.evict_one()) continue;
                     // The KV cache is full: fail the newest request, the others continue.
                     Active* victim = entry_owner_.back();
                     finish(*victim, FinishReason::kError,
@@ -374,6 +411,7 @@ void Scheduler::step() {
                 const bool was_prefilling = a.prefilled < a.req.prompt.size();
                 if (was_prefilling) {
                     a.prefilled += a.pending;
+                    step_prefilled += a.pending;
                     if (a.prefilled < a.req.prompt.size()) continue;  // more prompt to go
                 }
                 const std::span<const float> row = logits->subspan(i * n_vocab, n_vocab);
@@ -390,6 +428,7 @@ void Scheduler::step() {
     batch_sequences_.store(step_sequences);
     batch_tokens_.store(step_tokens);
     tokens_generated_.fetch_add(step_generated, std::memory_order_relaxed);
+    prefilled_.fetch_add(step_prefilled, std::memory_order_relaxed);
     steps_.fetch_add(1, std::memory_order_relaxed);
     if (step_sequences > 0) {
         if (step_latency_window_.size() < kLatencyRing) {
@@ -460,10 +499,7 @@ void Scheduler::deliver(Active& a, TokenId token, int64_t now) {
 void Scheduler::finish(Active& a, FinishReason reason, Error error) {
     if (a.done) return;
     a.done = true;
-    if (a.seq >= 0) {
-        model_.free_sequence(a.seq);
-        a.seq = -1;
-    }
+    release_sequence(a, reason);
     a.channel->finish(reason, std::move(error));
     const int64_t now = clock_.now_mono_ns();
     if (finish_times_.size() < kFinishRing) {
@@ -478,9 +514,28 @@ void Scheduler::finish(Active& a, FinishReason reason, Error error) {
         r.reason = reason;
         r.latency_s = static_cast<double>(now - a.submitted_ns) / 1e9;
         r.prompt_tokens = a.req.prompt.size();
+        r.cached_tokens = a.cached;
         r.completion_tokens = a.generated;
         observer_->on_finish(r);
     }
+}
+
+// A completed request's sequence goes to the prefix cache. Its KV holds the
+// prompt and every generated token but the last (sampled, never fed back).
+// A cancelled or failed request's sequence is freed: its KV may stop mid-prompt.
+void Scheduler::release_sequence(Active& a, FinishReason reason) {
+    if (a.seq < 0) return;
+    const engine::SequenceId seq = a.seq;
+    a.seq = -1;
+    if (prefix_cache_.enabled() && (reason == FinishReason::kStop || reason == FinishReason::kLength)) {
+        const size_t held = model_.sequence_length(seq);
+        if (held > 0 && held <= a.history.size()) {
+            a.history.resize(held);
+            prefix_cache_.retain(seq, std::move(a.history));
+            return;
+        }
+    }
+    model_.free_sequence(seq);
 }
 
 void Scheduler::maybe_evaluate_policy(int64_t now) {
@@ -509,6 +564,13 @@ void Scheduler::maybe_evaluate_policy(int64_t now) {
 
 void Scheduler::publish_stats() {
     kv_in_use_.store(model_.total_kv_blocks() - model_.free_kv_blocks());
+    const PrefixCacheStats& c = prefix_cache_.stats();
+    cache_hits_.store(c.hits);
+    cache_misses_.store(c.misses);
+    cache_reused_.store(c.reused_tokens);
+    cache_evictions_.store(c.evictions);
+    cache_sequences_.store(c.sequences);
+    cache_blocks_.store(c.blocks);
 }
 
 }  // namespace assistd::serve

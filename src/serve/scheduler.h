@@ -5,7 +5,9 @@
 // every running sequence advances by one token in the same decode() call.
 // Output goes to a per-request GenerationChannel that the consumer (an HTTP
 // coroutine, a test) drains; cancelling the channel frees the sequence at the
-// next step. Nothing here knows about HTTP.
+// next step. A request that completes leaves its sequence in the prefix
+// cache, so a later prompt sharing its prefix prefills only the rest.
+// Nothing here knows about HTTP.
 #include <atomic>
 #include <condition_variable>
 #include <cstddef>
@@ -24,6 +26,7 @@
 #include "common/result.h"
 #include "engine/engine.h"
 #include "serve/precision_policy.h"
+#include "serve/prefix_cache.h"
 
 namespace assistd::serve {
 
@@ -59,6 +62,7 @@ struct GenerationUpdate {
     FinishReason reason = FinishReason::kNone;
     Error error;                          // when reason == kError
     size_t prompt_tokens = 0;
+    size_t cached_tokens = 0;             // prompt tokens reused from the prefix cache (known once running)
     size_t completion_tokens = 0;
 };
 
@@ -85,6 +89,7 @@ public:
     // Scheduler side.
     void push(engine::TokenId token, std::string_view text);
     void push_text(std::string_view text);
+    void set_cached_tokens(size_t n);
     void finish(FinishReason reason, Error error = {});
 
 private:
@@ -97,6 +102,7 @@ private:
     std::vector<size_t> piece_ends_;  // into text_
     std::vector<engine::TokenId> tokens_;
     size_t prompt_tokens_;
+    size_t cached_tokens_ = 0;
     size_t completion_tokens_ = 0;
     bool finished_ = false;
     bool finish_taken_ = false;
@@ -114,6 +120,10 @@ struct SchedulerConfig {
     PrecisionPolicyConfig policy;
     double policy_interval_s = 1.0;    // how often the policy is evaluated
     double policy_window_s = 10.0;     // figures are taken over this window
+    // Prefix reuse: finished requests' sequences stay cached (see prefix_cache.h).
+    bool prefix_cache = true;
+    size_t prefix_cache_blocks = 0;       // budget in KV blocks; 0: half of the model's KV cache
+    size_t prefix_cache_min_tokens = 16;  // shortest common prefix worth reusing
 };
 
 // Live figures for /metrics and tests; read from any thread.
@@ -129,6 +139,13 @@ struct SchedulerStats {
     size_t kv_blocks_total = 0;
     engine::Precision precision = engine::Precision::kBF16;
     uint64_t precision_switches = 0;
+    uint64_t prompt_tokens_prefilled = 0;  // prompt tokens computed (not taken from the prefix cache)
+    uint64_t prefix_cache_hits = 0;
+    uint64_t prefix_cache_misses = 0;
+    uint64_t prefix_cache_reused_tokens = 0;
+    uint64_t prefix_cache_evictions = 0;
+    size_t prefix_cache_sequences = 0;
+    size_t prefix_cache_blocks = 0;
 };
 
 // One decode step, reported once per step (not per token) to keep the hot
@@ -147,6 +164,7 @@ struct FinishReport {
     FinishReason reason = FinishReason::kNone;
     double latency_s = 0;  // submit to finish
     size_t prompt_tokens = 0;
+    size_t cached_tokens = 0;
     size_t completion_tokens = 0;
 };
 
@@ -192,12 +210,14 @@ private:
     void maybe_evaluate_policy(int64_t now);
     engine::Precision precision_for(const Active& a) const;
     void publish_stats();
+    void release_sequence(Active& a, FinishReason reason);
 
     engine::Model& model_;
     SchedulerConfig config_;
     Clock& clock_;
     SchedulerObserver* observer_;
     PrecisionPolicy policy_;
+    PrefixCache prefix_cache_;  // scheduler thread (and stop() after the join)
 
     mutable std::mutex mu_;  // guards queue_ and stopping_
     std::condition_variable cv_;
@@ -220,6 +240,8 @@ private:
     std::atomic<size_t> queue_depth_{0}, running_count_{0}, batch_sequences_{0}, batch_tokens_{0};
     std::atomic<uint64_t> tokens_generated_{0}, steps_{0}, requests_finished_{0}, precision_switches_{0};
     std::atomic<size_t> kv_in_use_{0};
+    std::atomic<uint64_t> prefilled_{0}, cache_hits_{0}, cache_misses_{0}, cache_reused_{0}, cache_evictions_{0};
+    std::atomic<size_t> cache_sequences_{0}, cache_blocks_{0};
     std::atomic<int> precision_{static_cast<int>(engine::Precision::kBF16)};
 };
 
