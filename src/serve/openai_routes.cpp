@@ -77,7 +77,8 @@ class CompletionBody final : public AsyncBody {
 public:
     CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
                    std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
-                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {})
+                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {},
+                   std::shared_ptr<SessionTurns::Lease> turn = nullptr)
         : channel_(std::move(channel)),
           chat_(chat),
           stream_(stream),
@@ -89,7 +90,8 @@ public:
           route_(std::move(route)),
           retry_after_s_(retry_after_s),
           sessions_(sessions),
-          session_id_(std::move(session_id)) {
+          session_id_(std::move(session_id)),
+          turn_(std::move(turn)) {
         if (sessions_) headers_.emplace_back("X-Session-Id", session_id_);
     }
 
@@ -99,6 +101,7 @@ public:
     HttpHeaders headers() const override { return headers_; }
     void cancel() override {
         channel_->cancel();
+        if (turn_) turn_->release();  // an abandoned turn stores no answer: the session is free again
         if (!counted_.exchange(true)) metrics_.count_request(route_, 499);  // the client closed the request
     }
 
@@ -172,6 +175,7 @@ private:
 
     bool finish() {
         done_ = true;
+        if (turn_) turn_->release();  // the answer is stored (or the turn failed): the next turn may start
         if (!counted_.exchange(true)) metrics_.count_request(route_, status_);
         return true;
     }
@@ -245,6 +249,7 @@ private:
     std::atomic<bool> counted_{false};  // cancel() may come from the stopping server's thread
     state::SessionStore* sessions_;     // set: the answer is appended to session_id_ when it completes
     std::string session_id_;
+    std::shared_ptr<SessionTurns::Lease> turn_;  // the session's turn, held until the answer is stored
 };
 
 json session_json(const state::Session& session) {
@@ -469,6 +474,18 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
             return error_response(
                 {400, valid.error().message, "invalid_request_error", "session_id", "invalid_session_id"});
     }
+    // One turn per session at a time: held from reading the history to storing the answer.
+    std::shared_ptr<SessionTurns::Lease> turn;
+    if (in_session) {
+        turn = session_turns_.try_begin(session_id);
+        if (!turn)
+            return error_response({409,
+                                   "session '" + session_id +
+                                       "' is answering another request; send the next message after that answer "
+                                       "completes (for a stream, after data: [DONE])",
+                                   "invalid_request_error", "session_id", "session_busy"},
+                                  config_.retry_after_s);
+    }
     std::vector<engine::ChatMessage> new_messages;  // in a session: what this request appends
     bool session_exists = false;
 
@@ -594,6 +611,13 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
                                    "precision", "invalid_value"});
         gen.precision = *p;
     }
+    // Our extension (llama.cpp's name): generate exactly max_tokens, past end-of-generation tokens.
+    if (auto it = body.find("ignore_eos"); it != body.end() && !it->is_null()) {
+        if (!it->is_boolean())
+            return error_response(
+                {400, "'ignore_eos' must be a boolean", "invalid_request_error", "ignore_eos", "invalid_type"});
+        gen.ignore_eos = it->get<bool>();
+    }
 
     const size_t n_ctx = model_.info().n_ctx;
     if (gen.prompt.size() >= n_ctx || (max_tokens && gen.prompt.size() + static_cast<size_t>(*max_tokens) > n_ctx))
@@ -650,7 +674,8 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat) {
     r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
-                                               config_.retry_after_s, in_session ? sessions_ : nullptr, session_id);
+                                               config_.retry_after_s, in_session ? sessions_ : nullptr, session_id,
+                                               std::move(turn));
     return r;
 }
 

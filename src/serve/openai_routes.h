@@ -17,6 +17,7 @@
 #include "serve/http_server.h"
 #include "serve/metrics.h"
 #include "serve/scheduler.h"
+#include "serve/sessions.h"
 #include "serve/static_files.h"
 #include "state/session_store.h"
 
@@ -59,6 +60,7 @@ private:
     OpenAiRoutesConfig config_;
     state::SessionStore* sessions_;
     const StaticFiles* web_;
+    SessionTurns session_turns_;  // one turn at a time per session (409 otherwise)
     std::atomic<bool> draining_{false};
     std::atomic<uint64_t> request_counter_{0};
 };
