@@ -8,7 +8,8 @@
 #       answer when asked alone; wall time, p50/p99 completion, errors.
 #   (b) 1, 8, 32, 128 concurrent sessions (closed loop, 64 tokens each,
 #       ignore_eos) on stories260K and a random smollm2-135m BF16: aggregate
-#       tokens/s, p50/p99 time to first token and inter-token latency.
+#       tokens/s, p50/p99 time to first token and inter-token latency (chat route,
+#       so the first frame marks the first token even when it prints nothing).
 #
 # Usage: bench/load.sh [build-dir] [a|b|all]
 # Env: BURST, SESSIONS ("1 8 32 128"), THREADS (2), MODELS (where the random
@@ -86,7 +87,7 @@ if [ "$which" = b ] || [ "$which" = all ]; then
       --queue-timeout-ms $((timeout_s * 1000)) --kv-cache-tokens 16384 --ctx-size 2048
     for c in $sessions; do
       per=$(( c >= 32 ? 2 : (c >= 8 ? 4 : 8) ))
-      "$loadgen" --port "$port" --mode sessions --concurrency "$c" --per-session "$per" --max-tokens 64 \
+      "$loadgen" --port "$port" --mode sessions --route chat --concurrency "$c" --per-session "$per" --max-tokens 64 \
         --ignore-eos --timeout-s "$timeout_s" --label "$name $precision" --row || true
     done
     stop_server
@@ -94,4 +95,9 @@ if [ "$which" = b ] || [ "$which" = all ]; then
   echo
   echo "llama-server reference (../shared/reference/llamacpp-bench.md, smollm2-135m BF16, -np 8 -t 2):"
   echo "  8 clients x 64 tokens: 294 tok/s aggregate; the target is >= 1.5x = 441 tok/s"
+  # The engine alone, same machine, same minute: batched decode of 8 sequences
+  # is the ceiling the 8-session row can reach (it also pays prefill and HTTP).
+  echo "the engine alone (assistd bench engine --batch 8 --threads $threads), smollm2-135m BF16:"
+  "$bin" bench engine --model "$smollm" --threads "$threads" --batch 8 --prompt-tokens 32 --gen-tokens 64 --reps 3 |
+    tail -2
 fi

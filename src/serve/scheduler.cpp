@@ -116,6 +116,7 @@ struct Scheduler::Active {
     TokenId last = -1;
     int64_t submitted_ns = 0;
     int64_t last_token_ns = 0;
+    size_t kv_reserved = 0;    // blocks counted in Scheduler::kv_reserved_
     bool done = false;
 };
 
@@ -177,6 +178,12 @@ Result<std::shared_ptr<GenerationChannel>> Scheduler::submit(GenerationRequest r
         if (t < 0 || static_cast<size_t>(t) >= info.n_vocab)
             return make_error(ErrorCode::kInvalidArgument,
                               "prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    if (kv_blocks_needed(request) > model_.total_kv_blocks())
+        return make_error(ErrorCode::kOutOfRange,
+                          "the prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
+                              std::to_string(request.max_tokens) + ") need more KV cache than this server has (" +
+                              std::to_string(model_.total_kv_blocks() * config_.kv_block_tokens) +
+                              " tokens in all); shorten the prompt or lower max_tokens");
     if (request.prompt.size() + request.max_tokens > info.n_ctx)
         return make_error(ErrorCode::kOutOfRange,
                           "the prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
@@ -260,6 +267,10 @@ void Scheduler::admit(int64_t now) {
             }
         }
         while (running_.size() < config_.max_running && !queue_.empty()) {
+            // Admit only what the KV cache can hold at full length, oldest first;
+            // the rest waits for running requests to finish (or its deadline).
+            const size_t need = kv_blocks_needed(queue_.front()->req);
+            if (!running_.empty() && kv_reserved_ + need > model_.total_kv_blocks()) break;
             auto seq = model_.create_sequence();
             if (!seq) {
                 if (!running_.empty()) break;  // wait for a running request to free its slot
@@ -271,6 +282,8 @@ void Scheduler::admit(int64_t now) {
             auto a = std::move(queue_.front());
             queue_.pop_front();
             a->seq = *seq;
+            a->kv_reserved = need;
+            kv_reserved_ += need;
             a->history.reserve(a->req.prompt.size() + a->req.max_tokens);
             a->history = a->req.prompt;
             a->sampler.emplace(a->req.sampling, model_.info().n_vocab);
@@ -457,6 +470,8 @@ void Scheduler::finish(Active& a, FinishReason reason, Error error) {
         model_.free_sequence(a.seq);
         a.seq = -1;
     }
+    kv_reserved_ -= a.kv_reserved;
+    a.kv_reserved = 0;
     a.channel->finish(reason, std::move(error));
     const int64_t now = clock_.now_mono_ns();
     if (finish_times_.size() < kFinishRing) {
@@ -474,6 +489,11 @@ void Scheduler::finish(Active& a, FinishReason reason, Error error) {
         r.completion_tokens = a.generated;
         observer_->on_finish(r);
     }
+}
+
+size_t Scheduler::kv_blocks_needed(const GenerationRequest& r) const {
+    const size_t block = std::max<size_t>(1, config_.kv_block_tokens);
+    return (r.prompt.size() + r.max_tokens + block - 1) / block;
 }
 
 void Scheduler::maybe_evaluate_policy(int64_t now) {

@@ -105,6 +105,7 @@ struct SchedulerConfig {
     size_t max_running = 16;           // sequences decoding at once (<= the model's max_sequences)
     size_t max_batch_tokens = 512;     // the model's max_batch_tokens
     size_t prefill_chunk_tokens = 256; // prompt tokens per step across all prefills
+    size_t kv_block_tokens = engine::ModelParams{}.kv_block_tokens;  // the model's KV block size
     std::optional<engine::Precision> fixed_precision;  // set: the policy is off
     PrecisionPolicyConfig policy;
     double policy_interval_s = 1.0;    // how often the policy is evaluated
@@ -185,6 +186,7 @@ private:
     void deliver(Active& a, engine::TokenId token, int64_t now);
     void finish(Active& a, FinishReason reason, Error error = {});
     void maybe_evaluate_policy(int64_t now);
+    size_t kv_blocks_needed(const GenerationRequest& r) const;
     engine::Precision precision_for(const Active& a) const;
     void publish_stats();
 
@@ -210,6 +212,9 @@ private:
     std::vector<int64_t> finish_times_;          // ring of recent finish times
     size_t step_latency_next_ = 0, finish_next_ = 0;
     int64_t last_policy_eval_ns_ = 0;
+    // KV blocks the running requests may grow into (prompt + max_tokens each):
+    // admission keeps this within the cache, so a running stream never runs out.
+    size_t kv_reserved_ = 0;
 
     // Published figures.
     std::atomic<size_t> queue_depth_{0}, running_count_{0}, batch_sequences_{0}, batch_tokens_{0};
