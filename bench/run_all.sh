@@ -13,3 +13,7 @@ if "$build/assistd" bench --help 2>/dev/null | grep -q crdt && [ -f ../shared/da
   echo "== CRDT editing trace"
   "$build/assistd" bench crdt --trace ../shared/data/automerge-paper.json.gz
 fi
+if [ -x "$build/bench/assistd-loadgen" ] && [ -f ../shared/models/stories260K.gguf ] && [ "${LOAD:-1}" != 0 ]; then
+  echo "== serving under load (LOAD=0 skips; several minutes)"
+  bash bench/load.sh "$build" all
+fi

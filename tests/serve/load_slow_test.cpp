@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -17,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -42,6 +44,11 @@ public:
         args.insert(args.begin(), {ASSISTD_BINARY, "serve", "--model", kStoriesModelPath, "--port", "0"});
         pid_ = ::fork();
         if (pid_ == 0) {
+            // Start from the usual default soft limit, as a shell would give it.
+            rlimit rl{};
+            ::getrlimit(RLIMIT_NOFILE, &rl);
+            rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, 1024);
+            ::setrlimit(RLIMIT_NOFILE, &rl);
             ::dup2(err_pipe[1], 2);
             ::close(err_pipe[0]);
             std::vector<char*> argv;
@@ -95,6 +102,19 @@ public:
         if (done != pid_) return -1;
         exited_ = true;
         return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    }
+    // "Max open files" of /proc/PID/limits: {soft, hard}.
+    std::pair<std::string, std::string> open_file_limits() const {
+        std::ifstream f("/proc/" + std::to_string(pid_) + "/limits");
+        std::string line;
+        while (std::getline(f, line))
+            if (line.rfind("Max open files", 0) == 0) {
+                std::istringstream fields(line.substr(14));
+                std::string soft, hard;
+                fields >> soft >> hard;
+                return {soft, hard};
+            }
+        return {};
     }
     // Resident memory in KiB (VmRSS of /proc/PID/status).
     long rss_kib() const {
@@ -197,6 +217,10 @@ TEST_F(ServeUnderLoad, TenTimesCapacityGetsOnly200Or429Or503AndRecovers) {
                          "--queue-timeout-ms", "300"});
     ASSERT_NE(server.port(), 0) << server.log();
     const uint16_t port = server.port();
+    // Every stream holds a socket: the server lifts its soft limit (started at 1024) to the hard one.
+    const auto [soft, hard] = server.open_file_limits();
+    EXPECT_FALSE(soft.empty());
+    EXPECT_EQ(soft, hard);
     const std::string prompt = "Once upon a time";
     // The answer when the server is idle, and memory once warm.
     const Exchange alone = exchange_raw(port, "/v1/completions", completion_body(prompt, 48, false, false));
