@@ -30,11 +30,6 @@ std::shared_ptr<SessionTurns::Lease> SessionTurns::try_begin(std::string_view id
     return std::make_shared<Lease>(*this, std::string(id));
 }
 
-bool SessionTurns::busy(std::string_view id) const {
-    std::lock_guard lk(mu_);
-    return busy_.count(std::string(id)) > 0;
-}
-
 void SessionTurns::Lease::release() {
     std::call_once(released_, [this] {
         std::lock_guard lk(turns_.mu_);

@@ -49,10 +49,9 @@ class SessionTurns {
 
     // Null when the session is in a turn already.
     std::shared_ptr<Lease> try_begin(std::string_view id);
-    bool busy(std::string_view id) const;
 
   private:
-    mutable std::mutex mu_;
+    std::mutex mu_;
     std::unordered_set<std::string> busy_;
 };
 

@@ -38,7 +38,8 @@ using Clock = std::chrono::steady_clock;
 // A child `assistd serve --port 0 ...`; its stderr is collected by a thread.
 class ServeProcess {
 public:
-    explicit ServeProcess(std::vector<std::string> args) {
+    // hard_nofile > 0: the child's open-file limit, soft and hard (it cannot raise it).
+    explicit ServeProcess(std::vector<std::string> args, rlim_t hard_nofile = 0) {
         int err_pipe[2];
         if (::pipe(err_pipe) != 0) return;
         args.insert(args.begin(), {ASSISTD_BINARY, "serve", "--model", kStoriesModelPath, "--port", "0"});
@@ -48,6 +49,7 @@ public:
             rlimit rl{};
             ::getrlimit(RLIMIT_NOFILE, &rl);
             rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, 1024);
+            if (hard_nofile > 0) rl.rlim_cur = rl.rlim_max = hard_nofile;
             ::setrlimit(RLIMIT_NOFILE, &rl);
             ::dup2(err_pipe[1], 2);
             ::close(err_pipe[0]);
@@ -115,6 +117,19 @@ public:
                 return {soft, hard};
             }
         return {};
+    }
+    // CPU seconds used so far (user + system, /proc/PID/stat).
+    double cpu_seconds() const {
+        std::ifstream f("/proc/" + std::to_string(pid_) + "/stat");
+        std::string stat((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+        std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+        std::string field;
+        unsigned long long utime = 0, stime = 0;
+        for (int i = 3; i <= 15 && fields >> field; ++i) {
+            if (i == 14) utime = std::stoull(field);
+            if (i == 15) stime = std::stoull(field);
+        }
+        return static_cast<double>(utime + stime) / static_cast<double>(::sysconf(_SC_CLK_TCK));
     }
     // Resident memory in KiB (VmRSS of /proc/PID/status).
     long rss_kib() const {
@@ -296,6 +311,35 @@ TEST_F(ServeUnderLoad, TenTimesCapacityGetsOnly200Or429Or503AndRecovers) {
     std::printf("[ overload ] statuses:");
     for (const auto& [status, n] : statuses) std::printf(" %d x%d", status, n);
     std::printf("; VmRSS %ld -> peak %ld -> %ld KiB\n", rss_before, rss_peak, rss_after);
+}
+
+TEST_F(ServeUnderLoad, OutOfFileDescriptorsTheServerWaitsInsteadOfSpinningAndRecovers) {
+    // 64 descriptors in all: idle clients exhaust them, accept() fails with EMFILE.
+    ServeProcess server({"--threads", "1", "--precision", "fp32", "--max-running", "2", "--max-queue", "4"}, 64);
+    ASSERT_NE(server.port(), 0) << server.log();
+    EXPECT_NE(server.log().find("warning: the open-file limit is 64"), std::string::npos) << server.log();
+    const uint16_t port = server.port();
+    std::vector<int> idle;
+    for (int i = 0; i < 100; ++i) {
+        const int fd = connect_loopback(port);  // the backlog takes what accept() cannot
+        if (fd >= 0) idle.push_back(fd);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const double cpu0 = server.cpu_seconds();
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+    const double busy = server.cpu_seconds() - cpu0;
+    EXPECT_LT(busy, 0.3) << "CPU seconds in one idle second with accept() failing";
+    for (int fd : idle) ::close(fd);
+    // Descriptors come back: a request goes through again.
+    Exchange e;
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    do {
+        e = exchange_raw(port, "/v1/completions", completion_body("Once upon a time", 4, false, false));
+        if (e.parsed && e.reply.status == 200) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    } while (Clock::now() < until);
+    EXPECT_EQ(e.reply.status, 200) << e.raw;
+    std::printf("[ emfile ] %zu idle connections; %.2f CPU s in 1 s while accept() failed\n", idle.size(), busy);
 }
 
 TEST_F(ServeUnderLoad, SigtermDuringFiftyStreamsDrainsThemAllAndExitsZero) {
