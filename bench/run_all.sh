@@ -21,3 +21,7 @@ if "$build/assistd" bench --help 2>/dev/null | grep -q prefix; then
     "$build/assistd" model random --shape smollm2-135m --dtype bf16 --out "$models/smollm2-135m-bf16.gguf" >&2
   "$build/assistd" bench prefix --model "$models/smollm2-135m-bf16.gguf" --precision bf16 --threads 2
 fi
+if [ -x "$build/bench/assistd-loadgen" ] && [ -f ../shared/models/stories260K.gguf ] && [ "${LOAD:-1}" != 0 ]; then
+  echo "== serving under load (LOAD=0 skips; several minutes)"
+  bash bench/load.sh "$build" all
+fi

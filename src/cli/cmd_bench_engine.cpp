@@ -139,6 +139,8 @@ int run_bench(const BenchOptions& o) {
     }
     ModelOptions mo = o.model;
     if (mo.ctx_size == 0) mo.ctx_size = static_cast<size_t>(o.prompt_tokens + o.gen_tokens + 16);
+    // Room for every sequence of the batched run (the engine's default holds four contexts).
+    if (mo.kv_cache_tokens == 0) mo.kv_cache_tokens = mo.ctx_size * static_cast<size_t>(std::max(4, o.batch + 1));
     auto model = load_model(mo, "bench engine", static_cast<size_t>(o.batch) + 1);
     if (!model) return 2;
     const auto& info = model->info();

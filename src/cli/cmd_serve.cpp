@@ -4,6 +4,7 @@
 // new requests get 503, running streams finish within the grace period.
 // A repeatable flag (--api-key) is a YAML list; a list item may be a mapping,
 // which stands for "name=value,name=value" (see serve/auth.h).
+#include <sys/resource.h>
 #include <yaml-cpp/yaml.h>
 
 #include <chrono>
@@ -128,6 +129,18 @@ bool apply_config(CLI::App& cmd, const std::string& path) {
     return true;
 }
 
+// Every open stream holds a socket: lift the soft open-file limit to the hard one.
+size_t raise_open_file_limit() {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) return 0;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlimit raised = rl;
+        raised.rlim_cur = rl.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &raised) == 0) rl = raised;
+    }
+    return static_cast<size_t>(rl.rlim_cur);
+}
+
 int run_serve(const ServeOptions& o, bool precision_given) {
     using namespace assistd::serve;
     if (o.port < 0 || o.port > 65535) {
@@ -160,6 +173,13 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     sigaddset(&signals, SIGTERM);
     sigaddset(&signals, SIGINT);
     pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+    const size_t open_files = raise_open_file_limit();
+    if (open_files != 0 && open_files < o.max_queue + o.max_running + 64)
+        std::fprintf(stderr,
+                     "assistd serve: warning: the open-file limit is %zu, below --max-queue + --max-running; "
+                     "connections beyond it are refused (raise the hard limit: ulimit -Hn)\n",
+                     open_files);
 
     auto model = load_model(o.model, "serve",
                             std::max<size_t>(1, o.max_running) + (o.prefix_cache ? o.prefix_cache_sequences : 0));

@@ -15,6 +15,9 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
         ->capture_default_str()
         ->check(CLI::Range(1, 8192));
     cmd.add_option("--kv-type", o.kv_type, "KV cache element type: f16 or f32")->capture_default_str();
+    cmd.add_option("--kv-cache-tokens", o.kv_cache_tokens,
+                   "KV cache capacity in tokens across all sequences (0: four times the context)")
+        ->capture_default_str();
 }
 
 std::optional<engine::Precision> parse_precision(const std::string& name) {
@@ -30,6 +33,7 @@ std::unique_ptr<engine::Model> load_model(const ModelOptions& o, const char* com
     p.n_ctx = o.ctx_size;
     p.max_batch_tokens = o.batch_tokens;
     p.max_sequences = max_sequences;
+    p.kv_cache_tokens = o.kv_cache_tokens;
     auto kv = engine::dtype_from_name(o.kv_type);
     if (!kv || (*kv != engine::DType::F16 && *kv != engine::DType::F32)) {
         std::fprintf(stderr, "assistd %s: --kv-type must be f16 or f32\n", command);

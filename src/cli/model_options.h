@@ -17,6 +17,7 @@ struct ModelOptions {
     size_t ctx_size = 0;
     size_t batch_tokens = 512;
     std::string kv_type = "f16";
+    size_t kv_cache_tokens = 0;  // 0: the engine's default (4 contexts)
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& o);

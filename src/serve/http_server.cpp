@@ -84,6 +84,10 @@ private:
                                                                   asio::redirect_error(asio::use_awaitable, ec));
             if (ec) {
                 if (!acceptor_.is_open()) co_return;
+                // Out of file descriptors (EMFILE) or memory: back off rather than spin
+                // on the same error; the backlog holds the clients meanwhile.
+                asio::steady_timer pause(acceptor_.get_executor(), std::chrono::milliseconds(20));
+                co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 continue;
             }
             auto ex = socket.get_executor();

@@ -8,6 +8,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <algorithm>
+#include <cstdio>
 
 namespace assistd::serve {
 
@@ -142,8 +143,11 @@ void ServeMetrics::on_finish(const FinishReport& r) {
     if (r.reason == FinishReason::kStop || r.reason == FinishReason::kLength) inference_latency_->Observe(r.latency_s);
 }
 
-void ServeMetrics::on_precision_switch(engine::Precision, engine::Precision to) {
+void ServeMetrics::on_precision_switch(engine::Precision from, engine::Precision to) {
     precision_switches_->Add({{"to", engine::precision_name(to)}}).Increment();
+    // Rare (hysteresis keeps it so): every switch gets a log line.
+    std::fprintf(stderr, "assistd serve: precision %s -> %s (policy)\n", engine::precision_name(from),
+                 engine::precision_name(to));
 }
 
 void ServeMetrics::TotalCounter::advance(uint64_t total) {

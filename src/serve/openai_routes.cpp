@@ -83,7 +83,7 @@ public:
     CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
                    std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
                    int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {},
-                   OnCompletionDone on_done = nullptr)
+                   OnCompletionDone on_done = nullptr, std::shared_ptr<SessionTurns::Lease> turn = nullptr)
         : channel_(std::move(channel)),
           chat_(chat),
           stream_(stream),
@@ -96,7 +96,8 @@ public:
           retry_after_s_(retry_after_s),
           sessions_(sessions),
           session_id_(std::move(session_id)),
-          on_done_(std::move(on_done)) {
+          on_done_(std::move(on_done)),
+          turn_(std::move(turn)) {
         if (sessions_) headers_.emplace_back("X-Session-Id", session_id_);
     }
 
@@ -106,6 +107,7 @@ public:
     HttpHeaders headers() const override { return headers_; }
     void cancel() override {
         channel_->cancel();
+        if (turn_) turn_->release();  // an abandoned turn stores no answer: the session is free again
         if (!counted_.exchange(true)) {
             metrics_.count_request(route_, 499);  // the client closed the request
             if (on_done_) on_done_(499, completion_seen_.load());
@@ -188,6 +190,7 @@ private:
 
     bool finish() {
         done_ = true;
+        if (turn_) turn_->release();  // the answer is stored (or the turn failed): the next turn may start
         if (!counted_.exchange(true)) {
             metrics_.count_request(route_, status_);
             if (on_done_) on_done_(status_, update_.completion_tokens);
@@ -262,6 +265,7 @@ private:
     state::SessionStore* sessions_;     // set: the answer is appended to session_id_ when it completes
     std::string session_id_;
     OnCompletionDone on_done_;
+    std::shared_ptr<SessionTurns::Lease> turn_;  // the session's turn, held until the answer is stored
 };
 
 json session_json(const state::Session& session) {
@@ -534,6 +538,18 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
             return error_response(
                 {400, valid.error().message, "invalid_request_error", "session_id", "invalid_session_id"});
     }
+    // One turn per session at a time: held from reading the history to storing the answer.
+    std::shared_ptr<SessionTurns::Lease> turn;
+    if (in_session) {
+        turn = session_turns_.try_begin(session_id);
+        if (!turn)
+            return error_response({409,
+                                   "session '" + session_id +
+                                       "' is answering another request; send the next message after that answer "
+                                       "completes (for a stream, after data: [DONE])",
+                                   "invalid_request_error", "session_id", "session_busy"},
+                                  config_.retry_after_s);
+    }
     std::vector<engine::ChatMessage> new_messages;  // in a session: what this request appends
     bool session_exists = false;
 
@@ -678,6 +694,13 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     } else if (caller.key) {
         gen.precision = keys_->key(*caller.key).default_precision;  // the tenant's default, if it has one
     }
+    // Our extension (llama.cpp's name): generate exactly max_tokens, past end-of-generation tokens.
+    if (auto it = body.find("ignore_eos"); it != body.end() && !it->is_null()) {
+        if (!it->is_boolean())
+            return error_response(
+                {400, "'ignore_eos' must be a boolean", "invalid_request_error", "ignore_eos", "invalid_type"});
+        gen.ignore_eos = it->get<bool>();
+    }
 
     if (config_.max_prompt_tokens > 0 && gen.prompt.size() > config_.max_prompt_tokens)
         return error_response({400,
@@ -775,7 +798,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
                                                config_.retry_after_s, in_session ? sessions_ : nullptr, session_id,
-                                               std::move(on_done));
+                                               std::move(on_done), std::move(turn));
     return r;
 }
 

@@ -23,6 +23,7 @@
 #include "serve/http_server.h"
 #include "serve/metrics.h"
 #include "serve/scheduler.h"
+#include "serve/sessions.h"
 #include "serve/static_files.h"
 #include "state/session_store.h"
 
@@ -84,6 +85,7 @@ private:
     const StaticFiles* web_;
     const ApiKeyTable* keys_;  // null: open
     RateLimiter* limiter_;     // set with keys_
+    SessionTurns session_turns_;  // one turn at a time per session (409 otherwise)
     std::atomic<bool> draining_{false};
     std::atomic<uint64_t> request_counter_{0};
 };

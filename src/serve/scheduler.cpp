@@ -130,6 +130,7 @@ struct Scheduler::Active {
     TokenId last = -1;
     int64_t submitted_ns = 0;
     int64_t last_token_ns = 0;
+    size_t kv_reserved = 0;    // blocks counted in Scheduler::kv_reserved_
     bool done = false;
 };
 
@@ -206,6 +207,12 @@ Result<std::shared_ptr<GenerationChannel>> Scheduler::submit(GenerationRequest r
         if (t < 0 || static_cast<size_t>(t) >= info.n_vocab)
             return make_error(ErrorCode::kInvalidArgument,
                               "prompt token id " + std::to_string(t) + " is outside the vocabulary");
+    if (kv_blocks_needed(request) > model_.total_kv_blocks())
+        return make_error(ErrorCode::kOutOfRange,
+                          "the prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
+                              std::to_string(request.max_tokens) + ") need more KV cache than this server has (" +
+                              std::to_string(model_.total_kv_blocks() * model_.kv_block_tokens()) +
+                              " tokens in all); shorten the prompt or lower max_tokens");
     if (request.prompt.size() + request.max_tokens > info.n_ctx)
         return make_error(ErrorCode::kOutOfRange,
                           "the prompt (" + std::to_string(request.prompt.size()) + " tokens) plus max_tokens (" +
@@ -296,6 +303,11 @@ void Scheduler::admit(int64_t now) {
             }
         }
         while (running_.size() < config_.max_running && !queue_.empty()) {
+            // Admit only what the KV cache can hold at full length, oldest first;
+            // the rest waits for running requests to finish (or its deadline).
+            // Cached prefixes do not count: they give way (make_room below).
+            const size_t need = kv_blocks_needed(queue_.front()->req);
+            if (!running_.empty() && kv_reserved_ + need > model_.total_kv_blocks()) break;
             // A sequence holding the longest cached prefix of the prompt, or a fresh one.
             auto seq = prefix_cache_.acquire(queue_.front()->req.prompt);
             if (!seq) {
@@ -310,6 +322,8 @@ void Scheduler::admit(int64_t now) {
             a->seq = seq->seq;
             a->prefilled = a->cached = seq->reused;
             a->channel->set_cached_tokens(seq->reused);
+            a->kv_reserved = need;
+            kv_reserved_ += need;
             // Cached sequences give up blocks for the prompt's remaining prefill (plus a copied tail).
             const size_t bt = std::max<size_t>(1, model_.kv_block_tokens());
             prefix_cache_.make_room((a->req.prompt.size() - a->prefilled + bt - 1) / bt + 1);
@@ -500,6 +514,8 @@ void Scheduler::finish(Active& a, FinishReason reason, Error error) {
     if (a.done) return;
     a.done = true;
     release_sequence(a, reason);
+    kv_reserved_ -= a.kv_reserved;
+    a.kv_reserved = 0;
     a.channel->finish(reason, std::move(error));
     const int64_t now = clock_.now_mono_ns();
     if (finish_times_.size() < kFinishRing) {
@@ -536,6 +552,11 @@ void Scheduler::release_sequence(Active& a, FinishReason reason) {
         }
     }
     model_.free_sequence(seq);
+}
+
+size_t Scheduler::kv_blocks_needed(const GenerationRequest& r) const {
+    const size_t block = std::max<size_t>(1, model_.kv_block_tokens());
+    return (r.prompt.size() + r.max_tokens + block - 1) / block;
 }
 
 void Scheduler::maybe_evaluate_policy(int64_t now) {

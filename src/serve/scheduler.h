@@ -208,6 +208,7 @@ private:
     void deliver(Active& a, engine::TokenId token, int64_t now);
     void finish(Active& a, FinishReason reason, Error error = {});
     void maybe_evaluate_policy(int64_t now);
+    size_t kv_blocks_needed(const GenerationRequest& r) const;
     engine::Precision precision_for(const Active& a) const;
     void publish_stats();
     void release_sequence(Active& a, FinishReason reason);
@@ -235,6 +236,9 @@ private:
     std::vector<int64_t> finish_times_;          // ring of recent finish times
     size_t step_latency_next_ = 0, finish_next_ = 0;
     int64_t last_policy_eval_ns_ = 0;
+    // KV blocks the running requests may grow into (prompt + max_tokens each):
+    // admission keeps this within the cache, so a running stream never runs out.
+    size_t kv_reserved_ = 0;
 
     // Published figures.
     std::atomic<size_t> queue_depth_{0}, running_count_{0}, batch_sequences_{0}, batch_tokens_{0};

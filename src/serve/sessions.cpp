@@ -24,6 +24,19 @@ Status validate_session_id(std::string_view id) {
     return {};
 }
 
+std::shared_ptr<SessionTurns::Lease> SessionTurns::try_begin(std::string_view id) {
+    std::lock_guard lk(mu_);
+    if (!busy_.emplace(id).second) return nullptr;
+    return std::make_shared<Lease>(*this, std::string(id));
+}
+
+void SessionTurns::Lease::release() {
+    std::call_once(released_, [this] {
+        std::lock_guard lk(turns_.mu_);
+        turns_.busy_.erase(id_);
+    });
+}
+
 std::string session_title(std::string_view first_message, size_t max_bytes) {
     std::string_view line = first_message.substr(0, first_message.find('\n'));
     if (line.size() <= max_bytes) return std::string(line);

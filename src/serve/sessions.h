@@ -6,8 +6,10 @@
 // the tenant "" and every caller sees every session.
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 
 #include "common/clock.h"
 #include "common/result.h"
@@ -23,6 +25,35 @@ Status validate_session_id(std::string_view id);
 // A session title from the first user message: its first line, at most
 // `max_bytes` bytes, cut at a UTF-8 character boundary.
 std::string session_title(std::string_view first_message, size_t max_bytes = 60);
+
+// One turn at a time per session: a request that finds its session busy
+// answering another is refused (409), so the stored conversation is always
+// user, assistant, user, ... in the order the turns ran, never interleaved.
+class SessionTurns {
+  public:
+    // Held from reading the history until the answer is stored (or the turn
+    // fails or is abandoned); release() or the destructor frees the session.
+    class Lease {
+      public:
+        Lease(SessionTurns& turns, std::string id) : turns_(turns), id_(std::move(id)) {}
+        ~Lease() { release(); }
+        Lease(const Lease&) = delete;
+        Lease& operator=(const Lease&) = delete;
+        void release();
+
+      private:
+        SessionTurns& turns_;
+        std::string id_;
+        std::once_flag released_;
+    };
+
+    // Null when the session is in a turn already.
+    std::shared_ptr<Lease> try_begin(std::string_view id);
+
+  private:
+    std::mutex mu_;
+    std::unordered_set<std::string> busy_;
+};
 
 // The store the server talks to, and the temporary directory it owns (if any).
 class ServerSessionStore {

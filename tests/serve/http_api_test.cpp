@@ -7,6 +7,9 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <algorithm>
+#include <fstream>
+#include <cstring>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -104,6 +107,78 @@ TEST_F(HttpApi, CompletionsStreamAndNonStreamEqualEngineGreedy) {
     EXPECT_EQ(sse_text(b.body, false), expected);
 }
 
+// stories260K never ends a greedy story with its end-of-generation token, so
+// this test declares a token it does emit as EOS: a copy of the file with
+// tokenizer.ggml.eos_token_id patched in place.
+TEST_F(HttpApi, IgnoreEosGeneratesPastTheEndOfGenerationToken) {
+    const auto prompt = model_->tokenizer().encode("Once upon a time", model_->tokenizer().add_bos_default(), false);
+    // The greedy continuation's tokens; the first one not seen before the 4th position becomes "EOS".
+    auto seq = model_->create_sequence();
+    ASSERT_TRUE(seq.ok());
+    engine::Sampler sampler({.temperature = 0});
+    engine::BatchEntry e{*seq, prompt};
+    auto logits = model_->decode(std::span(&e, 1), Precision::kFP32);
+    std::vector<TokenId> history = prompt, out;
+    for (int i = 0; i < 24; ++i) {
+        out.push_back(sampler.sample(*logits, history));
+        history.push_back(out.back());
+        engine::BatchEntry d{*seq, std::span<const TokenId>(&out.back(), 1)};
+        logits = model_->decode(std::span(&d, 1), Precision::kFP32);
+    }
+    model_->free_sequence(*seq);
+    size_t cut = 4;
+    while (cut < out.size() && std::find(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(cut), out[cut]) !=
+                                   out.begin() + static_cast<std::ptrdiff_t>(cut))
+        ++cut;
+    ASSERT_LT(cut, out.size());
+
+    std::ifstream in(kStoriesModelPath, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const std::string key = "tokenizer.ggml.eos_token_id";
+    const size_t at = bytes.find(key);
+    ASSERT_NE(at, std::string::npos);
+    const uint32_t type_uint32 = 4, eos = static_cast<uint32_t>(out[cut]);
+    uint32_t type = 0;
+    std::memcpy(&type, bytes.data() + at + key.size(), 4);
+    ASSERT_EQ(type, type_uint32);
+    std::memcpy(bytes.data() + at + key.size() + 4, &eos, 4);
+    const std::string patched = (std::filesystem::temp_directory_path() /
+                                 ("assistd-eos-" + std::to_string(::getpid()) + ".gguf")).string();
+    std::ofstream(patched, std::ios::binary) << bytes;
+    engine::ModelParams mp;
+    mp.path = patched;
+    mp.n_threads = 2;
+    mp.max_sequences = 2;
+    auto eos_model = engine::Model::load(mp);
+    std::filesystem::remove(patched);
+    ASSERT_TRUE(eos_model.ok()) << eos_model.error().message;
+    ASSERT_TRUE((*eos_model)->tokenizer().is_end_of_generation(out[cut]));
+
+    TestServer s(**eos_model, fp32(), routes_config());
+    const std::string req = R"({"prompt":"Once upon a time","max_tokens":24,"temperature":0)";
+    const Reply plain = exchange(s.port(), "POST", "/v1/completions", req + "}");
+    ASSERT_EQ(plain.status, 200) << plain.body;
+    EXPECT_EQ(plain.json_body()["choices"][0]["finish_reason"], "stop");
+    EXPECT_EQ(plain.json_body()["usage"]["completion_tokens"], cut);
+    for (const bool stream : {false, true}) {
+        const Reply ignoring = exchange(s.port(), "POST", "/v1/completions",
+                                        req + R"(,"ignore_eos":true,"stream":)" +
+                                            (stream ? R"(true,"stream_options":{"include_usage":true}})" : "false}"));
+        ASSERT_EQ(ignoring.status, 200) << ignoring.body;
+        std::string finish;
+        json usage;
+        const std::string text = stream ? sse_text(ignoring.body, false, &usage, &finish)
+                                        : ignoring.json_body()["choices"][0]["text"].get<std::string>();
+        if (!stream) {
+            finish = ignoring.json_body()["choices"][0]["finish_reason"];
+            usage = ignoring.json_body()["usage"];
+        }
+        EXPECT_EQ(finish, "length") << stream;
+        EXPECT_EQ(usage["completion_tokens"], 24) << stream;
+        EXPECT_EQ(text, model_->tokenizer().decode(out)) << "all 24 greedy tokens, the EOS one included";
+    }
+}
+
 TEST_F(HttpApi, ModelsHealthReadyAndKeepAlive) {
     TestServer s(*model_, fp32(), routes_config());
     const Reply m = exchange(s.port(), "GET", "/v1/models");
@@ -169,6 +244,7 @@ TEST_F(HttpApi, BadInputGetsStatusAndOpenAiErrorJson) {
          "stop"},
         {"stream wrong type", "/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream":"yes"})",
          400, "stream"},
+        {"ignore_eos wrong type", "/v1/completions", R"({"prompt":"x","ignore_eos":"yes"})", 400, "ignore_eos"},
         {"bad precision", "/v1/chat/completions",
          R"({"messages":[{"role":"user","content":"x"}],"precision":"fp8"})", 400, "precision"},
         {"invalid UTF-8", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\xfe\"}]}", 400,

@@ -345,7 +345,7 @@ TEST(SchedulerPrefixRandomModel, OneSlotTakesTheCachedSequenceOver) {
     EXPECT_EQ(u.tokens, plain_greedy(*model, next, 6, true));
 }
 
-TEST(SchedulerPrefixRandomModel, CancelledAndFailedRequestsLeaveNothingCached) {
+TEST(SchedulerPrefixRandomModel, CancelledAndRefusedRequestsLeaveNothingCached) {
     auto model = load(tiny_model_path(), 4, 128);
     ASSERT_NE(model, nullptr);
     Scheduler s(*model, config(true, 8), SystemClock::instance());
@@ -364,10 +364,12 @@ TEST(SchedulerPrefixRandomModel, CancelledAndFailedRequestsLeaveNothingCached) {
     GenerationUpdate u;
     ASSERT_TRUE(ch->wait_finished(u, 10000));
     ASSERT_EQ(u.reason, FinishReason::kCancelled);
-    // Failed: more than the whole KV cache.
-    const GenerationUpdate failed = run(s, greedy(ramp(100, 10), 60));
-    ASSERT_EQ(failed.reason, FinishReason::kError);
-    ASSERT_TRUE(eventually([&] { return s.stats().requests_finished == 2; }));
+    // Refused: more than the whole KV cache at full length is never admitted
+    // (so it can fail neither mid-prompt nor mid-generation) and leaves nothing.
+    auto refused = s.submit(greedy(ramp(100, 10), 60));
+    ASSERT_FALSE(refused.ok());
+    EXPECT_EQ(refused.error().code, ErrorCode::kOutOfRange) << refused.error().message;
+    ASSERT_TRUE(eventually([&] { return s.stats().requests_finished == 1; }));
     EXPECT_EQ(s.stats().prefix_cache_sequences, 0u);
     EXPECT_EQ(model->free_kv_blocks(), model->total_kv_blocks());
     // The same prompt again is computed from scratch and answers right.

@@ -272,14 +272,19 @@ TEST(SchedulerRandomModel, ChunkedPrefillInterleavesWithDecoding) {
     }());
 }
 
-TEST(SchedulerRandomModel, KvExhaustionFailsOneRequestOthersContinue) {
+TEST(SchedulerRandomModel, KvCacheAdmitsOnlyWhatFitsAtFullLengthAndTheRestWaits) {
     const std::string path = ::testing::TempDir() + "/serve_tiny_llama_kv.gguf";
     auto spec = engine::random_model_shape("tiny-llama");
     ASSERT_TRUE(engine::write_random_model(*spec, path).ok());
-    // 8 blocks of 16 tokens in all: two requests of 103 tokens cannot both fit.
+    // 8 blocks of 16 tokens in all: two requests of 103 tokens (7 blocks each)
+    // cannot both fit, so the second waits for the first instead of failing mid-stream.
     auto model = load(path, 16, 128);
     ASSERT_NE(model, nullptr);
-    Scheduler s(*model, fp32_config(), SystemClock::instance());
+    struct WidestStep : SchedulerObserver {
+        void on_step(const StepReport& r) override { widest = std::max(widest, r.sequences); }
+        size_t widest = 0;
+    } steps;
+    Scheduler s(*model, fp32_config(), SystemClock::instance(), &steps);
     auto r1 = greedy_request({1, 2, 3}, 100);
     r1.ignore_eos = true;
     auto r2 = r1;
@@ -287,15 +292,21 @@ TEST(SchedulerRandomModel, KvExhaustionFailsOneRequestOthersContinue) {
     auto a = s.submit(r1);
     auto b = s.submit(r2);
     ASSERT_TRUE(a.ok() && b.ok());
+    // More than the whole cache: refused at once, with the reason.
+    auto too_big = s.submit(greedy_request({1, 2, 3}, 200));
+    ASSERT_FALSE(too_big.ok());
+    EXPECT_EQ(too_big.error().code, ErrorCode::kOutOfRange);
+    EXPECT_NE(too_big.error().message.find("KV cache"), std::string::npos) << too_big.error().message;
+
     s.start();
     GenerationUpdate ua, ub;
     ASSERT_TRUE((*a)->wait_finished(ua, 30000));
     ASSERT_TRUE((*b)->wait_finished(ub, 30000));
     EXPECT_EQ(ua.reason, FinishReason::kLength);
+    EXPECT_EQ(ub.reason, FinishReason::kLength) << ub.error.message;
     EXPECT_EQ(ua.tokens.size(), 100u);
-    EXPECT_EQ(ub.reason, FinishReason::kError);
-    EXPECT_EQ(ub.error.code, ErrorCode::kResourceExhausted);
-    EXPECT_NE(ub.error.message.find("KV cache is full"), std::string::npos) << ub.error.message;
+    EXPECT_EQ(ub.tokens.size(), 100u);
+    EXPECT_EQ(steps.widest, 1u) << "the two never ran in one step";
     s.stop();
     EXPECT_EQ(model->free_kv_blocks(), model->total_kv_blocks());
 }

@@ -4,12 +4,18 @@
 #include "serve/sessions.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "http_test_client.h"
@@ -211,6 +217,149 @@ TEST_F(Sessions, WithoutAStoreSessionRequestsAreRefused) {
         "session_id without a store");
     expect_openai_error(exchange(s.port(), "GET", "/v1/sessions"), 404,
                         "no /v1/sessions without a store");
+}
+
+// Opens a streamed turn and returns its socket once the first frame has
+// arrived (the turn is running); the caller reads the rest or closes it.
+int start_streamed_turn(uint16_t port, const std::string& body, std::string& raw) {
+    const int fd = connect_loopback(port);
+    EXPECT_GE(fd, 0);
+    send_all(fd, request_text("POST", "/v1/chat/completions", body));
+    char buf[4096];
+    while (raw.find("data: {") == std::string::npos) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        raw.append(buf, static_cast<size_t>(n));
+    }
+    return fd;
+}
+
+std::string long_turn_body(const std::string& user, const std::string& session_id) {
+    json j = json::parse(turn_body(user, 200, true, session_id));
+    j["ignore_eos"] = true;  // the turn runs for all 200 tokens
+    return j.dump();
+}
+
+TEST_F(Sessions, ASecondTurnWhileTheFirstRunsIs409AndNothingInterleaves) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    const std::string chat = "/v1/chat/completions";
+
+    std::string raw;
+    const int fd = start_streamed_turn(s.port(), long_turn_body("Tell me a story", "busy"), raw);
+    ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
+
+    // The same session, in the body or the header, is busy: 409 with Retry-After.
+    for (const std::string& header : {std::string(), std::string("X-Session-Id: busy\r\n")}) {
+        const Reply r = exchange(s.port(), "POST", chat,
+                                 turn_body("Interrupting!", 4, false, header.empty() ? "busy" : ""), header);
+        expect_openai_error(r, 409, "second turn while the first runs");
+        EXPECT_EQ(r.json_body()["error"]["code"], "session_busy");
+        EXPECT_EQ(r.json_body()["error"]["param"], "session_id");
+        EXPECT_EQ(r.headers.count("retry-after"), 1u);
+    }
+    // Another session is not held up.
+    EXPECT_EQ(exchange(s.port(), "POST", chat, turn_body("Hi", 4, false, "other")).status, 200);
+
+    raw += read_to_eof(fd);
+    ::close(fd);
+    Reply first;
+    ASSERT_GT(parse_reply(raw, first), 0u);
+    const std::string answer1 = sse_text(first.body, true);
+    // Right after [DONE] the session takes its next turn (no retry needed).
+    const Reply second = exchange(s.port(), "POST", chat, turn_body("And then?", 8, false, "busy"));
+    ASSERT_EQ(second.status, 200) << second.body;
+    const std::string answer2 = second.json_body()["choices"][0]["message"]["content"];
+    EXPECT_EQ(answer2, greedy({{"user", "Tell me a story"}, {"assistant", answer1}, {"user", "And then?"}}, 8));
+
+    const json session = exchange(s.port(), "GET", "/v1/sessions/busy").json_body();
+    ASSERT_EQ(session["messages"].size(), 4u) << session.dump();
+    const std::vector<std::pair<std::string, std::string>> expected = {
+        {"user", "Tell me a story"}, {"assistant", answer1}, {"user", "And then?"}, {"assistant", answer2}};
+    for (size_t i = 0; i < expected.size(); ++i) {
+        EXPECT_EQ(session["messages"][i]["role"], expected[i].first) << i;
+        EXPECT_EQ(session["messages"][i]["content"], expected[i].second) << i;
+    }
+}
+
+TEST_F(Sessions, AnAbandonedStreamFreesItsSession) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    std::string raw;
+    const int fd = start_streamed_turn(s.port(), long_turn_body("Tell me a story", "gone"), raw);
+    ::close(fd);  // the client goes away mid-answer
+    Reply r;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    do {
+        r = exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Are you there?", 4, false, "gone"));
+        if (r.status != 409) break;
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    } while (std::chrono::steady_clock::now() < until);
+    ASSERT_EQ(r.status, 200) << r.body;
+    // The abandoned turn stored its question but no answer.
+    const json session = exchange(s.port(), "GET", "/v1/sessions/gone").json_body();
+    ASSERT_EQ(session["messages"].size(), 3u) << session.dump();
+    EXPECT_EQ(session["messages"][0]["content"], "Tell me a story");
+    EXPECT_EQ(session["messages"][1]["content"], "Are you there?");
+    EXPECT_EQ(session["messages"][2]["role"], "assistant");
+}
+
+TEST_F(Sessions, ConcurrentTurnsOnOneSessionAreAppliedWholeAndInOrder) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    // Three clients, three turns each, on one session; a 409 is retried (bounded).
+    constexpr int kClients = 3, kTurns = 3;
+    std::mutex mu;
+    std::map<std::string, std::string> answers;  // user message -> the answer its client got
+    std::atomic<int> conflicts{0}, failures{0};
+    std::vector<std::thread> clients;
+    for (int c = 0; c < kClients; ++c)
+        clients.emplace_back([&, c] {
+            for (int t = 0; t < kTurns; ++t) {
+                char user_text[32];
+                std::snprintf(user_text, sizeof user_text, "c%dt%d", c, t);
+                const std::string user = user_text;
+                const bool stream = (c + t) % 2 == 0;
+                Reply r;
+                const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+                do {
+                    r = exchange(s.port(), "POST", "/v1/chat/completions", turn_body(user, 6, stream, "shared"));
+                    if (r.status != 409) break;
+                    conflicts.fetch_add(1);
+                    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                } while (std::chrono::steady_clock::now() < until);
+                if (r.status != 200) {
+                    failures.fetch_add(1);
+                    continue;
+                }
+                const std::string answer =
+                    stream ? sse_text(r.body, true) : r.json_body()["choices"][0]["message"]["content"].get<std::string>();
+                std::lock_guard lk(mu);
+                answers[user] = answer;
+            }
+        });
+    for (auto& t : clients) t.join();
+    ASSERT_EQ(failures.load(), 0);
+    const json session = exchange(s.port(), "GET", "/v1/sessions/shared").json_body();
+    ASSERT_EQ(session["messages"].size(), size_t{2 * kClients * kTurns}) << session.dump();
+    // user, assistant, user, ...: each answer right after its own question, and
+    // each the greedy continuation of the conversation as stored before it.
+    std::vector<engine::ChatMessage> history;
+    for (size_t i = 0; i < session["messages"].size(); i += 2) {
+        const json& q = session["messages"][i];
+        const json& a = session["messages"][i + 1];
+        ASSERT_EQ(q["role"], "user") << i;
+        ASSERT_EQ(a["role"], "assistant") << i;
+        ASSERT_TRUE(answers.count(q["content"])) << q.dump();
+        EXPECT_EQ(a["content"], answers[q["content"]]) << "the answer stored after " << q["content"];
+        history.push_back({"user", q["content"]});
+        EXPECT_EQ(a["content"], greedy(history, 6)) << "turn " << i / 2 << " saw the conversation before it";
+        history.push_back({"assistant", a["content"]});
+    }
+    std::printf("[ sessions ] %d conflicts (409) retried\n", conflicts.load());
 }
 
 TEST_F(Sessions, DurableStoreKeepsSessionsAcrossServerInstances) {
