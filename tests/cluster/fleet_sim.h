@@ -36,6 +36,8 @@ struct FleetSimResult {
     int sessions_checked = 0;
     int64_t converged_after_ms = 0;  // simulated time from healing to convergence
     uint64_t frames = 0;
+    // Summed over the nodes' last lives: shows which paths a run went through.
+    uint64_t repairs = 0, handoffs = 0, resent = 0, fetches = 0;
 };
 
 FleetSimResult run_fleet_simulation(const FleetSimConfig& config);

@@ -573,6 +573,14 @@ FleetSimResult Fleet::run() {
     result.sessions_checked = static_cast<int>(created_.size());
     result.frames = frame_count_;
     result.converged_after_ms = now() - healed_at;
+    for (auto& n : nodes_) {
+        if (!n->up) continue;
+        const auto st = n->replicator->stats();
+        result.repairs += st.repairs_pushed + st.repairs_pulled;
+        result.handoffs += st.handoffs_confirmed;
+        result.resent += st.batches_resent;
+        result.fetches += st.fetches;
+    }
     if (!failure_.empty()) {
         result.failure = failure_;
     } else if (!done) {

@@ -6,38 +6,10 @@
 #include <cstdlib>
 
 #include "fleet_sim.h"
+#include "sim_seeds.h"
 
 namespace assistd::cluster::sim {
 namespace {
-
-// ASSISTD_SIM_SEED=<n> runs that one seed only (the replay of a failure).
-std::vector<uint64_t> seeds(uint64_t first, int count) {
-    std::vector<uint64_t> out;
-    if (const char* one = std::getenv("ASSISTD_SIM_SEED")) {
-        out.push_back(std::strtoull(one, nullptr, 10));
-        return out;
-    }
-    for (int i = 0; i < count; ++i) out.push_back(first + static_cast<uint64_t>(i));
-    return out;
-}
-
-void run_seeds(FleetSimConfig base, uint64_t first, int count, const char* name) {
-    const auto start = std::chrono::steady_clock::now();
-    int acknowledged = 0;
-    int64_t worst_convergence = 0;
-    for (uint64_t seed : seeds(first, count)) {
-        FleetSimConfig c = base;
-        c.seed = seed;
-        const auto r = run_fleet_simulation(c);
-        ASSERT_TRUE(r.ok) << "seed " << seed << " failed: " << r.failure << "\n" << replay_hint(seed, name);
-        acknowledged += r.acknowledged;
-        worst_convergence = std::max(worst_convergence, r.converged_after_ms);
-    }
-    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    std::printf("%s: %zu seeds, %d acknowledged writes checked, slowest convergence %lld simulated ms, %.2f s\n", name,
-                seeds(first, count).size(), acknowledged, static_cast<long long>(worst_convergence), secs);
-    EXPECT_GT(acknowledged, 0) << "the workload acknowledged nothing: the simulation checked nothing";
-}
 
 TEST(FleetSimulation, ReliableNetworkConverges) {
     FleetSimConfig c;
@@ -47,12 +19,17 @@ TEST(FleetSimulation, ReliableNetworkConverges) {
     run_seeds(c, 1, 5, "ReliableNetworkConverges");
 }
 
-TEST(FleetSimulation, FaultsAcrossManySeeds) {
+// 200 seeds in four tests, so ctest runs them side by side.
+FleetSimConfig faulty() {
     FleetSimConfig c;
     c.operations = 120;
     c.workload_ms = 1500;
-    run_seeds(c, 1000, 200, "FaultsAcrossManySeeds");
+    return c;
 }
+TEST(FleetSimulation, FaultsSeeds1000To1049) { run_seeds(faulty(), 1000, 50, "FaultsSeeds1000To1049", true); }
+TEST(FleetSimulation, FaultsSeeds1050To1099) { run_seeds(faulty(), 1050, 50, "FaultsSeeds1050To1099", true); }
+TEST(FleetSimulation, FaultsSeeds1100To1149) { run_seeds(faulty(), 1100, 50, "FaultsSeeds1100To1149", true); }
+TEST(FleetSimulation, FaultsSeeds1150To1199) { run_seeds(faulty(), 1150, 50, "FaultsSeeds1150To1199", true); }
 
 TEST(FleetSimulation, TwoNodesAllSessionsEverywhere) {
     FleetSimConfig c;
