@@ -12,6 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server       # the session benchmark's side-by-side baseline
   prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # peer replication streams
 )
 
 missing=()
