@@ -87,13 +87,11 @@ void Replicator::start() {
     subscription_ = store_.subscribe([this](const state::SessionEvent& ev) {
         // Remote changes came from a replica; anti-entropy covers the others.
         if (ev.remote) return;
-        std::function<void()> wake;
-        {
-            std::lock_guard<std::mutex> lock(dirty_mu_);
-            dirty_.insert(ev.session_id);
-            wake = wakeup_;
-        }
-        if (wake) wake();
+        // The wakeup runs under dirty_mu_, so set_wakeup(nullptr) returning
+        // means no call into the old wakeup is still in progress.
+        std::lock_guard<std::mutex> lock(dirty_mu_);
+        dirty_.insert(ev.session_id);
+        if (wakeup_) wakeup_();
     });
     started_ = true;
     tick();
@@ -643,7 +641,13 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
             if (p != identity_.node_id && membership_.is_live(p)) w.asked.insert(p);
         }
         const SessionState here = local_state(w.session_id);
-        if (w.asked.empty() && here.kind == SessionState::Kind::kMissing) {
+        const auto reps = place_replicas(w.session_id, members_, options_.replication_factor);
+        const bool only_here = reps.empty() || (reps.size() == 1 && reps.front() == identity_.node_id);
+        if (only_here && here.kind == SessionState::Kind::kMissing) {
+            // No other node could hold it (a fleet of one).
+            auto err = make_error(ErrorCode::kNotFound, "session '" + w.session_id + "' does not exist");
+            completions.push_back([cb = std::move(done), err] { cb(err); });
+        } else if (w.asked.empty() && here.kind == SessionState::Kind::kMissing) {
             auto err = make_error(ErrorCode::kResourceExhausted, "session '" + w.session_id +
                                                                      "' is not here and none of its replicas is reachable; retry shortly");
             completions.push_back([cb = std::move(done), err] { cb(err); });

@@ -91,7 +91,8 @@ public:
     void tick();
     // Pushes the sessions written locally since the last flush.
     void flush();
-    // Called (on the writer's thread, no locks held) when flush() has work.
+    // Called on the writer's thread when flush() has work; must be quick and
+    // must not call into the replicator (it runs under an internal lock).
     void set_wakeup(std::function<void()> wakeup);
 
     // Completes with ok once sync_acks peers hold `version` of the session (at

@@ -2,6 +2,7 @@
 // stores in temp dirs, the real-time driver, the system clock.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -12,6 +13,7 @@
 
 #include "cluster/driver.h"
 #include "cluster/grpc_transport.h"
+#include "cluster/replicated_session_store.h"
 #include "cluster/replicator.h"
 #include "state/durable_session_store.h"
 #endif
@@ -35,17 +37,21 @@ protected:
     void SetUp() override {
         dir_ = std::filesystem::temp_directory_path() / fmt::format("assistd-grpc-{}", ::getpid());
         std::filesystem::remove_all(dir_);
-        for (int i = 0; i < 2; ++i) {
+    }
+    void start_fleet(int count, ReplicationOptions o = {}) {
+        nodes_.resize(count);
+        std::vector<std::string> addresses;
+        for (auto& n : nodes_) {
             auto t = GrpcTransport::start(GrpcTransportOptions{"127.0.0.1:0", 4096});
             ASSERT_TRUE(t.ok()) << t.error().message;
-            nodes_[i].transport = std::move(t).value();
-            nodes_[i].address = fmt::format("127.0.0.1:{}", nodes_[i].transport->port());
+            n.transport = std::move(t).value();
+            n.address = fmt::format("127.0.0.1:{}", n.transport->port());
+            addresses.push_back(n.address);
         }
-        ReplicationOptions o;
         o.heartbeat_interval_ms = 50;
         o.suspect_after_ms = 500;
         o.anti_entropy_interval_ms = 300;
-        for (int i = 0; i < 2; ++i) {
+        for (int i = 0; i < count; ++i) {
             auto& n = nodes_[i];
             const NodeIdentity id{static_cast<NodeId>(1000 + i), 1, replica_id_for(1000 + i, 1)};
             state::DurableSessionStoreOptions so;
@@ -54,7 +60,7 @@ protected:
             auto store = state::DurableSessionStore::open(so, SystemClock::instance());
             ASSERT_TRUE(store.ok()) << store.error().message;
             n.store = std::move(store).value();
-            n.discovery = std::make_unique<StaticDiscovery>(std::vector<std::string>{nodes_[0].address, nodes_[1].address});
+            n.discovery = std::make_unique<StaticDiscovery>(addresses);
             n.replicator = std::make_unique<Replicator>(id, n.address, o, *n.store, *n.transport, *n.discovery,
                                                         SystemClock::instance(), 11 + i);
             Replicator* r = n.replicator.get();
@@ -62,6 +68,12 @@ protected:
             n.replicator->start();
             n.driver = std::make_unique<ReplicationDriver>(*n.replicator, 10);
         }
+        ASSERT_TRUE(eventually([&] {
+            for (auto& n : nodes_) {
+                if (n.replicator->members().size() != nodes_.size()) return false;
+            }
+            return true;
+        })) << "the nodes never heard each other";
     }
     void TearDown() override {
         for (auto& n : nodes_) {
@@ -87,14 +99,13 @@ protected:
     }
 
     std::filesystem::path dir_;
-    RealNode nodes_[2];
+    std::vector<RealNode> nodes_;
 };
 
 TEST_F(GrpcLoopbackTest, WritesOnOneNodeAreAcknowledgedByAndReadableOnTheOther) {
+    ASSERT_NO_FATAL_FAILURE(start_fleet(2));
     auto& a = nodes_[0];
     auto& b = nodes_[1];
-    ASSERT_TRUE(eventually([&] { return a.replicator->members().size() == 2 && b.replicator->members().size() == 2; }))
-        << "the nodes never heard each other";
     for (int i = 0; i < 20; ++i) {
         const std::string id = fmt::format("chat-{}", i);
         ASSERT_TRUE(a.store->create(id, "tenant", "t").ok());
@@ -109,9 +120,9 @@ TEST_F(GrpcLoopbackTest, WritesOnOneNodeAreAcknowledgedByAndReadableOnTheOther) 
 }
 
 TEST_F(GrpcLoopbackTest, ConcurrentAppendsThroughBothNodesConverge) {
+    ASSERT_NO_FATAL_FAILURE(start_fleet(2));
     auto& a = nodes_[0];
     auto& b = nodes_[1];
-    ASSERT_TRUE(eventually([&] { return a.replicator->members().size() == 2 && b.replicator->members().size() == 2; }));
     ASSERT_TRUE(a.store->create("shared", "tenant", "t").ok());
     ASSERT_TRUE(a.driver->await_replication("shared", a.store->version("shared").value(), 5000).ok());
     std::thread writer_b([&] {
@@ -128,6 +139,50 @@ TEST_F(GrpcLoopbackTest, ConcurrentAppendsThroughBothNodesConverge) {
     auto x = a.store->get("shared").value();
     auto y = b.store->get("shared").value();
     for (size_t i = 0; i < x.messages.size(); ++i) EXPECT_EQ(x.messages[i].id, y.messages[i].id);
+}
+
+TEST_F(GrpcLoopbackTest, AnyNodeServesAnySessionThroughTheReplicatedStore) {
+    ReplicationOptions o;
+    o.replication_factor = 2;
+    ASSERT_NO_FATAL_FAILURE(start_fleet(3, o));
+    // A session whose replicas are nodes 0 and 1: node 2 holds nothing of it.
+    std::string id;
+    for (int i = 0; id.empty(); ++i) {
+        const std::string c = fmt::format("chat-{}", i);
+        auto r = nodes_[0].replicator->replicas(c);
+        std::sort(r.begin(), r.end());
+        if (r == std::vector<NodeId>{1000, 1001}) id = c;
+    }
+    ReplicatedSessionStore a(*nodes_[0].store, *nodes_[0].driver);
+    ReplicatedSessionStore c(*nodes_[2].store, *nodes_[2].driver);
+    ASSERT_TRUE(a.create(id, "tenant", "t").ok());
+    ASSERT_TRUE(a.append_message(id, {"user", "hello"}).ok());
+    ASSERT_FALSE(nodes_[2].store->get(id).ok());
+
+    auto fetched = c.get(id);  // fetch-on-miss
+    ASSERT_TRUE(fetched.ok()) << fetched.error().message;
+    ASSERT_EQ(fetched->messages.size(), 1u);
+    EXPECT_EQ(fetched->messages[0].content, "hello");
+    EXPECT_GE(nodes_[2].replicator->stats().fetches, 1u);
+
+    // A turn through node 2 is acknowledged by a replica: readable on both at once.
+    auto m = c.append_message(id, {"assistant", "hi there"});
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    EXPECT_TRUE(eventually([&] {
+        auto x = nodes_[0].store->get(id);
+        auto y = nodes_[1].store->get(id);
+        return x.ok() && y.ok() && x->messages.size() == 2 && y->messages.size() == 2;
+    }));
+
+    // Absent everywhere: the usual not-found, after asking.
+    auto missing = c.get("never-was");
+    ASSERT_FALSE(missing.ok());
+    EXPECT_EQ(missing.error().code, ErrorCode::kNotFound);
+
+    // A deletion through any node reaches every replica.
+    ASSERT_TRUE(c.remove(id).ok());
+    EXPECT_TRUE(nodes_[0].store->deleted(id) || nodes_[1].store->deleted(id)) << "acknowledged by a replica";
+    EXPECT_TRUE(eventually([&] { return nodes_[0].store->deleted(id) && nodes_[1].store->deleted(id); }));
 }
 
 TEST(GrpcTransportErrors, BadListenAddressesAreClearErrors) {
