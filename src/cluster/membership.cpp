@@ -104,7 +104,7 @@ bool Membership::set_discovered(const std::vector<std::string>& addresses) {
         else ++it;
     }
     for (const auto& a : now) {
-        if (a == self_address_) continue;
+        if (a == self_address_ || self_aliases_.count(a)) continue;
         auto& p = peers_[a];
         p.address = a;
         p.discovered = true;
@@ -114,7 +114,14 @@ bool Membership::set_discovered(const std::vector<std::string>& addresses) {
 
 bool Membership::heard(const std::string& address, NodeId node, int64_t now_ms, bool& members_changed) {
     members_changed = false;
-    if (node == self_ || address == self_address_) return false;
+    if (address == self_address_) return false;
+    if (node == self_) {
+        // Our own frame came back through another address (the DNS lists our
+        // pod IP, the peer list names us differently): that address is us.
+        self_aliases_.insert(address);
+        peers_.erase(address);
+        return false;
+    }
     const auto before = members();
     auto& p = peers_[address];
     const bool was_live = p.health == PeerHealth::kLive && p.node_id == node;

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -113,6 +114,7 @@ private:
     int64_t suspect_after_ms_;
     std::map<std::string, PeerInfo> peers_;  // by address
     bool leaving_ = false;
+    std::set<std::string> self_aliases_;  // other addresses that turned out to be this node
 };
 
 }  // namespace assistd::cluster

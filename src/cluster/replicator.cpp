@@ -268,8 +268,11 @@ void Replicator::receive(std::string_view frame) {
     }
     {
         std::lock_guard<std::mutex> lock(mu_);
-        if (m.from == identity_.node_id) return;  // our own frame, e.g. via a discovered self address
         bool changed = false;
+        if (m.from == identity_.node_id) {  // our own frame, via an address that is ours
+            if (membership_.heard(m.from_address, m.from, now_ms(), changed) || changed) members_changed();
+            return;
+        }
         if (membership_.heard(m.from_address, m.from, now_ms(), changed)) reconnected_.insert(m.from);
         if (changed) members_changed();
         switch (m.kind) {

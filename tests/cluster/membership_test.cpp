@@ -114,5 +114,20 @@ TEST(Membership, OwnFramesAndAddressAreIgnored) {
     EXPECT_TRUE(m.peers().empty());
 }
 
+TEST(Membership, AnAddressThatTurnsOutToBeThisNodeIsNoPeer) {
+    // The DNS lists our pod IP while we call ourselves by another name: our
+    // own heartbeat comes back through it. Counting it as a peer would make
+    // writes wait for acknowledgements from ourselves.
+    Membership m(1, "me.local:7001", 1000);
+    m.set_discovered({"10.0.0.1:7001", "10.0.0.2:7001"});
+    EXPECT_EQ(m.discovered_peer_count(), 2u);
+    bool changed = false;
+    EXPECT_FALSE(m.heard("10.0.0.1:7001", 1, 0, changed));
+    EXPECT_EQ(m.discovered_peer_count(), 1u);
+    m.set_discovered({"10.0.0.1:7001", "10.0.0.2:7001"});  // the next resolution lists it again
+    EXPECT_EQ(m.discovered_peer_count(), 1u);
+    EXPECT_EQ(m.peer_addresses(), (std::vector<std::string>{"10.0.0.2:7001"}));
+}
+
 }  // namespace
 }  // namespace assistd::cluster
