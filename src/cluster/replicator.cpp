@@ -462,6 +462,11 @@ void Replicator::on_summary(const Message& m) {
     for (const auto& [id, s] : theirs) {
         if (!ours.count(id)) ours[id] = local_state(id);  // held outside the scope, or not at all
     }
+    // A difference that a push already on its way explains is a race, not a repair.
+    std::set<std::string> on_the_way(link.pending.begin(), link.pending.end());
+    for (const auto& [batch, f] : link.inflight) {
+        for (const auto& s : f.sent) on_the_way.insert(s.session_id);
+    }
     Message pull;
     pull.kind = MessageKind::kPull;
     for (const auto& [id, mine] : ours) {
@@ -470,7 +475,7 @@ void Replicator::on_summary(const Message& m) {
         if (!covers(other, mine)) {
             link.known[id] = other;
             link.pending.insert(id);
-            ++stats_.repairs_pushed;
+            if (!on_the_way.count(id)) ++stats_.repairs_pushed;
         }
         if (!covers(mine, other)) {
             pull.states.push_back(mine);
