@@ -106,17 +106,24 @@ TEST_F(GrpcLoopbackTest, WritesOnOneNodeAreAcknowledgedByAndReadableOnTheOther) 
     ASSERT_NO_FATAL_FAILURE(start_fleet(2));
     auto& a = nodes_[0];
     auto& b = nodes_[1];
+    std::vector<double> ms;  // append + wait for the replica's ack, as a request would
     for (int i = 0; i < 20; ++i) {
         const std::string id = fmt::format("chat-{}", i);
         ASSERT_TRUE(a.store->create(id, "tenant", "t").ok());
+        const auto t0 = std::chrono::steady_clock::now();
         ASSERT_TRUE(a.store->append_message(id, {"user", fmt::format("question {}", i)}).ok());
         auto st = a.driver->await_replication(id, a.store->version(id).value(), 5000);
+        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
         ASSERT_TRUE(st.ok()) << st.error().message;
         // Acknowledged means durable on B already: readable there right now.
         auto there = b.store->get(id);
         ASSERT_TRUE(there.ok()) << id;
         EXPECT_EQ(there->messages.at(0).content, fmt::format("question {}", i));
     }
+    std::sort(ms.begin(), ms.end());
+    std::printf("append acknowledged by a replica over gRPC loopback (group commit on both): p50 %.2f ms, max %.2f ms "
+                "over %zu writes\n",
+                ms[ms.size() / 2], ms.back(), ms.size());
 }
 
 TEST_F(GrpcLoopbackTest, ConcurrentAppendsThroughBothNodesConverge) {
