@@ -38,7 +38,8 @@ void ReplicationDriver::loop() {
         replicator_.flush();
         if (std::chrono::steady_clock::now() >= next_tick) {
             replicator_.tick();
-            next_tick = std::chrono::steady_clock::now() + std::chrono::milliseconds(tick_interval_ms_);
+            next_tick =
+                std::chrono::steady_clock::now() + std::chrono::milliseconds(tick_interval_ms_);
         }
         lock.lock();
     }
@@ -50,24 +51,33 @@ Status wait_for(const std::function<void(Replicator::Callback)>& start, int64_t 
     auto promise = std::make_shared<std::promise<Status>>();
     auto future = promise->get_future();
     start([promise](Status st) { promise->set_value(std::move(st)); });
-    // The replicator fails the wait at its own deadline; this margin only guards against a stopped driver.
-    if (future.wait_for(std::chrono::milliseconds(timeout_ms + 1000)) != std::future_status::ready) {
-        return make_error(ErrorCode::kResourceExhausted, "replication did not answer in time; is the node shutting down?");
+    // The replicator fails the wait at its own deadline; this margin only guards against a stopped
+    // driver.
+    if (future.wait_for(std::chrono::milliseconds(timeout_ms + 1000)) !=
+        std::future_status::ready) {
+        return make_error(ErrorCode::kResourceExhausted,
+                          "replication did not answer in time; is the node shutting down?");
     }
     return future.get();
 }
 }  // namespace
 
-Status ReplicationDriver::await_replication(std::string_view session_id, const state::crdt::VersionVector& version,
+Status ReplicationDriver::await_replication(std::string_view session_id,
+                                            const state::crdt::VersionVector& version,
                                             int64_t timeout_ms) {
     std::string id(session_id);
-    return wait_for([&](Replicator::Callback cb) { replicator_.await_replication(id, version, timeout_ms, std::move(cb)); },
-                    timeout_ms);
+    return wait_for(
+        [&](Replicator::Callback cb) {
+            replicator_.await_replication(id, version, timeout_ms, std::move(cb));
+        },
+        timeout_ms);
 }
 
 Status ReplicationDriver::fetch(std::string_view session_id, int64_t timeout_ms) {
     std::string id(session_id);
-    return wait_for([&](Replicator::Callback cb) { replicator_.fetch(id, timeout_ms, std::move(cb)); }, timeout_ms);
+    return wait_for(
+        [&](Replicator::Callback cb) { replicator_.fetch(id, timeout_ms, std::move(cb)); },
+        timeout_ms);
 }
 
 }  // namespace assistd::cluster

@@ -11,7 +11,7 @@
 namespace assistd::cluster {
 
 class ReplicationDriver {
-public:
+  public:
     ReplicationDriver(Replicator& replicator, int64_t tick_interval_ms = 20);
     ~ReplicationDriver();  // stops the thread
     ReplicationDriver(const ReplicationDriver&) = delete;
@@ -22,7 +22,7 @@ public:
                              int64_t timeout_ms);
     Status fetch(std::string_view session_id, int64_t timeout_ms);
 
-private:
+  private:
     void loop();
 
     Replicator& replicator_;

@@ -17,9 +17,10 @@ namespace pb = assistd::cluster::v1;
 struct GrpcTransport::Impl {
     // Inbound: every stream a peer opens; each frame goes to the handler.
     class Service final : public pb::Peer::Service {
-    public:
+      public:
         explicit Service(Impl& impl) : impl_(impl) {}
-        grpc::Status Stream(grpc::ServerContext*, grpc::ServerReaderWriter<pb::Frame, pb::Frame>* stream) override {
+        grpc::Status Stream(grpc::ServerContext*,
+                            grpc::ServerReaderWriter<pb::Frame, pb::Frame>* stream) override {
             pb::Frame frame;
             while (stream->Read(&frame)) {
                 FrameHandler handler;
@@ -32,7 +33,7 @@ struct GrpcTransport::Impl {
             return grpc::Status::OK;
         }
 
-    private:
+      private:
         Impl& impl_;
     };
 
@@ -99,7 +100,8 @@ struct GrpcTransport::Impl {
                 stopping = o.stopping;
             }
             if (stopping) return;
-            // A broken stream: frames written into it may be lost (the replicator resends); back off and reconnect.
+            // A broken stream: frames written into it may be lost (the replicator resends); back
+            // off and reconnect.
             std::unique_lock<std::mutex> lock(o.mu);
             o.cv.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return o.stopping; });
             backoff_ms = std::min(backoff_ms * 2, 1000);
@@ -116,12 +118,14 @@ Result<std::unique_ptr<GrpcTransport>> GrpcTransport::start(const GrpcTransportO
                           "peer listen address '" + options.listen_address + "' must be host:port");
     }
     if (options.max_queued_frames == 0) {
-        return make_error(ErrorCode::kInvalidArgument, "peer transport: max_queued_frames must be at least 1");
+        return make_error(ErrorCode::kInvalidArgument,
+                          "peer transport: max_queued_frames must be at least 1");
     }
     auto impl = std::make_unique<Impl>();
     impl->options = options;
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &impl->port);
+    builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
+                             &impl->port);
     builder.RegisterService(&impl->service);
     builder.SetMaxReceiveMessageSize(64 << 20);
     impl->server = builder.BuildAndStart();
@@ -186,8 +190,12 @@ void GrpcTransport::send(const std::string& address, std::string frame) {
     o->cv.notify_one();
 }
 
-int GrpcTransport::port() const { return impl_->port; }
+int GrpcTransport::port() const {
+    return impl_->port;
+}
 
-uint64_t GrpcTransport::frames_dropped() const { return impl_->dropped.load(); }
+uint64_t GrpcTransport::frames_dropped() const {
+    return impl_->dropped.load();
+}
 
 }  // namespace assistd::cluster

@@ -16,11 +16,11 @@ namespace assistd::cluster {
 
 struct GrpcTransportOptions {
     std::string listen_address = "0.0.0.0:7001";  // host:port; port 0 picks a free one
-    size_t max_queued_frames = 4096;               // per peer; beyond it new frames are dropped
+    size_t max_queued_frames = 4096;              // per peer; beyond it new frames are dropped
 };
 
 class GrpcTransport final : public Transport {
-public:
+  public:
     using FrameHandler = std::function<void(std::string_view frame)>;
 
     // Starts listening; frames are handed to the handler set with set_handler
@@ -35,7 +35,7 @@ public:
 
     struct Impl;
 
-private:
+  private:
     explicit GrpcTransport(std::unique_ptr<Impl> impl);
     std::unique_ptr<Impl> impl_;
 };

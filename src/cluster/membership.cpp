@@ -1,7 +1,7 @@
 #include "cluster/membership.h"
 
-#include <netdb.h>
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -15,15 +15,19 @@ Result<std::vector<std::string>> SystemResolver::resolve(const std::string& host
     hints.ai_socktype = SOCK_STREAM;
     addrinfo* res = nullptr;
     const int rc = ::getaddrinfo(host.c_str(), nullptr, &hints, &res);
-    if (rc != 0) return make_error(ErrorCode::kNotFound, "cannot resolve '" + host + "': " + ::gai_strerror(rc));
+    if (rc != 0)
+        return make_error(ErrorCode::kNotFound,
+                          "cannot resolve '" + host + "': " + ::gai_strerror(rc));
     std::set<std::string> out;
     for (addrinfo* a = res; a; a = a->ai_next) {
         char buf[INET6_ADDRSTRLEN] = {};
         if (a->ai_family == AF_INET) {
-            ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, buf, sizeof buf);
+            ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ai_addr)->sin_addr, buf,
+                        sizeof buf);
             out.insert(buf);
         } else if (a->ai_family == AF_INET6) {
-            ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, buf, sizeof buf);
+            ::inet_ntop(AF_INET6, &reinterpret_cast<sockaddr_in6*>(a->ai_addr)->sin6_addr, buf,
+                        sizeof buf);
             out.insert(std::string("[") + buf + "]");
         }
     }
@@ -45,13 +49,15 @@ Result<std::vector<std::string>> parse_peer_list(const std::string& text) {
     size_t start = 0;
     while (start <= text.size()) {
         const size_t comma = text.find(',', start);
-        const std::string entry = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        const std::string entry =
+            text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
         start = comma == std::string::npos ? text.size() + 1 : comma + 1;
         if (entry.empty()) continue;
         const size_t colon = entry.rfind(':');
         const std::string host = colon == std::string::npos ? "" : entry.substr(0, colon);
         const std::string port = colon == std::string::npos ? "" : entry.substr(colon + 1);
-        bool port_ok = !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), ::isdigit);
+        bool port_ok =
+            !port.empty() && port.size() <= 5 && std::all_of(port.begin(), port.end(), ::isdigit);
         if (port_ok) {
             const long p = std::stol(port);
             port_ok = p >= 1 && p <= 65535;
@@ -62,7 +68,9 @@ Result<std::vector<std::string>> parse_peer_list(const std::string& text) {
         }
         out.push_back(entry);
     }
-    if (out.empty()) return make_error(ErrorCode::kInvalidArgument, "the peer list is empty: give host:port[,host:port...]");
+    if (out.empty())
+        return make_error(ErrorCode::kInvalidArgument,
+                          "the peer list is empty: give host:port[,host:port...]");
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
     return out;
@@ -73,12 +81,14 @@ Result<std::unique_ptr<Discovery>> make_discovery(const std::string& spec, Resol
         const std::string rest = spec.substr(4);
         auto parsed = parse_peer_list(rest);
         if (!parsed.ok() || parsed->size() != 1) {
-            return make_error(ErrorCode::kInvalidArgument, "peer discovery '" + spec + "' must be dns:NAME:PORT");
+            return make_error(ErrorCode::kInvalidArgument,
+                              "peer discovery '" + spec + "' must be dns:NAME:PORT");
         }
         const std::string& entry = parsed->front();
         const size_t colon = entry.rfind(':');
         return std::unique_ptr<Discovery>(std::make_unique<DnsDiscovery>(
-            entry.substr(0, colon), static_cast<uint16_t>(std::stoul(entry.substr(colon + 1))), resolver));
+            entry.substr(0, colon), static_cast<uint16_t>(std::stoul(entry.substr(colon + 1))),
+            resolver));
     }
     auto list = parse_peer_list(spec);
     if (!list.ok()) return list.error();
@@ -87,9 +97,12 @@ Result<std::unique_ptr<Discovery>> make_discovery(const std::string& spec, Resol
 
 const char* peer_health_name(PeerHealth health) {
     switch (health) {
-        case PeerHealth::kUnknown: return "unknown";
-        case PeerHealth::kLive: return "live";
-        case PeerHealth::kSuspect: return "suspect";
+        case PeerHealth::kUnknown:
+            return "unknown";
+        case PeerHealth::kLive:
+            return "live";
+        case PeerHealth::kSuspect:
+            return "suspect";
     }
     return "unknown";
 }
@@ -100,8 +113,10 @@ bool Membership::set_discovered(const std::vector<std::string>& addresses) {
     for (auto it = peers_.begin(); it != peers_.end();) {
         it->second.discovered = now.count(it->first) > 0;
         // A peer that is neither discovered nor heard from recently is forgotten.
-        if (!it->second.discovered && it->second.health != PeerHealth::kLive) it = peers_.erase(it);
-        else ++it;
+        if (!it->second.discovered && it->second.health != PeerHealth::kLive)
+            it = peers_.erase(it);
+        else
+            ++it;
     }
     for (const auto& a : now) {
         if (a == self_address_ || self_aliases_.count(a)) continue;
@@ -112,7 +127,8 @@ bool Membership::set_discovered(const std::vector<std::string>& addresses) {
     return members() != before;
 }
 
-bool Membership::heard(const std::string& address, NodeId node, int64_t now_ms, bool& members_changed) {
+bool Membership::heard(const std::string& address, NodeId node, int64_t now_ms,
+                       bool& members_changed) {
     members_changed = false;
     if (address == self_address_) return false;
     if (node == self_) {
@@ -171,8 +187,10 @@ size_t Membership::discovered_peer_count() const {
     size_t unknown = 0;
     for (const auto& [a, p] : peers_) {
         if (!p.discovered) continue;
-        if (p.node_id == 0) ++unknown;
-        else ids.insert(p.node_id);
+        if (p.node_id == 0)
+            ++unknown;
+        else
+            ids.insert(p.node_id);
     }
     return ids.size() + unknown;
 }
@@ -185,7 +203,9 @@ const PeerInfo* Membership::newest_for(NodeId node) const {
     return best;
 }
 
-bool Membership::is_live(NodeId node) const { return health(node) == PeerHealth::kLive; }
+bool Membership::is_live(NodeId node) const {
+    return health(node) == PeerHealth::kLive;
+}
 
 PeerHealth Membership::health(NodeId node) const {
     if (node == self_) return PeerHealth::kLive;

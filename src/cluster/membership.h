@@ -18,42 +18,43 @@
 namespace assistd::cluster {
 
 class Discovery {
-public:
+  public:
     virtual ~Discovery() = default;
     // The fleet's peer addresses ("host:port"); this node's own may be among them.
     virtual Result<std::vector<std::string>> peers() = 0;
 };
 
 class StaticDiscovery final : public Discovery {
-public:
-    explicit StaticDiscovery(std::vector<std::string> addresses) : addresses_(std::move(addresses)) {}
+  public:
+    explicit StaticDiscovery(std::vector<std::string> addresses)
+        : addresses_(std::move(addresses)) {}
     Result<std::vector<std::string>> peers() override { return addresses_; }
 
-private:
+  private:
     std::vector<std::string> addresses_;
 };
 
 // Name resolution, injected so tests decide what a name resolves to.
 class Resolver {
-public:
+  public:
     virtual ~Resolver() = default;
     // The IP addresses `host` resolves to (text form).
     virtual Result<std::vector<std::string>> resolve(const std::string& host) = 0;
 };
 
 class SystemResolver final : public Resolver {
-public:
+  public:
     Result<std::vector<std::string>> resolve(const std::string& host) override;  // getaddrinfo
 };
 
 // Every address of `host`, each with `port`: the members behind a headless Service.
 class DnsDiscovery final : public Discovery {
-public:
+  public:
     DnsDiscovery(std::string host, uint16_t port, Resolver& resolver)
         : host_(std::move(host)), port_(port), resolver_(resolver) {}
     Result<std::vector<std::string>> peers() override;
 
-private:
+  private:
     std::string host_;
     uint16_t port_;
     Resolver& resolver_;
@@ -69,16 +70,18 @@ const char* peer_health_name(PeerHealth health);
 
 struct PeerInfo {
     std::string address;
-    NodeId node_id = 0;           // 0 until the peer has sent something
-    int64_t last_heard_ms = -1;   // monotonic ms; -1: never
-    bool discovered = false;      // in the discovery result (else only heard from)
+    NodeId node_id = 0;          // 0 until the peer has sent something
+    int64_t last_heard_ms = -1;  // monotonic ms; -1: never
+    bool discovered = false;     // in the discovery result (else only heard from)
     PeerHealth health = PeerHealth::kUnknown;
 };
 
 class Membership {
-public:
+  public:
     Membership(NodeId self, std::string self_address, int64_t suspect_after_ms)
-        : self_(self), self_address_(std::move(self_address)), suspect_after_ms_(suspect_after_ms) {}
+        : self_(self),
+          self_address_(std::move(self_address)),
+          suspect_after_ms_(suspect_after_ms) {}
 
     // Replaces the discovered addresses; true when the placeable members changed.
     bool set_discovered(const std::vector<std::string>& addresses);
@@ -106,7 +109,7 @@ public:
     std::optional<std::string> address_of(NodeId node) const;
     std::vector<PeerInfo> peers() const;
 
-private:
+  private:
     const PeerInfo* newest_for(NodeId node) const;
 
     NodeId self_;

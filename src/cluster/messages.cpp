@@ -28,13 +28,16 @@ void write_states(Writer& w, const std::vector<SessionState>& states) {
     for (const auto& s : states) write_state(w, s);
 }
 
-Error corrupt(const std::string& what) { return make_error(ErrorCode::kCorrupt, "cluster message: " + what); }
+Error corrupt(const std::string& what) {
+    return make_error(ErrorCode::kCorrupt, "cluster message: " + what);
+}
 
 bool read_state(Reader& r, SessionState& s) {
     std::string_view id;
     uint8_t kind;
     uint64_t n;
-    if (!r.bytes(id) || !r.u8(kind) || kind > 2 || !r.varint(n) || n > r.remaining() / 2) return false;
+    if (!r.bytes(id) || !r.u8(kind) || kind > 2 || !r.varint(n) || n > r.remaining() / 2)
+        return false;
     s.session_id.assign(id);
     s.kind = static_cast<SessionState::Kind>(kind);
     uint64_t last = 0;
@@ -63,12 +66,18 @@ bool read_states(Reader& r, std::vector<SessionState>& out) {
 
 const char* message_kind_name(MessageKind kind) {
     switch (kind) {
-        case MessageKind::kHeartbeat: return "heartbeat";
-        case MessageKind::kDeltas: return "deltas";
-        case MessageKind::kAck: return "ack";
-        case MessageKind::kDigest: return "digest";
-        case MessageKind::kSummary: return "summary";
-        case MessageKind::kPull: return "pull";
+        case MessageKind::kHeartbeat:
+            return "heartbeat";
+        case MessageKind::kDeltas:
+            return "deltas";
+        case MessageKind::kAck:
+            return "ack";
+        case MessageKind::kDigest:
+            return "digest";
+        case MessageKind::kSummary:
+            return "summary";
+        case MessageKind::kPull:
+            return "pull";
     }
     return "unknown";
 }
@@ -88,7 +97,8 @@ std::string encode_message(const Message& m) {
     w.bytes(m.from_address);
     w.varint(m.id);
     switch (m.kind) {
-        case MessageKind::kHeartbeat: break;
+        case MessageKind::kHeartbeat:
+            break;
         case MessageKind::kDeltas:
             w.varint(m.deltas.size());
             for (const auto& d : m.deltas) {
@@ -97,7 +107,9 @@ std::string encode_message(const Message& m) {
             }
             break;
         case MessageKind::kAck:
-        case MessageKind::kPull: write_states(w, m.states); break;
+        case MessageKind::kPull:
+            write_states(w, m.states);
+            break;
         case MessageKind::kDigest:
         case MessageKind::kSummary:
             w.varint(m.buckets.size());
@@ -115,18 +127,21 @@ Result<Message> decode_message(std::string_view bytes) {
     if (!r.u8(magic) || magic != kMagic) return corrupt("not a cluster frame (bad magic byte)");
     if (!r.u8(version)) return corrupt("truncated header");
     if (version != kVersion) {
-        return make_error(ErrorCode::kUnsupported, "cluster message: version " + std::to_string(version) +
-                                                       " is not supported (this build speaks 1); upgrade the older node");
+        return make_error(ErrorCode::kUnsupported,
+                          "cluster message: version " + std::to_string(version) +
+                              " is not supported (this build speaks 1); upgrade the older node");
     }
     if (!r.u8(kind) || kind < 1 || kind > 6) return corrupt("unknown message kind");
     Message m;
     m.kind = static_cast<MessageKind>(kind);
     std::string_view addr;
-    if (!r.varint(m.from) || m.from == 0 || !r.bytes(addr) || !r.varint(m.id)) return corrupt("truncated header");
+    if (!r.varint(m.from) || m.from == 0 || !r.bytes(addr) || !r.varint(m.id))
+        return corrupt("truncated header");
     m.from_address.assign(addr);
     bool ok = true;
     switch (m.kind) {
-        case MessageKind::kHeartbeat: break;
+        case MessageKind::kHeartbeat:
+            break;
         case MessageKind::kDeltas: {
             uint64_t n;
             ok = r.varint(n) && n <= r.remaining() / 2;
@@ -144,7 +159,9 @@ Result<Message> decode_message(std::string_view bytes) {
             break;
         }
         case MessageKind::kAck:
-        case MessageKind::kPull: ok = read_states(r, m.states); break;
+        case MessageKind::kPull:
+            ok = read_states(r, m.states);
+            break;
         case MessageKind::kDigest:
         case MessageKind::kSummary: {
             uint64_t n;

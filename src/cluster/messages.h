@@ -24,7 +24,14 @@
 
 namespace assistd::cluster {
 
-enum class MessageKind : uint8_t { kHeartbeat = 1, kDeltas = 2, kAck = 3, kDigest = 4, kSummary = 5, kPull = 6 };
+enum class MessageKind : uint8_t {
+    kHeartbeat = 1,
+    kDeltas = 2,
+    kAck = 3,
+    kDigest = 4,
+    kSummary = 5,
+    kPull = 6
+};
 const char* message_kind_name(MessageKind kind);
 
 // What one node holds of one session.

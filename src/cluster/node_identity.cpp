@@ -15,7 +15,8 @@ namespace assistd::cluster {
 namespace {
 
 Error file_error(const std::string& path, const std::string& what) {
-    return make_error(ErrorCode::kIo, "node identity: " + what + " '" + path + "': " + std::strerror(errno));
+    return make_error(ErrorCode::kIo,
+                      "node identity: " + what + " '" + path + "': " + std::strerror(errno));
 }
 
 // Writes through a temporary file, fsyncs it and renames it over the old one:
@@ -55,15 +56,21 @@ uint64_t replica_id_for(NodeId node_id, uint64_t incarnation) {
 
 Result<NodeId> parse_node_id(const std::string& text) {
     if (text.empty() || text.size() > 16) {
-        return make_error(ErrorCode::kInvalidArgument, "node id '" + text + "' must be 1 to 16 hex digits");
+        return make_error(ErrorCode::kInvalidArgument,
+                          "node id '" + text + "' must be 1 to 16 hex digits");
     }
     NodeId id = 0;
     for (char c : text) {
         int d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else return make_error(ErrorCode::kInvalidArgument, "node id '" + text + "' must be 1 to 16 hex digits");
+        if (c >= '0' && c <= '9')
+            d = c - '0';
+        else if (c >= 'a' && c <= 'f')
+            d = c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            d = c - 'A' + 10;
+        else
+            return make_error(ErrorCode::kInvalidArgument,
+                              "node id '" + text + "' must be 1 to 16 hex digits");
         id = (id << 4) | static_cast<NodeId>(d);
     }
     if (id == 0) return make_error(ErrorCode::kInvalidArgument, "node id must not be zero");
@@ -80,7 +87,8 @@ Result<NodeIdentity> load_node_identity(const std::string& state_dir, NodeId fre
     std::error_code ec;
     std::filesystem::create_directories(state_dir, ec);
     if (ec) {
-        return make_error(ErrorCode::kIo, "node identity: cannot create directory '" + state_dir + "': " + ec.message());
+        return make_error(ErrorCode::kIo, "node identity: cannot create directory '" + state_dir +
+                                              "': " + ec.message());
     }
     const std::string path = (std::filesystem::path(state_dir) / "node-id").string();
     NodeIdentity identity;
@@ -93,28 +101,37 @@ Result<NodeIdentity> load_node_identity(const std::string& state_dir, NodeId fre
             const std::string key = line.substr(0, eq), value = line.substr(eq + 1);
             if (key == "node_id") {
                 auto id = parse_node_id(value);
-                if (!id.ok()) return make_error(ErrorCode::kCorrupt, "node identity: '" + path + "': " + id.error().message);
+                if (!id.ok())
+                    return make_error(ErrorCode::kCorrupt,
+                                      "node identity: '" + path + "': " + id.error().message);
                 identity.node_id = *id;
             } else if (key == "incarnation") {
                 char* end = nullptr;
                 errno = 0;
                 identity.incarnation = std::strtoull(value.c_str(), &end, 10);
                 if (value.empty() || *end != '\0' || errno != 0) {
-                    return make_error(ErrorCode::kCorrupt, "node identity: '" + path + "': bad incarnation '" + value + "'");
+                    return make_error(
+                        ErrorCode::kCorrupt,
+                        "node identity: '" + path + "': bad incarnation '" + value + "'");
                 }
             }
         }
         if (identity.node_id == 0) {
-            return make_error(ErrorCode::kCorrupt, "node identity: '" + path +
-                                                       "' has no node_id line; restore it or remove the state directory");
+            return make_error(
+                ErrorCode::kCorrupt,
+                "node identity: '" + path +
+                    "' has no node_id line; restore it or remove the state directory");
         }
     } else {
-        if (fresh_node_id == 0) return make_error(ErrorCode::kInvalidArgument, "node identity: a new node id must be non-zero");
+        if (fresh_node_id == 0)
+            return make_error(ErrorCode::kInvalidArgument,
+                              "node identity: a new node id must be non-zero");
         identity.node_id = fresh_node_id;
     }
     ++identity.incarnation;
     std::ostringstream text;
-    text << "node_id=" << format_node_id(identity.node_id) << "\nincarnation=" << identity.incarnation << "\n";
+    text << "node_id=" << format_node_id(identity.node_id)
+         << "\nincarnation=" << identity.incarnation << "\n";
     if (auto st = write_atomically(path, text.str()); !st.ok()) return st.error();
     identity.replica_id = replica_id_for(identity.node_id, identity.incarnation);
     return identity;

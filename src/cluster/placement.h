@@ -16,6 +16,7 @@ uint64_t stable_hash(std::string_view bytes);
 
 // The replicas of `session_id` among `members` (node ids, any order, no
 // duplicates), best first; all members when there are fewer than `factor`.
-std::vector<NodeId> place_replicas(std::string_view session_id, const std::vector<NodeId>& members, int factor);
+std::vector<NodeId> place_replicas(std::string_view session_id, const std::vector<NodeId>& members,
+                                   int factor);
 
 }  // namespace assistd::cluster

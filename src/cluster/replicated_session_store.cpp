@@ -6,7 +6,8 @@ Status ReplicatedSessionStore::ensure_local(std::string_view id) {
     if (local_.deleted(id)) return {};  // the local store answers "deleted" itself
     if (local_.version(id).ok()) return {};
     auto st = driver_.fetch(id, fetch_timeout_ms_);
-    if (st.ok() || st.error().code == ErrorCode::kNotFound) return {};  // absent everywhere: the local store says so
+    if (st.ok() || st.error().code == ErrorCode::kNotFound)
+        return {};  // absent everywhere: the local store says so
     return st;
 }
 
@@ -19,8 +20,9 @@ Status ReplicatedSessionStore::replicated(std::string_view id) {
     }
     auto st = driver_.await_replication(id, version, ack_timeout_ms_);
     if (st.ok()) return st;
-    return make_error(st.error().code, st.error().message +
-                                           ". The change is stored on this node; a retry may apply it twice");
+    return make_error(
+        st.error().code,
+        st.error().message + ". The change is stored on this node; a retry may apply it twice");
 }
 
 template <typename Fn>
@@ -32,7 +34,8 @@ auto ReplicatedSessionStore::with_session(std::string_view id, Fn&& change) -> d
     return result;
 }
 
-Status ReplicatedSessionStore::create(std::string_view id, std::string_view tenant, std::string_view title) {
+Status ReplicatedSessionStore::create(std::string_view id, std::string_view tenant,
+                                      std::string_view title) {
     // No fetch first: the server generates session ids, so one is never
     // created on two nodes (docs/cluster.md, known limits).
     if (auto st = local_.create(id, tenant, title); !st.ok()) return st;
@@ -44,15 +47,18 @@ Result<state::Session> ReplicatedSessionStore::get(std::string_view id) {
     return local_.get(id);
 }
 
-Result<state::Message> ReplicatedSessionStore::append_message(std::string_view id, const state::MessageInput& message) {
+Result<state::Message> ReplicatedSessionStore::append_message(std::string_view id,
+                                                              const state::MessageInput& message) {
     return with_session(id, [&] { return local_.append_message(id, message); });
 }
 
-Status ReplicatedSessionStore::update_metadata(std::string_view id, std::string_view key, std::string_view value) {
+Status ReplicatedSessionStore::update_metadata(std::string_view id, std::string_view key,
+                                               std::string_view value) {
     return with_session(id, [&] { return local_.update_metadata(id, key, value); });
 }
 
-Status ReplicatedSessionStore::add_usage(std::string_view id, int64_t prompt_tokens, int64_t completion_tokens) {
+Status ReplicatedSessionStore::add_usage(std::string_view id, int64_t prompt_tokens,
+                                         int64_t completion_tokens) {
     return with_session(id, [&] { return local_.add_usage(id, prompt_tokens, completion_tokens); });
 }
 

@@ -9,32 +9,47 @@
 namespace assistd::cluster {
 
 class ReplicatedSessionStore final : public state::SessionStore {
-public:
-    ReplicatedSessionStore(state::SessionStore& local, ReplicationDriver& driver, int64_t ack_timeout_ms = 2000,
-                           int64_t fetch_timeout_ms = 1000)
-        : local_(local), driver_(driver), ack_timeout_ms_(ack_timeout_ms), fetch_timeout_ms_(fetch_timeout_ms) {}
+  public:
+    ReplicatedSessionStore(state::SessionStore& local, ReplicationDriver& driver,
+                           int64_t ack_timeout_ms = 2000, int64_t fetch_timeout_ms = 1000)
+        : local_(local),
+          driver_(driver),
+          ack_timeout_ms_(ack_timeout_ms),
+          fetch_timeout_ms_(fetch_timeout_ms) {}
 
     Status create(std::string_view id, std::string_view tenant, std::string_view title) override;
     Result<state::Session> get(std::string_view id) override;
-    Result<state::Message> append_message(std::string_view id, const state::MessageInput& message) override;
-    Status update_metadata(std::string_view id, std::string_view key, std::string_view value) override;
-    Status add_usage(std::string_view id, int64_t prompt_tokens, int64_t completion_tokens) override;
+    Result<state::Message> append_message(std::string_view id,
+                                          const state::MessageInput& message) override;
+    Status update_metadata(std::string_view id, std::string_view key,
+                           std::string_view value) override;
+    Status add_usage(std::string_view id, int64_t prompt_tokens,
+                     int64_t completion_tokens) override;
     Status set_summary(std::string_view id, std::string_view summary) override;
     Status remove(std::string_view id) override;
     // This node's sessions only: listing the fleet is not a per-node question.
-    std::vector<std::string> list_by_tenant(std::string_view tenant) override { return local_.list_by_tenant(tenant); }
+    std::vector<std::string> list_by_tenant(std::string_view tenant) override {
+        return local_.list_by_tenant(tenant);
+    }
 
-    Result<state::crdt::VersionVector> version(std::string_view id) override { return local_.version(id); }
-    Result<std::string> changes_since(std::string_view id, const state::crdt::VersionVector& since) override {
+    Result<state::crdt::VersionVector> version(std::string_view id) override {
+        return local_.version(id);
+    }
+    Result<std::string> changes_since(std::string_view id,
+                                      const state::crdt::VersionVector& since) override {
         return local_.changes_since(id, since);
     }
-    Status apply(std::string_view id, std::string_view delta) override { return local_.apply(id, delta); }
+    Status apply(std::string_view id, std::string_view delta) override {
+        return local_.apply(id, delta);
+    }
     bool deleted(std::string_view id) override { return local_.deleted(id); }
     std::vector<state::SessionVersion> list_versions() override { return local_.list_versions(); }
-    uint64_t subscribe(Subscriber subscriber) override { return local_.subscribe(std::move(subscriber)); }
+    uint64_t subscribe(Subscriber subscriber) override {
+        return local_.subscribe(std::move(subscriber));
+    }
     void unsubscribe(uint64_t subscription) override { local_.unsubscribe(subscription); }
 
-private:
+  private:
     // Fetches the session when it is not here; ok when it is here now (or was).
     Status ensure_local(std::string_view id);
     // Waits for the replicas' acknowledgements of what is here now.

@@ -16,7 +16,8 @@ constexpr size_t kBuckets = 256;
 
 // A hash of what a node holds of a session: equal states, equal hashes.
 uint64_t state_hash(const SessionState& s) {
-    uint64_t h = stable_hash(s.session_id) ^ (static_cast<uint64_t>(s.kind) * 0x9e3779b97f4a7c15ull);
+    uint64_t h =
+        stable_hash(s.session_id) ^ (static_cast<uint64_t>(s.kind) * 0x9e3779b97f4a7c15ull);
     for (const auto& [replica, lamport] : s.version.entries()) {
         h ^= replica + 0x632be59bd9b4e019ull;
         h = splitmix64(h);
@@ -28,7 +29,8 @@ uint64_t state_hash(const SessionState& s) {
 
 // True when `have` includes everything in `want`.
 bool covers(const SessionState& have, const SessionState& want) {
-    if (have.kind == SessionState::Kind::kDeleted) return true;  // a deletion supersedes every change
+    if (have.kind == SessionState::Kind::kDeleted)
+        return true;  // a deletion supersedes every change
     if (want.kind == SessionState::Kind::kMissing) return true;
     if (want.kind == SessionState::Kind::kDeleted) return false;
     return have.kind == SessionState::Kind::kLive && have.version.dominates(want.version);
@@ -37,16 +39,22 @@ bool covers(const SessionState& have, const SessionState& want) {
 }  // namespace
 
 Status validate(const ReplicationOptions& o) {
-    auto bad = [](const std::string& m) { return make_error(ErrorCode::kInvalidArgument, "replication: " + m); };
-    if (o.replication_factor < 1 || o.replication_factor > 16) return bad("replication factor must be 1 to 16");
-    if (o.sync_acks < 0 || o.sync_acks >= o.replication_factor + (o.replication_factor == 1 ? 1 : 0)) {
+    auto bad = [](const std::string& m) {
+        return make_error(ErrorCode::kInvalidArgument, "replication: " + m);
+    };
+    if (o.replication_factor < 1 || o.replication_factor > 16)
+        return bad("replication factor must be 1 to 16");
+    if (o.sync_acks < 0 ||
+        o.sync_acks >= o.replication_factor + (o.replication_factor == 1 ? 1 : 0)) {
         if (!(o.replication_factor == 1 && o.sync_acks == 0)) {
-            return bad("sync acks must be 0 to replication factor - 1 (got " + std::to_string(o.sync_acks) +
-                       " with replication factor " + std::to_string(o.replication_factor) + ")");
+            return bad("sync acks must be 0 to replication factor - 1 (got " +
+                       std::to_string(o.sync_acks) + " with replication factor " +
+                       std::to_string(o.replication_factor) + ")");
         }
     }
     if (o.heartbeat_interval_ms < 1 || o.suspect_after_ms <= o.heartbeat_interval_ms) {
-        return bad("heartbeat interval must be at least 1 ms and shorter than the suspicion timeout");
+        return bad(
+            "heartbeat interval must be at least 1 ms and shorter than the suspicion timeout");
     }
     if (o.anti_entropy_interval_ms < 1 || o.discovery_interval_ms < 1 || o.ack_timeout_ms < 1) {
         return bad("intervals and timeouts must be at least 1 ms");
@@ -58,8 +66,8 @@ Status validate(const ReplicationOptions& o) {
 }
 
 Replicator::Replicator(NodeIdentity identity, std::string self_address, ReplicationOptions options,
-                       state::SessionStore& store, Transport& transport, Discovery& discovery, Clock& clock,
-                       uint64_t seed)
+                       state::SessionStore& store, Transport& transport, Discovery& discovery,
+                       Clock& clock, uint64_t seed)
     : identity_(identity),
       self_address_(std::move(self_address)),
       options_(options),
@@ -76,7 +84,9 @@ Replicator::~Replicator() {
     if (subscription_) store_.unsubscribe(subscription_);
 }
 
-int64_t Replicator::now_ms() const { return clock_.now_mono_ns() / 1'000'000; }
+int64_t Replicator::now_ms() const {
+    return clock_.now_mono_ns() / 1'000'000;
+}
 
 void Replicator::set_wakeup(std::function<void()> wakeup) {
     std::lock_guard<std::mutex> lock(dirty_mu_);
@@ -158,7 +168,9 @@ size_t Replicator::unacknowledged() const {
     return sessions.size();
 }
 
-size_t Replicator::bucket_of(const std::string& session_id) const { return stable_hash(session_id) % kBuckets; }
+size_t Replicator::bucket_of(const std::string& session_id) const {
+    return stable_hash(session_id) % kBuckets;
+}
 
 void Replicator::send_to(const std::string& address, Message message) {
     message.from = identity_.node_id;
@@ -230,7 +242,8 @@ void Replicator::pump(NodeId peer, PeerLink& link) {
                 if (covers(known->second, mine)) continue;  // the peer has all of it already
                 since = known->second;
             }
-            auto delta = store_.changes_since(s, since.kind == SessionState::Kind::kLive ? since.version : VersionVector{});
+            auto delta = store_.changes_since(
+                s, since.kind == SessionState::Kind::kLive ? since.version : VersionVector{});
             if (!delta.ok()) continue;  // deleted or dropped meanwhile; the next round sees it
             bytes += s.size() + delta->size() + 8;
             batch.deltas.push_back(DeltaItem{s, std::move(delta).value()});
@@ -270,13 +283,16 @@ void Replicator::receive(std::string_view frame) {
         std::lock_guard<std::mutex> lock(mu_);
         bool changed = false;
         if (m.from == identity_.node_id) {  // our own frame, via an address that is ours
-            if (membership_.heard(m.from_address, m.from, now_ms(), changed) || changed) members_changed();
+            if (membership_.heard(m.from_address, m.from, now_ms(), changed) || changed)
+                members_changed();
             return;
         }
-        if (membership_.heard(m.from_address, m.from, now_ms(), changed)) reconnected_.insert(m.from);
+        if (membership_.heard(m.from_address, m.from, now_ms(), changed))
+            reconnected_.insert(m.from);
         if (changed) members_changed();
         switch (m.kind) {
-            case MessageKind::kHeartbeat: break;
+            case MessageKind::kHeartbeat:
+                break;
             case MessageKind::kDeltas: {
                 Message ack;
                 ack.kind = MessageKind::kAck;
@@ -291,8 +307,9 @@ void Replicator::receive(std::string_view frame) {
                         ++stats_.deltas_applied;
                     } else {
                         ++stats_.apply_errors;
-                        spdlog::warn("cluster: delta for session '{}' from node {} rejected: {}", d.session_id,
-                                     format_node_id(m.from), applied[i].error().message);
+                        spdlog::warn("cluster: delta for session '{}' from node {} rejected: {}",
+                                     d.session_id, format_node_id(m.from),
+                                     applied[i].error().message);
                     }
                     ack.states.push_back(local_state(d.session_id));
                     check_fetch(d.session_id, done);
@@ -300,10 +317,18 @@ void Replicator::receive(std::string_view frame) {
                 if (m.id != 0) send_to(m.from_address, std::move(ack));
                 break;
             }
-            case MessageKind::kAck: on_ack(m, done); break;
-            case MessageKind::kDigest: on_digest(m); break;
-            case MessageKind::kSummary: on_summary(m); break;
-            case MessageKind::kPull: on_pull(m); break;
+            case MessageKind::kAck:
+                on_ack(m, done);
+                break;
+            case MessageKind::kDigest:
+                on_digest(m);
+                break;
+            case MessageKind::kSummary:
+                on_summary(m);
+                break;
+            case MessageKind::kPull:
+                on_pull(m);
+                break;
         }
         auto link = links_.find(m.from);
         if (link != links_.end() && !link->second.pending.empty()) pump(m.from, link->second);
@@ -317,8 +342,9 @@ void Replicator::note_peer_state(NodeId peer, const SessionState& state, Complet
     link.acked[state.session_id] = state;
     for (auto it = ack_waiters_.begin(); it != ack_waiters_.end();) {
         if (it->session_id == state.session_id) {
-            SessionState want{state.session_id, it->deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive,
-                              it->target};
+            SessionState want{
+                state.session_id,
+                it->deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, it->target};
             if (covers(state, want)) it->acked.insert(peer);
             if (it->acked.size() >= it->needed) {
                 done.push_back([cb = std::move(it->done)] { cb(Status{}); });
@@ -343,7 +369,8 @@ void Replicator::on_ack(const Message& m, Completions& done) {
     for (const auto& state : m.states) {
         note_peer_state(m.from, state, done);
         auto s = sent.find(state.session_id);
-        // The peer could not apply all of it (it lost state, or a gap): send again from what it has.
+        // The peer could not apply all of it (it lost state, or a gap): send again from what it
+        // has.
         if (s != sent.end() && !covers(state, s->second)) link.pending.insert(state.session_id);
     }
 }
@@ -362,7 +389,8 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         } else if (here.kind == SessionState::Kind::kDeleted) {
             result = make_error(ErrorCode::kNotFound, "session '" + session_id + "' was deleted");
         } else if (it->missing.size() >= it->asked.size()) {
-            result = make_error(ErrorCode::kNotFound, "session '" + session_id + "' does not exist on any replica");
+            result = make_error(ErrorCode::kNotFound,
+                                "session '" + session_id + "' does not exist on any replica");
         } else {
             finished = false;
         }
@@ -392,8 +420,10 @@ void Replicator::anti_entropy_round() {
         d.buckets.assign(kBuckets, 0);
     }
     for (auto& v : store_.list_versions()) {
-        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, std::move(v.version)};
-        if (s.kind == SessionState::Kind::kLive && s.version.empty()) continue;  // nothing applied yet
+        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive,
+                       std::move(v.version)};
+        if (s.kind == SessionState::Kind::kLive && s.version.empty())
+            continue;  // nothing applied yet
         const auto reps = place_replicas(s.session_id, members_, options_.replication_factor);
         const bool mine = owns(reps, identity_.node_id);
         const uint64_t h = state_hash(s);
@@ -408,7 +438,8 @@ void Replicator::anti_entropy_round() {
             auto& handed = links_[p].handed_off;
             auto it = handed.find(s.session_id);
             if (it != handed.end() && covers(it->second, s)) continue;
-            if (d->second.states.size() < options_.max_offers_per_digest) d->second.states.push_back(s);
+            if (d->second.states.size() < options_.max_offers_per_digest)
+                d->second.states.push_back(s);
         }
     }
     for (auto& [p, d] : digests) {
@@ -421,7 +452,8 @@ void Replicator::on_digest(const Message& m) {
     std::vector<uint64_t> mine(kBuckets, 0);
     std::map<size_t, std::vector<SessionState>> by_bucket;
     for (auto& v : store_.list_versions()) {
-        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, std::move(v.version)};
+        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive,
+                       std::move(v.version)};
         if (s.kind == SessionState::Kind::kLive && s.version.empty()) continue;
         const auto reps = place_replicas(s.session_id, members_, options_.replication_factor);
         if (!owns(reps, identity_.node_id) || !owns(reps, m.from)) continue;
@@ -453,7 +485,8 @@ void Replicator::on_summary(const Message& m) {
     std::map<std::string, SessionState> ours;
     for (auto& v : store_.list_versions()) {
         if (!buckets.count(bucket_of(v.id))) continue;
-        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, std::move(v.version)};
+        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive,
+                       std::move(v.version)};
         if (s.kind == SessionState::Kind::kLive && s.version.empty()) continue;
         const auto reps = place_replicas(s.session_id, members_, options_.replication_factor);
         if (!owns(reps, identity_.node_id) || !owns(reps, m.from)) continue;
@@ -471,7 +504,8 @@ void Replicator::on_summary(const Message& m) {
     pull.kind = MessageKind::kPull;
     for (const auto& [id, mine] : ours) {
         auto t = theirs.find(id);
-        const SessionState other = t != theirs.end() ? t->second : SessionState{id, SessionState::Kind::kMissing, {}};
+        const SessionState other =
+            t != theirs.end() ? t->second : SessionState{id, SessionState::Kind::kMissing, {}};
         if (!covers(other, mine)) {
             link.known[id] = other;
             link.pending.insert(id);
@@ -560,8 +594,10 @@ void Replicator::tick() {
         if (now >= next_anti_entropy_ms_ || !reconnected_.empty()) {
             // A (re)connected peer gets a digest at once; everyone gets one each interval.
             uint64_t r = splitmix64(rng_);
-            const int64_t jitter = static_cast<int64_t>(r % static_cast<uint64_t>(options_.anti_entropy_interval_ms / 4 + 1));
-            next_anti_entropy_ms_ = now + options_.anti_entropy_interval_ms - options_.anti_entropy_interval_ms / 8 + jitter;
+            const int64_t jitter = static_cast<int64_t>(
+                r % static_cast<uint64_t>(options_.anti_entropy_interval_ms / 4 + 1));
+            next_anti_entropy_ms_ = now + options_.anti_entropy_interval_ms -
+                                    options_.anti_entropy_interval_ms / 8 + jitter;
             reconnected_.clear();
             anti_entropy_round();
         }
@@ -578,10 +614,12 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
             continue;
         }
         ++stats_.ack_timeouts;
-        auto err = make_error(ErrorCode::kResourceExhausted,
-                              "replication: " + std::to_string(it->acked.size()) + " of " + std::to_string(it->needed) +
-                                  " replica acknowledgements for session '" + it->session_id +
-                                  "' arrived in time; the write is durable here and will still replicate");
+        auto err =
+            make_error(ErrorCode::kResourceExhausted,
+                       "replication: " + std::to_string(it->acked.size()) + " of " +
+                           std::to_string(it->needed) + " replica acknowledgements for session '" +
+                           it->session_id +
+                           "' arrived in time; the write is durable here and will still replicate");
         done.push_back([cb = std::move(it->done), err] { cb(err); });
         it = ack_waiters_.erase(it);
         any = true;
@@ -591,8 +629,9 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
             ++it;
             continue;
         }
-        auto err = make_error(ErrorCode::kResourceExhausted,
-                              "fetching session '" + it->session_id + "' from its replicas timed out; retry shortly");
+        auto err = make_error(
+            ErrorCode::kResourceExhausted,
+            "fetching session '" + it->session_id + "' from its replicas timed out; retry shortly");
         done.push_back([cb = std::move(it->done), err] { cb(err); });
         it = fetch_waiters_.erase(it);
         any = true;
@@ -602,14 +641,15 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
 
 size_t Replicator::acks_needed(const std::string& session_id) const {
     const auto reps = place_replicas(session_id, members_, options_.replication_factor);
-    const size_t peers = membership_.discovered_peer_count();  // counts peers whose id is not known yet
+    const size_t peers =
+        membership_.discovered_peer_count();  // counts peers whose id is not known yet
     const size_t r = static_cast<size_t>(options_.replication_factor);
     const size_t cap = owns(reps, identity_.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
     return std::min(static_cast<size_t>(options_.sync_acks), cap);
 }
 
-void Replicator::await_replication(std::string_view session_id, const VersionVector& version, int64_t timeout_ms,
-                                   Callback done) {
+void Replicator::await_replication(std::string_view session_id, const VersionVector& version,
+                                   int64_t timeout_ms, Callback done) {
     Completions completions;
     {
         std::lock_guard<std::mutex> lock(mu_);
@@ -621,7 +661,8 @@ void Replicator::await_replication(std::string_view session_id, const VersionVec
         const bool gone = store_.deleted(w.session_id);
         w.needed = acks_needed(w.session_id);
         w.deadline_ms = now_ms() + timeout_ms;
-        const SessionState want{w.session_id, gone ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, version};
+        const SessionState want{
+            w.session_id, gone ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, version};
         w.deleted = gone;
         for (const auto& [peer, link] : links_) {
             auto k = link.acked.find(w.session_id);
@@ -650,14 +691,18 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
         }
         const SessionState here = local_state(w.session_id);
         const auto reps = place_replicas(w.session_id, members_, options_.replication_factor);
-        const bool only_here = reps.empty() || (reps.size() == 1 && reps.front() == identity_.node_id);
+        const bool only_here =
+            reps.empty() || (reps.size() == 1 && reps.front() == identity_.node_id);
         if (only_here && here.kind == SessionState::Kind::kMissing) {
             // No other node could hold it (a fleet of one).
-            auto err = make_error(ErrorCode::kNotFound, "session '" + w.session_id + "' does not exist");
+            auto err =
+                make_error(ErrorCode::kNotFound, "session '" + w.session_id + "' does not exist");
             completions.push_back([cb = std::move(done), err] { cb(err); });
         } else if (w.asked.empty() && here.kind == SessionState::Kind::kMissing) {
-            auto err = make_error(ErrorCode::kResourceExhausted, "session '" + w.session_id +
-                                                                     "' is not here and none of its replicas is reachable; retry shortly");
+            auto err = make_error(
+                ErrorCode::kResourceExhausted,
+                "session '" + w.session_id +
+                    "' is not here and none of its replicas is reachable; retry shortly");
             completions.push_back([cb = std::move(done), err] { cb(err); });
         } else {
             for (NodeId p : w.asked) {

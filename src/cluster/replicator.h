@@ -41,8 +41,8 @@
 namespace assistd::cluster {
 
 struct ReplicationOptions {
-    int replication_factor = 3;   // R: replicas per session (all nodes when fewer)
-    int sync_acks = 1;            // remote acks a write waits for (capped by the replicas there are)
+    int replication_factor = 3;  // R: replicas per session (all nodes when fewer)
+    int sync_acks = 1;           // remote acks a write waits for (capped by the replicas there are)
     int64_t heartbeat_interval_ms = 200;
     int64_t suspect_after_ms = 1000;
     int64_t anti_entropy_interval_ms = 1000;
@@ -59,13 +59,13 @@ Status validate(const ReplicationOptions& options);
 struct ReplicationStats {
     uint64_t batches_sent = 0;
     uint64_t batches_acked = 0;
-    uint64_t batches_resent = 0;      // ack timeouts
+    uint64_t batches_resent = 0;  // ack timeouts
     uint64_t deltas_applied = 0;
     uint64_t apply_errors = 0;
-    uint64_t frames_rejected = 0;     // undecodable frames
+    uint64_t frames_rejected = 0;  // undecodable frames
     uint64_t digests_sent = 0;
-    uint64_t repairs_pushed = 0;      // anti-entropy found a peer lacking something
-    uint64_t repairs_pulled = 0;      // ... or this node lacking something
+    uint64_t repairs_pushed = 0;  // anti-entropy found a peer lacking something
+    uint64_t repairs_pulled = 0;  // ... or this node lacking something
     uint64_t handoffs_confirmed = 0;
     uint64_t fetches = 0;
     uint64_t acks_waited = 0;
@@ -73,11 +73,12 @@ struct ReplicationStats {
 };
 
 class Replicator {
-public:
+  public:
     using Callback = std::function<void(Status)>;
 
     Replicator(NodeIdentity identity, std::string self_address, ReplicationOptions options,
-               state::SessionStore& store, Transport& transport, Discovery& discovery, Clock& clock, uint64_t seed);
+               state::SessionStore& store, Transport& transport, Discovery& discovery, Clock& clock,
+               uint64_t seed);
     ~Replicator();
     Replicator(const Replicator&) = delete;
     Replicator& operator=(const Replicator&) = delete;
@@ -119,7 +120,7 @@ public:
     NodeId node_id() const { return identity_.node_id; }
     const std::string& address() const { return self_address_; }
 
-private:
+  private:
     struct InFlight {
         int64_t sent_ms = 0;
         size_t bytes = 0;
@@ -131,7 +132,8 @@ private:
         std::set<std::string> pending;              // sessions to push
         std::map<uint64_t, InFlight> inflight;      // by batch id
         size_t inflight_bytes = 0;
-        std::map<std::string, SessionState> handed_off;  // offers the peer confirmed, at our state then
+        std::map<std::string, SessionState>
+            handed_off;  // offers the peer confirmed, at our state then
     };
     struct AckWaiter {
         std::string session_id;

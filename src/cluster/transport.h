@@ -7,7 +7,7 @@
 namespace assistd::cluster {
 
 class Transport {
-public:
+  public:
     virtual ~Transport() = default;
     // Queues one frame for the node at `address`. Best effort: a frame may be
     // lost, delayed, duplicated or reordered; the replicator copes with all

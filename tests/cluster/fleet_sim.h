@@ -18,21 +18,21 @@ struct FleetSimConfig {
     int sync_acks = 1;
     int sessions = 10;
     int operations = 250;
-    int64_t workload_ms = 3000;     // simulated time the operations are spread over
-    double drop = 0.05;             // per frame
+    int64_t workload_ms = 3000;  // simulated time the operations are spread over
+    double drop = 0.05;          // per frame
     double duplicate = 0.03;
-    int64_t max_delay_ms = 40;      // uniform 1..max: reordering comes with it
-    bool crashes = true;            // crash + restart of random nodes
-    bool partitions = true;         // one node cut off for a while
-    bool membership_changes = true; // a node joins; a node leaves (drain)
-    bool disk_loss = true;          // one node loses its disk and comes back with a new id
+    int64_t max_delay_ms = 40;       // uniform 1..max: reordering comes with it
+    bool crashes = true;             // crash + restart of random nodes
+    bool partitions = true;          // one node cut off for a while
+    bool membership_changes = true;  // a node joins; a node leaves (drain)
+    bool disk_loss = true;           // one node loses its disk and comes back with a new id
     int64_t quiesce_limit_ms = 30000;
 };
 
 struct FleetSimResult {
     bool ok = false;
-    std::string failure;     // what went wrong, with enough detail to debug
-    int acknowledged = 0;    // writes acknowledged under sync_acks
+    std::string failure;   // what went wrong, with enough detail to debug
+    int acknowledged = 0;  // writes acknowledged under sync_acks
     int sessions_checked = 0;
     int64_t converged_after_ms = 0;  // simulated time from healing to convergence
     uint64_t frames = 0;

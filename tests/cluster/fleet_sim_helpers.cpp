@@ -1,5 +1,3 @@
-#include "fleet_sim.h"
-
 #include <rocksdb/env.h>
 
 #include <algorithm>
@@ -19,6 +17,7 @@
 #include "cluster/replicator.h"
 #include "common/clock.h"
 #include "common/random.h"
+#include "fleet_sim.h"
 #include "state/durable_session_store.h"
 
 namespace assistd::cluster::sim {
@@ -58,25 +57,25 @@ struct Frame {
 class Fleet;
 
 class SimTransport final : public Transport {
-public:
+  public:
     SimTransport(Fleet& fleet, std::string from) : fleet_(fleet), from_(std::move(from)) {}
     void send(const std::string& address, std::string frame) override;
 
-private:
+  private:
     Fleet& fleet_;
     std::string from_;
 };
 
 // The fleet's DNS: "fleet" resolves to the IPs of the current members.
 class SimResolver final : public Resolver {
-public:
+  public:
     explicit SimResolver(const std::vector<std::string>& ips) : ips_(ips) {}
     Result<std::vector<std::string>> resolve(const std::string& host) override {
         if (host != "fleet") return make_error(ErrorCode::kNotFound, "no such host '" + host + "'");
         return ips_;
     }
 
-private:
+  private:
     const std::vector<std::string>& ips_;
 };
 
@@ -98,9 +97,12 @@ struct AckedMessage {
 };
 
 class Fleet {
-public:
+  public:
     explicit Fleet(const FleetSimConfig& c)
-        : c_(c), rng_{c.seed * 0x9e3779b97f4a7c15ull + 7}, resolver_(dns_), env_(rocksdb::NewMemEnv(rocksdb::Env::Default())) {}
+        : c_(c),
+          rng_{c.seed * 0x9e3779b97f4a7c15ull + 7},
+          resolver_(dns_),
+          env_(rocksdb::NewMemEnv(rocksdb::Env::Default())) {}
 
     ~Fleet() {
         for (auto& n : nodes_) stop(*n);
@@ -109,7 +111,7 @@ public:
     FleetSimResult run();
     void post(const std::string& from, const std::string& to, std::string bytes);
 
-private:
+  private:
     int64_t now() const { return clock_.now_mono_ns() / 1'000'000; }
     Status start(SimNode& n);
     void stop(SimNode& n);
@@ -150,7 +152,7 @@ private:
     std::string last_acked_address_;
 
     // The workload's record.
-    std::vector<std::string> created_;               // sessions created (acknowledged or not)
+    std::vector<std::string> created_;  // sessions created (acknowledged or not)
     std::set<std::string> acked_created_, acked_deleted_;
     std::vector<AckedMessage> acked_;
     int next_op_ = 0;
@@ -158,15 +160,19 @@ private:
     bool trace_ = std::getenv("ASSISTD_SIM_TRACE") != nullptr;
 };
 
-void SimTransport::send(const std::string& address, std::string frame) { fleet_.post(from_, address, std::move(frame)); }
+void SimTransport::send(const std::string& address, std::string frame) {
+    fleet_.post(from_, address, std::move(frame));
+}
 
 void Fleet::post(const std::string& from, const std::string& to, std::string bytes) {
     ++frame_count_;
     if (lossy_ && rng_.chance(c_.drop)) return;
     const int copies = lossy_ && rng_.chance(c_.duplicate) ? 2 : 1;
     for (int i = 0; i < copies; ++i) {
-        const int64_t delay = 1 + static_cast<int64_t>(rng_.below(static_cast<uint64_t>(c_.max_delay_ms)));
-        frames_.push(Frame{now() + delay, seq_++, from, to, i + 1 == copies ? std::move(bytes) : bytes});
+        const int64_t delay =
+            1 + static_cast<int64_t>(rng_.below(static_cast<uint64_t>(c_.max_delay_ms)));
+        frames_.push(
+            Frame{now() + delay, seq_++, from, to, i + 1 == copies ? std::move(bytes) : bytes});
     }
 }
 
@@ -209,8 +215,8 @@ Status Fleet::start(SimNode& n) {
     r.max_inflight_batches = 2;
     r.max_inflight_bytes = 8192;
     r.max_offers_per_digest = 8;
-    n.replicator = std::make_unique<Replicator>(n.identity, n.address, r, *n.store, *n.transport, *n.discovery,
-                                                clock_, rng_.next());
+    n.replicator = std::make_unique<Replicator>(n.identity, n.address, r, *n.store, *n.transport,
+                                                *n.discovery, clock_, rng_.next());
     n.replicator->start();
     if (n.leaving) n.replicator->leave();
     n.up = true;
@@ -272,12 +278,13 @@ void Fleet::client_operation() {
         trace("create %s at %s", id.c_str(), n.address.c_str());
         auto v = n.store->version(id);
         n.replicator->flush();
-        n.replicator->await_replication(id, *v, kAckTimeoutMs, [this, id, addr = n.address](Status st) {
-            if (st.ok()) {
-                acked_created_.insert(id);
-                last_acked_address_ = addr;
-            }
-        });
+        n.replicator->await_replication(id, *v, kAckTimeoutMs,
+                                        [this, id, addr = n.address](Status st) {
+                                            if (st.ok()) {
+                                                acked_created_.insert(id);
+                                                last_acked_address_ = addr;
+                                            }
+                                        });
         return;
     }
     const std::string id = created_[rng_.below(created_.size())];
@@ -306,14 +313,15 @@ void Fleet::client_operation() {
     auto v = n.store->version(id);
     n.replicator->flush();
     AckedMessage rec{id, m->id, content, predecessor};
-    trace("append %s to %s at %s (after %s) vv=%s", m->id.c_str(), id.c_str(), n.address.c_str(), predecessor.c_str(),
-          v->to_string().c_str());
-    n.replicator->await_replication(id, *v, kAckTimeoutMs, [this, rec, addr = n.address](Status st) {
-        trace("ack %s: %s", rec.id.c_str(), st.ok() ? "ok" : st.error().message.c_str());
-        if (!st.ok()) return;
-        acked_.push_back(rec);
-        last_acked_address_ = addr;
-    });
+    trace("append %s to %s at %s (after %s) vv=%s", m->id.c_str(), id.c_str(), n.address.c_str(),
+          predecessor.c_str(), v->to_string().c_str());
+    n.replicator->await_replication(
+        id, *v, kAckTimeoutMs, [this, rec, addr = n.address](Status st) {
+            trace("ack %s: %s", rec.id.c_str(), st.ok() ? "ok" : st.error().message.c_str());
+            if (!st.ok()) return;
+            acked_.push_back(rec);
+            last_acked_address_ = addr;
+        });
 }
 
 void Fleet::fault_step() {
@@ -326,12 +334,14 @@ void Fleet::fault_step() {
             ++n->identity.incarnation;
             n->identity.replica_id = replica_id_for(n->identity.node_id, n->identity.incarnation);
             auto st = start(*n);
-            if (!st.ok()) failure_ = "restart of " + n->address + " failed: " + st.error().message + where();
+            if (!st.ok())
+                failure_ = "restart of " + n->address + " failed: " + st.error().message + where();
         }
     }
     if (!isolated_.empty() && t >= isolated_until_) isolated_.clear();
     if (!lossy_) return;  // healing: no new faults
-    if (c_.disk_loss && !disk_lost_ && disk_loss_at_ >= 0 && t >= disk_loss_at_ && !last_acked_address_.empty()) {
+    if (c_.disk_loss && !disk_lost_ && disk_loss_at_ >= 0 && t >= disk_loss_at_ &&
+        !last_acked_address_.empty()) {
         // The weakest moment: the node that just had a write acknowledged loses
         // its disk. Every acknowledged write must still be on another node.
         for (auto& n : nodes_) {
@@ -358,7 +368,8 @@ void Fleet::fault_step() {
     if (c_.partitions && isolated_.empty() && rng_.chance(1.0 / 800)) {
         isolated_ = nodes_[rng_.below(nodes_.size())]->address;
         isolated_until_ = t + 200 + static_cast<int64_t>(rng_.below(1300));
-        trace("partition: %s cut off until %lld", isolated_.c_str(), static_cast<long long>(isolated_until_));
+        trace("partition: %s cut off until %lld", isolated_.c_str(),
+              static_cast<long long>(isolated_until_));
     }
     if (c_.membership_changes && !joined_ && t > c_.workload_ms / 3 && rng_.chance(1.0 / 500)) {
         joined_ = true;
@@ -382,20 +393,23 @@ void Fleet::fault_step() {
 void Fleet::dump() {
     for (auto& n : nodes_) {
         const auto st = n->replicator->stats();
-        trace("node %s id %s%s: sent %llu acked %llu resent %llu applied %llu digests %llu pushed %llu pulled %llu "
-              "handoffs %llu unacked %zu",
-              n->address.c_str(), format_node_id(n->identity.node_id).c_str(), n->leaving ? " (left)" : "",
-              (unsigned long long)st.batches_sent, (unsigned long long)st.batches_acked,
-              (unsigned long long)st.batches_resent, (unsigned long long)st.deltas_applied,
-              (unsigned long long)st.digests_sent, (unsigned long long)st.repairs_pushed,
-              (unsigned long long)st.repairs_pulled, (unsigned long long)st.handoffs_confirmed,
-              n->replicator->unacknowledged());
+        trace(
+            "node %s id %s%s: sent %llu acked %llu resent %llu applied %llu digests %llu pushed "
+            "%llu pulled %llu "
+            "handoffs %llu unacked %zu",
+            n->address.c_str(), format_node_id(n->identity.node_id).c_str(),
+            n->leaving ? " (left)" : "", (unsigned long long)st.batches_sent,
+            (unsigned long long)st.batches_acked, (unsigned long long)st.batches_resent,
+            (unsigned long long)st.deltas_applied, (unsigned long long)st.digests_sent,
+            (unsigned long long)st.repairs_pushed, (unsigned long long)st.repairs_pulled,
+            (unsigned long long)st.handoffs_confirmed, n->replicator->unacknowledged());
         for (const auto& p : n->replicator->peers()) {
             trace("   peer %s id %s %s%s", p.address.c_str(), format_node_id(p.node_id).c_str(),
                   peer_health_name(p.health), p.discovered ? "" : " (not discovered)");
         }
         for (const auto& v : n->store->list_versions()) {
-            trace("   holds %s %s", v.id.c_str(), v.deleted ? "deleted" : v.version.to_string().c_str());
+            trace("   holds %s %s", v.id.c_str(),
+                  v.deleted ? "deleted" : v.version.to_string().c_str());
         }
     }
 }
@@ -430,7 +444,8 @@ bool Fleet::converged(std::string& why) {
                 SimNode& holder = *by_id.at(r);
                 auto there = holder.store->version(v.id);
                 if (!holder.store->deleted(v.id) && !(there.ok() && there->dominates(v.version))) {
-                    why = n->address + " holds changes of " + v.id + " that replica " + holder.address + " lacks";
+                    why = n->address + " holds changes of " + v.id + " that replica " +
+                          holder.address + " lacks";
                     return false;
                 }
             }
@@ -461,15 +476,19 @@ bool Fleet::converged(std::string& why) {
             }
             const auto& a = *first;
             const auto& b = *s;
-            bool same = a.tenant == b.tenant && a.title == b.title && a.created_at_ms == b.created_at_ms &&
-                        a.metadata == b.metadata && a.summary == b.summary && a.messages.size() == b.messages.size();
+            bool same = a.tenant == b.tenant && a.title == b.title &&
+                        a.created_at_ms == b.created_at_ms && a.metadata == b.metadata &&
+                        a.summary == b.summary && a.messages.size() == b.messages.size();
             for (size_t i = 0; same && i < a.messages.size(); ++i) {
-                same = a.messages[i].id == b.messages[i].id && a.messages[i].content == b.messages[i].content &&
+                same = a.messages[i].id == b.messages[i].id &&
+                       a.messages[i].content == b.messages[i].content &&
                        a.messages[i].role == b.messages[i].role;
             }
-            if (!same || n.store->version(id).value() != by_id.at(reps.front())->store->version(id).value()) {
-                why = "session " + id + " differs between " + first_at + " (" + std::to_string(a.messages.size()) +
-                      " messages) and " + n.address + " (" + std::to_string(b.messages.size()) + " messages)";
+            if (!same || n.store->version(id).value() !=
+                             by_id.at(reps.front())->store->version(id).value()) {
+                why = "session " + id + " differs between " + first_at + " (" +
+                      std::to_string(a.messages.size()) + " messages) and " + n.address + " (" +
+                      std::to_string(b.messages.size()) + " messages)";
                 return false;
             }
         }
@@ -481,7 +500,9 @@ bool Fleet::check_invariants(std::string& why) {
     const auto members = member_ids();
     std::map<NodeId, SimNode*> by_id;
     for (auto& n : nodes_) by_id[n->identity.node_id] = n.get();
-    auto replica_of = [&](const std::string& id) { return by_id.at(place_replicas(id, members, c_.replication_factor).front()); };
+    auto replica_of = [&](const std::string& id) {
+        return by_id.at(place_replicas(id, members, c_.replication_factor).front());
+    };
     for (const auto& id : acked_deleted_) {
         if (!replica_of(id)->store->deleted(id)) {
             why = "acknowledged deletion of " + id + " was lost";
@@ -495,7 +516,8 @@ bool Fleet::check_invariants(std::string& why) {
             return false;
         }
     }
-    std::map<std::string, std::map<std::string, size_t>> positions;  // session -> message id -> index
+    std::map<std::string, std::map<std::string, size_t>>
+        positions;  // session -> message id -> index
     for (const auto& m : acked_) {
         SimNode& n = *replica_of(m.session);
         if (n.store->deleted(m.session)) continue;  // deleted afterwards: gone on purpose
@@ -503,7 +525,8 @@ bool Fleet::check_invariants(std::string& why) {
         if (pos.empty()) {
             auto s = n.store->get(m.session);
             if (!s.ok()) {
-                why = "session " + m.session + " of an acknowledged message is missing: " + s.error().message;
+                why = "session " + m.session +
+                      " of an acknowledged message is missing: " + s.error().message;
                 return false;
             }
             for (size_t i = 0; i < s->messages.size(); ++i) {
@@ -515,14 +538,15 @@ bool Fleet::check_invariants(std::string& why) {
         }
         auto at = pos.find(m.id);
         if (at == pos.end()) {
-            why = "acknowledged message " + m.id + " (" + m.content + ") of session " + m.session + " was lost";
+            why = "acknowledged message " + m.id + " (" + m.content + ") of session " + m.session +
+                  " was lost";
             return false;
         }
         if (!m.predecessor.empty()) {
             auto p = pos.find(m.predecessor);
             if (p == pos.end() || p->second >= at->second) {
-                why = "message " + m.id + " of " + m.session + " no longer follows " + m.predecessor +
-                      ", the message its writer saw last";
+                why = "message " + m.id + " of " + m.session + " no longer follows " +
+                      m.predecessor + ", the message its writer saw last";
                 return false;
             }
         }
@@ -539,8 +563,10 @@ FleetSimResult Fleet::run() {
             return result;
         }
     }
-    if (c_.disk_loss) disk_loss_at_ = static_cast<int64_t>(rng_.below(static_cast<uint64_t>(c_.workload_ms)));
-    const double op_chance = static_cast<double>(c_.operations) / static_cast<double>(c_.workload_ms);
+    if (c_.disk_loss)
+        disk_loss_at_ = static_cast<int64_t>(rng_.below(static_cast<uint64_t>(c_.workload_ms)));
+    const double op_chance =
+        static_cast<double>(c_.operations) / static_cast<double>(c_.workload_ms);
     // The workload, with faults.
     while (now() < c_.workload_ms && failure_.empty()) {
         clock_.advance_ms(1);
@@ -584,7 +610,8 @@ FleetSimResult Fleet::run() {
     if (!failure_.empty()) {
         result.failure = failure_;
     } else if (!done) {
-        result.failure = "no convergence within " + std::to_string(c_.quiesce_limit_ms) + " ms of healing: " + why;
+        result.failure = "no convergence within " + std::to_string(c_.quiesce_limit_ms) +
+                         " ms of healing: " + why;
         if (trace_) dump();
     } else if (!check_invariants(why)) {
         result.failure = why;
@@ -604,8 +631,8 @@ FleetSimResult run_fleet_simulation(const FleetSimConfig& config) {
 
 std::string replay_hint(uint64_t seed, const char* test_name) {
     std::ostringstream s;
-    s << "replay with: ASSISTD_SIM_SEED=" << seed << " build/tests/cluster_<test binary> --gtest_filter='*" << test_name
-      << "*'";
+    s << "replay with: ASSISTD_SIM_SEED=" << seed
+      << " build/tests/cluster_<test binary> --gtest_filter='*" << test_name << "*'";
     return s.str();
 }
 

@@ -33,7 +33,7 @@ struct RealNode {
 };
 
 class GrpcLoopbackTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         dir_ = std::filesystem::temp_directory_path() / fmt::format("assistd-grpc-{}", ::getpid());
         std::filesystem::remove_all(dir_);
@@ -61,8 +61,9 @@ protected:
             ASSERT_TRUE(store.ok()) << store.error().message;
             n.store = std::move(store).value();
             n.discovery = std::make_unique<StaticDiscovery>(addresses);
-            n.replicator = std::make_unique<Replicator>(id, n.address, o, *n.store, *n.transport, *n.discovery,
-                                                        SystemClock::instance(), 11 + i);
+            n.replicator =
+                std::make_unique<Replicator>(id, n.address, o, *n.store, *n.transport, *n.discovery,
+                                             SystemClock::instance(), 11 + i);
             Replicator* r = n.replicator.get();
             n.transport->set_handler([r](std::string_view frame) { r->receive(frame); });
             n.replicator->start();
@@ -113,7 +114,9 @@ TEST_F(GrpcLoopbackTest, WritesOnOneNodeAreAcknowledgedByAndReadableOnTheOther) 
         const auto t0 = std::chrono::steady_clock::now();
         ASSERT_TRUE(a.store->append_message(id, {"user", fmt::format("question {}", i)}).ok());
         auto st = a.driver->await_replication(id, a.store->version(id).value(), 5000);
-        ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+        ms.push_back(
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0)
+                .count());
         ASSERT_TRUE(st.ok()) << st.error().message;
         // Acknowledged means durable on B already: readable there right now.
         auto there = b.store->get(id);
@@ -121,9 +124,11 @@ TEST_F(GrpcLoopbackTest, WritesOnOneNodeAreAcknowledgedByAndReadableOnTheOther) 
         EXPECT_EQ(there->messages.at(0).content, fmt::format("question {}", i));
     }
     std::sort(ms.begin(), ms.end());
-    std::printf("append acknowledged by a replica over gRPC loopback (group commit on both): p50 %.2f ms, max %.2f ms "
-                "over %zu writes\n",
-                ms[ms.size() / 2], ms.back(), ms.size());
+    std::printf(
+        "append acknowledged by a replica over gRPC loopback (group commit on both): p50 %.2f ms, "
+        "max %.2f ms "
+        "over %zu writes\n",
+        ms[ms.size() / 2], ms.back(), ms.size());
 }
 
 TEST_F(GrpcLoopbackTest, ConcurrentAppendsThroughBothNodesConverge) {
@@ -131,11 +136,14 @@ TEST_F(GrpcLoopbackTest, ConcurrentAppendsThroughBothNodesConverge) {
     auto& a = nodes_[0];
     auto& b = nodes_[1];
     ASSERT_TRUE(a.store->create("shared", "tenant", "t").ok());
-    ASSERT_TRUE(a.driver->await_replication("shared", a.store->version("shared").value(), 5000).ok());
+    ASSERT_TRUE(
+        a.driver->await_replication("shared", a.store->version("shared").value(), 5000).ok());
     std::thread writer_b([&] {
-        for (int i = 0; i < 50; ++i) (void)b.store->append_message("shared", {"user", fmt::format("b{}", i)});
+        for (int i = 0; i < 50; ++i)
+            (void)b.store->append_message("shared", {"user", fmt::format("b{}", i)});
     });
-    for (int i = 0; i < 50; ++i) (void)a.store->append_message("shared", {"user", fmt::format("a{}", i)});
+    for (int i = 0; i < 50; ++i)
+        (void)a.store->append_message("shared", {"user", fmt::format("a{}", i)});
     writer_b.join();
     ASSERT_TRUE(eventually([&] {
         auto x = a.store->get("shared");
@@ -188,15 +196,18 @@ TEST_F(GrpcLoopbackTest, AnyNodeServesAnySessionThroughTheReplicatedStore) {
 
     // A deletion through any node reaches every replica.
     ASSERT_TRUE(c.remove(id).ok());
-    EXPECT_TRUE(nodes_[0].store->deleted(id) || nodes_[1].store->deleted(id)) << "acknowledged by a replica";
-    EXPECT_TRUE(eventually([&] { return nodes_[0].store->deleted(id) && nodes_[1].store->deleted(id); }));
+    EXPECT_TRUE(nodes_[0].store->deleted(id) || nodes_[1].store->deleted(id))
+        << "acknowledged by a replica";
+    EXPECT_TRUE(
+        eventually([&] { return nodes_[0].store->deleted(id) && nodes_[1].store->deleted(id); }));
 }
 
 TEST(GrpcTransportErrors, BadListenAddressesAreClearErrors) {
     auto r = GrpcTransport::start(GrpcTransportOptions{"no-port", 16});
     ASSERT_FALSE(r.ok());
     EXPECT_NE(r.error().message.find("host:port"), std::string::npos);
-    r = GrpcTransport::start(GrpcTransportOptions{"203.0.113.1:7001", 16});  // not an address of this machine
+    r = GrpcTransport::start(
+        GrpcTransportOptions{"203.0.113.1:7001", 16});  // not an address of this machine
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().code, ErrorCode::kIo);
     EXPECT_NE(r.error().message.find("203.0.113.1:7001"), std::string::npos);
@@ -206,14 +217,17 @@ TEST(GrpcTransportErrors, SendingToNobodyNeitherBlocksNorGrowsWithoutBound) {
     auto t = GrpcTransport::start(GrpcTransportOptions{"127.0.0.1:0", 8});
     ASSERT_TRUE(t.ok());
     const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < 1000; ++i) (*t)->send("127.0.0.1:1", std::string(100, 'x'));  // nothing listens on port 1
+    for (int i = 0; i < 1000; ++i)
+        (*t)->send("127.0.0.1:1", std::string(100, 'x'));  // nothing listens on port 1
     EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
     EXPECT_GE((*t)->frames_dropped(), 900u) << "the queue is bounded";
 }
 
 #else
 
-TEST(GrpcLoopback, Skipped) { GTEST_SKIP() << "built without gRPC (run scripts/install-deps.sh and reconfigure)"; }
+TEST(GrpcLoopback, Skipped) {
+    GTEST_SKIP() << "built without gRPC (run scripts/install-deps.sh and reconfigure)";
+}
 
 #endif
 

@@ -6,13 +6,14 @@ namespace assistd::cluster {
 namespace {
 
 class FakeResolver final : public Resolver {
-public:
+  public:
     std::vector<std::string> ips;
     bool fail = false;
     int calls = 0;
     Result<std::vector<std::string>> resolve(const std::string& host) override {
         ++calls;
-        if (fail) return make_error(ErrorCode::kNotFound, "cannot resolve '" + host + "': no such name");
+        if (fail)
+            return make_error(ErrorCode::kNotFound, "cannot resolve '" + host + "': no such name");
         return ips;
     }
 };
@@ -21,7 +22,8 @@ TEST(PeerList, ParsesAndRejectsWithTheBadEntryNamed) {
     auto ok = parse_peer_list("b:2,a:1,,a:1");
     ASSERT_TRUE(ok.ok());
     EXPECT_EQ(*ok, (std::vector<std::string>{"a:1", "b:2"}));
-    for (const char* bad : {"", ",", "host", "host:", ":80", "host:0", "host:65536", "host:12a", "h:1,x"}) {
+    for (const char* bad :
+         {"", ",", "host", "host:", ":80", "host:0", "host:65536", "host:12a", "h:1,x"}) {
         auto r = parse_peer_list(bad);
         ASSERT_FALSE(r.ok()) << bad;
         EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
@@ -69,7 +71,8 @@ TEST(Discovery, SystemResolverFindsLocalhostAndNamesWhatItCannotFind) {
 
 TEST(Membership, HealthFollowsWhatIsHeard) {
     Membership m(1, "self:1", 1000);
-    EXPECT_TRUE(m.set_discovered({"self:1", "a:1", "b:1"}) == false) << "no ids known yet: placement unchanged";
+    EXPECT_TRUE(m.set_discovered({"self:1", "a:1", "b:1"}) == false)
+        << "no ids known yet: placement unchanged";
     EXPECT_EQ(m.members(), (std::vector<NodeId>{1}));
     EXPECT_EQ(m.discovered_peer_count(), 2u) << "peers count before their ids are known";
     EXPECT_EQ(m.peer_addresses(), (std::vector<std::string>{"a:1", "b:1"}));
@@ -86,7 +89,8 @@ TEST(Membership, HealthFollowsWhatIsHeard) {
     EXPECT_TRUE(m.update_health(1000).empty());
     EXPECT_EQ(m.update_health(1101), (std::vector<NodeId>{20}));
     EXPECT_EQ(m.health(20), PeerHealth::kSuspect);
-    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 20})) << "a suspect peer keeps its sessions: no reshuffle";
+    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 20}))
+        << "a suspect peer keeps its sessions: no reshuffle";
     EXPECT_TRUE(m.heard("a:1", 20, 1200, changed)) << "a reconnect";
 
     // The node restarts elsewhere (a new pod IP): the newest address wins.

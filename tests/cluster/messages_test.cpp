@@ -109,7 +109,8 @@ TEST(ClusterMessages, AbsurdCountsAndNonCanonicalVersionsAreRejected) {
     std::string bytes = encode_message(a);
     // Header: magic, version, kind, from (1 byte), address (len + 13), id (1 byte); then the count.
     const size_t count_at = 3 + 1 + 1 + a.from_address.size() + 1;
-    std::string huge = bytes.substr(0, count_at) + std::string("\xff\xff\xff\xff\x0f", 5) + bytes.substr(count_at + 1);
+    std::string huge = bytes.substr(0, count_at) + std::string("\xff\xff\xff\xff\x0f", 5) +
+                       bytes.substr(count_at + 1);
     auto r = decode_message(huge);
     ASSERT_FALSE(r.ok());
     EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);

@@ -11,7 +11,7 @@ namespace assistd::cluster {
 namespace {
 
 class NodeIdentityTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         dir_ = std::filesystem::temp_directory_path() /
                ("assistd-node-id-" + std::to_string(::getpid()) + "-" +
@@ -31,7 +31,8 @@ TEST_F(NodeIdentityTest, KeptAcrossStartsWithANewIncarnationEachTime) {
     ASSERT_TRUE(second.ok());
     EXPECT_EQ(second->node_id, 0xabcdefu);
     EXPECT_EQ(second->incarnation, 2u);
-    EXPECT_NE(first->replica_id, second->replica_id) << "two lives of a node must never share a replica id";
+    EXPECT_NE(first->replica_id, second->replica_id)
+        << "two lives of a node must never share a replica id";
     EXPECT_EQ(second->replica_id, replica_id_for(0xabcdef, 2));
     EXPECT_NE(replica_id_for(1, 1), replica_id_for(2, 1));
     EXPECT_NE(replica_id_for(1, 1), 0u);

@@ -23,7 +23,8 @@ TEST(Placement, SameAnswerWhateverTheMemberOrder) {
     std::reverse(members.begin(), members.end());
     EXPECT_EQ(place_replicas("session-42", members, 3), a);
     ASSERT_EQ(a.size(), 3u);
-    EXPECT_EQ(std::set<NodeId>(a.begin(), a.end()).size(), 3u) << "a replica set never names a node twice";
+    EXPECT_EQ(std::set<NodeId>(a.begin(), a.end()).size(), 3u)
+        << "a replica set never names a node twice";
 }
 
 TEST(Placement, AllMembersWhenFewerThanTheFactor) {
@@ -64,7 +65,8 @@ TEST(Placement, AJoiningNodeMovesOnlyWhatItTakes) {
         // The only change: the newcomer replaces exactly one old replica.
         ASSERT_TRUE(std::count(after.begin(), after.end(), newcomer) == 1) << id;
         std::vector<NodeId> common;
-        std::set_intersection(before.begin(), before.end(), after.begin(), after.end(), std::back_inserter(common));
+        std::set_intersection(before.begin(), before.end(), after.begin(), after.end(),
+                              std::back_inserter(common));
         EXPECT_EQ(common.size(), 2u) << id;
     }
     // A sixth node takes about 3/6 of the sessions' replica slots' worth of sessions.

@@ -21,13 +21,14 @@ struct Sent {
 };
 
 class QueueTransport final : public Transport {
-public:
-    QueueTransport(std::deque<Sent>& queue, std::string from) : queue_(queue), from_(std::move(from)) {}
+  public:
+    QueueTransport(std::deque<Sent>& queue, std::string from)
+        : queue_(queue), from_(std::move(from)) {}
     void send(const std::string& address, std::string frame) override {
         queue_.push_back(Sent{from_, address, std::move(frame)});
     }
 
-private:
+  private:
     std::deque<Sent>& queue_;
     std::string from_;
 };
@@ -41,7 +42,7 @@ struct TestNode {
 };
 
 class ReplicatorTest : public ::testing::Test {
-protected:
+  protected:
     void make_fleet(int n, ReplicationOptions options) {
         std::vector<std::string> addresses;
         for (int i = 0; i < n; ++i) addresses.push_back(fmt::format("n{}:1", i));
@@ -57,8 +58,9 @@ protected:
             node->discovery = std::make_unique<StaticDiscovery>(addresses);
             node->transport = std::make_unique<QueueTransport>(queue_, node->address);
             NodeIdentity id{static_cast<NodeId>(100 + i), 1, o.replica_id};
-            node->replicator = std::make_unique<Replicator>(id, node->address, options, *node->store, *node->transport,
-                                                            *node->discovery, clock_, 7 + i);
+            node->replicator =
+                std::make_unique<Replicator>(id, node->address, options, *node->store,
+                                             *node->transport, *node->discovery, clock_, 7 + i);
             node->replicator->start();
             nodes_.push_back(std::move(node));
         }
@@ -131,7 +133,8 @@ TEST_F(ReplicatorTest, WithNoReplicaReachableTheWaitTimesOutWithAClearMessage) {
     ASSERT_TRUE(a.store->create("s1", "t", "x").ok());
     a.replicator->flush();
     std::optional<Status> result;
-    a.replicator->await_replication("s1", a.store->version("s1").value(), 300, [&](Status st) { result = st; });
+    a.replicator->await_replication("s1", a.store->version("s1").value(), 300,
+                                    [&](Status st) { result = st; });
     queue_.clear();  // the network loses everything
     settle(3, nodes_[1]->address);
     EXPECT_FALSE(result) << "still within the timeout";
@@ -161,7 +164,8 @@ TEST_F(ReplicatorTest, BackPressureBoundsWhatIsInFlightPerPeer) {
     }
     a.replicator->flush();
     const std::string b = nodes_[1]->address;
-    EXPECT_EQ(count_frames(MessageKind::kDeltas, b), 3u) << "no more batches than the in-flight limit";
+    EXPECT_EQ(count_frames(MessageKind::kDeltas, b), 3u)
+        << "no more batches than the in-flight limit";
     EXPECT_EQ(a.replicator->unacknowledged(), 20u);
     deliver();
     EXPECT_EQ(a.replicator->unacknowledged(), 0u) << "each ack lets the next batch go";
@@ -248,7 +252,9 @@ TEST_F(ReplicatorTest, AntiEntropyRepairsWhatAPartitionMissed) {
     // and n2 (n1 never forwards what it received) can bring n2 up to date.
     settle(20, a);
     EXPECT_EQ(nodes_[2]->store->list_versions().size(), 30u);
-    EXPECT_GT(nodes_[1]->replicator->stats().repairs_pushed + nodes_[2]->replicator->stats().repairs_pulled, 0u);
+    EXPECT_GT(nodes_[1]->replicator->stats().repairs_pushed +
+                  nodes_[2]->replicator->stats().repairs_pulled,
+              0u);
 }
 
 TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
@@ -256,7 +262,8 @@ TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
     nodes_[0]->replicator->receive("GET / HTTP/1.1\r\n\r\n");
     nodes_[0]->replicator->receive("");
     EXPECT_EQ(nodes_[0]->replicator->stats().frames_rejected, 2u);
-    // A well-formed delta that is not a session delta is rejected by the store, and still acknowledged.
+    // A well-formed delta that is not a session delta is rejected by the store, and still
+    // acknowledged.
     Message m;
     m.kind = MessageKind::kDeltas;
     m.from = 101;
