@@ -44,13 +44,9 @@ Status validate(const ReplicationOptions& o) {
     };
     if (o.replication_factor < 1 || o.replication_factor > 16)
         return bad("replication factor must be 1 to 16");
-    if (o.sync_acks < 0 ||
-        o.sync_acks >= o.replication_factor + (o.replication_factor == 1 ? 1 : 0)) {
-        if (!(o.replication_factor == 1 && o.sync_acks == 0)) {
-            return bad("sync acks must be 0 to replication factor - 1 (got " +
-                       std::to_string(o.sync_acks) + " with replication factor " +
-                       std::to_string(o.replication_factor) + ")");
-        }
+    if (o.sync_acks < 0 || o.sync_acks > o.replication_factor - 1) {
+        return bad("sync acks must be 0 to replication factor - 1 (got " + std::to_string(o.sync_acks) +
+                   " with replication factor " + std::to_string(o.replication_factor) + ")");
     }
     if (o.heartbeat_interval_ms < 1 || o.suspect_after_ms <= o.heartbeat_interval_ms) {
         return bad(

@@ -76,6 +76,7 @@ class Replicator {
   public:
     using Callback = std::function<void(Status)>;
 
+    // `options` must have passed validate().
     Replicator(NodeIdentity identity, std::string self_address, ReplicationOptions options,
                state::SessionStore& store, Transport& transport, Discovery& discovery, Clock& clock,
                uint64_t seed);

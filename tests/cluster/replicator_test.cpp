@@ -287,6 +287,11 @@ TEST(ReplicationOptionsTest, OutOfRangeOptionsAreNamed) {
     o.replication_factor = 1;
     o.sync_acks = 0;
     EXPECT_TRUE(validate(o).ok());
+    o.sync_acks = 1;  // one replica: nobody to acknowledge
+    EXPECT_FALSE(validate(o).ok());
+    o = {};
+    o.sync_acks = -1;
+    EXPECT_FALSE(validate(o).ok());
     o = {};
     o.suspect_after_ms = o.heartbeat_interval_ms;
     EXPECT_FALSE(validate(o).ok());
