@@ -15,6 +15,7 @@ PACKAGES=(
   libhiredis-dev                    # the session benchmark's Redis client
   prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
   libssl-dev                        # libcrypto: SHA-256 of API keys, constant-time compare, key generation
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # peer replication streams
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev          # libFuzzer and the sanitize build

@@ -4,6 +4,7 @@
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -71,7 +72,7 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
         return make_error(ErrorCode::kInvalidArgument, "session store: group_commit_ms must be 0 to 1000");
     }
     std::error_code ec;
-    std::filesystem::create_directories(options.path, ec);
+    if (!options.env) std::filesystem::create_directories(options.path, ec);
     if (ec) {
         return make_error(ErrorCode::kIo, "session store: cannot create directory '" + options.path + "': " + ec.message());
     }
@@ -79,6 +80,7 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
     rocksdb::Options opts;
     opts.create_if_missing = true;
     opts.manual_wal_flush = false;
+    if (options.env) opts.env = options.env;
     rocksdb::DB* db = nullptr;
     auto s = rocksdb::DB::Open(opts, options.path, &db);
     if (!s.ok()) return io_error(s, ("cannot open '" + options.path + "'").c_str());
@@ -394,6 +396,25 @@ Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
     if (!ps.ok()) return ps;
     notify(created ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged, id, true);
     return {};
+}
+
+bool DurableSessionStore::deleted(std::string_view id) { return is_deleted(id); }
+
+std::vector<SessionVersion> DurableSessionStore::list_versions() {
+    std::vector<std::pair<std::string, std::shared_ptr<Entry>>> live;
+    std::vector<SessionVersion> out;
+    {
+        std::shared_lock<std::shared_mutex> lock(map_mu_);
+        live.assign(sessions_.begin(), sessions_.end());
+        out.reserve(live.size() + deleted_.size());
+        for (const auto& id : deleted_) out.push_back(SessionVersion{id, {}, true});
+    }
+    for (auto& [id, entry] : live) {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->doc) out.push_back(SessionVersion{id, entry->doc->doc().version(), false});
+    }
+    std::sort(out.begin(), out.end(), [](const SessionVersion& a, const SessionVersion& b) { return a.id < b.id; });
+    return out;
 }
 
 uint64_t DurableSessionStore::subscribe(Subscriber subscriber) {

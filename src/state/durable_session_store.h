@@ -29,6 +29,7 @@
 
 namespace rocksdb {
 class DB;
+class Env;
 }
 
 namespace assistd::state {
@@ -40,6 +41,10 @@ struct DurableSessionStoreOptions {
     Durability durability = Durability::kGroupCommit;
     int group_commit_ms = 2;  // 0: sync back to back (each fsync covers what arrived during the last)
     int snapshot_every = 64;  // changes per session between snapshots
+    // Where RocksDB keeps its files; null: the real file system. Simulations
+    // pass an in-memory env (rocksdb::NewMemEnv) that outlives the store, so a
+    // "restart" reopens the same files without touching the disk.
+    rocksdb::Env* env = nullptr;
 };
 
 class DurableSessionStore final : public SessionStore {
@@ -58,6 +63,8 @@ public:
     Result<crdt::VersionVector> version(std::string_view id) override;
     Result<std::string> changes_since(std::string_view id, const crdt::VersionVector& since) override;
     Status apply(std::string_view id, std::string_view delta) override;
+    bool deleted(std::string_view id) override;
+    std::vector<SessionVersion> list_versions() override;
     uint64_t subscribe(Subscriber subscriber) override;
     void unsubscribe(uint64_t subscription) override;
 

@@ -39,6 +39,13 @@ struct Session {
     std::string summary;
 };
 
+// What a replica holds of one session: its version, or that it was deleted.
+struct SessionVersion {
+    std::string id;
+    crdt::VersionVector version;  // empty when deleted
+    bool deleted = false;
+};
+
 struct SessionEvent {
     enum class Kind { kCreated, kChanged, kDeleted };
     Kind kind;
@@ -65,6 +72,11 @@ public:
     virtual Result<crdt::VersionVector> version(std::string_view id) = 0;
     virtual Result<std::string> changes_since(std::string_view id, const crdt::VersionVector& since) = 0;
     virtual Status apply(std::string_view id, std::string_view delta) = 0;
+    // Deleted for good (a tombstone is held).
+    virtual bool deleted(std::string_view id) = 0;
+    // Every session held, deleted ones included, sorted by id: anti-entropy
+    // compares these between replicas.
+    virtual std::vector<SessionVersion> list_versions() = 0;
 
     // Called after every acknowledged change, on the writer's thread.
     using Subscriber = std::function<void(const SessionEvent&)>;

@@ -1,0 +1,201 @@
+#include "cluster/grpc_transport.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "peer.grpc.pb.h"
+
+namespace assistd::cluster {
+namespace pb = assistd::cluster::v1;
+
+struct GrpcTransport::Impl {
+    // Inbound: every stream a peer opens; each frame goes to the handler.
+    class Service final : public pb::Peer::Service {
+      public:
+        explicit Service(Impl& impl) : impl_(impl) {}
+        grpc::Status Stream(grpc::ServerContext*,
+                            grpc::ServerReaderWriter<pb::Frame, pb::Frame>* stream) override {
+            pb::Frame frame;
+            while (stream->Read(&frame)) {
+                FrameHandler handler;
+                {
+                    std::lock_guard<std::mutex> lock(impl_.handler_mu);
+                    handler = impl_.handler;
+                }
+                if (handler) handler(frame.payload());
+            }
+            return grpc::Status::OK;
+        }
+
+      private:
+        Impl& impl_;
+    };
+
+    // Outbound: one stream per peer address, written by its own thread.
+    struct Outbox {
+        std::string address;
+        std::mutex mu;
+        std::condition_variable cv;
+        std::deque<std::string> queue;
+        bool stopping = false;
+        grpc::ClientContext* context = nullptr;  // the live stream's, to cancel it on shutdown
+        std::thread thread;
+    };
+
+    GrpcTransportOptions options;
+    Service service{*this};
+    std::unique_ptr<grpc::Server> server;
+    int port = 0;
+    std::mutex handler_mu;
+    FrameHandler handler;
+    std::mutex outbox_mu;
+    std::map<std::string, std::unique_ptr<Outbox>> outboxes;
+    bool closed = false;  // under outbox_mu: no new outboxes once shutdown began
+    std::atomic<uint64_t> dropped{0};
+
+    void run(Outbox& o) {
+        auto channel = grpc::CreateChannel(o.address, grpc::InsecureChannelCredentials());
+        auto stub = pb::Peer::NewStub(channel);
+        int backoff_ms = 50;
+        while (true) {
+            {
+                std::unique_lock<std::mutex> lock(o.mu);
+                o.cv.wait(lock, [&] { return o.stopping || !o.queue.empty(); });
+                if (o.stopping) return;
+            }
+            grpc::ClientContext context;
+            {
+                std::lock_guard<std::mutex> lock(o.mu);
+                o.context = &context;
+            }
+            auto stream = stub->Stream(&context);
+            bool ok = true;
+            while (ok) {
+                pb::Frame frame;
+                {
+                    std::unique_lock<std::mutex> lock(o.mu);
+                    o.cv.wait(lock, [&] { return o.stopping || !o.queue.empty(); });
+                    if (o.stopping) break;
+                    frame.set_payload(std::move(o.queue.front()));
+                    o.queue.pop_front();
+                }
+                ok = stream->Write(frame);  // blocks while the peer's flow-control window is full
+            }
+            {
+                std::lock_guard<std::mutex> lock(o.mu);
+                if (o.stopping) context.TryCancel();
+            }
+            stream->WritesDone();
+            (void)stream->Finish();
+            bool stopping;
+            {
+                std::lock_guard<std::mutex> lock(o.mu);
+                o.context = nullptr;
+                stopping = o.stopping;
+            }
+            if (stopping) return;
+            // A broken stream: frames written into it may be lost (the replicator resends); back
+            // off and reconnect.
+            std::unique_lock<std::mutex> lock(o.mu);
+            o.cv.wait_for(lock, std::chrono::milliseconds(backoff_ms), [&] { return o.stopping; });
+            backoff_ms = std::min(backoff_ms * 2, 1000);
+            if (ok) backoff_ms = 50;
+        }
+    }
+};
+
+GrpcTransport::GrpcTransport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Result<std::unique_ptr<GrpcTransport>> GrpcTransport::start(const GrpcTransportOptions& options) {
+    if (options.listen_address.empty() || options.listen_address.find(':') == std::string::npos) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          "peer listen address '" + options.listen_address + "' must be host:port");
+    }
+    if (options.max_queued_frames == 0) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          "peer transport: max_queued_frames must be at least 1");
+    }
+    auto impl = std::make_unique<Impl>();
+    impl->options = options;
+    grpc::ServerBuilder builder;
+    builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
+                             &impl->port);
+    builder.RegisterService(&impl->service);
+    builder.SetMaxReceiveMessageSize(64 << 20);
+    impl->server = builder.BuildAndStart();
+    if (!impl->server || impl->port == 0) {
+        return make_error(ErrorCode::kIo, "cannot listen for peers on " + options.listen_address +
+                                              " (address in use, or not a local address?)");
+    }
+    return std::unique_ptr<GrpcTransport>(new GrpcTransport(std::move(impl)));
+}
+
+GrpcTransport::~GrpcTransport() {
+    set_handler(nullptr);
+    {
+        std::lock_guard<std::mutex> lock(impl_->outbox_mu);
+        impl_->closed = true;
+    }
+    // Inbound first: once Wait() returns no handler runs, so nothing sends any more.
+    impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
+    impl_->server->Wait();
+    std::map<std::string, std::unique_ptr<Impl::Outbox>> outboxes;
+    {
+        std::lock_guard<std::mutex> lock(impl_->outbox_mu);
+        outboxes.swap(impl_->outboxes);
+    }
+    for (auto& [address, o] : outboxes) {
+        std::lock_guard<std::mutex> lock(o->mu);
+        o->stopping = true;
+        if (o->context) o->context->TryCancel();
+        o->cv.notify_all();
+    }
+    for (auto& [address, o] : outboxes) o->thread.join();
+}
+
+void GrpcTransport::set_handler(FrameHandler handler) {
+    std::lock_guard<std::mutex> lock(impl_->handler_mu);
+    impl_->handler = std::move(handler);
+}
+
+void GrpcTransport::send(const std::string& address, std::string frame) {
+    Impl::Outbox* o;
+    {
+        std::lock_guard<std::mutex> lock(impl_->outbox_mu);
+        if (impl_->closed) return;
+        auto& slot = impl_->outboxes[address];
+        if (!slot) {
+            slot = std::make_unique<Impl::Outbox>();
+            slot->address = address;
+            Impl* impl = impl_.get();
+            Impl::Outbox* raw = slot.get();
+            slot->thread = std::thread([impl, raw] { impl->run(*raw); });
+        }
+        o = slot.get();
+    }
+    {
+        std::lock_guard<std::mutex> lock(o->mu);
+        if (o->queue.size() >= impl_->options.max_queued_frames) {
+            ++impl_->dropped;  // best effort: the replicator resends what is not acknowledged
+            return;
+        }
+        o->queue.push_back(std::move(frame));
+    }
+    o->cv.notify_one();
+}
+
+int GrpcTransport::port() const {
+    return impl_->port;
+}
+
+uint64_t GrpcTransport::frames_dropped() const {
+    return impl_->dropped.load();
+}
+
+}  // namespace assistd::cluster

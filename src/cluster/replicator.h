@@ -1,0 +1,207 @@
+#pragma once
+// The replication logic of one node, independent of any transport or thread:
+// the owner feeds it frames (receive), time (tick) and a nudge after local
+// writes (flush); everything it does is a function of those calls, the store
+// and the injected clock and seed, so a simulation replays a whole fleet.
+//
+//  * Placement: a session lives on R replicas, by rendezvous hashing over the
+//    members (placement.h).
+//  * Pushing: local changes go to the session's other replicas as CRDT deltas
+//    (changes since the version the peer last acknowledged), batched, with at
+//    most max_inflight_batches / max_inflight_bytes unacknowledged per peer.
+//    An ack carries the peer's version after applying; a batch not acked in
+//    ack_timeout_ms is sent again (recomputed from the last ack).
+//  * Waiting: await_replication completes once sync_acks peers report a
+//    version that includes the write (or fails at the deadline).
+//  * Anti-entropy: every anti_entropy_interval_ms and whenever a peer comes
+//    (back) to life, a digest of per-session versions (bucket hashes) goes to
+//    each live peer; buckets that differ are exchanged in detail and each side
+//    pushes what the other lacks or pulls what it lacks. Sessions a node holds
+//    but no longer owns (the replica set changed) are offered to their
+//    replicas until they confirm holding them: the hand-off.
+//  * Failure detection: heartbeats; a peer not heard from in
+//    suspect_after_ms is suspect, pushes to it wait until it is back.
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "cluster/membership.h"
+#include "cluster/messages.h"
+#include "cluster/node_identity.h"
+#include "cluster/transport.h"
+#include "common/clock.h"
+#include "common/result.h"
+#include "state/session_store.h"
+
+namespace assistd::cluster {
+
+struct ReplicationOptions {
+    int replication_factor = 3;  // R: replicas per session (all nodes when fewer)
+    int sync_acks = 1;           // remote acks a write waits for (capped by the replicas there are)
+    int64_t heartbeat_interval_ms = 200;
+    int64_t suspect_after_ms = 1000;
+    int64_t anti_entropy_interval_ms = 1000;
+    int64_t discovery_interval_ms = 5000;
+    int64_t ack_timeout_ms = 1000;
+    size_t max_batch_bytes = 256 * 1024;
+    size_t max_inflight_batches = 4;
+    size_t max_inflight_bytes = 1024 * 1024;
+    size_t max_offers_per_digest = 512;
+};
+// Checks ranges; the message says which option is wrong and what it may be.
+Status validate(const ReplicationOptions& options);
+
+struct ReplicationStats {
+    uint64_t batches_sent = 0;
+    uint64_t batches_acked = 0;
+    uint64_t batches_resent = 0;  // ack timeouts
+    uint64_t deltas_applied = 0;
+    uint64_t apply_errors = 0;
+    uint64_t frames_rejected = 0;  // undecodable frames
+    uint64_t digests_sent = 0;
+    uint64_t repairs_pushed = 0;  // anti-entropy found a peer lacking something
+    uint64_t repairs_pulled = 0;  // ... or this node lacking something
+    uint64_t handoffs_confirmed = 0;
+    uint64_t fetches = 0;
+    uint64_t acks_waited = 0;
+    uint64_t ack_timeouts = 0;
+};
+
+class Replicator {
+  public:
+    using Callback = std::function<void(Status)>;
+
+    // `options` must have passed validate().
+    Replicator(NodeIdentity identity, std::string self_address, ReplicationOptions options,
+               state::SessionStore& store, Transport& transport, Discovery& discovery, Clock& clock,
+               uint64_t seed);
+    ~Replicator();
+    Replicator(const Replicator&) = delete;
+    Replicator& operator=(const Replicator&) = delete;
+
+    // Subscribes to the store, runs discovery and says hello to the peers.
+    void start();
+
+    // One frame from the transport.
+    void receive(std::string_view frame);
+    // Timers: heartbeats, suspicion, discovery, anti-entropy, resends, deadlines.
+    void tick();
+    // Pushes the sessions written locally since the last flush.
+    void flush();
+    // Called on the writer's thread when flush() has work; must be quick and
+    // must not call into the replicator (it runs under an internal lock).
+    void set_wakeup(std::function<void()> wakeup);
+
+    // Completes with ok once sync_acks peers hold `version` of the session (at
+    // once when there are no peers to ask), or with kResourceExhausted after
+    // timeout_ms. Callbacks run on whichever thread drives the replicator.
+    void await_replication(std::string_view session_id, const state::crdt::VersionVector& version,
+                           int64_t timeout_ms, Callback done);
+    // Fetch-on-miss: pulls the session from its live replicas. Ok once it is
+    // here; kNotFound when every replica asked lacks it (or it was deleted).
+    void fetch(std::string_view session_id, int64_t timeout_ms, Callback done);
+
+    // Leaves the membership (the drain path): from now on every session held
+    // here is handed to its replicas among the remaining members.
+    void leave();
+
+    std::vector<NodeId> replicas(std::string_view session_id) const;
+    // The first live replica: where a session is best served.
+    NodeId primary(std::string_view session_id) const;
+    std::vector<NodeId> members() const;
+    std::vector<PeerInfo> peers() const;
+    // Sessions whose latest local changes some live replica has not acknowledged.
+    size_t unacknowledged() const;
+    ReplicationStats stats() const;
+    NodeId node_id() const { return identity_.node_id; }
+    const std::string& address() const { return self_address_; }
+
+  private:
+    struct InFlight {
+        int64_t sent_ms = 0;
+        size_t bytes = 0;
+        std::vector<SessionState> sent;  // what each session was at when sent
+    };
+    struct PeerLink {
+        std::map<std::string, SessionState> known;  // the peer's last reported state per session
+        std::map<std::string, SessionState> acked;  // ... as reported by an ack (durable there)
+        std::set<std::string> pending;              // sessions to push
+        std::map<uint64_t, InFlight> inflight;      // by batch id
+        size_t inflight_bytes = 0;
+        std::map<std::string, SessionState>
+            handed_off;  // offers the peer confirmed, at our state then
+    };
+    struct AckWaiter {
+        std::string session_id;
+        state::crdt::VersionVector target;
+        bool deleted = false;  // waiting for the tombstone to replicate
+        size_t needed = 0;
+        std::set<NodeId> acked;
+        int64_t deadline_ms = 0;
+        Callback done;
+    };
+    struct FetchWaiter {
+        std::string session_id;
+        std::set<NodeId> asked;
+        std::set<NodeId> missing;
+        int64_t deadline_ms = 0;
+        Callback done;
+    };
+    using Completions = std::vector<std::function<void()>>;
+
+    int64_t now_ms() const;
+    SessionState local_state(const std::string& session_id);
+    bool owns(const std::vector<NodeId>& replicas, NodeId node) const;
+    void send(NodeId to, Message message);
+    void send_to(const std::string& address, Message message);
+    void pump(NodeId peer, PeerLink& link);
+    void pump_all();
+    void members_changed();
+    void anti_entropy_round();
+    void on_deltas(const Message& m, Completions& done);
+    void on_ack(const Message& m, Completions& done);
+    void on_digest(const Message& m);
+    void on_summary(const Message& m);
+    void on_pull(const Message& m);
+    void note_peer_state(NodeId peer, const SessionState& state, Completions& done);
+    void check_fetch(const std::string& session_id, Completions& done);
+    bool expire_waiters(int64_t now, Completions& done);
+    size_t acks_needed(const std::string& session_id) const;
+    size_t bucket_of(const std::string& session_id) const;
+
+    NodeIdentity identity_;
+    std::string self_address_;
+    ReplicationOptions options_;
+    state::SessionStore& store_;
+    Transport& transport_;
+    Discovery& discovery_;
+    Clock& clock_;
+    uint64_t rng_;
+
+    mutable std::mutex mu_;
+    Membership membership_;
+    std::vector<NodeId> members_;
+    std::map<NodeId, PeerLink> links_;
+    std::vector<AckWaiter> ack_waiters_;
+    std::vector<FetchWaiter> fetch_waiters_;
+    uint64_t next_batch_ = 1;
+    uint64_t round_ = 0;
+    int64_t next_heartbeat_ms_ = 0;
+    int64_t next_anti_entropy_ms_ = 0;
+    int64_t next_discovery_ms_ = 0;
+    std::set<NodeId> reconnected_;  // peers to send a digest to at the next tick
+    ReplicationStats stats_;
+
+    std::mutex dirty_mu_;
+    std::set<std::string> dirty_;
+    std::function<void()> wakeup_;
+    uint64_t subscription_ = 0;
+    bool started_ = false;
+};
+
+}  // namespace assistd::cluster

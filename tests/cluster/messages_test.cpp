@@ -1,0 +1,137 @@
+#include "cluster/messages.h"
+
+#include <gtest/gtest.h>
+
+namespace assistd::cluster {
+namespace {
+
+using state::crdt::VersionVector;
+
+VersionVector vv(std::initializer_list<std::pair<uint64_t, uint64_t>> entries) {
+    VersionVector v;
+    for (auto [r, l] : entries) v.set(r, l);
+    return v;
+}
+
+std::vector<Message> samples() {
+    std::vector<Message> out;
+    Message hb;
+    hb.kind = MessageKind::kHeartbeat;
+    hb.from = 7;
+    hb.from_address = "10.0.0.1:7000";
+    out.push_back(hb);
+
+    Message d = hb;
+    d.kind = MessageKind::kDeltas;
+    d.id = 42;
+    d.deltas = {{"s1", std::string("\x01\xAD\x01\x00", 4)}, {"s2", ""}};
+    out.push_back(d);
+
+    Message a = hb;
+    a.kind = MessageKind::kAck;
+    a.id = 42;
+    a.states = {{"s1", SessionState::Kind::kLive, vv({{3, 9}, {12, 1}})},
+                {"s2", SessionState::Kind::kDeleted, {}},
+                {"s3", SessionState::Kind::kMissing, {}}};
+    out.push_back(a);
+
+    Message g = hb;
+    g.kind = MessageKind::kDigest;
+    g.id = 5;
+    g.buckets = {0, 1, ~0ull, 77};
+    g.states = {{"offered", SessionState::Kind::kLive, vv({{1, 1}})}};
+    out.push_back(g);
+
+    Message s = g;
+    s.kind = MessageKind::kSummary;
+    s.buckets = {3, 200};
+    s.replies = {{"offered", SessionState::Kind::kMissing, {}}};
+    out.push_back(s);
+
+    Message p = hb;
+    p.kind = MessageKind::kPull;
+    p.states = {{"s9", SessionState::Kind::kMissing, {}}};
+    out.push_back(p);
+    return out;
+}
+
+TEST(ClusterMessages, EveryKindRoundTrips) {
+    for (const auto& m : samples()) {
+        auto back = decode_message(encode_message(m));
+        ASSERT_TRUE(back.ok()) << message_kind_name(m.kind) << ": " << back.error().message;
+        EXPECT_EQ(*back, m) << message_kind_name(m.kind);
+    }
+}
+
+TEST(ClusterMessages, EveryTruncationAndTrailingByteIsRejected) {
+    for (const auto& m : samples()) {
+        const std::string bytes = encode_message(m);
+        for (size_t n = 0; n < bytes.size(); ++n) {
+            auto r = decode_message(std::string_view(bytes.data(), n));
+            ASSERT_FALSE(r.ok()) << message_kind_name(m.kind) << " cut to " << n << " bytes";
+            EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+        }
+        auto r = decode_message(bytes + "x");
+        ASSERT_FALSE(r.ok());
+        EXPECT_NE(r.error().message.find("trailing"), std::string::npos) << r.error().message;
+    }
+}
+
+TEST(ClusterMessages, BadHeadersSayWhatIsWrong) {
+    std::string bytes = encode_message(samples()[0]);
+    std::string bad = bytes;
+    bad[0] = 'G';  // an HTTP client on the peer port
+    auto r = decode_message(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("magic"), std::string::npos);
+
+    bad = bytes;
+    bad[1] = 2;
+    r = decode_message(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, ErrorCode::kUnsupported);
+    EXPECT_NE(r.error().message.find("version 2"), std::string::npos) << r.error().message;
+
+    bad = bytes;
+    bad[2] = 9;
+    r = decode_message(bad);
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("kind"), std::string::npos);
+
+    bad = bytes;
+    bad[3] = 0;  // node id 0 is never valid
+    r = decode_message(bad);
+    ASSERT_FALSE(r.ok());
+}
+
+TEST(ClusterMessages, AbsurdCountsAndNonCanonicalVersionsAreRejected) {
+    Message a = samples()[2];
+    std::string bytes = encode_message(a);
+    // Header: magic, version, kind, from (1 byte), address (len + 13), id (1 byte); then the count.
+    const size_t count_at = 3 + 1 + 1 + a.from_address.size() + 1;
+    std::string huge = bytes.substr(0, count_at) + std::string("\xff\xff\xff\xff\x0f", 5) +
+                       bytes.substr(count_at + 1);
+    auto r = decode_message(huge);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, ErrorCode::kCorrupt);
+
+    // A version vector out of order (replica 12 before 3).
+    Message m = samples()[5];
+    m.states = {{"s", SessionState::Kind::kLive, vv({{3, 9}, {12, 1}})}};
+    std::string good = encode_message(m);
+    const auto at = good.find(std::string("\x03\x09\x0c\x01", 4));
+    ASSERT_NE(at, std::string::npos);
+    std::string swapped = good;
+    swapped.replace(at, 4, std::string("\x0c\x01\x03\x09", 4));
+    r = decode_message(swapped);
+    EXPECT_FALSE(r.ok());
+
+    // A deleted session with a version is not canonical either.
+    std::string deleted = good;
+    deleted[at - 2] = static_cast<char>(SessionState::Kind::kDeleted);
+    r = decode_message(deleted);
+    EXPECT_FALSE(r.ok());
+}
+
+}  // namespace
+}  // namespace assistd::cluster
