@@ -12,6 +12,7 @@
 
 #include <cmath>
 
+#include "engine/kernels/avx512_reduce.h"
 #include "engine/kernels/kernels_impl.h"
 
 namespace assistd::engine::kernels {
@@ -93,12 +94,15 @@ void matmul_tile(const typename WeightLoader::Element* w, size_t cols, const uns
             for (int c = 0; c < kCols; ++c) acc[0][i][c] = _mm512_fmadd_ps(wv, xv[c], acc[0][i][c]);
         }
     }
-    for (int i = 0; i < kRows; ++i) {
-        for (int c = 0; c < kCols; ++c) {
-            __m512 total = acc[0][i][c];
-            for (int u = 1; u < kUnroll; ++u) total = _mm512_add_ps(total, acc[u][i][c]);
-            y[c * ldy + row + i] = _mm512_reduce_add_ps(total);
-        }
+    for (int u = 1; u < kUnroll; ++u)
+        for (int i = 0; i < kRows; ++i)
+            for (int c = 0; c < kCols; ++c) acc[0][i][c] = _mm512_add_ps(acc[0][i][c], acc[u][i][c]);
+    if constexpr (kRows == 4) {
+        for (int c = 0; c < kCols; ++c)
+            _mm_storeu_ps(y + c * ldy + row, reduce4_ps(acc[0][0][c], acc[0][1][c], acc[0][2][c], acc[0][3][c]));
+    } else {
+        for (int i = 0; i < kRows; ++i)
+            for (int c = 0; c < kCols; ++c) y[c * ldy + row + i] = _mm512_reduce_add_ps(acc[0][i][c]);
     }
 }
 

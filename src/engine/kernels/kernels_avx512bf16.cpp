@@ -9,6 +9,7 @@
 #endif
 #include <immintrin.h>
 
+#include "engine/kernels/avx512_reduce.h"
 #include "engine/kernels/kernels_impl.h"
 
 namespace assistd::engine::kernels {
@@ -59,12 +60,15 @@ void bf16_tile(const uint16_t* w, size_t cols, const unsigned char* x, size_t x_
             for (int c = 0; c < kCols; ++c) acc[0][i][c] = _mm512_dpbf16_ps(acc[0][i][c], wv, as_bf16_pairs(xv[c]));
         }
     }
-    for (int i = 0; i < kRows; ++i) {
-        for (int c = 0; c < kCols; ++c) {
-            __m512 total = acc[0][i][c];
-            for (int u = 1; u < kUnroll; ++u) total = _mm512_add_ps(total, acc[u][i][c]);
-            y[c * ldy + row + i] = _mm512_reduce_add_ps(total);
-        }
+    for (int u = 1; u < kUnroll; ++u)
+        for (int i = 0; i < kRows; ++i)
+            for (int c = 0; c < kCols; ++c) acc[0][i][c] = _mm512_add_ps(acc[0][i][c], acc[u][i][c]);
+    if constexpr (kRows == 4) {
+        for (int c = 0; c < kCols; ++c)
+            _mm_storeu_ps(y + c * ldy + row, reduce4_ps(acc[0][0][c], acc[0][1][c], acc[0][2][c], acc[0][3][c]));
+    } else {
+        for (int i = 0; i < kRows; ++i)
+            for (int c = 0; c < kCols; ++c) y[c * ldy + row + i] = _mm512_reduce_add_ps(acc[0][i][c]);
     }
 }
 
