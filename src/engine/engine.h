@@ -45,6 +45,10 @@ struct ModelParams {
     size_t kv_cache_tokens = 0;         // total KV capacity in tokens; 0: n_ctx * 4
     DType kv_type = DType::F16;         // F16 or F32
     size_t converted_weights_budget = size_t{8} << 30;  // bytes of lazily converted weights kept
+    // A model whose weights are smaller runs small batches (up to 16 tokens)
+    // on the calling thread alone: its phases are too short to pay for the
+    // barriers, and a spinning partner collapses on an oversubscribed machine.
+    size_t min_parallel_weight_bytes = size_t{4} << 20;
 };
 
 struct ModelInfo {

@@ -418,7 +418,11 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
     }
     const WeightSet& w = **weights;
     for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);
-    pool_->run([&](int ith, int nth) { forward(ith, nth, w); });
+    if (info_.weight_bytes < params_.min_parallel_weight_bytes && tok_.size() <= 16) {
+        pool_->run_alone([&](int ith, int nth) { forward(ith, nth, w); });
+    } else {
+        pool_->run([&](int ith, int nth) { forward(ith, nth, w); });
+    }
     for (const auto& e : batch) kv_.commit(e.seq, e.tokens.size());
     return std::span<const float>(logits_.as<float>(), out_rows_.size() * info_.n_vocab);
 }

@@ -47,6 +47,12 @@ void ThreadPool::run(const std::function<void(int, int)>& job) {
     job_ = nullptr;
 }
 
+void ThreadPool::run_alone(const std::function<void(int, int)>& job) {
+    alone_ = true;
+    job(0, 1);
+    alone_ = false;
+}
+
 void ThreadPool::worker_loop(int index) {
     // Jobs are numbered from the pool's creation: a worker that starts late
     // must still see the first one.
@@ -69,7 +75,7 @@ void ThreadPool::worker_loop(int index) {
 }
 
 void ThreadPool::barrier() {
-    if (n_threads_ == 1) return;
+    if (n_threads_ == 1 || alone_) return;
     const uint32_t phase = barrier_phase_.load(std::memory_order_acquire);
     if (barrier_count_.fetch_add(1, std::memory_order_acq_rel) == n_threads_ - 1) {
         barrier_count_.store(0, std::memory_order_relaxed);

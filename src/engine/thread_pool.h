@@ -24,6 +24,8 @@ public:
     // Runs job(thread_index, n_threads) on every thread and returns when all
     // are done. Not reentrant: one job at a time.
     void run(const std::function<void(int, int)>& job);
+    // Runs job(0, 1) on the calling thread alone (barriers inside return at once).
+    void run_alone(const std::function<void(int, int)>& job);
 
     // Inside a job: waits until every thread has reached this point.
     void barrier();
@@ -43,6 +45,7 @@ private:
     alignas(64) std::atomic<int> barrier_count_{0};
     alignas(64) std::atomic<uint32_t> barrier_phase_{0};
     std::atomic<bool> stop_{false};
+    bool alone_ = false;  // run_alone() in progress (touched by the calling thread only)
 };
 
 }  // namespace assistd::engine

@@ -49,11 +49,15 @@ std::string write_shape(const TempDir& dir, const std::string& shape, DType dtyp
 }
 
 // FP32 comparisons keep K/V in F32 too: the default F16 cache alone costs ~1e-3.
-std::unique_ptr<Model> load_model(const std::string& path, DType kv_type = DType::F32) {
+// Two threads even for these tiny models (by default they would run small
+// batches alone), so the parallel forward is what the reference checks.
+std::unique_ptr<Model> load_model(const std::string& path, DType kv_type = DType::F32,
+                                  size_t min_parallel_weight_bytes = 0) {
     ModelParams params;
     params.path = path;
     params.n_threads = 2;
     params.kv_type = kv_type;
+    params.min_parallel_weight_bytes = min_parallel_weight_bytes;
     auto m = Model::load(params);
     if (!m) {
         ADD_FAILURE() << "Model::load(" << path << "): " << m.error().message;
@@ -445,6 +449,20 @@ TEST_P(RandomModelVsReference, TokenByTokenAfterPrefillAtFp32) {
     // Uneven chunks too: positions must continue across calls whatever the split.
     const Comparison c2 = compare(decode_chunked(*m, tokens_, Precision::kFP32, 3, 7), want_);
     EXPECT_LE(c2.max_error, kFp32Tolerance) << "worst row " << c2.worst_row;
+}
+
+TEST_P(RandomModelVsReference, SmallBatchesOfATinyModelRunAloneWithTheSameLogits) {
+    auto parallel = load_model(path_);
+    auto alone = load_model(path_, DType::F32, ModelParams{}.min_parallel_weight_bytes);
+    ASSERT_TRUE(parallel && alone);
+    ASSERT_LT(alone->info().weight_bytes, ModelParams{}.min_parallel_weight_bytes) << "not a tiny model";
+    // Chunks of up to 16 tokens run on one thread; each row's sums are the
+    // same whichever thread computes them.
+    const Rows a = decode_chunked(*alone, tokens_, Precision::kFP32, 5, 1);
+    const Rows p = decode_chunked(*parallel, tokens_, Precision::kFP32, 5, 1);
+    EXPECT_EQ(a, p);
+    const Comparison c = compare(a, want_);
+    EXPECT_LE(c.max_error, kFp32Tolerance) << "worst row " << c.worst_row;
 }
 
 TEST_P(RandomModelVsReference, ThreeSequencesOfDifferentLengthsInOneBatch) {
