@@ -133,7 +133,7 @@ private:
     const float* f32_vector(const GgufTensor* t);
     void forward(int ith, int nth, const WeightSet& w);
     void prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols, uint8_t* out) const;
-    void attention(size_t layer, size_t t, size_t h, float* scores, float* out);
+    void attention(size_t layer, size_t unit, size_t kv_head, int ith, float* out);
 
     std::unique_ptr<GgufFile> file_;
     std::unique_ptr<Tokenizer> tokenizer_;
@@ -158,7 +158,7 @@ private:
 
     // Activations for up to max_batch_tokens tokens (allocated once).
     size_t max_tokens_ = 0;
-    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, prepn_, logits_, scores_, rope_;
+    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, prepn_, logits_, rope_;
     size_t prep_row_stride_ = 0;
     // Small batches (decode) keep a private copy of the residual stream on
     // every thread: each thread adds, normalizes and prepares the few rows
@@ -177,11 +177,26 @@ private:
     std::unique_ptr<WorkCounter[]> work_;
     size_t n_work_ = 0;
 
+    // Attention works on units of (block of consecutive query tokens of one
+    // sequence, KV head): every K/V row is converted once for all the block's
+    // tokens and the group's query heads. Blocks of about this many query rows.
+    static constexpr size_t kAttentionQueryRows = 64;
+    struct AttentionBlock {
+        uint32_t first_token = 0;
+        uint32_t n_tokens = 0;
+    };
+    size_t attention_block_tokens_ = 1;
+    // Per thread: the kernel's scratch, then the unit's K and V block addresses.
+    AlignedBuffer attention_scratch_;
+    size_t attention_scratch_stride_ = 0;  // bytes per thread
+    size_t attention_max_blocks_ = 0;      // KV blocks of the longest sequence
+
     // The batch being decoded (filled by decode(), read by forward()).
     std::vector<TokenId> tok_;
     std::vector<int32_t> tok_seq_;
     std::vector<uint32_t> tok_pos_;
     std::vector<uint32_t> out_rows_;  // token indices whose logits are returned
+    std::vector<AttentionBlock> attention_blocks_;  // costliest first
 };
 
 Status LlamaModel::init() {
@@ -244,17 +259,24 @@ Status LlamaModel::init() {
         private_stride_ = (2 * R * E * 4 + R * info_.n_rot * 4 + R * prep_row_stride_ + 63) / 64 * 64;
         private_ = AlignedBuffer(static_cast<size_t>(n_threads) * private_stride_);
         logits_ = AlignedBuffer(T * V * 4);
-        scores_ = AlignedBuffer(static_cast<size_t>(n_threads) * (info_.n_ctx + 16) * 4);
+        const size_t group = info_.n_head / info_.n_head_kv;
+        attention_block_tokens_ = std::max<size_t>(1, kAttentionQueryRows / group);
+        attention_max_blocks_ = (info_.n_ctx + shape.block_tokens - 1) / shape.block_tokens + 1;
+        const size_t scratch_bytes =
+            kernels::attention_scratch_floats(attention_block_tokens_ * group, info_.head_dim) * sizeof(float);
+        attention_scratch_stride_ = (scratch_bytes + 2 * attention_max_blocks_ * sizeof(void*) + 63) / 64 * 64;
+        attention_scratch_ = AlignedBuffer(static_cast<size_t>(n_threads) * attention_scratch_stride_);
         rope_ = AlignedBuffer(T * info_.n_rot * 4);  // cos, sin per frequency per token
     } catch (const std::bad_alloc&) {
         return make_error(ErrorCode::kResourceExhausted, "cannot allocate the activation buffers");
     }
-    n_work_ = 4 * info_.n_layer + 1;
+    n_work_ = 5 * info_.n_layer + 1;
     work_ = std::make_unique<WorkCounter[]>(n_work_);
     tok_.reserve(T);
     tok_seq_.reserve(T);
     tok_pos_.reserve(T);
     out_rows_.reserve(T);
+    attention_blocks_.reserve(T);
 
     // Chat template from the file.
     auto tmpl = file_->get_string("tokenizer.chat_template").value_or("");
@@ -416,6 +438,20 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
             tok_pos_.push_back(static_cast<uint32_t>(start + j));
         }
     }
+    // Attention blocks, costliest (most query-key pairs) first so the last
+    // claims are the short ones.
+    attention_blocks_.clear();
+    for (size_t t = 0; t < tok_.size();) {
+        size_t end = t + 1;
+        while (end < tok_.size() && end - t < attention_block_tokens_ && tok_seq_[end] == tok_seq_[t]) ++end;
+        attention_blocks_.push_back({static_cast<uint32_t>(t), static_cast<uint32_t>(end - t)});
+        t = end;
+    }
+    auto block_cost = [&](const AttentionBlock& b) {
+        return static_cast<uint64_t>(b.n_tokens) * (tok_pos_[b.first_token] + b.n_tokens);
+    };
+    std::sort(attention_blocks_.begin(), attention_blocks_.end(),
+              [&](const AttentionBlock& a, const AttentionBlock& b) { return block_cost(a) > block_cost(b); });
     const WeightSet& w = **weights;
     for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);
     pool_->run([&](int ith, int nth) { forward(ith, nth, w); });
@@ -430,43 +466,41 @@ void LlamaModel::prepare(DType wtype, const float* x, size_t ld, size_t t0, size
     kernels::prepare_activations(wtype, x + t0 * ld, ld, t1 - t0, cols, out + t0 * stride);
 }
 
-void LlamaModel::attention(size_t layer, size_t t, size_t h, float* scores, float* out) {
-    const size_t hd = info_.head_dim;
-    const size_t kvh = h / (info_.n_head / info_.n_head_kv);
-    const int32_t seq = tok_seq_[t];
-    const size_t n_pos = tok_pos_[t] + 1;
-    const float* q = q_.as<float>() + t * info_.n_head * hd + h * hd;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const bool f16 = kv_.shape().type == DType::F16;
-    const size_t esize = f16 ? 2 : 4;
+void LlamaModel::attention(size_t layer, size_t unit, size_t kv_head, int ith, float* out) {
+    const AttentionBlock& block = attention_blocks_[unit];
+    const size_t hd = info_.head_dim, group = info_.n_head / info_.n_head_kv, Qd = info_.n_head * hd;
+    const int32_t seq = tok_seq_[block.first_token];
+    const size_t first_pos = tok_pos_[block.first_token];
     const size_t bt = kv_.shape().block_tokens;
-    const auto& blocks = kv_.blocks(seq);
-    const size_t row = kv_.row_bytes();
+    const size_t head_offset = kv_head * hd * (kv_.shape().type == DType::F16 ? 2 : 4);
 
-    float max_score = -std::numeric_limits<float>::infinity();
-    for (size_t j = 0; j < n_pos; ++j) {
-        const uint8_t* k = kv_.block_k(blocks[j / bt], layer) + (j % bt) * row + kvh * hd * esize;
-        const float s = (f16 ? kernels::dot_f32_f16(q, reinterpret_cast<const uint16_t*>(k), hd)
-                             : kernels::dot_f32(q, reinterpret_cast<const float*>(k), hd)) *
-                        scale;
-        scores[j] = s;
-        max_score = std::max(max_score, s);
+    uint8_t* mine = attention_scratch_.data() + static_cast<size_t>(ith) * attention_scratch_stride_;
+    auto* k_blocks = reinterpret_cast<const void**>(mine + attention_scratch_stride_) - 2 * attention_max_blocks_;
+    const void** v_blocks = k_blocks + attention_max_blocks_;
+    const auto& blocks = kv_.blocks(seq);
+    const size_t n_blocks = (first_pos + block.n_tokens + bt - 1) / bt;
+    for (size_t b = 0; b < n_blocks; ++b) {
+        k_blocks[b] = kv_.block_k(blocks[b], layer) + head_offset;
+        v_blocks[b] = kv_.block_v(blocks[b], layer) + head_offset;
     }
-    float sum = 0.f;
-    for (size_t j = 0; j < n_pos; ++j) {
-        scores[j] = std::exp(scores[j] - max_score);
-        sum += scores[j];
-    }
-    const float inv = 1.0f / sum;
-    std::memset(out, 0, hd * 4);
-    for (size_t j = 0; j < n_pos; ++j) {
-        const uint8_t* v = kv_.block_v(blocks[j / bt], layer) + (j % bt) * row + kvh * hd * esize;
-        if (f16) {
-            kernels::axpy_f16(scores[j] * inv, reinterpret_cast<const uint16_t*>(v), out, hd);
-        } else {
-            kernels::axpy_f32(scores[j] * inv, reinterpret_cast<const float*>(v), out, hd);
-        }
-    }
+
+    kernels::AttentionArgs args;
+    args.q = q_.as<float>() + block.first_token * Qd + kv_head * group * hd;
+    args.q_token_stride = Qd;
+    args.n_queries = block.n_tokens;
+    args.n_group = group;
+    args.head_dim = hd;
+    args.first_pos = first_pos;
+    args.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    args.k_blocks = k_blocks;
+    args.v_blocks = v_blocks;
+    args.block_tokens = bt;
+    args.kv_row_bytes = kv_.row_bytes();
+    args.kv_type = kv_.shape().type;
+    args.out = out + block.first_token * Qd + kv_head * group * hd;
+    args.out_token_stride = Qd;
+    args.scratch = reinterpret_cast<float*>(mine);
+    kernels::attention(args);
 }
 
 void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
@@ -482,7 +516,6 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     float* G = gate_.as<float>();
     float* U = up_.as<float>();
     uint8_t* P = prep_.data();  // inputs of the output and down projections
-    float* scores = scores_.as<float>() + static_cast<size_t>(ith) * (info_.n_ctx + 16);
     const bool kv_f16 = kv_.shape().type == DType::F16;
 
     // The residual stream: shared and split by tokens, or replicated per thread.
@@ -610,19 +643,23 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         });
         pool_->barrier();
 
-        // (3) attention, one (token, head) pair at a time; each pair prepares
-        // its slice of the output projection's input.
+        // (3) attention, by (query block, KV head) units claimed costliest
+        // first; each unit prepares its slice of the output projection's input.
         {
-            size_t i0, i1;
-            ThreadPool::split(T * NH, 1, ith, nth, i0, i1);
             const size_t stride = kernels::activation_row_bytes(W.wo.type, Qd);
-            for (size_t i = i0; i < i1; ++i) {
-                const size_t t = i / NH, h = i % NH;
-                attention(l, t, h, scores, A + t * Qd + h * hd);
-                if (heads_prepare)
-                    kernels::prepare_activation_columns(W.wo.type, A + t * Qd, Qd, 1, Qd, h * hd, (h + 1) * hd,
-                                                        P + t * stride);
-            }
+            const size_t group = NH / NKV;
+            claim_chunks(attention_blocks_.size() * NKV, 1, [&](size_t u0, size_t u1) {
+                for (size_t u = u0; u < u1; ++u) {
+                    const size_t unit = u / NKV, kvh = u % NKV;
+                    attention(l, unit, kvh, ith, A);
+                    if (heads_prepare) {
+                        const AttentionBlock& b = attention_blocks_[unit];
+                        kernels::prepare_activation_columns(W.wo.type, A + b.first_token * Qd, Qd, b.n_tokens, Qd,
+                                                            kvh * group * hd, (kvh + 1) * group * hd,
+                                                            P + b.first_token * stride);
+                    }
+                }
+            });
         }
         pool_->barrier();
         if (!heads_prepare) {
