@@ -28,15 +28,30 @@
 namespace assistd::engine::kernels::attention_detail {
 
 // Converts the K and V rows of positions [j0, j0 + n) to float rows `dims`
-// apart (zero beyond head_dim), and zeroes rows [n, n_padded).
+// apart (zero beyond head_dim), and zeroes rows [n, n_padded). The rows are
+// scattered (strided by the other heads, blocks anywhere): with nothing else
+// to do per row in decode, the loads wait on memory unless prefetched.
 template <typename Vec>
 void load_tile(const AttentionArgs& a, size_t j0, size_t n, size_t n_padded, size_t dims, float* k, float* v) {
+    constexpr size_t kPrefetchAhead = 8;  // positions
     const size_t hd = a.head_dim;
+    const size_t row_bytes = hd * (a.kv_type == DType::F16 ? 2 : 4);
+    const size_t kv_end = a.first_pos + a.n_queries;
+    auto row = [&](const void* const* blocks, size_t pos) {
+        return static_cast<const unsigned char*>(blocks[pos / a.block_tokens]) + (pos % a.block_tokens) * a.kv_row_bytes;
+    };
     for (size_t j = 0; j < n; ++j) {
         const size_t pos = j0 + j;
-        const size_t offset = (pos % a.block_tokens) * a.kv_row_bytes;
-        const auto* ksrc = static_cast<const unsigned char*>(a.k_blocks[pos / a.block_tokens]) + offset;
-        const auto* vsrc = static_cast<const unsigned char*>(a.v_blocks[pos / a.block_tokens]) + offset;
+        if (pos + kPrefetchAhead < kv_end) {
+            const unsigned char* kp = row(a.k_blocks, pos + kPrefetchAhead);
+            const unsigned char* vp = row(a.v_blocks, pos + kPrefetchAhead);
+            for (size_t b = 0; b < row_bytes; b += 64) {
+                __builtin_prefetch(kp + b);
+                __builtin_prefetch(vp + b);
+            }
+        }
+        const unsigned char* ksrc = row(a.k_blocks, pos);
+        const unsigned char* vsrc = row(a.v_blocks, pos);
         float* kd = k + j * dims;
         float* vd = v + j * dims;
         if (a.kv_type == DType::F16) {
