@@ -133,7 +133,8 @@ private:
     const float* f32_vector(const GgufTensor* t);
     void forward(int ith, int nth, const WeightSet& w);
     void prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols, uint8_t* out) const;
-    void attention(size_t layer, size_t unit, size_t kv_head, int ith, float* out);
+    void attention(size_t layer, size_t unit, size_t kv_head, size_t split, int ith);
+    void merge_attention_splits(size_t t, size_t kv_head);
 
     std::unique_ptr<GgufFile> file_;
     std::unique_ptr<Tokenizer> tokenizer_;
@@ -190,6 +191,14 @@ private:
     AlignedBuffer attention_scratch_;
     size_t attention_scratch_stride_ = 0;  // bytes per thread
     size_t attention_max_blocks_ = 0;      // KV blocks of the longest sequence
+    // Few units (decode of one or two sequences) would leave threads idle, so
+    // their keys are split into ranges whose partial results are merged after
+    // a barrier. Outputs, maxima and sums per split for up to kSplitTokens tokens.
+    static constexpr size_t kSplitTokens = 16;
+    static constexpr size_t kMaxSplits = 8;
+    static constexpr size_t kMinSplitKeys = 256;
+    size_t attention_splits_ = 1;  // for the batch being decoded
+    AlignedBuffer split_out_, split_max_, split_sum_;
 
     // The batch being decoded (filled by decode(), read by forward()).
     std::vector<TokenId> tok_;
@@ -266,11 +275,15 @@ Status LlamaModel::init() {
             kernels::attention_scratch_floats(attention_block_tokens_ * group, info_.head_dim) * sizeof(float);
         attention_scratch_stride_ = (scratch_bytes + 2 * attention_max_blocks_ * sizeof(void*) + 63) / 64 * 64;
         attention_scratch_ = AlignedBuffer(static_cast<size_t>(n_threads) * attention_scratch_stride_);
+        const size_t split_tokens = std::min(kSplitTokens, T);
+        split_out_ = AlignedBuffer(kMaxSplits * split_tokens * Q * 4);
+        split_max_ = AlignedBuffer(kMaxSplits * split_tokens * info_.n_head * 4);
+        split_sum_ = AlignedBuffer(kMaxSplits * split_tokens * info_.n_head * 4);
         rope_ = AlignedBuffer(T * info_.n_rot * 4);  // cos, sin per frequency per token
     } catch (const std::bad_alloc&) {
         return make_error(ErrorCode::kResourceExhausted, "cannot allocate the activation buffers");
     }
-    n_work_ = 5 * info_.n_layer + 1;
+    n_work_ = 6 * info_.n_layer + 1;
     work_ = std::make_unique<WorkCounter[]>(n_work_);
     tok_.reserve(T);
     tok_seq_.reserve(T);
@@ -452,6 +465,16 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
     };
     std::sort(attention_blocks_.begin(), attention_blocks_.end(),
               [&](const AttentionBlock& a, const AttentionBlock& b) { return block_cost(a) > block_cost(b); });
+    // Split the keys when there are fewer than four units per thread and the
+    // longest sequence has enough keys for every split to be worth a claim.
+    attention_splits_ = 1;
+    const size_t units = attention_blocks_.size() * info_.n_head_kv;
+    const size_t want_units = 4 * static_cast<size_t>(pool_->size());
+    if (tok_.size() <= kSplitTokens && units < want_units) {
+        size_t longest = 0;
+        for (const auto& b : attention_blocks_) longest = std::max<size_t>(longest, tok_pos_[b.first_token] + b.n_tokens);
+        attention_splits_ = std::min({kMaxSplits, (want_units + units - 1) / units, std::max<size_t>(1, longest / kMinSplitKeys)});
+    }
     const WeightSet& w = **weights;
     for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);
     pool_->run([&](int ith, int nth) { forward(ith, nth, w); });
@@ -466,7 +489,8 @@ void LlamaModel::prepare(DType wtype, const float* x, size_t ld, size_t t0, size
     kernels::prepare_activations(wtype, x + t0 * ld, ld, t1 - t0, cols, out + t0 * stride);
 }
 
-void LlamaModel::attention(size_t layer, size_t unit, size_t kv_head, int ith, float* out) {
+// One unit: a query block, a KV head and (when the keys are split) one range of keys.
+void LlamaModel::attention(size_t layer, size_t unit, size_t kv_head, size_t split, int ith) {
     const AttentionBlock& block = attention_blocks_[unit];
     const size_t hd = info_.head_dim, group = info_.n_head / info_.n_head_kv, Qd = info_.n_head * hd;
     const int32_t seq = tok_seq_[block.first_token];
@@ -497,10 +521,48 @@ void LlamaModel::attention(size_t layer, size_t unit, size_t kv_head, int ith, f
     args.block_tokens = bt;
     args.kv_row_bytes = kv_.row_bytes();
     args.kv_type = kv_.shape().type;
-    args.out = out + block.first_token * Qd + kv_head * group * hd;
+    args.out = attn_.as<float>() + block.first_token * Qd + kv_head * group * hd;
     args.out_token_stride = Qd;
     args.scratch = reinterpret_cast<float*>(mine);
+    if (attention_splits_ > 1) {
+        // Ranges of whole tiles; the last ones may be empty for short sequences.
+        const size_t keys = first_pos + block.n_tokens;
+        const size_t tile = kernels::kAttentionTileKeys;
+        const size_t per_split = (keys + attention_splits_ * tile - 1) / (attention_splits_ * tile) * tile;
+        args.kv_begin = std::min(keys, split * per_split);
+        args.kv_end = std::min(keys, (split + 1) * per_split);
+        const size_t T = tok_.size();
+        args.out = split_out_.as<float>() + (split * T + block.first_token) * Qd + kv_head * group * hd;
+        const size_t state = (split * T + block.first_token) * info_.n_head + kv_head * group;
+        args.row_max = split_max_.as<float>() + state;
+        args.row_sum = split_sum_.as<float>() + state;
+        args.row_state_token_stride = info_.n_head;
+    }
     kernels::attention(args);
+}
+
+// Token t's heads of one KV group from the splits' partial softmaxes.
+void LlamaModel::merge_attention_splits(size_t t, size_t kv_head) {
+    const size_t hd = info_.head_dim, NH = info_.n_head, group = NH / info_.n_head_kv, Qd = NH * hd;
+    const size_t T = tok_.size(), S = attention_splits_;
+    for (size_t h = kv_head * group; h < (kv_head + 1) * group; ++h) {
+        float top = -std::numeric_limits<float>::infinity();
+        for (size_t s = 0; s < S; ++s)
+            if (split_sum_.as<float>()[(s * T + t) * NH + h] > 0.f)
+                top = std::max(top, split_max_.as<float>()[(s * T + t) * NH + h]);
+        float* out = attn_.as<float>() + t * Qd + h * hd;
+        std::memset(out, 0, hd * sizeof(float));
+        float total = 0.f;
+        for (size_t s = 0; s < S; ++s) {
+            const float sum = split_sum_.as<float>()[(s * T + t) * NH + h];
+            if (!(sum > 0.f)) continue;
+            const float weight = sum * std::exp(split_max_.as<float>()[(s * T + t) * NH + h] - top);
+            kernels::axpy_f32(weight, split_out_.as<float>() + (s * T + t) * Qd + h * hd, out, hd);
+            total += weight;
+        }
+        const float inv = 1.f / total;
+        for (size_t i = 0; i < hd; ++i) out[i] *= inv;
+    }
 }
 
 void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
@@ -648,11 +710,12 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         {
             const size_t stride = kernels::activation_row_bytes(W.wo.type, Qd);
             const size_t group = NH / NKV;
-            claim_chunks(attention_blocks_.size() * NKV, 1, [&](size_t u0, size_t u1) {
+            const size_t S = attention_splits_;
+            claim_chunks(attention_blocks_.size() * NKV * S, 1, [&](size_t u0, size_t u1) {
                 for (size_t u = u0; u < u1; ++u) {
-                    const size_t unit = u / NKV, kvh = u % NKV;
-                    attention(l, unit, kvh, ith, A);
-                    if (heads_prepare) {
+                    const size_t unit = u / (NKV * S), kvh = u / S % NKV, split = u % S;
+                    attention(l, unit, kvh, split, ith);
+                    if (heads_prepare && S == 1) {
                         const AttentionBlock& b = attention_blocks_[unit];
                         kernels::prepare_activation_columns(W.wo.type, A + b.first_token * Qd, Qd, b.n_tokens, Qd,
                                                             kvh * group * hd, (kvh + 1) * group * hd,
@@ -660,6 +723,18 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
                     }
                 }
             });
+            if (S > 1) {
+                pool_->barrier();
+                claim_chunks(T * NKV, 1, [&](size_t u0, size_t u1) {
+                    for (size_t u = u0; u < u1; ++u) {
+                        const size_t t = u / NKV, kvh = u % NKV;
+                        merge_attention_splits(t, kvh);
+                        if (heads_prepare)
+                            kernels::prepare_activation_columns(W.wo.type, A + t * Qd, Qd, 1, Qd, kvh * group * hd,
+                                                                (kvh + 1) * group * hd, P + t * stride);
+                    }
+                });
+            }
         }
         pool_->barrier();
         if (!heads_prepare) {

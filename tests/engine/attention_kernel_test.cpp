@@ -1,6 +1,7 @@
 // The attention kernel and the vector exp on every tier this CPU runs, against
 // references written here in double precision: causal masking inside a query
-// block, GQA groups, KV blocks scattered in memory, F16 and F32 caches.
+// block, GQA groups, KV blocks scattered in memory, F16 and F32 caches, and
+// keys split in ranges whose partial softmaxes are merged.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -189,6 +190,76 @@ double run_case(const Case& c, std::mt19937& rng) {
                 EXPECT_LE(error, 2e-5) << describe(c, tier) << " token " << i << " head " << g << " dim " << d
                                        << ": got " << got << " want " << expected;
                 if (error > 2e-5) return worst;
+            }
+        }
+    }
+
+    // The keys split in three ranges (one starting mid-tile, one inside the
+    // query block, so early rows see none of it), merged from each range's
+    // softmax max and sum.
+    const size_t cuts[] = {0, c.first_pos / 3, c.first_pos + c.n_queries / 2, n_pos};
+    for (Tier tier : available_tiers()) {
+        const KernelTable* table = kernel_table_for(tier);
+        const size_t R = c.n_queries * G;
+        std::vector<std::vector<float>> outs, maxima, sums;
+        for (size_t s = 0; s + 1 < std::size(cuts); ++s) {
+            outs.emplace_back(c.n_queries * G * hd, -7.f);
+            maxima.emplace_back(R, -7.f);
+            sums.emplace_back(R, -7.f);
+            auto scratch = aligned_floats(attention_scratch_floats(R, hd));
+            AttentionArgs a;
+            a.q = group_q;
+            a.q_token_stride = token_stride;
+            a.n_queries = c.n_queries;
+            a.n_group = G;
+            a.head_dim = hd;
+            a.first_pos = c.first_pos;
+            a.scale = scale;
+            a.k_blocks = cache.k_blocks.data();
+            a.v_blocks = cache.v_blocks.data();
+            a.block_tokens = c.block_tokens;
+            a.kv_row_bytes = cache.row_bytes();
+            a.kv_type = c.kv_type;
+            a.out = outs.back().data();
+            a.out_token_stride = G * hd;
+            a.scratch = scratch.get();
+            a.kv_begin = cuts[s];
+            a.kv_end = cuts[s + 1];
+            a.row_max = maxima.back().data();
+            a.row_sum = sums.back().data();
+            a.row_state_token_stride = G;
+            table->attention(a);
+        }
+        for (size_t r = 0; r < R; ++r) {
+            double top = -std::numeric_limits<double>::infinity();
+            for (size_t s = 0; s < outs.size(); ++s) {
+                if (sums[s][r] > 0.f) {
+                    top = std::max(top, double{maxima[s][r]});
+                } else if (sums[s][r] != 0.f || maxima[s][r] != -std::numeric_limits<float>::infinity()) {
+                    ADD_FAILURE() << describe(c, tier) << ": a row seeing no key must report sum 0 and max -inf";
+                    return worst;
+                }
+            }
+            for (size_t d = 0; d < hd; ++d) {
+                double num = 0, den = 0;
+                for (size_t s = 0; s < outs.size(); ++s) {
+                    if (!(sums[s][r] > 0.f)) {
+                        if (outs[s][r * hd + d] != 0.f) {
+                            ADD_FAILURE() << describe(c, tier) << ": a row seeing no key must output 0";
+                            return worst;
+                        }
+                        continue;
+                    }
+                    const double w = sums[s][r] * std::exp(double{maxima[s][r]} - top);
+                    num += w * outs[s][r * hd + d];
+                    den += w;
+                }
+                const double error = std::fabs(num / den - want[r * hd + d]);
+                worst = std::max(worst, error);
+                if (error > 2e-5) {
+                    ADD_FAILURE() << describe(c, tier) << " split: row " << r << " dim " << d << " error " << error;
+                    return worst;
+                }
             }
         }
     }

@@ -32,11 +32,11 @@ namespace assistd::engine::kernels::attention_detail {
 // scattered (strided by the other heads, blocks anywhere): with nothing else
 // to do per row in decode, the loads wait on memory unless prefetched.
 template <typename Vec>
-void load_tile(const AttentionArgs& a, size_t j0, size_t n, size_t n_padded, size_t dims, float* k, float* v) {
+void load_tile(const AttentionArgs& a, size_t j0, size_t n, size_t n_padded, size_t dims, size_t kv_end, float* k,
+               float* v) {
     constexpr size_t kPrefetchAhead = 8;  // positions
     const size_t hd = a.head_dim;
     const size_t row_bytes = hd * (a.kv_type == DType::F16 ? 2 : 4);
-    const size_t kv_end = a.first_pos + a.n_queries;
     auto row = [&](const void* const* blocks, size_t pos) {
         return static_cast<const unsigned char*>(blocks[pos / a.block_tokens]) + (pos % a.block_tokens) * a.kv_row_bytes;
     };
@@ -75,6 +75,21 @@ inline const float* query_row(const AttentionArgs& a, size_t r) {
 }
 inline float* output_row(const AttentionArgs& a, size_t r) {
     return a.out + (r / a.n_group) * a.out_token_stride + (r % a.n_group) * a.head_dim;
+}
+// The keys a call sees: [kv_begin, kv_end) within the causal range.
+inline size_t keys_end(const AttentionArgs& a) { return std::min(a.kv_end, a.first_pos + a.n_queries); }
+
+// Writes row r's output (accumulated o, `stride` floats between dimensions)
+// and, when asked, its softmax state.
+inline void finish_row(const AttentionArgs& a, size_t r, const float* o, size_t stride, float m, float l) {
+    float* out = output_row(a, r);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    for (size_t d = 0; d < a.head_dim; ++d) out[d] = o[d * stride] * inv;
+    if (a.row_max) {
+        const size_t at = (r / a.n_group) * a.row_state_token_stride + r % a.n_group;
+        a.row_max[at] = l > 0.f ? m : -std::numeric_limits<float>::infinity();
+        a.row_sum[at] = l;
+    }
 }
 
 // ---- Rows in lanes ---------------------------------------------------------
@@ -157,33 +172,36 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
         limit[r] = static_cast<float>(a.first_pos + std::min(r, rows - 1) / a.n_group);
     }
 
-    const size_t kv_end = a.first_pos + a.n_queries;
-    for (size_t j0 = 0; j0 < kv_end; j0 += kAttentionTile) {
+    const size_t kv_end = keys_end(a);
+    for (size_t j0 = a.kv_begin; j0 < kv_end; j0 += kAttentionTile) {
         const size_t n = std::min(kAttentionTile, kv_end - j0);
         const size_t n_padded = (n + PB - 1) / PB * PB;
-        load_tile<Vec>(a, j0, n, n_padded, dims, k, v);
+        load_tile<Vec>(a, j0, n, n_padded, dims, kv_end, k, v);
         for (size_t block = 0; block < n_blocks; ++block) {
             const size_t rv = block * kRowVectors;
             const size_t first_row = rv * W;
             const size_t last_row = std::min(rows, first_row + kRowVectors * W) - 1;
             // Rows are token-major, so positions grow with the row index.
             if (static_cast<float>(j0) > limit[last_row]) continue;
-            const bool masked = static_cast<float>(j0 + n_padded - 1) > limit[first_row];
+            const bool masked = j0 + n_padded > kv_end || static_cast<float>(j0 + n_padded - 1) > limit[first_row];
             rows_scores<Vec>(qt, stride, k, dims, hd, n_padded, s, rv);
             for (size_t b = 0; b < kRowVectors; ++b) {
                 const size_t col = (rv + b) * W;
                 const T lim = Vec::load(limit + col);
+                const T minus_one = Vec::set1(-1.f);  // masks the tile's padding
                 T tile_max = Vec::set1(-std::numeric_limits<float>::infinity());
                 for (size_t j = 0; j < n_padded; ++j) {
                     T sv = Vec::load(s + j * stride + col);
                     if (masked) {
-                        sv = Vec::mask_greater(sv, Vec::set1(static_cast<float>(j0 + j)), lim);
+                        sv = Vec::mask_greater(sv, Vec::set1(static_cast<float>(j0 + j)), j0 + j < kv_end ? lim : minus_one);
                         Vec::store(s + j * stride + col, sv);
                     }
                     tile_max = Vec::max(tile_max, sv);
                 }
                 const T m_old = Vec::load(m + col);
-                const T m_new = Vec::max(m_old, tile_max);
+                // Finite even for a row that has seen no key yet (a split
+                // range may start past its position): exp(-inf - lowest) = 0.
+                const T m_new = Vec::max(Vec::max(m_old, tile_max), Vec::set1(std::numeric_limits<float>::lowest()));
                 const T correction = Vec::exp(Vec::sub(m_old, m_new));
                 T sum = Vec::zero();
                 for (size_t j = 0; j < n_padded; ++j) {
@@ -201,11 +219,7 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
             for (; d0 < hd; ++d0) rows_accumulate<Vec, 1>(s, stride, v, dims, n, ot, d0, rv);
         }
     }
-    for (size_t r = 0; r < rows; ++r) {
-        float* out = output_row(a, r);
-        const float inv = 1.f / l[r];
-        for (size_t d = 0; d < hd; ++d) out[d] = ot[d * stride + r] * inv;
-    }
+    for (size_t r = 0; r < rows; ++r) finish_row(a, r, ot + r, stride, m[r], l[r]);
 }
 
 // ---- Head dimension in lanes -----------------------------------------------
@@ -249,10 +263,10 @@ void attention_dot(const AttentionArgs& a, const AttentionScratchLayout& L) {
         m[r] = kNegativeInfinity;
         l[r] = 0.f;
     }
-    const size_t kv_end = a.first_pos + a.n_queries;
-    for (size_t j0 = 0; j0 < kv_end; j0 += kAttentionTile) {
+    const size_t kv_end = keys_end(a);
+    for (size_t j0 = a.kv_begin; j0 < kv_end; j0 += kAttentionTile) {
         const size_t n = std::min(kAttentionTile, kv_end - j0);
-        load_tile<Vec>(a, j0, n, n, dims, k, v);
+        load_tile<Vec>(a, j0, n, n, dims, kv_end, k, v);
         for (size_t r = 0; r < rows; ++r) {
             const size_t pos = a.first_pos + r / a.n_group;
             if (j0 > pos) continue;  // this row sees none of the tile
@@ -293,11 +307,7 @@ void attention_dot(const AttentionArgs& a, const AttentionScratchLayout& L) {
             }
         }
     }
-    for (size_t r = 0; r < rows; ++r) {
-        float* out = output_row(a, r);
-        const float inv = 1.f / l[r];
-        for (size_t d = 0; d < hd; ++d) out[d] = os[r * dims + d] * inv;
-    }
+    for (size_t r = 0; r < rows; ++r) finish_row(a, r, os + r * dims, 1, m[r], l[r]);
 }
 
 template <typename Vec>

@@ -81,8 +81,20 @@ struct AttentionArgs {
     size_t out_token_stride = 0;
     // attention_scratch_floats(n_queries * n_group, head_dim) floats, 64-byte aligned, per concurrent call.
     float* scratch = nullptr;
+    // Optional split of the keys: only positions in [kv_begin, kv_end) are
+    // seen (with the causal limit). With row_max/row_sum set, each query row's
+    // softmax max and sum over those positions are stored at
+    // [i * row_state_token_stride + g], so results over disjoint ranges can be
+    // merged: out = sum_s w_s out_s / sum_s w_s, w_s = sum_s * exp(max_s - max).
+    // A row that sees no position gets output 0, sum 0 and max -inf.
+    size_t kv_begin = 0;
+    size_t kv_end = static_cast<size_t>(-1);
+    float* row_max = nullptr;
+    float* row_sum = nullptr;
+    size_t row_state_token_stride = 0;
 };
 void attention(const AttentionArgs& args);
+constexpr size_t kAttentionTileKeys = 64;  // keys per tile: a split range of whole tiles loads no tile twice
 size_t attention_scratch_floats(size_t n_query_rows, size_t head_dim);
 
 }  // namespace assistd::engine::kernels

@@ -66,7 +66,7 @@ void exp_f32_avx512(const float* x, float* y, size_t n);
 // Where the attention kernel keeps its state in the caller's scratch (in
 // floats from the start; every section 64-byte aligned). Rows are query rows
 // (n_queries * n_group), padded to kAttentionRowPad; head_dim is padded to 16.
-constexpr size_t kAttentionTile = 64;    // KV positions per tile
+constexpr size_t kAttentionTile = kAttentionTileKeys;
 constexpr size_t kAttentionRowPad = 32;  // two vectors of the widest tier
 struct AttentionScratchLayout {
     size_t rows_padded = 0, head_padded = 0;
