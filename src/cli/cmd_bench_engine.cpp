@@ -27,6 +27,7 @@ struct BenchOptions {
     std::string precisions = "native";
     int prompt_tokens = 128;
     int gen_tokens = 64;
+    int decode_context = 0;  // cached tokens each decode run starts from
     int batch = 1;
     int reps = 3;
     bool json = false;
@@ -77,7 +78,10 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
         m.free_sequence(*seq);
         return dt;
     };
-    // Decode: B sequences step together, one token each per step.
+    // Decode: B sequences step together, one token each per step, each
+    // after --decode-context cached tokens (prefilled untimed).
+    std::vector<TokenId> history(static_cast<size_t>(o.decode_context));
+    for (size_t i = 0; i < history.size(); ++i) history[i] = tokens[i % tokens.size()];
     auto run_decode = [&](int B) -> Result<double> {
         std::vector<SequenceId> seqs;
         auto cleanup = [&] { for (auto q : seqs) m.free_sequence(q); };
@@ -85,6 +89,11 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
             auto seq = m.create_sequence();
             if (!seq) { cleanup(); return seq.error(); }
             seqs.push_back(*seq);
+            for (size_t i = 0; i < history.size(); i += o.model.batch_tokens) {
+                const size_t n = std::min(o.model.batch_tokens, history.size() - i);
+                BatchEntry e{*seq, std::span<const TokenId>(history.data() + i, n), false};
+                if (auto r = m.decode(std::span<const BatchEntry>(&e, 1), p); !r) { cleanup(); return r.error(); }
+            }
         }
         std::vector<BatchEntry> batch(B);
         std::vector<TokenId> next(B);
@@ -137,8 +146,20 @@ int run_bench(const BenchOptions& o) {
         std::fprintf(stderr, "assistd bench engine: --prompt-tokens, --gen-tokens, --batch and --reps must be >= 1\n");
         return 2;
     }
+    if (o.decode_context < 0) {
+        std::fprintf(stderr, "assistd bench engine: --decode-context must be >= 0\n");
+        return 2;
+    }
     ModelOptions mo = o.model;
-    if (mo.ctx_size == 0) mo.ctx_size = static_cast<size_t>(o.prompt_tokens + o.gen_tokens + 16);
+    if (mo.ctx_size == 0)
+        mo.ctx_size = static_cast<size_t>(std::max(o.prompt_tokens, o.decode_context + 1) + o.gen_tokens + 16);
+    if (static_cast<size_t>(o.decode_context + o.gen_tokens) > mo.ctx_size) {
+        std::fprintf(stderr,
+                     "assistd bench engine: --decode-context %d plus --gen-tokens %d exceeds the context of %zu "
+                     "tokens; raise --ctx-size\n",
+                     o.decode_context, o.gen_tokens, mo.ctx_size);
+        return 2;
+    }
     // Room for every sequence of the batched run (the engine's default holds four contexts).
     if (mo.kv_cache_tokens == 0) mo.kv_cache_tokens = mo.ctx_size * static_cast<size_t>(std::max(4, o.batch + 1));
     auto model = load_model(mo, "bench engine", static_cast<size_t>(o.batch) + 1);
@@ -155,6 +176,7 @@ int run_bench(const BenchOptions& o) {
     out["cpu"] = cpu_features().describe();
     out["prompt_tokens"] = o.prompt_tokens;
     out["gen_tokens"] = o.gen_tokens;
+    out["decode_context"] = o.decode_context;
     out["batch"] = o.batch;
     out["results"] = nlohmann::json::array();
     if (!o.json) {
@@ -196,6 +218,9 @@ void register_bench_engine(CLI::App& bench, int& exit_code) {
         ->capture_default_str();
     cmd->add_option("--prompt-tokens", o->prompt_tokens, "Prompt length for prefill")->capture_default_str();
     cmd->add_option("--gen-tokens", o->gen_tokens, "Tokens per decode run")->capture_default_str();
+    cmd->add_option("--decode-context", o->decode_context,
+                    "Cached tokens each decode run starts from (prefilled, not timed)")
+        ->capture_default_str();
     cmd->add_option("--batch", o->batch, "Sequences decoded together for the batched figure")->capture_default_str();
     cmd->add_option("--reps", o->reps, "Repetitions (the median is printed)")->capture_default_str();
     cmd->add_flag("--json", o->json, "Print one JSON object");

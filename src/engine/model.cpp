@@ -133,7 +133,8 @@ private:
     const float* f32_vector(const GgufTensor* t);
     void forward(int ith, int nth, const WeightSet& w);
     void prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols, uint8_t* out) const;
-    void attention(size_t layer, size_t t, size_t h, float* scores, float* out);
+    void attention(size_t layer, size_t unit, size_t kv_head, size_t split, int ith);
+    void merge_attention_splits(size_t t, size_t kv_head);
 
     std::unique_ptr<GgufFile> file_;
     std::unique_ptr<Tokenizer> tokenizer_;
@@ -158,7 +159,7 @@ private:
 
     // Activations for up to max_batch_tokens tokens (allocated once).
     size_t max_tokens_ = 0;
-    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, prepn_, logits_, scores_, rope_;
+    AlignedBuffer x_, xn_, q_, k_, v_, attn_, tmp_, gate_, up_, prep_, prepn_, logits_, rope_;
     size_t prep_row_stride_ = 0;
     // Small batches (decode) keep a private copy of the residual stream on
     // every thread: each thread adds, normalizes and prepares the few rows
@@ -177,11 +178,34 @@ private:
     std::unique_ptr<WorkCounter[]> work_;
     size_t n_work_ = 0;
 
+    // Attention works on units of (block of consecutive query tokens of one
+    // sequence, KV head): every K/V row is converted once for all the block's
+    // tokens and the group's query heads. Blocks of about this many query rows.
+    static constexpr size_t kAttentionQueryRows = 64;
+    struct AttentionBlock {
+        uint32_t first_token = 0;
+        uint32_t n_tokens = 0;
+    };
+    size_t attention_block_tokens_ = 1;
+    // Per thread: the kernel's scratch, then the unit's K and V block addresses.
+    AlignedBuffer attention_scratch_;
+    size_t attention_scratch_stride_ = 0;  // bytes per thread
+    size_t attention_max_blocks_ = 0;      // KV blocks of the longest sequence
+    // Few units (decode of one or two sequences) would leave threads idle, so
+    // their keys are split into ranges whose partial results are merged after
+    // a barrier. Outputs, maxima and sums per split for up to kSplitTokens tokens.
+    static constexpr size_t kSplitTokens = 16;
+    static constexpr size_t kMaxSplits = 8;
+    static constexpr size_t kMinSplitKeys = 256;
+    size_t attention_splits_ = 1;  // for the batch being decoded
+    AlignedBuffer split_out_, split_max_, split_sum_;
+
     // The batch being decoded (filled by decode(), read by forward()).
     std::vector<TokenId> tok_;
     std::vector<int32_t> tok_seq_;
     std::vector<uint32_t> tok_pos_;
     std::vector<uint32_t> out_rows_;  // token indices whose logits are returned
+    std::vector<AttentionBlock> attention_blocks_;  // costliest first
 };
 
 Status LlamaModel::init() {
@@ -244,17 +268,28 @@ Status LlamaModel::init() {
         private_stride_ = (2 * R * E * 4 + R * info_.n_rot * 4 + R * prep_row_stride_ + 63) / 64 * 64;
         private_ = AlignedBuffer(static_cast<size_t>(n_threads) * private_stride_);
         logits_ = AlignedBuffer(T * V * 4);
-        scores_ = AlignedBuffer(static_cast<size_t>(n_threads) * (info_.n_ctx + 16) * 4);
+        const size_t group = info_.n_head / info_.n_head_kv;
+        attention_block_tokens_ = std::max<size_t>(1, kAttentionQueryRows / group);
+        attention_max_blocks_ = (info_.n_ctx + shape.block_tokens - 1) / shape.block_tokens + 1;
+        const size_t scratch_bytes =
+            kernels::attention_scratch_floats(attention_block_tokens_ * group, info_.head_dim) * sizeof(float);
+        attention_scratch_stride_ = (scratch_bytes + 2 * attention_max_blocks_ * sizeof(void*) + 63) / 64 * 64;
+        attention_scratch_ = AlignedBuffer(static_cast<size_t>(n_threads) * attention_scratch_stride_);
+        const size_t split_tokens = std::min(kSplitTokens, T);
+        split_out_ = AlignedBuffer(kMaxSplits * split_tokens * Q * 4);
+        split_max_ = AlignedBuffer(kMaxSplits * split_tokens * info_.n_head * 4);
+        split_sum_ = AlignedBuffer(kMaxSplits * split_tokens * info_.n_head * 4);
         rope_ = AlignedBuffer(T * info_.n_rot * 4);  // cos, sin per frequency per token
     } catch (const std::bad_alloc&) {
         return make_error(ErrorCode::kResourceExhausted, "cannot allocate the activation buffers");
     }
-    n_work_ = 4 * info_.n_layer + 1;
+    n_work_ = 6 * info_.n_layer + 1;
     work_ = std::make_unique<WorkCounter[]>(n_work_);
     tok_.reserve(T);
     tok_seq_.reserve(T);
     tok_pos_.reserve(T);
     out_rows_.reserve(T);
+    attention_blocks_.reserve(T);
 
     // Chat template from the file.
     auto tmpl = file_->get_string("tokenizer.chat_template").value_or("");
@@ -416,6 +451,30 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
             tok_pos_.push_back(static_cast<uint32_t>(start + j));
         }
     }
+    // Attention blocks, costliest (most query-key pairs) first so the last
+    // claims are the short ones.
+    attention_blocks_.clear();
+    for (size_t t = 0; t < tok_.size();) {
+        size_t end = t + 1;
+        while (end < tok_.size() && end - t < attention_block_tokens_ && tok_seq_[end] == tok_seq_[t]) ++end;
+        attention_blocks_.push_back({static_cast<uint32_t>(t), static_cast<uint32_t>(end - t)});
+        t = end;
+    }
+    auto block_cost = [&](const AttentionBlock& b) {
+        return static_cast<uint64_t>(b.n_tokens) * (tok_pos_[b.first_token] + b.n_tokens);
+    };
+    std::sort(attention_blocks_.begin(), attention_blocks_.end(),
+              [&](const AttentionBlock& a, const AttentionBlock& b) { return block_cost(a) > block_cost(b); });
+    // Split the keys when there are fewer than four units per thread and the
+    // longest sequence has enough keys for every split to be worth a claim.
+    attention_splits_ = 1;
+    const size_t units = attention_blocks_.size() * info_.n_head_kv;
+    const size_t want_units = 4 * static_cast<size_t>(pool_->size());
+    if (tok_.size() <= kSplitTokens && units < want_units) {
+        size_t longest = 0;
+        for (const auto& b : attention_blocks_) longest = std::max<size_t>(longest, tok_pos_[b.first_token] + b.n_tokens);
+        attention_splits_ = std::min({kMaxSplits, (want_units + units - 1) / units, std::max<size_t>(1, longest / kMinSplitKeys)});
+    }
     const WeightSet& w = **weights;
     for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);
     if (info_.weight_bytes < params_.min_parallel_weight_bytes && tok_.size() <= 16) {
@@ -434,42 +493,79 @@ void LlamaModel::prepare(DType wtype, const float* x, size_t ld, size_t t0, size
     kernels::prepare_activations(wtype, x + t0 * ld, ld, t1 - t0, cols, out + t0 * stride);
 }
 
-void LlamaModel::attention(size_t layer, size_t t, size_t h, float* scores, float* out) {
-    const size_t hd = info_.head_dim;
-    const size_t kvh = h / (info_.n_head / info_.n_head_kv);
-    const int32_t seq = tok_seq_[t];
-    const size_t n_pos = tok_pos_[t] + 1;
-    const float* q = q_.as<float>() + t * info_.n_head * hd + h * hd;
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const bool f16 = kv_.shape().type == DType::F16;
-    const size_t esize = f16 ? 2 : 4;
+// One unit: a query block, a KV head and (when the keys are split) one range of keys.
+void LlamaModel::attention(size_t layer, size_t unit, size_t kv_head, size_t split, int ith) {
+    const AttentionBlock& block = attention_blocks_[unit];
+    const size_t hd = info_.head_dim, group = info_.n_head / info_.n_head_kv, Qd = info_.n_head * hd;
+    const int32_t seq = tok_seq_[block.first_token];
+    const size_t first_pos = tok_pos_[block.first_token];
     const size_t bt = kv_.shape().block_tokens;
-    const auto& blocks = kv_.blocks(seq);
-    const size_t row = kv_.row_bytes();
+    const size_t head_offset = kv_head * hd * (kv_.shape().type == DType::F16 ? 2 : 4);
 
-    float max_score = -std::numeric_limits<float>::infinity();
-    for (size_t j = 0; j < n_pos; ++j) {
-        const uint8_t* k = kv_.block_k(blocks[j / bt], layer) + (j % bt) * row + kvh * hd * esize;
-        const float s = (f16 ? kernels::dot_f32_f16(q, reinterpret_cast<const uint16_t*>(k), hd)
-                             : kernels::dot_f32(q, reinterpret_cast<const float*>(k), hd)) *
-                        scale;
-        scores[j] = s;
-        max_score = std::max(max_score, s);
+    uint8_t* mine = attention_scratch_.data() + static_cast<size_t>(ith) * attention_scratch_stride_;
+    auto* k_blocks = reinterpret_cast<const void**>(mine + attention_scratch_stride_) - 2 * attention_max_blocks_;
+    const void** v_blocks = k_blocks + attention_max_blocks_;
+    const auto& blocks = kv_.blocks(seq);
+    const size_t n_blocks = (first_pos + block.n_tokens + bt - 1) / bt;
+    for (size_t b = 0; b < n_blocks; ++b) {
+        k_blocks[b] = kv_.block_k(blocks[b], layer) + head_offset;
+        v_blocks[b] = kv_.block_v(blocks[b], layer) + head_offset;
     }
-    float sum = 0.f;
-    for (size_t j = 0; j < n_pos; ++j) {
-        scores[j] = std::exp(scores[j] - max_score);
-        sum += scores[j];
+
+    kernels::AttentionArgs args;
+    args.q = q_.as<float>() + block.first_token * Qd + kv_head * group * hd;
+    args.q_token_stride = Qd;
+    args.n_queries = block.n_tokens;
+    args.n_group = group;
+    args.head_dim = hd;
+    args.first_pos = first_pos;
+    args.scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    args.k_blocks = k_blocks;
+    args.v_blocks = v_blocks;
+    args.block_tokens = bt;
+    args.kv_row_bytes = kv_.row_bytes();
+    args.kv_type = kv_.shape().type;
+    args.out = attn_.as<float>() + block.first_token * Qd + kv_head * group * hd;
+    args.out_token_stride = Qd;
+    args.scratch = reinterpret_cast<float*>(mine);
+    if (attention_splits_ > 1) {
+        // Ranges of whole tiles; the last ones may be empty for short sequences.
+        const size_t keys = first_pos + block.n_tokens;
+        const size_t tile = kernels::kAttentionTileKeys;
+        const size_t per_split = (keys + attention_splits_ * tile - 1) / (attention_splits_ * tile) * tile;
+        args.kv_begin = std::min(keys, split * per_split);
+        args.kv_end = std::min(keys, (split + 1) * per_split);
+        const size_t T = tok_.size();
+        args.out = split_out_.as<float>() + (split * T + block.first_token) * Qd + kv_head * group * hd;
+        const size_t state = (split * T + block.first_token) * info_.n_head + kv_head * group;
+        args.row_max = split_max_.as<float>() + state;
+        args.row_sum = split_sum_.as<float>() + state;
+        args.row_state_token_stride = info_.n_head;
     }
-    const float inv = 1.0f / sum;
-    std::memset(out, 0, hd * 4);
-    for (size_t j = 0; j < n_pos; ++j) {
-        const uint8_t* v = kv_.block_v(blocks[j / bt], layer) + (j % bt) * row + kvh * hd * esize;
-        if (f16) {
-            kernels::axpy_f16(scores[j] * inv, reinterpret_cast<const uint16_t*>(v), out, hd);
-        } else {
-            kernels::axpy_f32(scores[j] * inv, reinterpret_cast<const float*>(v), out, hd);
+    kernels::attention(args);
+}
+
+// Token t's heads of one KV group from the splits' partial softmaxes.
+void LlamaModel::merge_attention_splits(size_t t, size_t kv_head) {
+    const size_t hd = info_.head_dim, NH = info_.n_head, group = NH / info_.n_head_kv, Qd = NH * hd;
+    const size_t T = tok_.size(), S = attention_splits_;
+    for (size_t h = kv_head * group; h < (kv_head + 1) * group; ++h) {
+        float top = -std::numeric_limits<float>::infinity();
+        for (size_t s = 0; s < S; ++s)
+            if (split_sum_.as<float>()[(s * T + t) * NH + h] > 0.f)
+                top = std::max(top, split_max_.as<float>()[(s * T + t) * NH + h]);
+        float* out = attn_.as<float>() + t * Qd + h * hd;
+        std::memset(out, 0, hd * sizeof(float));
+        float total = 0.f;
+        for (size_t s = 0; s < S; ++s) {
+            const float sum = split_sum_.as<float>()[(s * T + t) * NH + h];
+            if (!(sum > 0.f)) continue;
+            const float weight = sum * std::exp(split_max_.as<float>()[(s * T + t) * NH + h] - top);
+            kernels::axpy_f32(weight, split_out_.as<float>() + (s * T + t) * Qd + h * hd, out, hd);
+            total += weight;
         }
+        const float inv = 1.f / total;
+        for (size_t i = 0; i < hd; ++i) out[i] *= inv;
     }
 }
 
@@ -486,7 +582,6 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     float* G = gate_.as<float>();
     float* U = up_.as<float>();
     uint8_t* P = prep_.data();  // inputs of the output and down projections
-    float* scores = scores_.as<float>() + static_cast<size_t>(ith) * (info_.n_ctx + 16);
     const bool kv_f16 = kv_.shape().type == DType::F16;
 
     // The residual stream: shared and split by tokens, or replicated per thread.
@@ -614,18 +709,35 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         });
         pool_->barrier();
 
-        // (3) attention, one (token, head) pair at a time; each pair prepares
-        // its slice of the output projection's input.
+        // (3) attention, by (query block, KV head) units claimed costliest
+        // first; each unit prepares its slice of the output projection's input.
         {
-            size_t i0, i1;
-            ThreadPool::split(T * NH, 1, ith, nth, i0, i1);
             const size_t stride = kernels::activation_row_bytes(W.wo.type, Qd);
-            for (size_t i = i0; i < i1; ++i) {
-                const size_t t = i / NH, h = i % NH;
-                attention(l, t, h, scores, A + t * Qd + h * hd);
-                if (heads_prepare)
-                    kernels::prepare_activation_columns(W.wo.type, A + t * Qd, Qd, 1, Qd, h * hd, (h + 1) * hd,
-                                                        P + t * stride);
+            const size_t group = NH / NKV;
+            const size_t S = attention_splits_;
+            claim_chunks(attention_blocks_.size() * NKV * S, 1, [&](size_t u0, size_t u1) {
+                for (size_t u = u0; u < u1; ++u) {
+                    const size_t unit = u / (NKV * S), kvh = u / S % NKV, split = u % S;
+                    attention(l, unit, kvh, split, ith);
+                    if (heads_prepare && S == 1) {
+                        const AttentionBlock& b = attention_blocks_[unit];
+                        kernels::prepare_activation_columns(W.wo.type, A + b.first_token * Qd, Qd, b.n_tokens, Qd,
+                                                            kvh * group * hd, (kvh + 1) * group * hd,
+                                                            P + b.first_token * stride);
+                    }
+                }
+            });
+            if (S > 1) {
+                pool_->barrier();
+                claim_chunks(T * NKV, 1, [&](size_t u0, size_t u1) {
+                    for (size_t u = u0; u < u1; ++u) {
+                        const size_t t = u / NKV, kvh = u % NKV;
+                        merge_attention_splits(t, kvh);
+                        if (heads_prepare)
+                            kernels::prepare_activation_columns(W.wo.type, A + t * Qd, Qd, 1, Qd, kvh * group * hd,
+                                                                (kvh + 1) * group * hd, P + t * stride);
+                    }
+                });
             }
         }
         pool_->barrier();

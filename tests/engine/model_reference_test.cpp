@@ -529,6 +529,45 @@ INSTANTIATE_TEST_SUITE_P(Shapes, RandomModelVsReference,
                                            ShapeCase{"tiny-qwen2", false}, ShapeCase{"tiny-llama-oddff", false}),
                          case_name);
 
+// A long context: 1,500 positions cross many attention tiles (64 positions)
+// and KV blocks (16), through a full prefill chunk, odd chunks that start
+// mid-tile, and single-token decode steps; both attention schedules (query
+// rows in lanes, head dimension in lanes) run on every tier this covers.
+TEST(LongContextVsReference, FifteenHundredPositionsAtFp32) {
+    TempDir dir;
+    const std::string path = write_shape(dir, "tiny-llama", DType::F32);
+    auto ref = load_reference(path);
+    ASSERT_TRUE(ref);
+    ModelParams params;
+    params.path = path;
+    params.n_threads = 2;
+    params.kv_type = DType::F32;
+    params.n_ctx = 2048;
+    auto loaded = Model::load(params);
+    ASSERT_TRUE(loaded.ok()) << loaded.error().message;
+    Model& m = **loaded;
+    const size_t V = ref->hparams().n_vocab;
+    const std::vector<TokenId> tokens = test_tokens(1500, V, 21);
+    const RefRows want = reference_logits(ref, tokens);
+
+    auto seq = m.create_sequence();
+    ASSERT_TRUE(seq.ok());
+    Rows got;
+    size_t at = 0;
+    while (at < tokens.size()) {
+        const size_t left = tokens.size() - at;
+        const size_t n = at == 0 ? 512 : left <= 8 ? 1 : std::min<size_t>(61, left - 8);
+        BatchEntry e{*seq, std::span(tokens).subspan(at, n), true};
+        auto logits = m.decode(std::span(&e, 1), Precision::kFP32);
+        ASSERT_TRUE(logits.ok()) << logits.error().message;
+        for (auto& r : copy_rows(*logits, V)) got.push_back(std::move(r));
+        at += n;
+    }
+    const Comparison c = compare(got, want);
+    EXPECT_LE(c.max_error, kFp32Tolerance) << "worst row " << c.worst_row;
+    EXPECT_EQ(c.argmax_agree, c.rows);
+}
+
 // Stored F16/BF16/Q8_0 weights at Precision::kNative, against the reference
 // on the same (dequantized) weights: only the compute differs. Q8_0 native
 // also quantizes activations to 8 bits, hence its looser bound. Seen when

@@ -233,6 +233,30 @@ void convert_rows_with(const KernelTable& table, DType src_type, const void* src
     }
 }
 
+AttentionScratchLayout attention_scratch_layout(size_t n_query_rows, size_t head_dim) {
+    auto round_up = [](size_t n, size_t m) { return (n + m - 1) / m * m; };
+    AttentionScratchLayout layout;
+    layout.rows_padded = round_up(std::max<size_t>(n_query_rows, 1), kAttentionRowPad);
+    layout.head_padded = round_up(std::max<size_t>(head_dim, 1), 16);
+    size_t at = 0;
+    auto section = [&](size_t floats) {
+        const size_t start = at;
+        at += round_up(floats, 16);
+        return start;
+    };
+    const size_t rows = layout.rows_padded, dims = layout.head_padded;
+    layout.q = section(rows * dims);
+    layout.out = section(rows * dims);
+    layout.max = section(rows);
+    layout.sum = section(rows);
+    layout.limit = section(rows);
+    layout.k = section(kAttentionTile * dims);
+    layout.v = section(kAttentionTile * dims);
+    layout.scores = section(kAttentionTile * rows);
+    layout.total = at;
+    return layout;
+}
+
 // ---- Public entry points -------------------------------------------------
 
 const char* active_tier() { return active_table().name; }
@@ -285,6 +309,11 @@ void rms_norm(const float* x, const float* w, float eps, float* y, size_t n) {
 void swiglu(const float* g, const float* u, float* y, size_t n) { active_table().swiglu(g, u, y, n); }
 void convert_rows(DType src_type, const void* src, DType dst_type, void* dst, size_t n_elements) {
     convert_rows_with(active_table(), src_type, src, dst_type, dst, n_elements);
+}
+void exp_f32(const float* x, float* y, size_t n) { active_table().exp_f32(x, y, n); }
+void attention(const AttentionArgs& args) { active_table().attention(args); }
+size_t attention_scratch_floats(size_t n_query_rows, size_t head_dim) {
+    return attention_scratch_layout(n_query_rows, head_dim).total;
 }
 
 }  // namespace assistd::engine::kernels

@@ -50,4 +50,51 @@ void swiglu(const float* g, const float* u, float* y, size_t n);
 // Converts a weight row range to another storage type (for run-time precision switching).
 void convert_rows(DType src_type, const void* src, DType dst_type, void* dst, size_t n_elements);
 
+// y[i] = exp(x[i]), within ~1e-6 relative for x in [-87, 88]; 0 below -87.3
+// (and for -inf), exp(88) above 88.
+void exp_f32(const float* x, float* y, size_t n);
+
+// Causal attention of a block of consecutive query tokens of one sequence,
+// for the query heads that share one KV head (a GQA group), over that
+// sequence's cached K and V. Query token i sits at position first_pos + i and
+// attends to positions [0, first_pos + i]; the cache must hold K and V up to
+// first_pos + n_queries - 1. Online softmax over KV tiles: each K/V row is
+// loaded and converted once per call, for all n_queries * n_group query rows.
+struct AttentionArgs {
+    // Query g of token i: q + i * q_token_stride + g * head_dim (n_group heads side by side).
+    const float* q = nullptr;
+    size_t q_token_stride = 0;
+    size_t n_queries = 0;
+    size_t n_group = 0;
+    size_t head_dim = 0;
+    size_t first_pos = 0;
+    float scale = 1.f;  // applied to q.k
+    // K (V) of position j: k_blocks[j / block_tokens] + (j % block_tokens) * kv_row_bytes,
+    // head_dim elements of kv_type (F16 or F32).
+    const void* const* k_blocks = nullptr;
+    const void* const* v_blocks = nullptr;
+    size_t block_tokens = 0;
+    size_t kv_row_bytes = 0;
+    DType kv_type = DType::F32;
+    // Output rows laid out as q's.
+    float* out = nullptr;
+    size_t out_token_stride = 0;
+    // attention_scratch_floats(n_queries * n_group, head_dim) floats, 64-byte aligned, per concurrent call.
+    float* scratch = nullptr;
+    // Optional split of the keys: only positions in [kv_begin, kv_end) are
+    // seen (with the causal limit). With row_max/row_sum set, each query row's
+    // softmax max and sum over those positions are stored at
+    // [i * row_state_token_stride + g], so results over disjoint ranges can be
+    // merged: out = sum_s w_s out_s / sum_s w_s, w_s = sum_s * exp(max_s - max).
+    // A row that sees no position gets output 0, sum 0 and max -inf.
+    size_t kv_begin = 0;
+    size_t kv_end = static_cast<size_t>(-1);
+    float* row_max = nullptr;
+    float* row_sum = nullptr;
+    size_t row_state_token_stride = 0;
+};
+void attention(const AttentionArgs& args);
+constexpr size_t kAttentionTileKeys = 64;  // keys per tile: a split range of whole tiles loads no tile twice
+size_t attention_scratch_floats(size_t n_query_rows, size_t head_dim);
+
 }  // namespace assistd::engine::kernels

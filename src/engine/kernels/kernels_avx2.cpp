@@ -345,6 +345,8 @@ constexpr KernelTable kAvx2Table = {
     .convert_bf16_to_f32 = convert_bf16_to_f32,
     .rms_norm = rms_norm,
     .swiglu = swiglu,
+    .exp_f32 = exp_f32_avx2,
+    .attention = attention_avx2,
 };
 
 }  // namespace

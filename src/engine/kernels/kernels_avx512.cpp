@@ -414,6 +414,8 @@ constexpr KernelTable kAvx512Table = {
     .convert_bf16_to_f32 = convert_bf16_to_f32,
     .rms_norm = rms_norm,
     .swiglu = swiglu,
+    .exp_f32 = exp_f32_avx512,
+    .attention = attention_avx512,
 };
 
 }  // namespace

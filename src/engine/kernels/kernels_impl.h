@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/dtype.h"
+#include "engine/kernels/kernels.h"
 
 namespace assistd::engine::kernels {
 
@@ -37,6 +38,8 @@ struct KernelTable {
     void (*convert_bf16_to_f32)(const uint16_t* x, float* y, size_t n);
     void (*rms_norm)(const float* x, const float* w, float eps, float* y, size_t n);
     void (*swiglu)(const float* g, const float* u, float* y, size_t n);
+    void (*exp_f32)(const float* x, float* y, size_t n);
+    void (*attention)(const AttentionArgs& args);
 };
 
 // The table of a tier, or nullptr when this CPU can not run it.
@@ -51,6 +54,25 @@ const KernelTable* scalar_kernel_table();
 const KernelTable* avx2_kernel_table();
 const KernelTable* avx512_kernel_table();
 const KernelTable* avx512bf16_kernel_table();
+
+// Per-tier attention and exp (attention_<isa>.cpp, one algorithm in attention_impl.h).
+void attention_scalar(const AttentionArgs& args);
+void attention_avx2(const AttentionArgs& args);
+void attention_avx512(const AttentionArgs& args);
+void exp_f32_scalar(const float* x, float* y, size_t n);
+void exp_f32_avx2(const float* x, float* y, size_t n);
+void exp_f32_avx512(const float* x, float* y, size_t n);
+
+// Where the attention kernel keeps its state in the caller's scratch (in
+// floats from the start; every section 64-byte aligned). Rows are query rows
+// (n_queries * n_group), padded to kAttentionRowPad; head_dim is padded to 16.
+constexpr size_t kAttentionTile = kAttentionTileKeys;
+constexpr size_t kAttentionRowPad = 32;  // two vectors of the widest tier
+struct AttentionScratchLayout {
+    size_t rows_padded = 0, head_padded = 0;
+    size_t q = 0, out = 0, max = 0, sum = 0, limit = 0, k = 0, v = 0, scores = 0, total = 0;
+};
+AttentionScratchLayout attention_scratch_layout(size_t n_query_rows, size_t head_dim);
 
 // Prepared Q8_0 activation row of `cols` elements (cols a multiple of 32), three
 // 64-byte aligned sections:

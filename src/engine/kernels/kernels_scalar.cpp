@@ -141,6 +141,8 @@ constexpr KernelTable kScalarTable = {
     .convert_bf16_to_f32 = convert_bf16_to_f32,
     .rms_norm = rms_norm,
     .swiglu = swiglu,
+    .exp_f32 = exp_f32_scalar,
+    .attention = attention_scalar,
 };
 
 }  // namespace
