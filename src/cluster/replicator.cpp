@@ -12,6 +12,18 @@ namespace {
 
 using state::crdt::VersionVector;
 
+// CRDT operations `to` holds beyond `from`: the lamport distance per writer
+// (exact while one replica writes a session; an upper bound otherwise).
+uint64_t operations_between(const SessionState& from, const SessionState& to) {
+    if (to.kind != SessionState::Kind::kLive) return 1;
+    uint64_t ops = 0;
+    for (const auto& [replica, lamport] : to.version.entries()) {
+        const uint64_t had = from.kind == SessionState::Kind::kLive ? from.version.get(replica) : 0;
+        if (lamport > had) ops += lamport - had;
+    }
+    return ops;
+}
+
 constexpr size_t kBuckets = 256;
 
 // A hash of what a node holds of a session: equal states, equal hashes.
@@ -45,8 +57,9 @@ Status validate(const ReplicationOptions& o) {
     if (o.replication_factor < 1 || o.replication_factor > 16)
         return bad("replication factor must be 1 to 16");
     if (o.sync_acks < 0 || o.sync_acks > o.replication_factor - 1) {
-        return bad("sync acks must be 0 to replication factor - 1 (got " + std::to_string(o.sync_acks) +
-                   " with replication factor " + std::to_string(o.replication_factor) + ")");
+        return bad("sync acks must be 0 to replication factor - 1 (got " +
+                   std::to_string(o.sync_acks) + " with replication factor " +
+                   std::to_string(o.replication_factor) + ")");
     }
     if (o.heartbeat_interval_ms < 1 || o.suspect_after_ms <= o.heartbeat_interval_ms) {
         return bad(
@@ -151,6 +164,13 @@ ReplicationStats Replicator::stats() const {
     return stats_;
 }
 
+std::vector<ReplicationLagSample> Replicator::take_lag_samples() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ReplicationLagSample> out;
+    out.swap(lag_samples_);
+    return out;
+}
+
 size_t Replicator::unacknowledged() const {
     std::lock_guard<std::mutex> lock(mu_);
     std::set<std::string> sessions;
@@ -242,6 +262,7 @@ void Replicator::pump(NodeId peer, PeerLink& link) {
                 s, since.kind == SessionState::Kind::kLive ? since.version : VersionVector{});
             if (!delta.ok()) continue;  // deleted or dropped meanwhile; the next round sees it
             bytes += s.size() + delta->size() + 8;
+            f.operations += operations_between(since, mine);
             batch.deltas.push_back(DeltaItem{s, std::move(delta).value()});
             f.sent.push_back(std::move(mine));
         }
@@ -359,6 +380,9 @@ void Replicator::on_ack(const Message& m, Completions& done) {
     if (f != link.inflight.end()) {
         for (auto& s : f->second.sent) sent[s.session_id] = s;
         link.inflight_bytes -= f->second.bytes;
+        if (lag_samples_.size() < kMaxLagSamples)
+            lag_samples_.push_back(
+                {static_cast<double>(now_ms() - f->second.sent_ms) / 1000.0, f->second.operations});
         link.inflight.erase(f);
         ++stats_.batches_acked;
     }

@@ -72,6 +72,14 @@ struct ReplicationStats {
     uint64_t ack_timeouts = 0;
 };
 
+// One acknowledged batch: how long it was in flight (sent to acked) and how
+// many CRDT operations it carried (lamport distance from what the peer had,
+// summed over its sessions; a deletion counts one).
+struct ReplicationLagSample {
+    double seconds = 0;
+    uint64_t operations = 0;
+};
+
 class Replicator {
   public:
     using Callback = std::function<void(Status)>;
@@ -118,6 +126,9 @@ class Replicator {
     // Sessions whose latest local changes some live replica has not acknowledged.
     size_t unacknowledged() const;
     ReplicationStats stats() const;
+    // The lag samples since the last call (at most kMaxLagSamples are kept between calls).
+    std::vector<ReplicationLagSample> take_lag_samples();
+    static constexpr size_t kMaxLagSamples = 4096;
     NodeId node_id() const { return identity_.node_id; }
     const std::string& address() const { return self_address_; }
 
@@ -125,6 +136,7 @@ class Replicator {
     struct InFlight {
         int64_t sent_ms = 0;
         size_t bytes = 0;
+        uint64_t operations = 0;
         std::vector<SessionState> sent;  // what each session was at when sent
     };
     struct PeerLink {
@@ -196,6 +208,7 @@ class Replicator {
     int64_t next_discovery_ms_ = 0;
     std::set<NodeId> reconnected_;  // peers to send a digest to at the next tick
     ReplicationStats stats_;
+    std::vector<ReplicationLagSample> lag_samples_;
 
     std::mutex dirty_mu_;
     std::set<std::string> dirty_;
