@@ -518,5 +518,72 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
     std::filesystem::remove_all(dir);
 }
 
+TEST_F(FleetTest, DevClusterStartsReachableNodesAndStopsThemOnSigterm) {
+    // Bad input first: a clear error, exit 2, nothing started.
+    {
+        const std::string cmd = std::string(ASSISTD_BINARY) + " dev-cluster --nodes 0 --model " + model_path() + " 2>&1";
+        FILE* p = ::popen(cmd.c_str(), "r");
+        ASSERT_NE(p, nullptr);
+        std::string out;
+        char buf[512];
+        while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+        EXPECT_EQ(WEXITSTATUS(::pclose(p)), 2);
+        EXPECT_NE(out.find("--nodes must be 1..32"), std::string::npos) << out;
+    }
+    // Ports base, base+1 (HTTP) and base+100, base+101 (peers), below the ephemeral range; per pid.
+    const uint16_t base = static_cast<uint16_t>(20000 + (::getpid() % 5000) * 2);
+    int out_pipe[2];
+    ASSERT_EQ(::pipe(out_pipe), 0);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::dup2(out_pipe[1], 1);
+        ::close(out_pipe[0]);
+        ::execl(ASSISTD_BINARY, ASSISTD_BINARY, "dev-cluster", "--nodes", "2", "--model", model_path().c_str(),
+                "--base-port", std::to_string(base).c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    ::close(out_pipe[1]);
+    // However the test ends, the fleet is drained and gone (SIGTERM forwards to the nodes).
+    struct Stop {
+        pid_t pid;
+        ~Stop() {
+            if (::kill(pid, SIGTERM) != 0) return;
+            int st = 0;
+            if (!eventually([&] { return ::waitpid(pid, &st, WNOHANG) == pid; }, std::chrono::seconds(60))) {
+                ::kill(pid, SIGKILL);
+                ::waitpid(pid, &st, 0);
+            }
+        }
+    } stop{pid};
+    std::string out;
+    char buf[1024];
+    const auto until = Clock::now() + std::chrono::seconds(60);
+    while (out.find("Ctrl-C") == std::string::npos && Clock::now() < until) {
+        const ssize_t n = ::read(out_pipe[0], buf, sizeof buf);
+        if (n <= 0) break;
+        out.append(buf, static_cast<size_t>(n));
+    }
+    ASSERT_NE(out.find("2 nodes ready"), std::string::npos) << out;
+    const std::string node0 = "node 0: http://127.0.0.1:" + std::to_string(base);
+    const std::string node1 = "node 1: http://127.0.0.1:" + std::to_string(base + 1);
+    EXPECT_NE(out.find(node0), std::string::npos) << out;
+    EXPECT_NE(out.find(node1), std::string::npos) << out;
+    const Reply r = http(base, "POST", "/v1/chat/completions", chat_body("dev", "Hello", 4, false));
+    EXPECT_EQ(r.status, 200) << r.body;
+    const auto msgs = messages_of(session_on(static_cast<uint16_t>(base + 1), "dev"));
+    EXPECT_EQ(msgs.size(), 2u) << "the session written on node 0 reads on node 1";
+    ::kill(pid, SIGTERM);
+    int status = -1;
+    EXPECT_TRUE(eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, std::chrono::seconds(60)));
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+    while (const ssize_t n = ::read(out_pipe[0], buf, sizeof buf)) {
+        if (n <= 0) break;
+        out.append(buf, static_cast<size_t>(n));
+    }
+    ::close(out_pipe[0]);
+    EXPECT_NE(out.find("assistd dev-cluster: stopped"), std::string::npos) << out;
+    EXPECT_NE(http(base, "GET", "/healthz").status, 200) << "the nodes must be gone";
+}
+
 }  // namespace
 }  // namespace assistd::e2e
