@@ -547,7 +547,7 @@ TEST_F(FleetTest, DevClusterStartsReachableNodesAndStopsThemOnSigterm) {
     struct Stop {
         pid_t pid;
         ~Stop() {
-            if (::kill(pid, SIGTERM) != 0) return;
+            if (pid <= 0 || ::kill(pid, SIGTERM) != 0) return;
             int st = 0;
             if (!eventually([&] { return ::waitpid(pid, &st, WNOHANG) == pid; }, std::chrono::seconds(60))) {
                 ::kill(pid, SIGKILL);
@@ -574,7 +574,9 @@ TEST_F(FleetTest, DevClusterStartsReachableNodesAndStopsThemOnSigterm) {
     EXPECT_EQ(msgs.size(), 2u) << "the session written on node 0 reads on node 1";
     ::kill(pid, SIGTERM);
     int status = -1;
-    EXPECT_TRUE(eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, std::chrono::seconds(60)));
+    const bool exited = eventually([&] { return ::waitpid(pid, &status, WNOHANG) == pid; }, std::chrono::seconds(60));
+    EXPECT_TRUE(exited);
+    if (exited) stop.pid = -1;  // reaped: its pid may belong to another process now
     EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
     while (const ssize_t n = ::read(out_pipe[0], buf, sizeof buf)) {
         if (n <= 0) break;
