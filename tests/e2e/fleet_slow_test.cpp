@@ -518,6 +518,45 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
     std::filesystem::remove_all(dir);
 }
 
+// The value of an unlabelled (or fully spelled) series in a /metrics page; -1 when absent.
+double metric(uint16_t port, const std::string& series) {
+    const Reply r = http(port, "GET", "/metrics");
+    std::string needle = "\n";
+    needle += series;
+    needle += ' ';
+    const size_t at = r.body.find(needle);
+    if (at == std::string::npos) return -1;
+    return std::atof(r.body.c_str() + at + needle.size());
+}
+
+TEST_F(FleetTest, ClusterMetricsCountPeersLagFetchesAndSuspects) {
+    // R=2 of 3 nodes: a node outside a session's replica set fetches it on a read.
+    ASSERT_NO_FATAL_FAILURE(start_fleet({"--replication-factor", "2"}));
+    LocalFleet& f = *fleet_;
+    for (int i = 0; i < 3; ++i) EXPECT_EQ(metric(f.port(i), "assistd_cluster_peers_up"), 2) << i;
+    constexpr int kSessions = 10;
+    for (int k = 0; k < kSessions; ++k)
+        ASSERT_EQ(http(f.port(0), "POST", "/v1/chat/completions", chat_body(fmt_message("m", k), "Hi", 2, false))
+                      .status,
+                  200);
+    const double fetched_before = metric(f.port(1), "assistd_fetch_on_miss_total") +
+                                  metric(f.port(2), "assistd_fetch_on_miss_total");
+    for (int k = 0; k < kSessions; ++k)
+        for (int i = 1; i < 3; ++i)
+            EXPECT_EQ(messages_of(session_on(f.port(i), fmt_message("m", k))).size(), 2u);
+    const double fetched = metric(f.port(1), "assistd_fetch_on_miss_total") +
+                           metric(f.port(2), "assistd_fetch_on_miss_total") - fetched_before;
+    EXPECT_GT(fetched, 0) << "no read on a non-replica fetched (one in 3^10 placements has none)";
+    EXPECT_GT(metric(f.port(0), "assistd_replication_lag_seconds_count"), 0);
+    EXPECT_GT(metric(f.port(0), "assistd_replication_lag_operations_sum"), 0);
+    EXPECT_GE(metric(f.port(0), "assistd_anti_entropy_repairs_total{direction=\"pushed\"}"), 0);
+    EXPECT_TRUE(eventually([&] { return metric(f.port(0), "assistd_replication_unacknowledged_sessions") == 0; }));
+    f.kill9(2);
+    EXPECT_TRUE(eventually([&] { return metric(f.port(0), "assistd_cluster_peers_suspect") == 1; },
+                           std::chrono::seconds(5)));
+    EXPECT_EQ(metric(f.port(0), "assistd_cluster_peers_up"), 1);
+}
+
 TEST_F(FleetTest, DevClusterStartsReachableNodesAndStopsThemOnSigterm) {
     // Bad input first: a clear error, exit 2, nothing started.
     {
