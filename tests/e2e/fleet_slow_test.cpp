@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <map>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -527,7 +528,16 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
         {{"--peers", "127.0.0.1:1", "--state-dir", dir, "--listen-peer", "127.0.0.1:0", "--node-id",
           "no spaces"},
          "--node-id"},
+        // The same keys from a YAML config: peers without a state dir.
+        {{"--config", dir + ".yaml"}, "needs --state-dir"},
+        // A state directory that belongs to another node id.
+        {{"--peers", "127.0.0.1:1", "--state-dir", dir + "-owned", "--listen-peer", "127.0.0.1:0",
+          "--node-id", "b"},
+         "belongs to node 000000000000000a"},
     };
+    std::filesystem::create_directories(dir + "-owned");
+    std::ofstream(dir + "-owned/node-id") << "node_id=000000000000000a\nincarnation=1\n";
+    std::ofstream(dir + ".yaml") << "peers: 127.0.0.1:1\nlisten-peer: 127.0.0.1:0\nsync-acks: 1\n";
     for (const auto& c : cases) {
         std::string cmd =
             std::string(ASSISTD_BINARY) + " serve --model " + model_path() + " --port 0";
@@ -543,6 +553,8 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
         EXPECT_NE(out.find(c.message), std::string::npos) << cmd << "\n" << out;
     }
     std::filesystem::remove_all(dir);
+    std::filesystem::remove_all(dir + "-owned");
+    std::filesystem::remove(dir + ".yaml");
 }
 
 // The value of an unlabelled (or fully spelled) series in a /metrics page; -1 when absent.
