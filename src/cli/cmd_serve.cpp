@@ -377,11 +377,12 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         const size_t unacked =
             fleet->leave_and_flush(static_cast<int64_t>(o.drain_replication_s * 1000));
         if (unacked == 0)
-            std::fprintf(stderr, "assistd serve: left the fleet; every change is acknowledged by a peer\n");
+            std::fprintf(stderr, "assistd serve: left the fleet; its replicas acknowledged every change and hold every session\n");
         else
             std::fprintf(stderr,
-                         "assistd serve: left the fleet with %zu sessions not acknowledged by every live replica "
-                         "after %.0f s (anti-entropy repairs them from what the peers hold)\n",
+                         "assistd serve: left the fleet with %zu sessions not yet confirmed by all their live "
+                         "replicas after %.0f s (changes acknowledged to clients are on --sync-acks replicas "
+                         "already; the rest stays in --state-dir)\n",
                          unacked, o.drain_replication_s);
     }
 #endif

@@ -1,5 +1,6 @@
 #include "cluster/fleet_node.h"
 
+#include <algorithm>
 #include <chrono>
 #include <random>
 #include <thread>
@@ -174,14 +175,14 @@ size_t FleetNode::leave_and_flush(int64_t timeout_ms) {
     // driver within a tick and would show up as pending in the second.
     int quiet = 0;
     while (std::chrono::steady_clock::now() < until) {
-        if (parts_->replicator->unacknowledged() == 0) {
+        if (parts_->replicator->unacknowledged() == 0 && parts_->replicator->unhanded() == 0) {
             if (++quiet >= 2) return 0;
         } else {
             quiet = 0;
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(25));
     }
-    return parts_->replicator->unacknowledged();
+    return std::max(parts_->replicator->unacknowledged(), parts_->replicator->unhanded());
 }
 
 ReplicationStats FleetNode::stats() const {
@@ -194,7 +195,7 @@ std::vector<PeerInfo> FleetNode::peers() const {
     return parts_->replicator->peers();
 }
 size_t FleetNode::unacknowledged() const {
-    return parts_->replicator->unacknowledged();
+    return std::max(parts_->replicator->unacknowledged(), parts_->replicator->unhanded());
 }
 
 }  // namespace assistd::cluster

@@ -54,8 +54,9 @@ class FleetNode {
 
     // The drain: leaves the membership (sessions held here are handed to the
     // other members) and waits, at most timeout_ms, until every local change
-    // is acknowledged by the live replicas. Returns the sessions still
-    // unacknowledged (0: nothing is only here).
+    // is acknowledged by the live replicas and every session's new replicas
+    // confirmed holding it. Returns the sessions still waiting (0: nothing
+    // is only here).
     size_t leave_and_flush(int64_t timeout_ms);
 
     ReplicationStats stats() const;

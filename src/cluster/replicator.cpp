@@ -184,6 +184,32 @@ size_t Replicator::unacknowledged() const {
     return sessions.size();
 }
 
+size_t Replicator::unhanded() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t count = 0;
+    for (auto& v : store_.list_versions()) {
+        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive,
+                       std::move(v.version)};
+        if (s.kind == SessionState::Kind::kLive && s.version.empty()) continue;
+        const auto reps = place_replicas(s.session_id, members_, options_.replication_factor);
+        if (owns(reps, identity_.node_id)) continue;
+        for (NodeId p : reps) {
+            if (!membership_.is_live(p)) continue;
+            const auto link = links_.find(p);
+            if (link == links_.end()) {
+                ++count;
+                break;
+            }
+            const auto it = link->second.handed_off.find(s.session_id);
+            if (it == link->second.handed_off.end() || !covers(it->second, s)) {
+                ++count;
+                break;
+            }
+        }
+    }
+    return count;
+}
+
 size_t Replicator::bucket_of(const std::string& session_id) const {
     return stable_hash(session_id) % kBuckets;
 }

@@ -125,6 +125,10 @@ class Replicator {
     std::vector<PeerInfo> peers() const;
     // Sessions whose latest local changes some live replica has not acknowledged.
     size_t unacknowledged() const;
+    // Sessions held here that this node does not replicate (after leave(): every
+    // one) and that some live replica has not confirmed holding: the hand-off
+    // a drain waits for besides unacknowledged().
+    size_t unhanded() const;
     ReplicationStats stats() const;
     // The lag samples since the last call (at most kMaxLagSamples are kept between calls).
     std::vector<ReplicationLagSample> take_lag_samples();

@@ -257,6 +257,30 @@ TEST_F(ReplicatorTest, AntiEntropyRepairsWhatAPartitionMissed) {
               0u);
 }
 
+TEST_F(ReplicatorTest, ALeavingNodeHandsEverySessionToTheRemainingReplicas) {
+    // R=2 of 3: the sessions n0 replicates with one other node need a new
+    // second replica once n0 leaves; the drain waits until they have it.
+    ReplicationOptions o;
+    o.replication_factor = 2;
+    o.anti_entropy_interval_ms = 200;
+    make_fleet(3, o);
+    auto& a = *nodes_[0];
+    for (int i = 0; i < 20; ++i)
+        ASSERT_TRUE(a.store->create(fmt::format("s{}", i), "t", "x").ok());
+    a.replicator->flush();
+    settle();
+    EXPECT_EQ(a.replicator->unacknowledged(), 0u);
+    EXPECT_EQ(a.replicator->unhanded(), 0u) << "n0 replicates what it holds: nothing to hand off";
+
+    a.replicator->leave();
+    EXPECT_GT(a.replicator->unhanded(), 0u) << "every session now belongs to the others";
+    settle(10);
+    EXPECT_EQ(a.replicator->unhanded(), 0u);
+    // Both remaining nodes hold every session (R=2 over the two of them).
+    for (int i = 1; i < 3; ++i)
+        EXPECT_EQ(nodes_[static_cast<size_t>(i)]->store->list_versions().size(), 20u) << i;
+}
+
 TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
     make_fleet(2, ReplicationOptions{});
     nodes_[0]->replicator->receive("GET / HTTP/1.1\r\n\r\n");

@@ -458,7 +458,7 @@ TEST_F(FleetTest, SigtermDrainsStreamsAndRetriesElsewhereSeeNoFailure) {
     EXPECT_EQ(exit_status, 0) << f.log(0);
     EXPECT_EQ(failed.load(), 0) << (failures.empty() ? "" : failures[0]);
     const std::string log = f.log(0);
-    EXPECT_NE(log.find("left the fleet; every change is acknowledged by a peer"), std::string::npos)
+    EXPECT_NE(log.find("left the fleet; its replicas acknowledged every change and hold every session"), std::string::npos)
         << log;
     std::printf(
         "drain: SIGTERM with %d of %d streams still running; %d next turns retried on another "
