@@ -172,6 +172,7 @@ serve::ClusterFigures cluster_figures(cluster::FleetNode& node) {
     const auto st = node.stats();
     f.unacknowledged_sessions = node.unacknowledged();
     f.fetches = st.fetches;
+    f.refreshes = st.refreshes;
     f.repairs_pushed = st.repairs_pushed;
     f.repairs_pulled = st.repairs_pulled;
     f.handoffs_confirmed = st.handoffs_confirmed;

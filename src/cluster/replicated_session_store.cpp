@@ -4,7 +4,14 @@ namespace assistd::cluster {
 
 Status ReplicatedSessionStore::ensure_local(std::string_view id) {
     if (local_.deleted(id)) return {};  // the local store answers "deleted" itself
-    if (local_.version(id).ok()) return {};
+    if (local_.version(id).ok()) {
+        // A replica is kept up to date by pushes; a copy held anywhere else
+        // (fetched earlier, or handed off) may be behind: bring it up first.
+        if (driver_.replicates(id)) return {};
+        auto st = driver_.refresh(id, fetch_timeout_ms_);
+        if (st.ok() || st.error().code == ErrorCode::kNotFound) return {};
+        return st;
+    }
     auto st = driver_.fetch(id, fetch_timeout_ms_);
     if (st.ok() || st.error().code == ErrorCode::kNotFound)
         return {};  // absent everywhere: the local store says so

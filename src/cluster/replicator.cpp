@@ -342,6 +342,10 @@ void Replicator::receive(std::string_view frame) {
                 ack.id = m.id;
                 for (size_t i = 0; i < m.deltas.size(); ++i) {
                     const auto& d = m.deltas[i];
+                    for (auto& w : fetch_waiters_) {
+                        if (w.refresh && w.session_id == d.session_id && w.asked.count(m.from))
+                            w.answered.insert(m.from);
+                    }
                     if (d.delta.empty()) {  // the peer does not hold it: an answer to a fetch
                         for (auto& w : fetch_waiters_) {
                             if (w.session_id == d.session_id) w.missing.insert(m.from);
@@ -430,7 +434,15 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         const SessionState here = local_state(session_id);
         Status result;
         bool finished = true;
-        if (here.kind == SessionState::Kind::kLive) {
+        if (it->refresh) {
+            // Done once no live replica asked is still to answer.
+            for (NodeId p : it->asked) {
+                if (!it->answered.count(p) && membership_.is_live(p)) finished = false;
+            }
+            if (here.kind != SessionState::Kind::kLive)
+                result =
+                    make_error(ErrorCode::kNotFound, "session '" + session_id + "' does not exist");
+        } else if (here.kind == SessionState::Kind::kLive) {
             result = {};
         } else if (here.kind == SessionState::Kind::kDeleted) {
             result = make_error(ErrorCode::kNotFound, "session '" + session_id + "' was deleted");
@@ -654,6 +666,12 @@ void Replicator::tick() {
 
 bool Replicator::expire_waiters(int64_t now, Completions& done) {
     bool any = false;
+    // A refresh stops waiting for a replica that turned suspect meanwhile.
+    std::set<std::string> refreshing;
+    for (const auto& w : fetch_waiters_) {
+        if (w.refresh) refreshing.insert(w.session_id);
+    }
+    for (const auto& id : refreshing) check_fetch(id, done);
     for (auto it = ack_waiters_.begin(); it != ack_waiters_.end();) {
         if (now < it->deadline_ms) {
             ++it;
@@ -675,10 +693,13 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
             ++it;
             continue;
         }
-        auto err = make_error(
+        Status result = make_error(
             ErrorCode::kResourceExhausted,
             "fetching session '" + it->session_id + "' from its replicas timed out; retry shortly");
-        done.push_back([cb = std::move(it->done), err] { cb(err); });
+        // A refresh that heard nothing serves the copy here rather than nothing.
+        if (it->refresh && local_state(it->session_id).kind == SessionState::Kind::kLive)
+            result = {};
+        done.push_back([cb = std::move(it->done), result] { cb(result); });
         it = fetch_waiters_.erase(it);
         any = true;
     }
@@ -763,6 +784,38 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
         }
     }
     for (auto& f : completions) f();
+}
+
+void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, Callback done) {
+    Completions completions;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.refreshes;
+        FetchWaiter w;
+        w.session_id.assign(session_id);
+        w.refresh = true;
+        w.deadline_ms = now_ms() + timeout_ms;
+        for (NodeId p : place_replicas(w.session_id, members_, options_.replication_factor)) {
+            if (p != identity_.node_id && membership_.is_live(p)) w.asked.insert(p);
+        }
+        // "Missing" makes each replica push the whole session, so every one answers.
+        for (NodeId p : w.asked) {
+            Message pull;
+            pull.kind = MessageKind::kPull;
+            pull.states.push_back(SessionState{w.session_id, SessionState::Kind::kMissing, {}});
+            send(p, std::move(pull));
+        }
+        w.done = std::move(done);
+        fetch_waiters_.push_back(std::move(w));
+        check_fetch(std::string(session_id), completions);
+    }
+    for (auto& f : completions) f();
+}
+
+bool Replicator::replicates(std::string_view session_id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return owns(place_replicas(std::string(session_id), members_, options_.replication_factor),
+                identity_.node_id);
 }
 
 }  // namespace assistd::cluster

@@ -68,6 +68,7 @@ struct ReplicationStats {
     uint64_t repairs_pulled = 0;  // ... or this node lacking something
     uint64_t handoffs_confirmed = 0;
     uint64_t fetches = 0;
+    uint64_t refreshes = 0;  // reads of a session held here but replicated elsewhere
     uint64_t acks_waited = 0;
     uint64_t ack_timeouts = 0;
 };
@@ -113,6 +114,16 @@ class Replicator {
     // Fetch-on-miss: pulls the session from its live replicas. Ok once it is
     // here; kNotFound when every replica asked lacks it (or it was deleted).
     void fetch(std::string_view session_id, int64_t timeout_ms, Callback done);
+
+    // Read refresh, for a session held here that this node does not replicate
+    // (its copy may be behind: non-replicas get no pushes): pulls the whole
+    // session from its live replicas. Completes once each replica asked has
+    // answered or turned suspect — ok when the session is here then,
+    // kNotFound when it is nowhere — and at the deadline with ok when the
+    // (possibly older) copy here is all there is, else kResourceExhausted.
+    void refresh(std::string_view session_id, int64_t timeout_ms, Callback done);
+    // Whether this node is one of the session's replicas.
+    bool replicates(std::string_view session_id) const;
 
     // Leaves the membership (the drain path): from now on every session held
     // here is handed to its replicas among the remaining members.
@@ -163,6 +174,8 @@ class Replicator {
     };
     struct FetchWaiter {
         std::string session_id;
+        bool refresh = false;       // refresh(): wait for every asked replica
+        std::set<NodeId> answered;  // refresh(): replicas whose state arrived
         std::set<NodeId> asked;
         std::set<NodeId> missing;
         int64_t deadline_ms = 0;

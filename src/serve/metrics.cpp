@@ -185,6 +185,8 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
     repairs_pushed_.counter = &repairs.Add({{"direction", "pushed"}});
     repairs_pulled_.counter = &repairs.Add({{"direction", "pulled"}});
     fetches_.counter = counter("assistd_fetch_on_miss_total", "Sessions fetched from a replica before serving them");
+    refreshes_.counter = counter("assistd_read_refreshes_total",
+                                 "Copies held outside a session's replica set brought up to date before serving");
     handoffs_.counter = counter("assistd_handoffs_confirmed_total", "Sessions a replica confirmed holding after a hand-off");
     batches_resent_.counter = counter("assistd_replication_batches_resent_total", "Batches not acknowledged in time, sent again");
     write_ack_timeouts_.counter = counter("assistd_replication_ack_timeouts_total",
@@ -203,6 +205,7 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         }
         std::lock_guard lk(totals_mu_);
         fetches_.advance(c.fetches);
+        refreshes_.advance(c.refreshes);
         repairs_pushed_.advance(c.repairs_pushed);
         repairs_pulled_.advance(c.repairs_pulled);
         handoffs_.advance(c.handoffs_confirmed);

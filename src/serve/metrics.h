@@ -31,6 +31,7 @@ struct ClusterFigures {
     size_t peers_suspect = 0;  // not heard from lately
     size_t unacknowledged_sessions = 0;
     uint64_t fetches = 0;  // fetch-on-miss
+    uint64_t refreshes = 0;  // reads of a copy held outside the session's replica set
     uint64_t repairs_pushed = 0, repairs_pulled = 0;
     uint64_t handoffs_confirmed = 0;
     uint64_t batches_resent = 0;
@@ -96,7 +97,7 @@ private:
     prometheus::Gauge* unacknowledged_sessions_ = nullptr;
     prometheus::Histogram* replication_lag_seconds_ = nullptr;
     prometheus::Histogram* replication_lag_operations_ = nullptr;
-    TotalCounter fetches_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_;
+    TotalCounter fetches_, refreshes_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_;
     std::mutex totals_mu_;
     TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
         prompt_tokens_prefilled_;

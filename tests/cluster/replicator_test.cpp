@@ -265,8 +265,7 @@ TEST_F(ReplicatorTest, ALeavingNodeHandsEverySessionToTheRemainingReplicas) {
     o.anti_entropy_interval_ms = 200;
     make_fleet(3, o);
     auto& a = *nodes_[0];
-    for (int i = 0; i < 20; ++i)
-        ASSERT_TRUE(a.store->create(fmt::format("s{}", i), "t", "x").ok());
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE(a.store->create(fmt::format("s{}", i), "t", "x").ok());
     a.replicator->flush();
     settle();
     EXPECT_EQ(a.replicator->unacknowledged(), 0u);
@@ -279,6 +278,72 @@ TEST_F(ReplicatorTest, ALeavingNodeHandsEverySessionToTheRemainingReplicas) {
     // Both remaining nodes hold every session (R=2 over the two of them).
     for (int i = 1; i < 3; ++i)
         EXPECT_EQ(nodes_[static_cast<size_t>(i)]->store->list_versions().size(), 20u) << i;
+}
+
+TEST_F(ReplicatorTest, ACopyOutsideTheReplicaSetIsRefreshedBeforeItIsRead) {
+    ReplicationOptions o;
+    o.replication_factor = 2;
+    make_fleet(3, o);
+    // A session whose replicas are two nodes; the third (the outsider) reads it.
+    std::string id;
+    TestNode* outsider = nullptr;
+    std::vector<TestNode*> replicas;
+    for (int i = 0; i < 50 && !outsider; ++i) {
+        id = fmt::format("s{}", i);
+        replicas.clear();
+        for (auto& n : nodes_) {
+            if (n->replicator->replicates(id))
+                replicas.push_back(n.get());
+            else
+                outsider = n.get();
+        }
+    }
+    ASSERT_TRUE(outsider);
+    ASSERT_EQ(replicas.size(), 2u);
+    TestNode& writer = *replicas[0];
+    ASSERT_TRUE(writer.store->create(id, "t", "x").ok());
+    ASSERT_TRUE(writer.store->append_message(id, {"user", "one"}).ok());
+    writer.replicator->flush();
+    deliver();
+    std::optional<Status> fetched;
+    outsider->replicator->fetch(id, 1000, [&](Status st) { fetched = st; });
+    deliver();
+    ASSERT_TRUE(fetched && fetched->ok());
+
+    // The replicas move on; the outsider gets no pushes and falls behind.
+    ASSERT_TRUE(writer.store->append_message(id, {"user", "two"}).ok());
+    writer.replicator->flush();
+    deliver();
+    EXPECT_EQ(outsider->store->get(id)->messages.size(), 1u);
+
+    std::optional<Status> refreshed;
+    outsider->replicator->refresh(id, 1000, [&](Status st) { refreshed = st; });
+    EXPECT_FALSE(refreshed) << "it waits for the replicas' answers";
+    deliver();
+    ASSERT_TRUE(refreshed);
+    EXPECT_TRUE(refreshed->ok());
+    EXPECT_EQ(outsider->store->get(id)->messages.size(), 2u);
+
+    // One replica down: the refresh waits until it is suspect, then serves what the other sent.
+    ASSERT_TRUE(writer.store->append_message(id, {"user", "three"}).ok());
+    writer.replicator->flush();
+    deliver();
+    refreshed.reset();
+    outsider->replicator->refresh(id, 5000, [&](Status st) { refreshed = st; });
+    deliver(replicas[1]->address);
+    EXPECT_FALSE(refreshed) << "the silent replica is not suspect yet";
+    settle(30, replicas[1]->address);  // 1.5 s: past suspect_after_ms
+    ASSERT_TRUE(refreshed);
+    EXPECT_TRUE(refreshed->ok());
+    EXPECT_EQ(outsider->store->get(id)->messages.size(), 3u);
+    EXPECT_EQ(outsider->replicator->stats().refreshes, 2u);
+
+    // A session nobody holds: not found, not a timeout.
+    refreshed.reset();
+    outsider->replicator->refresh("nowhere", 1000, [&](Status st) { refreshed = st; });
+    settle(2);
+    ASSERT_TRUE(refreshed);
+    EXPECT_EQ(refreshed->error().code, ErrorCode::kNotFound);
 }
 
 TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {

@@ -458,7 +458,9 @@ TEST_F(FleetTest, SigtermDrainsStreamsAndRetriesElsewhereSeeNoFailure) {
     EXPECT_EQ(exit_status, 0) << f.log(0);
     EXPECT_EQ(failed.load(), 0) << (failures.empty() ? "" : failures[0]);
     const std::string log = f.log(0);
-    EXPECT_NE(log.find("left the fleet; its replicas acknowledged every change and hold every session"), std::string::npos)
+    EXPECT_NE(
+        log.find("left the fleet; its replicas acknowledged every change and hold every session"),
+        std::string::npos)
         << log;
     std::printf(
         "drain: SIGTERM with %d of %d streams still running; %d next turns retried on another "
@@ -596,6 +598,36 @@ TEST_F(FleetTest, ClusterMetricsCountPeersLagFetchesAndSuspects) {
     EXPECT_TRUE(eventually([&] { return metric(f.port(0), "assistd_cluster_peers_suspect") == 1; },
                            std::chrono::seconds(5)));
     EXPECT_EQ(metric(f.port(0), "assistd_cluster_peers_up"), 1);
+}
+
+TEST_F(FleetTest, WithMoreNodesThanReplicasEveryNodeServesTheLatestHistory) {
+    // R=2 of 3: each session has a node outside its replica set, which gets
+    // no pushes. Turns go round the nodes and each must see every earlier one.
+    ASSERT_NO_FATAL_FAILURE(start_fleet({"--replication-factor", "2"}));
+    LocalFleet& f = *fleet_;
+    constexpr int kSessions = 6, kTurns = 4;
+    for (int k = 0; k < kSessions; ++k) {
+        const std::string id = fmt_message("r", k);
+        int last_prompt = 0;
+        for (int t = 0; t < kTurns; ++t) {
+            const int node = (k + t) % 3;
+            const Reply r = http(f.port(node), "POST", "/v1/chat/completions",
+                                 chat_body(id, fmt_message("q", t), 4, false));
+            ASSERT_EQ(r.status, 200) << r.body;
+            const int prompt = r.json_body()["usage"]["prompt_tokens"];
+            EXPECT_GT(prompt, last_prompt)
+                << id << " turn " << t << " on node " << node << " missed history";
+            last_prompt = prompt;
+            // Read right away (no waiting) on every node: the whole conversation so far.
+            for (int i = 0; i < 3; ++i)
+                EXPECT_EQ(messages_of(session_on(f.port(i), id)).size(),
+                          static_cast<size_t>(2 * (t + 1)))
+                    << id << " after turn " << t << ", read on node " << i;
+        }
+    }
+    double refreshes = 0;
+    for (int i = 0; i < 3; ++i) refreshes += metric(f.port(i), "assistd_read_refreshes_total");
+    EXPECT_GT(refreshes, 0) << "reads on nodes outside the replica set refresh their copy";
 }
 
 TEST_F(FleetTest, DevClusterStartsReachableNodesAndStopsThemOnSigterm) {
