@@ -16,5 +16,13 @@ cd "$(dirname "$0")/.."
 exe="$build/tests/e2e_fleet_slow_test"
 [ -x "$exe" ] || { echo "build the fleet test first (ninja -C $build assistd e2e_fleet_slow_test)" >&2; exit 2; }
 [ -f ../shared/models/stories260K.gguf ] || { echo "no ../shared/models/stories260K.gguf: the failover benchmark needs it" >&2; exit 2; }
-ASSISTD_FAILOVER_TRIALS="$trials" timeout 600 "$exe" --gtest_filter='FleetTest.Kill9MidStream*' --gtest_brief=1 |
-  grep -E -A2 '^failover' || { echo "the failover run failed; run $exe --gtest_filter='FleetTest.Kill9*' to see why" >&2; exit 1; }
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+if ASSISTD_FAILOVER_TRIALS="$trials" timeout 600 "$exe" --gtest_filter='FleetTest.Kill9MidStream*' >"$out" 2>&1; then
+  grep -E -A2 '^failover' "$out"
+else
+  # The test's own failure lines, without the nodes' logs it prints after them.
+  grep -v -E '^(assistd serve|--- node)' "$out" >&2
+  echo "the failover run failed (above)" >&2
+  exit 1
+fi
