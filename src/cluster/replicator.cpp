@@ -12,6 +12,10 @@ namespace {
 
 using state::crdt::VersionVector;
 
+// A pull with this id asks for an answer even when the puller is current (a
+// refresh counts answers); older pulls (id 0) get only what is missing.
+constexpr uint64_t kAnswerEvenIfCurrent = 1;
+
 // CRDT operations `to` holds beyond `from`: the lamport distance per writer
 // (exact while one replica writes a session; an upper bound otherwise).
 uint64_t operations_between(const SessionState& from, const SessionState& to) {
@@ -418,6 +422,14 @@ void Replicator::on_ack(const Message& m, Completions& done) {
     }
     for (const auto& state : m.states) {
         note_peer_state(m.from, state, done);
+        bool refreshing = false;
+        for (auto& w : fetch_waiters_) {
+            if (w.refresh && w.session_id == state.session_id && w.asked.count(m.from)) {
+                w.answered.insert(m.from);
+                refreshing = true;
+            }
+        }
+        if (refreshing) check_fetch(state.session_id, done);
         auto s = sent.find(state.session_id);
         // The peer could not apply all of it (it lost state, or a gap): send again from what it
         // has.
@@ -435,10 +447,11 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         Status result;
         bool finished = true;
         if (it->refresh) {
-            // Done once no live replica asked is still to answer.
+            // Done once `quorum` replicas answered, or no live replica asked is still to answer.
             for (NodeId p : it->asked) {
                 if (!it->answered.count(p) && membership_.is_live(p)) finished = false;
             }
+            if (it->quorum > 0 && it->answered.size() >= it->quorum) finished = true;
             if (here.kind != SessionState::Kind::kLive)
                 result =
                     make_error(ErrorCode::kNotFound, "session '" + session_id + "' does not exist");
@@ -592,16 +605,23 @@ void Replicator::on_pull(const Message& m) {
     auto& link = links_[m.from];
     Message missing;
     missing.kind = MessageKind::kDeltas;  // id 0: not acknowledged
+    Message up_to_date;                   // a refresh's answer when there is nothing to push
+    up_to_date.kind = MessageKind::kAck;  // id 0: no batch
     for (const auto& want : m.states) {
         const SessionState mine = local_state(want.session_id);
         if (mine.kind == SessionState::Kind::kMissing) {
             missing.deltas.push_back(DeltaItem{want.session_id, ""});
             continue;
         }
+        if (m.id == kAnswerEvenIfCurrent && covers(want, mine)) {
+            up_to_date.states.push_back(mine);
+            continue;
+        }
         link.known[want.session_id] = want;
         link.pending.insert(want.session_id);
     }
     if (!missing.deltas.empty()) send_to(m.from_address, std::move(missing));
+    if (!up_to_date.states.empty()) send_to(m.from_address, std::move(up_to_date));
 }
 
 // ---------------------------------------------------------------- timers and waits
@@ -711,8 +731,12 @@ size_t Replicator::acks_needed(const std::string& session_id) const {
     const size_t peers =
         membership_.discovered_peer_count();  // counts peers whose id is not known yet
     const size_t r = static_cast<size_t>(options_.replication_factor);
-    const size_t cap = owns(reps, identity_.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
-    return std::min(static_cast<size_t>(options_.sync_acks), cap);
+    // A writer outside the replica set waits for one more ack, so an acknowledged
+    // change is on sync_acks + 1 replicas either way (what read_quorum relies on).
+    const bool replica = owns(reps, identity_.node_id);
+    const size_t cap = replica ? std::min(r - 1, peers) : std::min(r, peers);
+    const size_t wanted = static_cast<size_t>(options_.sync_acks) + (replica ? 0 : 1);
+    return std::min(wanted, cap);
 }
 
 void Replicator::await_replication(std::string_view session_id, const VersionVector& version,
@@ -786,7 +810,8 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
     for (auto& f : completions) f();
 }
 
-void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, Callback done) {
+void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum,
+                         Callback done) {
     Completions completions;
     {
         std::lock_guard<std::mutex> lock(mu_);
@@ -794,15 +819,18 @@ void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, Callba
         FetchWaiter w;
         w.session_id.assign(session_id);
         w.refresh = true;
+        w.quorum = quorum;
         w.deadline_ms = now_ms() + timeout_ms;
         for (NodeId p : place_replicas(w.session_id, members_, options_.replication_factor)) {
             if (p != identity_.node_id && membership_.is_live(p)) w.asked.insert(p);
         }
-        // "Missing" makes each replica push the whole session, so every one answers.
+        // Each replica pushes what this node lacks, or says it has nothing newer.
+        const SessionState here = local_state(w.session_id);
         for (NodeId p : w.asked) {
             Message pull;
             pull.kind = MessageKind::kPull;
-            pull.states.push_back(SessionState{w.session_id, SessionState::Kind::kMissing, {}});
+            pull.id = kAnswerEvenIfCurrent;
+            pull.states.push_back(here);
             send(p, std::move(pull));
         }
         w.done = std::move(done);
@@ -810,6 +838,17 @@ void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, Callba
         check_fetch(std::string(session_id), completions);
     }
     for (auto& f : completions) f();
+}
+
+size_t Replicator::read_quorum(std::string_view session_id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::string id(session_id);
+    const auto reps = place_replicas(id, members_, options_.replication_factor);
+    if (!owns(reps, identity_.node_id)) return 0;
+    // An acknowledged change is on acks_needed + 1 replicas (its writer's copy
+    // or one more ack): this copy plus r - 1 - acks_needed others meet one of them.
+    const size_t acked_copies = acks_needed(id) + 1;
+    return reps.size() >= acked_copies ? reps.size() - acked_copies : 0;
 }
 
 bool Replicator::replicates(std::string_view session_id) const {

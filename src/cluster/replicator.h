@@ -116,12 +116,17 @@ class Replicator {
     void fetch(std::string_view session_id, int64_t timeout_ms, Callback done);
 
     // Read refresh, for a session held here that this node does not replicate
-    // (its copy may be behind: non-replicas get no pushes): pulls the whole
-    // session from its live replicas. Completes once each replica asked has
-    // answered or turned suspect — ok when the session is here then,
-    // kNotFound when it is nowhere — and at the deadline with ok when the
-    // (possibly older) copy here is all there is, else kResourceExhausted.
-    void refresh(std::string_view session_id, int64_t timeout_ms, Callback done);
+    // (its copy may be behind: non-replicas get no pushes), or a quorum read on
+    // a replica: pulls what this copy lacks from the session's live replicas. Completes once each
+    // replica asked has answered or turned suspect — ok when the session is here then, kNotFound
+    // when it is nowhere — and at the deadline with ok when the (possibly older) copy here is all
+    // there is, else kResourceExhausted. quorum > 0: done once that many replicas answered (a
+    // quorum read).
+    void refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum, Callback done);
+    // How many other replicas a replica must hear from before serving a read
+    // so that it sees every acknowledged change (0: its own copy suffices, or
+    // this node is not a replica).
+    size_t read_quorum(std::string_view session_id) const;
     // Whether this node is one of the session's replicas.
     bool replicates(std::string_view session_id) const;
 
@@ -175,6 +180,7 @@ class Replicator {
     struct FetchWaiter {
         std::string session_id;
         bool refresh = false;       // refresh(): wait for every asked replica
+        size_t quorum = 0;          // refresh(): enough answers (0: every live one)
         std::set<NodeId> answered;  // refresh(): replicas whose state arrived
         std::set<NodeId> asked;
         std::set<NodeId> missing;

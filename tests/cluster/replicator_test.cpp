@@ -317,7 +317,7 @@ TEST_F(ReplicatorTest, ACopyOutsideTheReplicaSetIsRefreshedBeforeItIsRead) {
     EXPECT_EQ(outsider->store->get(id)->messages.size(), 1u);
 
     std::optional<Status> refreshed;
-    outsider->replicator->refresh(id, 1000, [&](Status st) { refreshed = st; });
+    outsider->replicator->refresh(id, 1000, 0, [&](Status st) { refreshed = st; });
     EXPECT_FALSE(refreshed) << "it waits for the replicas' answers";
     deliver();
     ASSERT_TRUE(refreshed);
@@ -329,7 +329,7 @@ TEST_F(ReplicatorTest, ACopyOutsideTheReplicaSetIsRefreshedBeforeItIsRead) {
     writer.replicator->flush();
     deliver();
     refreshed.reset();
-    outsider->replicator->refresh(id, 5000, [&](Status st) { refreshed = st; });
+    outsider->replicator->refresh(id, 5000, 0, [&](Status st) { refreshed = st; });
     deliver(replicas[1]->address);
     EXPECT_FALSE(refreshed) << "the silent replica is not suspect yet";
     settle(30, replicas[1]->address);  // 1.5 s: past suspect_after_ms
@@ -340,10 +340,47 @@ TEST_F(ReplicatorTest, ACopyOutsideTheReplicaSetIsRefreshedBeforeItIsRead) {
 
     // A session nobody holds: not found, not a timeout.
     refreshed.reset();
-    outsider->replicator->refresh("nowhere", 1000, [&](Status st) { refreshed = st; });
+    outsider->replicator->refresh("nowhere", 1000, 0, [&](Status st) { refreshed = st; });
     settle(2);
     ASSERT_TRUE(refreshed);
     EXPECT_EQ(refreshed->error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(ReplicatorTest, AQuorumReadOnAReplicaSeesAChangeItsDeadWriterNeverPushedThere) {
+    make_fleet(3, ReplicationOptions{});  // R=3, sync acks 1
+    auto& writer = *nodes_[0];
+    auto& lagging = *nodes_[2];
+    ASSERT_TRUE(writer.store->create("s", "t", "x").ok());
+    writer.replicator->flush();
+    deliver();
+    // n1 acknowledges the next change; the push to n2 is lost, then the writer dies.
+    ASSERT_TRUE(writer.store->append_message("s", {"user", "acknowledged"}).ok());
+    writer.replicator->flush();
+    std::optional<Status> acked;
+    writer.replicator->await_replication("s", writer.store->version("s").value(), 1000,
+                                         [&](Status st) { acked = st; });
+    deliver(lagging.address);
+    ASSERT_TRUE(acked && acked->ok());
+    EXPECT_EQ(lagging.store->get("s")->messages.size(), 0u);
+
+    // A replica reading needs R - (sync acks + 1) = 1 other replica's answer.
+    EXPECT_EQ(lagging.replicator->read_quorum("s"), 1u);
+    std::optional<Status> read;
+    lagging.replicator->refresh("s", 1000, lagging.replicator->read_quorum("s"),
+                                [&](Status st) { read = st; });
+    deliver(writer.address);  // the writer is dead but not yet suspect: n1 alone answers
+    ASSERT_TRUE(read);
+    EXPECT_TRUE(read->ok());
+    ASSERT_EQ(lagging.store->get("s")->messages.size(), 1u);
+    EXPECT_EQ(lagging.store->get("s")->messages[0].content, "acknowledged");
+
+    // Current already: the answer is a "nothing newer" reply, not a push.
+    read.reset();
+    lagging.replicator->refresh("s", 1000, 1, [&](Status st) { read = st; });
+    EXPECT_EQ(count_frames(MessageKind::kPull, nodes_[1]->address), 1u);
+    deliver(writer.address);
+    ASSERT_TRUE(read);
+    EXPECT_TRUE(read->ok());
 }
 
 TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
