@@ -68,7 +68,7 @@ struct ReplicationStats {
     uint64_t repairs_pulled = 0;  // ... or this node lacking something
     uint64_t handoffs_confirmed = 0;
     uint64_t fetches = 0;
-    uint64_t refreshes = 0;  // reads of a session held here but replicated elsewhere
+    uint64_t refreshes = 0;  // refresh() calls: quorum reads and copies outside the replica set
     uint64_t acks_waited = 0;
     uint64_t ack_timeouts = 0;
 };

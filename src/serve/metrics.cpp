@@ -186,7 +186,7 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
     repairs_pulled_.counter = &repairs.Add({{"direction", "pulled"}});
     fetches_.counter = counter("assistd_fetch_on_miss_total", "Sessions fetched from a replica before serving them");
     refreshes_.counter = counter("assistd_read_refreshes_total",
-                                 "Copies held outside a session's replica set brought up to date before serving");
+                                 "Reads that heard from other replicas first (quorum reads, copies outside the replica set)");
     handoffs_.counter = counter("assistd_handoffs_confirmed_total", "Sessions a replica confirmed holding after a hand-off");
     batches_resent_.counter = counter("assistd_replication_batches_resent_total", "Batches not acknowledged in time, sent again");
     write_ack_timeouts_.counter = counter("assistd_replication_ack_timeouts_total",

@@ -31,7 +31,7 @@ struct ClusterFigures {
     size_t peers_suspect = 0;  // not heard from lately
     size_t unacknowledged_sessions = 0;
     uint64_t fetches = 0;  // fetch-on-miss
-    uint64_t refreshes = 0;  // reads of a copy held outside the session's replica set
+    uint64_t refreshes = 0;  // reads that heard from other replicas first (quorum, or a copy outside the set)
     uint64_t repairs_pushed = 0, repairs_pulled = 0;
     uint64_t handoffs_confirmed = 0;
     uint64_t batches_resent = 0;
