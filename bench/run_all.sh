@@ -21,6 +21,10 @@ if "$build/assistd" bench --help 2>/dev/null | grep -q prefix; then
     "$build/assistd" model random --shape smollm2-135m --dtype bf16 --out "$models/smollm2-135m-bf16.gguf" >&2
   "$build/assistd" bench prefix --model "$models/smollm2-135m-bf16.gguf" --precision bf16 --threads 2
 fi
+if [ -x "$build/tests/e2e_fleet_slow_test" ] && [ -f ../shared/models/stories260K.gguf ]; then
+  echo "== failover: kill -9 mid-stream, the session's next turn on another node (20 trials)"
+  bash bench/failover.sh "$build" 20
+fi
 if [ -x "$build/bench/assistd-loadgen" ] && [ -f ../shared/models/stories260K.gguf ] && [ "${LOAD:-1}" != 0 ]; then
   echo "== serving under load (LOAD=0 skips; several minutes)"
   bash bench/load.sh "$build" all

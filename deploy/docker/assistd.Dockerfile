@@ -25,7 +25,7 @@ COPY --from=build /src/web /usr/share/assistd/web
 USER 10001:10001
 WORKDIR /var/lib/assistd
 # 8080: HTTP API, chat page, /healthz, /readyz, /metrics.
-EXPOSE 8080
+EXPOSE 8080 9090
 HEALTHCHECK --interval=10s --timeout=3s CMD ["/usr/local/bin/assistd-healthcheck", "probe", "http://127.0.0.1:8080/healthz"]
 ENTRYPOINT ["/usr/local/bin/assistd"]
 CMD ["serve", "--config", "/etc/assistd/config.yaml"]

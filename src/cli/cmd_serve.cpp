@@ -4,6 +4,9 @@
 // new requests get 503, running streams finish within the grace period.
 // A repeatable flag (--api-key) is a YAML list; a list item may be a mapping,
 // which stands for "name=value,name=value" (see serve/auth.h).
+// With --peers the server is a node of a fleet (docs/cluster.md): sessions
+// are replicated to their replicas over gRPC, every response names the node
+// (X-Assistd-Node) and the drain also hands this node's changes to its peers.
 #include <sys/resource.h>
 #include <yaml-cpp/yaml.h>
 
@@ -28,6 +31,9 @@
 #include "serve/scheduler.h"
 #include "serve/sessions.h"
 #include "serve/static_files.h"
+#if ASSISTD_HAVE_CLUSTER
+#include "cluster/fleet_node.h"
+#endif
 
 namespace assistd::cli {
 namespace {
@@ -56,6 +62,21 @@ struct ServeOptions {
     std::vector<std::string> api_keys;  // "sha256=...,tenant=..." each; none: the API is open
     size_t max_messages = 256;
     size_t max_prompt_tokens = 0;
+    // The fleet (cluster mode when peers is set).
+    std::string node_id;               // empty: drawn once, kept in --state-dir
+    std::string peers;                 // "host:port,..." or "dns:NAME:PORT"
+    std::string listen_peer = "0.0.0.0:9090";
+    std::string advertise_peer;        // empty: the --listen-peer address
+    int replication_factor = 3;
+    int sync_acks = 1;
+    int64_t replication_ack_timeout_ms = 2000;
+    int64_t fetch_timeout_ms = 1000;
+    int64_t peer_heartbeat_ms = 200;
+    int64_t peer_suspect_ms = 1000;
+    int64_t anti_entropy_ms = 1000;
+    int64_t discovery_interval_ms = 5000;
+    int64_t join_wait_ms = 3000;
+    double drain_replication_s = 10;
 };
 
 // Where the chat page lives when --web-dir is not given: next to the
@@ -141,6 +162,27 @@ size_t raise_open_file_limit() {
     return static_cast<size_t>(rl.rlim_cur);
 }
 
+#if ASSISTD_HAVE_CLUSTER
+serve::ClusterFigures cluster_figures(cluster::FleetNode& node) {
+    serve::ClusterFigures f;
+    for (const auto& p : node.peers()) {
+        if (p.health == cluster::PeerHealth::kLive) ++f.peers_up;
+        if (p.health == cluster::PeerHealth::kSuspect) ++f.peers_suspect;
+    }
+    const auto st = node.stats();
+    f.unacknowledged_sessions = node.unacknowledged();
+    f.fetches = st.fetches;
+    f.refreshes = st.refreshes;
+    f.repairs_pushed = st.repairs_pushed;
+    f.repairs_pulled = st.repairs_pulled;
+    f.handoffs_confirmed = st.handoffs_confirmed;
+    f.batches_resent = st.batches_resent;
+    f.write_ack_timeouts = st.ack_timeouts;
+    for (const auto& s : node.take_lag_samples()) f.lag.emplace_back(s.seconds, s.operations);
+    return f;
+}
+#endif
+
 int run_serve(const ServeOptions& o, bool precision_given) {
     using namespace assistd::serve;
     if (o.port < 0 || o.port > 65535) {
@@ -185,10 +227,51 @@ int run_serve(const ServeOptions& o, bool precision_given) {
                             std::max<size_t>(1, o.max_running) + (o.prefix_cache ? o.prefix_cache_sequences : 0));
     if (!model) return 2;
 
-    auto sessions = ServerSessionStore::open(o.state_dir, SystemClock::instance());
-    if (!sessions) {
-        std::fprintf(stderr, "assistd serve: %s\n", sessions.error().message.c_str());
+    // One node (a local store) or a node of a fleet (the replicated store).
+    std::unique_ptr<ServerSessionStore> single;
+    state::SessionStore* session_store = nullptr;
+#if ASSISTD_HAVE_CLUSTER
+    std::unique_ptr<cluster::FleetNode> fleet;
+    if (!o.peers.empty()) {
+        cluster::FleetNodeOptions fo;
+        fo.state_dir = o.state_dir;
+        fo.node_id = o.node_id;
+        fo.peers = o.peers;
+        fo.listen_address = o.listen_peer;
+        fo.advertise_address = o.advertise_peer;
+        fo.replication.replication_factor = o.replication_factor;
+        fo.replication.sync_acks = o.sync_acks;
+        fo.replication.heartbeat_interval_ms = o.peer_heartbeat_ms;
+        fo.replication.suspect_after_ms = o.peer_suspect_ms;
+        fo.replication.anti_entropy_interval_ms = o.anti_entropy_ms;
+        fo.replication.discovery_interval_ms = o.discovery_interval_ms;
+        fo.write_ack_timeout_ms = o.replication_ack_timeout_ms;
+        fo.fetch_timeout_ms = o.fetch_timeout_ms;
+        fo.join_wait_ms = o.join_wait_ms;
+        auto node = cluster::FleetNode::start(fo, SystemClock::instance());
+        if (!node) {
+            std::fprintf(stderr, "assistd serve: %s\n", node.error().message.c_str());
+            return 2;
+        }
+        fleet = std::move(*node);
+        session_store = &fleet->store();
+    }
+#else
+    if (!o.peers.empty()) {
+        std::fprintf(stderr,
+                     "assistd serve: --peers needs the gRPC peer transport, which this build lacks "
+                     "(run scripts/install-deps.sh and rebuild)\n");
         return 2;
+    }
+#endif
+    if (!session_store) {
+        auto opened = ServerSessionStore::open(o.state_dir, SystemClock::instance());
+        if (!opened) {
+            std::fprintf(stderr, "assistd serve: %s\n", opened.error().message.c_str());
+            return 2;
+        }
+        single = std::move(*opened);
+        session_store = &single->store();
     }
     std::filesystem::path web_dir = o.web_dir.empty() ? default_web_dir() : std::filesystem::path(o.web_dir);
     std::error_code web_ec;
@@ -220,8 +303,16 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     rc.seed = static_cast<uint64_t>(SystemClock::instance().now_mono_ns());
     rc.max_messages = o.max_messages;
     rc.max_prompt_tokens = o.max_prompt_tokens;
+    std::string node_header;  // X-Assistd-Node on every response of a fleet node
+#if ASSISTD_HAVE_CLUSTER
+    if (fleet) {
+        rc.ready = [node = fleet.get()] { return node->joined(); };
+        node_header = fleet->node_name();
+        metrics.set_cluster_source([node = fleet.get()] { return cluster_figures(*node); });
+    }
+#endif
     RateLimiter limiter(*keys, SystemClock::instance());
-    OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc, &(*sessions)->store(),
+    OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc, session_store,
                         web ? &*web : nullptr, {&*keys, &limiter});
 
     HttpServerConfig hc;
@@ -229,7 +320,11 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     hc.port = static_cast<uint16_t>(o.port);
     hc.io_threads = o.io_threads;
     hc.max_body_bytes = o.max_body_bytes;
-    auto server = HttpServer::start(hc, [&routes](const HttpRequest& r) { return routes.handle(r); });
+    auto server = HttpServer::start(hc, [&routes, &node_header](const HttpRequest& r) {
+        HttpResponse response = routes.handle(r);
+        if (!node_header.empty()) response.headers.emplace_back("X-Assistd-Node", node_header);
+        return response;
+    });
     if (!server) {
         std::fprintf(stderr, "assistd serve: %s\n", server.error().message.c_str());
         return 2;
@@ -237,9 +332,19 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     std::fprintf(stderr, "assistd serve: model '%s' (%s, %zu ctx) on http://%s:%u  precision %s\n", rc.model_id.c_str(),
                  model->info().arch_name.c_str(), model->info().n_ctx, o.host.c_str(), (*server)->port(),
                  precision_given ? engine::precision_name(*precision) : "by policy");
-    std::fprintf(stderr, "assistd serve: sessions in %s%s; chat page %s\n", (*sessions)->path().c_str(),
-                 (*sessions)->temporary() ? " (temporary: give --state-dir to keep them)" : "",
+    std::fprintf(stderr, "assistd serve: sessions in %s%s; chat page %s\n",
+                 single ? single->path().c_str() : o.state_dir.c_str(),
+                 single && single->temporary() ? " (temporary: give --state-dir to keep them)" : "",
                  web ? web->root().c_str() : "off (no web/ folder found: give --web-dir)");
+#if ASSISTD_HAVE_CLUSTER
+    if (fleet)
+        std::fprintf(stderr,
+                     "assistd serve: fleet node %s (incarnation %llu) at %s (peer port %d); peers %s; "
+                     "replication factor %d, sync acks %d\n",
+                     fleet->node_name().c_str(), static_cast<unsigned long long>(fleet->identity().incarnation),
+                     fleet->advertise_address().c_str(), fleet->peer_port(), o.peers.c_str(), o.replication_factor,
+                     o.sync_acks);
+#endif
     if (keys->empty()) {
         std::fprintf(stderr,
                      "assistd serve: API open: no API keys configured, every caller is the tenant \"\" "
@@ -266,6 +371,22 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     while ((scheduler.in_flight() > 0 || (*server)->active_requests() > 0) && std::chrono::steady_clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     const size_t left = scheduler.in_flight();
+#if ASSISTD_HAVE_CLUSTER
+    if (fleet) {
+        // Every answer is stored now: hand this node's sessions to the others
+        // and wait (bounded) until its changes are acknowledged by peers.
+        const size_t unacked =
+            fleet->leave_and_flush(static_cast<int64_t>(o.drain_replication_s * 1000));
+        if (unacked == 0)
+            std::fprintf(stderr, "assistd serve: left the fleet; its replicas acknowledged every change and hold every session\n");
+        else
+            std::fprintf(stderr,
+                         "assistd serve: left the fleet with %zu sessions not yet confirmed by all their live "
+                         "replicas after %.0f s (changes acknowledged to clients are on --sync-acks replicas "
+                         "already; the rest stays in --state-dir)\n",
+                         unacked, o.drain_replication_s);
+    }
+#endif
     (*server)->stop();
     scheduler.stop();
     std::fprintf(stderr, "assistd serve: stopped (%zu requests cut off by the grace period)\n", left);
@@ -326,6 +447,42 @@ void register_serve(CLI::App& app, int& exit_code) {
         ->capture_default_str();
     cmd->add_option("--prefix-cache-min-tokens", o->prefix_cache_min_tokens,
                     "Shortest common prefix worth reusing")
+        ->capture_default_str();
+    cmd->add_option("--node-id", o->node_id,
+                    "This node's id in a fleet: 1-16 hex digits, or a name such as the pod name (hashed); "
+                    "default: drawn once and kept in --state-dir");
+    cmd->add_option("--peers", o->peers,
+                    "The fleet: host:port,... of the peers' --listen-peer, or dns:NAME:PORT (every address "
+                    "of NAME, e.g. a headless Service); none: a single node");
+    cmd->add_option("--listen-peer", o->listen_peer, "Address the peer replication (gRPC) binds, host:port")
+        ->capture_default_str();
+    cmd->add_option("--advertise-peer", o->advertise_peer,
+                    "Address peers reach this node at, host:port (default: --listen-peer; required when that "
+                    "binds 0.0.0.0)");
+    cmd->add_option("--replication-factor", o->replication_factor, "Replicas of each session (all nodes when fewer)")
+        ->capture_default_str();
+    cmd->add_option("--sync-acks", o->sync_acks,
+                    "Replicas besides this node that must hold a change before it is acknowledged (0..R-1)")
+        ->capture_default_str();
+    cmd->add_option("--replication-ack-timeout-ms", o->replication_ack_timeout_ms,
+                    "A change waits this long for --sync-acks replicas, else 503")
+        ->capture_default_str();
+    cmd->add_option("--fetch-timeout-ms", o->fetch_timeout_ms,
+                    "A session not held here is fetched from its replicas for at most this long")
+        ->capture_default_str();
+    cmd->add_option("--peer-heartbeat-ms", o->peer_heartbeat_ms, "Heartbeats to peers every this many ms")
+        ->capture_default_str();
+    cmd->add_option("--peer-suspect-ms", o->peer_suspect_ms, "A peer not heard from this long is suspect")
+        ->capture_default_str();
+    cmd->add_option("--anti-entropy-ms", o->anti_entropy_ms, "Peers compare what they hold every this many ms")
+        ->capture_default_str();
+    cmd->add_option("--discovery-interval-ms", o->discovery_interval_ms, "--peers is re-resolved every this many ms")
+        ->capture_default_str();
+    cmd->add_option("--join-wait-ms", o->join_wait_ms,
+                    "/readyz waits for every discovered peer to answer, at most this long after start")
+        ->capture_default_str();
+    cmd->add_option("--drain-replication-s", o->drain_replication_s,
+                    "On SIGTERM, seconds to wait for peers to acknowledge this node's last changes")
         ->capture_default_str();
     cmd->callback([o, cmd, &exit_code] {
         const bool precision_on_cli = cmd->get_option("--precision")->count() > 0;

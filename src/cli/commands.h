@@ -10,6 +10,7 @@ void register_generate(CLI::App& app, int& exit_code);
 void register_model(CLI::App& app, int& exit_code);
 void register_serve(CLI::App& app, int& exit_code);
 void register_apikey(CLI::App& app, int& exit_code);
+void register_dev_cluster(CLI::App& app, int& exit_code);
 void register_bench_prefix(CLI::App& bench, int& exit_code);
 void register_bench_engine(CLI::App& bench, int& exit_code);
 void register_bench_crdt(CLI::App& bench, int& exit_code);

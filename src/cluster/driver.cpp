@@ -80,4 +80,13 @@ Status ReplicationDriver::fetch(std::string_view session_id, int64_t timeout_ms)
         timeout_ms);
 }
 
+Status ReplicationDriver::refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum) {
+    std::string id(session_id);
+    return wait_for(
+        [&](Replicator::Callback cb) {
+            replicator_.refresh(id, timeout_ms, quorum, std::move(cb));
+        },
+        timeout_ms);
+}
+
 }  // namespace assistd::cluster

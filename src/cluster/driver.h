@@ -21,6 +21,13 @@ class ReplicationDriver {
     Status await_replication(std::string_view session_id, const state::crdt::VersionVector& version,
                              int64_t timeout_ms);
     Status fetch(std::string_view session_id, int64_t timeout_ms);
+    Status refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum = 0);
+    size_t read_quorum(std::string_view session_id) const {
+        return replicator_.read_quorum(session_id);
+    }
+    bool replicates(std::string_view session_id) const {
+        return replicator_.replicates(session_id);
+    }
 
   private:
     void loop();

@@ -83,7 +83,44 @@ std::string format_node_id(NodeId id) {
     return buf;
 }
 
+Result<NodeId> node_id_from_name(const std::string& name) {
+    const bool all_hex = !name.empty() && name.size() <= 16 &&
+                         name.find_first_not_of("0123456789abcdefABCDEF") == std::string::npos;
+    if (all_hex) return parse_node_id(name);  // "0" stays an error, not a name
+    if (name.empty() || name.size() > 253)
+        return make_error(ErrorCode::kInvalidArgument,
+                          "node id '" + name + "' must be 1 to 253 characters long");
+    uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a, then mixed: stable across builds
+    for (const char c : name) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+        if (!ok)
+            return make_error(ErrorCode::kInvalidArgument,
+                              "node id '" + name +
+                                  "' may only hold letters, digits, '-', '.' and '_' (a pod "
+                                  "name), or be 1 to 16 hex digits");
+        hash = (hash ^ static_cast<unsigned char>(c)) * 0x100000001b3ull;
+    }
+    const uint64_t id = splitmix64(hash);
+    return id == 0 ? 1 : id;
+}
+
+namespace {
+Result<NodeIdentity> load_identity(const std::string& state_dir, NodeId fresh_node_id,
+                                   bool must_match);
+}  // namespace
+
 Result<NodeIdentity> load_node_identity(const std::string& state_dir, NodeId fresh_node_id) {
+    return load_identity(state_dir, fresh_node_id, false);
+}
+
+Result<NodeIdentity> load_node_identity_as(const std::string& state_dir, NodeId node_id) {
+    return load_identity(state_dir, node_id, true);
+}
+
+namespace {
+Result<NodeIdentity> load_identity(const std::string& state_dir, NodeId fresh_node_id,
+                                   bool must_match) {
     std::error_code ec;
     std::filesystem::create_directories(state_dir, ec);
     if (ec) {
@@ -122,6 +159,13 @@ Result<NodeIdentity> load_node_identity(const std::string& state_dir, NodeId fre
                 "node identity: '" + path +
                     "' has no node_id line; restore it or remove the state directory");
         }
+        if (must_match && identity.node_id != fresh_node_id) {
+            return make_error(ErrorCode::kInvalidArgument,
+                              "node identity: the state directory '" + state_dir +
+                                  "' belongs to node " + format_node_id(identity.node_id) +
+                                  ", not " + format_node_id(fresh_node_id) +
+                                  "; give that node id, or another --state-dir");
+        }
     } else {
         if (fresh_node_id == 0)
             return make_error(ErrorCode::kInvalidArgument,
@@ -136,5 +180,6 @@ Result<NodeIdentity> load_node_identity(const std::string& state_dir, NodeId fre
     identity.replica_id = replica_id_for(identity.node_id, identity.incarnation);
     return identity;
 }
+}  // namespace
 
 }  // namespace assistd::cluster

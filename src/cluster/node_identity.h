@@ -27,9 +27,16 @@ uint64_t replica_id_for(NodeId node_id, uint64_t incarnation);
 // counts the incarnation up and writes the file back before returning.
 // `fresh_node_id` comes from the caller's random source and must be non-zero.
 Result<NodeIdentity> load_node_identity(const std::string& state_dir, NodeId fresh_node_id);
+// The same with an id the operator chose (--node-id): a state directory that
+// already belongs to another node is an error, not silently taken over.
+Result<NodeIdentity> load_node_identity_as(const std::string& state_dir, NodeId node_id);
 
 // The id a command-line --node-id names: 1 to 16 hex digits, not zero.
 Result<NodeId> parse_node_id(const std::string& text);
 std::string format_node_id(NodeId id);
+// --node-id as operators give it: 1 to 16 hex digits are the id itself; any
+// other name of 1 to 253 characters of [A-Za-z0-9._-] (a pod name) is hashed
+// to a non-zero id, the same on every start.
+Result<NodeId> node_id_from_name(const std::string& name);
 
 }  // namespace assistd::cluster

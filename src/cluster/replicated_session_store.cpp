@@ -4,7 +4,14 @@ namespace assistd::cluster {
 
 Status ReplicatedSessionStore::ensure_local(std::string_view id) {
     if (local_.deleted(id)) return {};  // the local store answers "deleted" itself
-    if (local_.version(id).ok()) return {};
+    if (local_.version(id).ok()) {
+        // A replica is kept up to date by pushes; a copy held anywhere else
+        // (fetched earlier, or handed off) may be behind: bring it up first.
+        if (driver_.replicates(id)) return {};
+        auto st = driver_.refresh(id, fetch_timeout_ms_);
+        if (st.ok() || st.error().code == ErrorCode::kNotFound) return {};
+        return st;
+    }
     auto st = driver_.fetch(id, fetch_timeout_ms_);
     if (st.ok() || st.error().code == ErrorCode::kNotFound)
         return {};  // absent everywhere: the local store says so
@@ -44,6 +51,15 @@ Status ReplicatedSessionStore::create(std::string_view id, std::string_view tena
 
 Result<state::Session> ReplicatedSessionStore::get(std::string_view id) {
     if (auto st = ensure_local(id); !st.ok()) return st.error();
+    // A replica's copy may miss a change acknowledged by others (its writer
+    // died before pushing it here): hear from enough replicas first that one
+    // of them holds every acknowledged change (a quorum read).
+    if (!local_.deleted(id) && local_.version(id).ok() && driver_.replicates(id)) {
+        if (const size_t quorum = driver_.read_quorum(id); quorum > 0) {
+            auto st = driver_.refresh(id, fetch_timeout_ms_, quorum);
+            if (!st.ok() && st.error().code != ErrorCode::kNotFound) return st.error();
+        }
+    }
     return local_.get(id);
 }
 

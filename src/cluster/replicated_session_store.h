@@ -1,8 +1,10 @@
 #pragma once
 // The SessionStore of one node of a fleet, for the server: a session this
 // node lacks is fetched from its replicas before it is read or changed
-// (fetch-on-miss), and a change returns once it is durable here and
-// acknowledged by sync_acks replicas. Everything else is the local store's.
+// (fetch-on-miss), a copy held here by a node that is not one of the
+// session's replicas is refreshed from them first (it gets no pushes), and a
+// change returns once it is durable here and acknowledged by sync_acks
+// replicas. Everything else is the local store's.
 #include "cluster/driver.h"
 #include "state/session_store.h"
 

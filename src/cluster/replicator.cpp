@@ -12,6 +12,22 @@ namespace {
 
 using state::crdt::VersionVector;
 
+// A pull with this id asks for an answer even when the puller is current (a
+// refresh counts answers); older pulls (id 0) get only what is missing.
+constexpr uint64_t kAnswerEvenIfCurrent = 1;
+
+// CRDT operations `to` holds beyond `from`: the lamport distance per writer
+// (exact while one replica writes a session; an upper bound otherwise).
+uint64_t operations_between(const SessionState& from, const SessionState& to) {
+    if (to.kind != SessionState::Kind::kLive) return 1;
+    uint64_t ops = 0;
+    for (const auto& [replica, lamport] : to.version.entries()) {
+        const uint64_t had = from.kind == SessionState::Kind::kLive ? from.version.get(replica) : 0;
+        if (lamport > had) ops += lamport - had;
+    }
+    return ops;
+}
+
 constexpr size_t kBuckets = 256;
 
 // A hash of what a node holds of a session: equal states, equal hashes.
@@ -45,8 +61,9 @@ Status validate(const ReplicationOptions& o) {
     if (o.replication_factor < 1 || o.replication_factor > 16)
         return bad("replication factor must be 1 to 16");
     if (o.sync_acks < 0 || o.sync_acks > o.replication_factor - 1) {
-        return bad("sync acks must be 0 to replication factor - 1 (got " + std::to_string(o.sync_acks) +
-                   " with replication factor " + std::to_string(o.replication_factor) + ")");
+        return bad("sync acks must be 0 to replication factor - 1 (got " +
+                   std::to_string(o.sync_acks) + " with replication factor " +
+                   std::to_string(o.replication_factor) + ")");
     }
     if (o.heartbeat_interval_ms < 1 || o.suspect_after_ms <= o.heartbeat_interval_ms) {
         return bad(
@@ -151,6 +168,13 @@ ReplicationStats Replicator::stats() const {
     return stats_;
 }
 
+std::vector<ReplicationLagSample> Replicator::take_lag_samples() {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<ReplicationLagSample> out;
+    out.swap(lag_samples_);
+    return out;
+}
+
 size_t Replicator::unacknowledged() const {
     std::lock_guard<std::mutex> lock(mu_);
     std::set<std::string> sessions;
@@ -162,6 +186,32 @@ size_t Replicator::unacknowledged() const {
         }
     }
     return sessions.size();
+}
+
+size_t Replicator::unhanded() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t count = 0;
+    for (auto& v : store_.list_versions()) {
+        SessionState s{v.id, v.deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive,
+                       std::move(v.version)};
+        if (s.kind == SessionState::Kind::kLive && s.version.empty()) continue;
+        const auto reps = place_replicas(s.session_id, members_, options_.replication_factor);
+        if (owns(reps, identity_.node_id)) continue;
+        for (NodeId p : reps) {
+            if (!membership_.is_live(p)) continue;
+            const auto link = links_.find(p);
+            if (link == links_.end()) {
+                ++count;
+                break;
+            }
+            const auto it = link->second.handed_off.find(s.session_id);
+            if (it == link->second.handed_off.end() || !covers(it->second, s)) {
+                ++count;
+                break;
+            }
+        }
+    }
+    return count;
 }
 
 size_t Replicator::bucket_of(const std::string& session_id) const {
@@ -242,6 +292,7 @@ void Replicator::pump(NodeId peer, PeerLink& link) {
                 s, since.kind == SessionState::Kind::kLive ? since.version : VersionVector{});
             if (!delta.ok()) continue;  // deleted or dropped meanwhile; the next round sees it
             bytes += s.size() + delta->size() + 8;
+            f.operations += operations_between(since, mine);
             batch.deltas.push_back(DeltaItem{s, std::move(delta).value()});
             f.sent.push_back(std::move(mine));
         }
@@ -295,6 +346,10 @@ void Replicator::receive(std::string_view frame) {
                 ack.id = m.id;
                 for (size_t i = 0; i < m.deltas.size(); ++i) {
                     const auto& d = m.deltas[i];
+                    for (auto& w : fetch_waiters_) {
+                        if (w.refresh && w.session_id == d.session_id && w.asked.count(m.from))
+                            w.answered.insert(m.from);
+                    }
                     if (d.delta.empty()) {  // the peer does not hold it: an answer to a fetch
                         for (auto& w : fetch_waiters_) {
                             if (w.session_id == d.session_id) w.missing.insert(m.from);
@@ -359,11 +414,22 @@ void Replicator::on_ack(const Message& m, Completions& done) {
     if (f != link.inflight.end()) {
         for (auto& s : f->second.sent) sent[s.session_id] = s;
         link.inflight_bytes -= f->second.bytes;
+        if (lag_samples_.size() < kMaxLagSamples)
+            lag_samples_.push_back(
+                {static_cast<double>(now_ms() - f->second.sent_ms) / 1000.0, f->second.operations});
         link.inflight.erase(f);
         ++stats_.batches_acked;
     }
     for (const auto& state : m.states) {
         note_peer_state(m.from, state, done);
+        bool refreshing = false;
+        for (auto& w : fetch_waiters_) {
+            if (w.refresh && w.session_id == state.session_id && w.asked.count(m.from)) {
+                w.answered.insert(m.from);
+                refreshing = true;
+            }
+        }
+        if (refreshing) check_fetch(state.session_id, done);
         auto s = sent.find(state.session_id);
         // The peer could not apply all of it (it lost state, or a gap): send again from what it
         // has.
@@ -380,7 +446,16 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         const SessionState here = local_state(session_id);
         Status result;
         bool finished = true;
-        if (here.kind == SessionState::Kind::kLive) {
+        if (it->refresh) {
+            // Done once `quorum` replicas answered, or no live replica asked is still to answer.
+            for (NodeId p : it->asked) {
+                if (!it->answered.count(p) && membership_.is_live(p)) finished = false;
+            }
+            if (it->quorum > 0 && it->answered.size() >= it->quorum) finished = true;
+            if (here.kind != SessionState::Kind::kLive)
+                result =
+                    make_error(ErrorCode::kNotFound, "session '" + session_id + "' does not exist");
+        } else if (here.kind == SessionState::Kind::kLive) {
             result = {};
         } else if (here.kind == SessionState::Kind::kDeleted) {
             result = make_error(ErrorCode::kNotFound, "session '" + session_id + "' was deleted");
@@ -530,16 +605,23 @@ void Replicator::on_pull(const Message& m) {
     auto& link = links_[m.from];
     Message missing;
     missing.kind = MessageKind::kDeltas;  // id 0: not acknowledged
+    Message up_to_date;                   // a refresh's answer when there is nothing to push
+    up_to_date.kind = MessageKind::kAck;  // id 0: no batch
     for (const auto& want : m.states) {
         const SessionState mine = local_state(want.session_id);
         if (mine.kind == SessionState::Kind::kMissing) {
             missing.deltas.push_back(DeltaItem{want.session_id, ""});
             continue;
         }
+        if (m.id == kAnswerEvenIfCurrent && covers(want, mine)) {
+            up_to_date.states.push_back(mine);
+            continue;
+        }
         link.known[want.session_id] = want;
         link.pending.insert(want.session_id);
     }
     if (!missing.deltas.empty()) send_to(m.from_address, std::move(missing));
+    if (!up_to_date.states.empty()) send_to(m.from_address, std::move(up_to_date));
 }
 
 // ---------------------------------------------------------------- timers and waits
@@ -604,6 +686,12 @@ void Replicator::tick() {
 
 bool Replicator::expire_waiters(int64_t now, Completions& done) {
     bool any = false;
+    // A refresh stops waiting for a replica that turned suspect meanwhile.
+    std::set<std::string> refreshing;
+    for (const auto& w : fetch_waiters_) {
+        if (w.refresh) refreshing.insert(w.session_id);
+    }
+    for (const auto& id : refreshing) check_fetch(id, done);
     for (auto it = ack_waiters_.begin(); it != ack_waiters_.end();) {
         if (now < it->deadline_ms) {
             ++it;
@@ -625,10 +713,13 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
             ++it;
             continue;
         }
-        auto err = make_error(
+        Status result = make_error(
             ErrorCode::kResourceExhausted,
             "fetching session '" + it->session_id + "' from its replicas timed out; retry shortly");
-        done.push_back([cb = std::move(it->done), err] { cb(err); });
+        // A refresh that heard nothing serves the copy here rather than nothing.
+        if (it->refresh && local_state(it->session_id).kind == SessionState::Kind::kLive)
+            result = {};
+        done.push_back([cb = std::move(it->done), result] { cb(result); });
         it = fetch_waiters_.erase(it);
         any = true;
     }
@@ -640,8 +731,12 @@ size_t Replicator::acks_needed(const std::string& session_id) const {
     const size_t peers =
         membership_.discovered_peer_count();  // counts peers whose id is not known yet
     const size_t r = static_cast<size_t>(options_.replication_factor);
-    const size_t cap = owns(reps, identity_.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
-    return std::min(static_cast<size_t>(options_.sync_acks), cap);
+    // A writer outside the replica set waits for one more ack, so an acknowledged
+    // change is on sync_acks + 1 replicas either way (what read_quorum relies on).
+    const bool replica = owns(reps, identity_.node_id);
+    const size_t cap = replica ? std::min(r - 1, peers) : std::min(r, peers);
+    const size_t wanted = static_cast<size_t>(options_.sync_acks) + (replica ? 0 : 1);
+    return std::min(wanted, cap);
 }
 
 void Replicator::await_replication(std::string_view session_id, const VersionVector& version,
@@ -713,6 +808,53 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
         }
     }
     for (auto& f : completions) f();
+}
+
+void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum,
+                         Callback done) {
+    Completions completions;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++stats_.refreshes;
+        FetchWaiter w;
+        w.session_id.assign(session_id);
+        w.refresh = true;
+        w.quorum = quorum;
+        w.deadline_ms = now_ms() + timeout_ms;
+        for (NodeId p : place_replicas(w.session_id, members_, options_.replication_factor)) {
+            if (p != identity_.node_id && membership_.is_live(p)) w.asked.insert(p);
+        }
+        // Each replica pushes what this node lacks, or says it has nothing newer.
+        const SessionState here = local_state(w.session_id);
+        for (NodeId p : w.asked) {
+            Message pull;
+            pull.kind = MessageKind::kPull;
+            pull.id = kAnswerEvenIfCurrent;
+            pull.states.push_back(here);
+            send(p, std::move(pull));
+        }
+        w.done = std::move(done);
+        fetch_waiters_.push_back(std::move(w));
+        check_fetch(std::string(session_id), completions);
+    }
+    for (auto& f : completions) f();
+}
+
+size_t Replicator::read_quorum(std::string_view session_id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::string id(session_id);
+    const auto reps = place_replicas(id, members_, options_.replication_factor);
+    if (!owns(reps, identity_.node_id)) return 0;
+    // An acknowledged change is on acks_needed + 1 replicas (its writer's copy
+    // or one more ack): this copy plus r - 1 - acks_needed others meet one of them.
+    const size_t acked_copies = acks_needed(id) + 1;
+    return reps.size() >= acked_copies ? reps.size() - acked_copies : 0;
+}
+
+bool Replicator::replicates(std::string_view session_id) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return owns(place_replicas(std::string(session_id), members_, options_.replication_factor),
+                identity_.node_id);
 }
 
 }  // namespace assistd::cluster

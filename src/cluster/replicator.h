@@ -68,8 +68,17 @@ struct ReplicationStats {
     uint64_t repairs_pulled = 0;  // ... or this node lacking something
     uint64_t handoffs_confirmed = 0;
     uint64_t fetches = 0;
+    uint64_t refreshes = 0;  // refresh() calls: quorum reads and copies outside the replica set
     uint64_t acks_waited = 0;
     uint64_t ack_timeouts = 0;
+};
+
+// One acknowledged batch: how long it was in flight (sent to acked) and how
+// many CRDT operations it carried (lamport distance from what the peer had,
+// summed over its sessions; a deletion counts one).
+struct ReplicationLagSample {
+    double seconds = 0;
+    uint64_t operations = 0;
 };
 
 class Replicator {
@@ -106,6 +115,21 @@ class Replicator {
     // here; kNotFound when every replica asked lacks it (or it was deleted).
     void fetch(std::string_view session_id, int64_t timeout_ms, Callback done);
 
+    // Read refresh, for a session held here that this node does not replicate
+    // (its copy may be behind: non-replicas get no pushes), or a quorum read on
+    // a replica: pulls what this copy lacks from the session's live replicas. Completes once each
+    // replica asked has answered or turned suspect — ok when the session is here then, kNotFound
+    // when it is nowhere — and at the deadline with ok when the (possibly older) copy here is all
+    // there is, else kResourceExhausted. quorum > 0: done once that many replicas answered (a
+    // quorum read).
+    void refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum, Callback done);
+    // How many other replicas a replica must hear from before serving a read
+    // so that it sees every acknowledged change (0: its own copy suffices, or
+    // this node is not a replica).
+    size_t read_quorum(std::string_view session_id) const;
+    // Whether this node is one of the session's replicas.
+    bool replicates(std::string_view session_id) const;
+
     // Leaves the membership (the drain path): from now on every session held
     // here is handed to its replicas among the remaining members.
     void leave();
@@ -117,7 +141,14 @@ class Replicator {
     std::vector<PeerInfo> peers() const;
     // Sessions whose latest local changes some live replica has not acknowledged.
     size_t unacknowledged() const;
+    // Sessions held here that this node does not replicate (after leave(): every
+    // one) and that some live replica has not confirmed holding: the hand-off
+    // a drain waits for besides unacknowledged().
+    size_t unhanded() const;
     ReplicationStats stats() const;
+    // The lag samples since the last call (at most kMaxLagSamples are kept between calls).
+    std::vector<ReplicationLagSample> take_lag_samples();
+    static constexpr size_t kMaxLagSamples = 4096;
     NodeId node_id() const { return identity_.node_id; }
     const std::string& address() const { return self_address_; }
 
@@ -125,6 +156,7 @@ class Replicator {
     struct InFlight {
         int64_t sent_ms = 0;
         size_t bytes = 0;
+        uint64_t operations = 0;
         std::vector<SessionState> sent;  // what each session was at when sent
     };
     struct PeerLink {
@@ -147,6 +179,9 @@ class Replicator {
     };
     struct FetchWaiter {
         std::string session_id;
+        bool refresh = false;       // refresh(): wait for every asked replica
+        size_t quorum = 0;          // refresh(): enough answers (0: every live one)
+        std::set<NodeId> answered;  // refresh(): replicas whose state arrived
         std::set<NodeId> asked;
         std::set<NodeId> missing;
         int64_t deadline_ms = 0;
@@ -196,6 +231,7 @@ class Replicator {
     int64_t next_discovery_ms_ = 0;
     std::set<NodeId> reconnected_;  // peers to send a digest to at the next tick
     ReplicationStats stats_;
+    std::vector<ReplicationLagSample> lag_samples_;
 
     std::mutex dirty_mu_;
     std::set<std::string> dirty_;

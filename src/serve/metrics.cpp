@@ -155,7 +155,63 @@ void ServeMetrics::TotalCounter::advance(uint64_t total) {
     seen = std::max(seen, total);
 }
 
+void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
+    using namespace prometheus;
+    cluster_source_ = std::move(source);
+    auto gauge = [&](const char* name, const char* help) {
+        return &BuildGauge().Name(name).Help(help).Register(*registry_).Add({});
+    };
+    auto counter = [&](const char* name, const char* help) {
+        return &BuildCounter().Name(name).Help(help).Register(*registry_).Add({});
+    };
+    peers_up_ = gauge("assistd_cluster_peers_up", "Peers heard from within the suspect timeout");
+    peers_suspect_ = gauge("assistd_cluster_peers_suspect", "Peers not heard from lately (their sessions go to the next replica)");
+    unacknowledged_sessions_ = gauge("assistd_replication_unacknowledged_sessions",
+                                     "Sessions whose latest local changes some live replica has not acknowledged");
+    replication_lag_seconds_ = &BuildHistogram()
+                                    .Name("assistd_replication_lag_seconds")
+                                    .Help("Time from a batch of changes leaving for a replica to its acknowledgement")
+                                    .Register(*registry_)
+                                    .Add({}, kLatencyBuckets);
+    replication_lag_operations_ = &BuildHistogram()
+                                       .Name("assistd_replication_lag_operations")
+                                       .Help("CRDT operations a replica was behind, per acknowledged batch")
+                                       .Register(*registry_)
+                                       .Add({}, Histogram::BucketBoundaries{1, 2, 5, 10, 20, 50, 100, 1000, 10000});
+    auto& repairs = BuildCounter()
+                        .Name("assistd_anti_entropy_repairs_total")
+                        .Help("Differences anti-entropy found and repaired, by direction (pushed to a peer, pulled here)")
+                        .Register(*registry_);
+    repairs_pushed_.counter = &repairs.Add({{"direction", "pushed"}});
+    repairs_pulled_.counter = &repairs.Add({{"direction", "pulled"}});
+    fetches_.counter = counter("assistd_fetch_on_miss_total", "Sessions fetched from a replica before serving them");
+    refreshes_.counter = counter("assistd_read_refreshes_total",
+                                 "Reads that heard from other replicas first (quorum reads, copies outside the replica set)");
+    handoffs_.counter = counter("assistd_handoffs_confirmed_total", "Sessions a replica confirmed holding after a hand-off");
+    batches_resent_.counter = counter("assistd_replication_batches_resent_total", "Batches not acknowledged in time, sent again");
+    write_ack_timeouts_.counter = counter("assistd_replication_ack_timeouts_total",
+                                          "Changes whose replica acknowledgements did not arrive in time (503)");
+}
+
 std::string ServeMetrics::render(const SchedulerStats& s) {
+    if (cluster_source_) {
+        const ClusterFigures c = cluster_source_();
+        peers_up_->Set(static_cast<double>(c.peers_up));
+        peers_suspect_->Set(static_cast<double>(c.peers_suspect));
+        unacknowledged_sessions_->Set(static_cast<double>(c.unacknowledged_sessions));
+        for (const auto& [seconds, operations] : c.lag) {
+            replication_lag_seconds_->Observe(seconds);
+            replication_lag_operations_->Observe(static_cast<double>(operations));
+        }
+        std::lock_guard lk(totals_mu_);
+        fetches_.advance(c.fetches);
+        refreshes_.advance(c.refreshes);
+        repairs_pushed_.advance(c.repairs_pushed);
+        repairs_pulled_.advance(c.repairs_pulled);
+        handoffs_.advance(c.handoffs_confirmed);
+        batches_resent_.advance(c.batches_resent);
+        write_ack_timeouts_.advance(c.write_ack_timeouts);
+    }
     prefix_cache_sequences_->Set(static_cast<double>(s.prefix_cache_sequences));
     prefix_cache_blocks_->Set(static_cast<double>(s.prefix_cache_blocks));
     {

@@ -3,10 +3,12 @@
 // our own /metrics). Scheduler figures come in once per decode step through
 // SchedulerObserver; gauges are read from SchedulerStats at scrape time.
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "serve/scheduler.h"
@@ -21,6 +23,22 @@ class Histogram;
 }  // namespace prometheus
 
 namespace assistd::serve {
+
+// A fleet node's replication figures (cluster/), read at scrape time; the
+// serve layer sees numbers only.
+struct ClusterFigures {
+    size_t peers_up = 0;       // live peers
+    size_t peers_suspect = 0;  // not heard from lately
+    size_t unacknowledged_sessions = 0;
+    uint64_t fetches = 0;  // fetch-on-miss
+    uint64_t refreshes = 0;  // reads that heard from other replicas first (quorum, or a copy outside the set)
+    uint64_t repairs_pushed = 0, repairs_pulled = 0;
+    uint64_t handoffs_confirmed = 0;
+    uint64_t batches_resent = 0;
+    uint64_t write_ack_timeouts = 0;
+    // Acknowledged batches since the last scrape: seconds in flight, CRDT operations carried.
+    std::vector<std::pair<double, uint64_t>> lag;
+};
 
 class ServeMetrics final : public SchedulerObserver {
 public:
@@ -38,6 +56,10 @@ public:
     void on_step(const StepReport& report) override;
     void on_finish(const FinishReport& report) override;
     void on_precision_switch(engine::Precision from, engine::Precision to) override;
+
+    // A fleet node: exports the cluster metrics, read from `source` at each
+    // scrape. Call before serving.
+    void set_cluster_source(std::function<ClusterFigures()> source);
 
     // The Prometheus text exposition, gauges refreshed from `stats`.
     std::string render(const SchedulerStats& stats);
@@ -69,6 +91,13 @@ private:
         uint64_t seen = 0;
         void advance(uint64_t total);
     };
+    std::function<ClusterFigures()> cluster_source_;
+    prometheus::Gauge* peers_up_ = nullptr;
+    prometheus::Gauge* peers_suspect_ = nullptr;
+    prometheus::Gauge* unacknowledged_sessions_ = nullptr;
+    prometheus::Histogram* replication_lag_seconds_ = nullptr;
+    prometheus::Histogram* replication_lag_operations_ = nullptr;
+    TotalCounter fetches_, refreshes_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_;
     std::mutex totals_mu_;
     TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
         prompt_tokens_prefilled_;

@@ -288,7 +288,14 @@ ApiError session_store_error(const Error& e) {
     if (e.code == ErrorCode::kNotFound) return {404, e.message, "invalid_request_error", "session_id", "session_not_found"};
     if (e.code == ErrorCode::kInvalidArgument)
         return {400, e.message, "invalid_request_error", "session_id", "invalid_session_id"};
+    if (e.code == ErrorCode::kResourceExhausted)  // a fleet's replicas did not answer in time
+        return {503, e.message + "; retry later", "server_error", "session_id", "replicas_unavailable"};
     return {500, "the session store failed: " + e.message, "server_error", "", "session_store_error"};
+}
+
+HttpResponse store_error_response(const Error& e, int retry_after_s) {
+    const ApiError api = session_store_error(e);
+    return error_response(api, api.status == 503 ? retry_after_s : 0);
 }
 
 // Reads an optional number field; sets err on a wrong type.
@@ -412,7 +419,12 @@ HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
     } else if (request.method == "GET" && path == "/healthz") {
         r = json_response(200, {{"status", "ok"}});
     } else if (request.method == "GET" && path == "/readyz") {
-        r = draining() ? json_response(503, {{"status", "draining"}}) : json_response(200, {{"status", "ready"}});
+        if (draining())
+            r = json_response(503, {{"status", "draining"}});
+        else if (config_.ready && !config_.ready())
+            r = json_response(503, {{"status", "joining"}});
+        else
+            r = json_response(200, {{"status", "ready"}});
     } else if (request.method == "GET" && path == "/metrics") {
         r.content_type = "text/plain; version=0.0.4";
         r.body = metrics_.render(scheduler_.stats());
@@ -479,11 +491,11 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
         return error_response(
             {405, "use GET or DELETE for /v1/sessions/{id}", "invalid_request_error", "", "method_not_allowed"});
     auto session = sessions_->get(id);
-    if (!session.ok()) return error_response(session_store_error(session.error()));
+    if (!session.ok()) return store_error_response(session.error(), config_.retry_after_s);
     if (session->tenant != caller.tenant) return error_response(foreign_session_error(id));
     if (request.method == "GET") return json_response(200, session_json(*session));
     // The store tombstones any id it is asked to remove, so only existing ones get here.
-    if (auto removed = sessions_->remove(id); !removed.ok()) return error_response(session_store_error(removed.error()));
+    if (auto removed = sessions_->remove(id); !removed.ok()) return store_error_response(removed.error(), config_.retry_after_s);
     return json_response(200, {{"id", std::string(id)}, {"object", "session.deleted"}, {"deleted", true}});
 }
 
@@ -579,7 +591,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
                 session_exists = true;
                 for (auto& m : stored->messages) messages.push_back({std::move(m.role), std::move(m.content)});
             } else if (stored.error().code != ErrorCode::kNotFound) {
-                return error_response(session_store_error(stored.error()));
+                return store_error_response(stored.error(), config_.retry_after_s);
             }
         }
         const size_t stored_count = messages.size();
@@ -783,7 +795,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     for (const auto& m : new_messages) {
         if (auto appended = sessions_->append_message(session_id, {m.role, m.content}); !appended.ok()) {
             (*channel)->cancel();
-            return error_response(session_store_error(appended.error()));
+            return store_error_response(appended.error(), config_.retry_after_s);
         }
     }
     HttpResponse r;

@@ -15,6 +15,7 @@
 // and the chat page's files stay open.
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -38,6 +39,9 @@ struct OpenAiRoutesConfig {
     uint64_t seed = 0;                  // mixed into the seeds of requests that give none
     size_t max_messages = 256;          // messages in one chat request; 0: no limit
     size_t max_prompt_tokens = 0;       // tokens of a templated prompt; 0: only the context limits it
+    // Extra readiness (a fleet node that has not met its peers yet): false makes
+    // /readyz answer 503 "joining". Null: ready unless draining. Thread-safe.
+    std::function<bool()> ready;
 };
 
 class ApiKeyTable;

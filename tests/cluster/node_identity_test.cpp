@@ -73,6 +73,35 @@ TEST_F(NodeIdentityTest, AnUnwritableDirectoryIsAnIoError) {
     EXPECT_EQ(r.error().code, ErrorCode::kIo);
 }
 
+TEST_F(NodeIdentityTest, AnOperatorChosenIdMustMatchTheStateDirectory) {
+    auto first = load_node_identity_as(dir_.string(), 0x77);
+    ASSERT_TRUE(first.ok()) << first.error().message;
+    EXPECT_EQ(first->node_id, 0x77u);
+    auto again = load_node_identity_as(dir_.string(), 0x77);
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(again->incarnation, 2u);
+    auto other = load_node_identity_as(dir_.string(), 0x78);
+    ASSERT_FALSE(other.ok());
+    EXPECT_EQ(other.error().code, ErrorCode::kInvalidArgument);
+    EXPECT_NE(other.error().message.find("belongs to node 0000000000000077"), std::string::npos)
+        << other.error().message;
+}
+
+TEST(NodeIdParsing, NamesHashToStableIdsAndHexStaysHex) {
+    EXPECT_EQ(node_id_from_name("ff").value(), 255u);
+    const auto pod = node_id_from_name("assistd-7d9f8c6b5-x2kqz");
+    ASSERT_TRUE(pod.ok());
+    EXPECT_NE(*pod, 0u);
+    EXPECT_EQ(node_id_from_name("assistd-7d9f8c6b5-x2kqz").value(), *pod);
+    EXPECT_NE(node_id_from_name("assistd-7d9f8c6b5-x2kqy").value(), *pod);
+    for (const char* bad : {"", "0", "has space", "a/b", "é"}) {
+        auto r = node_id_from_name(bad);
+        ASSERT_FALSE(r.ok()) << bad;
+        EXPECT_EQ(r.error().code, ErrorCode::kInvalidArgument);
+    }
+    EXPECT_FALSE(node_id_from_name(std::string(254, 'a')).ok());
+}
+
 TEST(NodeIdParsing, AcceptsHexAndRejectsTheRest) {
     EXPECT_EQ(parse_node_id("ff").value(), 255u);
     EXPECT_EQ(parse_node_id("FFFFFFFFFFFFFFFF").value(), ~0ull);

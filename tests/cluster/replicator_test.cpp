@@ -257,6 +257,132 @@ TEST_F(ReplicatorTest, AntiEntropyRepairsWhatAPartitionMissed) {
               0u);
 }
 
+TEST_F(ReplicatorTest, ALeavingNodeHandsEverySessionToTheRemainingReplicas) {
+    // R=2 of 3: the sessions n0 replicates with one other node need a new
+    // second replica once n0 leaves; the drain waits until they have it.
+    ReplicationOptions o;
+    o.replication_factor = 2;
+    o.anti_entropy_interval_ms = 200;
+    make_fleet(3, o);
+    auto& a = *nodes_[0];
+    for (int i = 0; i < 20; ++i) ASSERT_TRUE(a.store->create(fmt::format("s{}", i), "t", "x").ok());
+    a.replicator->flush();
+    settle();
+    EXPECT_EQ(a.replicator->unacknowledged(), 0u);
+    EXPECT_EQ(a.replicator->unhanded(), 0u) << "n0 replicates what it holds: nothing to hand off";
+
+    a.replicator->leave();
+    EXPECT_GT(a.replicator->unhanded(), 0u) << "every session now belongs to the others";
+    settle(10);
+    EXPECT_EQ(a.replicator->unhanded(), 0u);
+    // Both remaining nodes hold every session (R=2 over the two of them).
+    for (int i = 1; i < 3; ++i)
+        EXPECT_EQ(nodes_[static_cast<size_t>(i)]->store->list_versions().size(), 20u) << i;
+}
+
+TEST_F(ReplicatorTest, ACopyOutsideTheReplicaSetIsRefreshedBeforeItIsRead) {
+    ReplicationOptions o;
+    o.replication_factor = 2;
+    make_fleet(3, o);
+    // A session whose replicas are two nodes; the third (the outsider) reads it.
+    std::string id;
+    TestNode* outsider = nullptr;
+    std::vector<TestNode*> replicas;
+    for (int i = 0; i < 50 && !outsider; ++i) {
+        id = fmt::format("s{}", i);
+        replicas.clear();
+        for (auto& n : nodes_) {
+            if (n->replicator->replicates(id))
+                replicas.push_back(n.get());
+            else
+                outsider = n.get();
+        }
+    }
+    ASSERT_TRUE(outsider);
+    ASSERT_EQ(replicas.size(), 2u);
+    TestNode& writer = *replicas[0];
+    ASSERT_TRUE(writer.store->create(id, "t", "x").ok());
+    ASSERT_TRUE(writer.store->append_message(id, {"user", "one"}).ok());
+    writer.replicator->flush();
+    deliver();
+    std::optional<Status> fetched;
+    outsider->replicator->fetch(id, 1000, [&](Status st) { fetched = st; });
+    deliver();
+    ASSERT_TRUE(fetched && fetched->ok());
+
+    // The replicas move on; the outsider gets no pushes and falls behind.
+    ASSERT_TRUE(writer.store->append_message(id, {"user", "two"}).ok());
+    writer.replicator->flush();
+    deliver();
+    EXPECT_EQ(outsider->store->get(id)->messages.size(), 1u);
+
+    std::optional<Status> refreshed;
+    outsider->replicator->refresh(id, 1000, 0, [&](Status st) { refreshed = st; });
+    EXPECT_FALSE(refreshed) << "it waits for the replicas' answers";
+    deliver();
+    ASSERT_TRUE(refreshed);
+    EXPECT_TRUE(refreshed->ok());
+    EXPECT_EQ(outsider->store->get(id)->messages.size(), 2u);
+
+    // One replica down: the refresh waits until it is suspect, then serves what the other sent.
+    ASSERT_TRUE(writer.store->append_message(id, {"user", "three"}).ok());
+    writer.replicator->flush();
+    deliver();
+    refreshed.reset();
+    outsider->replicator->refresh(id, 5000, 0, [&](Status st) { refreshed = st; });
+    deliver(replicas[1]->address);
+    EXPECT_FALSE(refreshed) << "the silent replica is not suspect yet";
+    settle(30, replicas[1]->address);  // 1.5 s: past suspect_after_ms
+    ASSERT_TRUE(refreshed);
+    EXPECT_TRUE(refreshed->ok());
+    EXPECT_EQ(outsider->store->get(id)->messages.size(), 3u);
+    EXPECT_EQ(outsider->replicator->stats().refreshes, 2u);
+
+    // A session nobody holds: not found, not a timeout.
+    refreshed.reset();
+    outsider->replicator->refresh("nowhere", 1000, 0, [&](Status st) { refreshed = st; });
+    settle(2);
+    ASSERT_TRUE(refreshed);
+    EXPECT_EQ(refreshed->error().code, ErrorCode::kNotFound);
+}
+
+TEST_F(ReplicatorTest, AQuorumReadOnAReplicaSeesAChangeItsDeadWriterNeverPushedThere) {
+    make_fleet(3, ReplicationOptions{});  // R=3, sync acks 1
+    auto& writer = *nodes_[0];
+    auto& lagging = *nodes_[2];
+    ASSERT_TRUE(writer.store->create("s", "t", "x").ok());
+    writer.replicator->flush();
+    deliver();
+    // n1 acknowledges the next change; the push to n2 is lost, then the writer dies.
+    ASSERT_TRUE(writer.store->append_message("s", {"user", "acknowledged"}).ok());
+    writer.replicator->flush();
+    std::optional<Status> acked;
+    writer.replicator->await_replication("s", writer.store->version("s").value(), 1000,
+                                         [&](Status st) { acked = st; });
+    deliver(lagging.address);
+    ASSERT_TRUE(acked && acked->ok());
+    EXPECT_EQ(lagging.store->get("s")->messages.size(), 0u);
+
+    // A replica reading needs R - (sync acks + 1) = 1 other replica's answer.
+    EXPECT_EQ(lagging.replicator->read_quorum("s"), 1u);
+    std::optional<Status> read;
+    lagging.replicator->refresh("s", 1000, lagging.replicator->read_quorum("s"),
+                                [&](Status st) { read = st; });
+    deliver(writer.address);  // the writer is dead but not yet suspect: n1 alone answers
+    ASSERT_TRUE(read);
+    EXPECT_TRUE(read->ok());
+    ASSERT_EQ(lagging.store->get("s")->messages.size(), 1u);
+    EXPECT_EQ(lagging.store->get("s")->messages[0].content, "acknowledged");
+
+    // Current already: the answer is a "nothing newer" reply, not a push.
+    read.reset();
+    lagging.replicator->refresh("s", 1000, 1, [&](Status st) { read = st; });
+    EXPECT_EQ(count_frames(MessageKind::kPull, nodes_[1]->address), 1u);
+    deliver(writer.address);
+    ASSERT_TRUE(read);
+    EXPECT_TRUE(read->ok());
+}
+
 TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
     make_fleet(2, ReplicationOptions{});
     nodes_[0]->replicator->receive("GET / HTTP/1.1\r\n\r\n");

@@ -10,6 +10,7 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -259,6 +260,58 @@ TEST(DeployManifests, ProbesPortsAndServicesAgree) {
     EXPECT_TRUE(port_found) << "the ServiceMonitor scrapes a port the Service does not have";
 }
 
+// "host:port" -> port (-1 when there is none).
+int port_of(const std::string& address) {
+    const size_t colon = address.rfind(':');
+    if (colon == std::string::npos) return -1;
+    try {
+        return std::stoi(address.substr(colon + 1));
+    } catch (const std::exception&) {
+        return -1;
+    }
+}
+
+TEST(DeployManifests, PeerPortAgreesAcrossConfigContainerAndHeadlessService) {
+    const YAML::Node deployment = find_kind("Deployment", "assistd");
+    const YAML::Node main = container(deployment, "assistd");
+    const YAML::Node config = config_yaml();
+    // The pod replicates on the port the config binds, declared as a container port.
+    ASSERT_TRUE(config["listen-peer"]) << "config.yaml must set listen-peer";
+    const int peer = port_of(config["listen-peer"].as<std::string>());
+    ASSERT_GT(peer, 0);
+    EXPECT_EQ(named_port(main, "peer"), peer) << "containerPort peer != listen-peer's port";
+    EXPECT_NE(read_file(kDeploy / "docker" / "assistd.Dockerfile").find(" " + std::to_string(peer)), std::string::npos)
+        << "the Dockerfile should EXPOSE the peer port";
+
+    // Discovery names the headless Service, at the port it publishes for the pods' peer port.
+    const std::string spec = config["peers"].as<std::string>();
+    ASSERT_EQ(spec.rfind("dns:", 0), 0u) << "peers must be dns:NAME:PORT, got " << spec;
+    const std::string name = spec.substr(4, spec.rfind(':') - 4);
+    EXPECT_EQ(name.substr(0, name.find('.')), "assistd-peers") << spec;
+    const YAML::Node headless = find_kind("Service", "assistd-peers");
+    bool published = false;
+    for (const auto& p : headless["spec"]["ports"]) {
+        if (p["name"].as<std::string>() != "peer") continue;
+        published = true;
+        EXPECT_EQ(p["port"].as<int>(), peer) << "the headless Service's peer port";
+        EXPECT_EQ(p["targetPort"].as<std::string>(), "peer");
+        EXPECT_EQ(port_of(spec), p["port"].as<int>()) << "peers: resolves to the pods at this port";
+    }
+    EXPECT_TRUE(published) << "the headless Service must publish the peer port";
+
+    // Each pod names itself: node id from the pod name, advertised at its IP and the peer port.
+    std::map<std::string, std::string> env;
+    for (const auto& e : main["env"])
+        if (e["valueFrom"]) env[e["name"].as<std::string>()] = e["valueFrom"]["fieldRef"]["fieldPath"].as<std::string>();
+    EXPECT_EQ(env["POD_NAME"], "metadata.name");
+    EXPECT_EQ(env["POD_IP"], "status.podIP");
+    const auto args = main["args"].as<std::vector<std::string>>();
+    auto has = [&](const std::string& arg) { return std::find(args.begin(), args.end(), arg) != args.end(); };
+    EXPECT_TRUE(has("--node-id=$(POD_NAME)"));
+    EXPECT_TRUE(has("--advertise-peer=$(POD_IP):" + std::to_string(peer)));
+    EXPECT_TRUE(config["state-dir"]) << "a fleet node keeps its node id in --state-dir";
+}
+
 TEST(DeployManifests, TerminationGraceCoversPreStopAndDrain) {
     const YAML::Node deployment = find_kind("Deployment", "assistd");
     const int grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as<int>();
@@ -266,9 +319,10 @@ TEST(DeployManifests, TerminationGraceCoversPreStopAndDrain) {
         container(deployment, "assistd")["lifecycle"]["preStop"]["exec"]["command"].as<std::vector<std::string>>();
     ASSERT_EQ(pre_stop.size(), 2u);
     ASSERT_EQ(pre_stop[0], "sleep");
-    const double drain = config_yaml()["drain-grace-s"].as<double>();
+    const double drain = config_yaml()["drain-grace-s"].as<double>() +
+                         (config_yaml()["drain-replication-s"] ? config_yaml()["drain-replication-s"].as<double>() : 10);
     EXPECT_GE(grace, std::stoi(pre_stop[1]) + drain + 5)
-        << "terminationGracePeriodSeconds must cover preStop + drain-grace-s + a margin";
+        << "terminationGracePeriodSeconds must cover preStop + drain-grace-s + drain-replication-s + a margin";
 }
 
 TEST(DeployManifests, HpaScalesOnCpuAndOnTheLatencyMetricTheBinaryExports) {

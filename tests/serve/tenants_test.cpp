@@ -3,11 +3,13 @@
 // so its windows pass only when the test says so.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "http_test_client.h"
@@ -286,18 +288,30 @@ TEST_F(Tenants, TheTenantDefaultPrecisionAppliesWhenTheRequestPinsNone) {
     auto steps = [&](const char* p) {
         return metric(s.metrics_text(), std::string("assistd_decode_steps_total{precision=\"") + p + "\"}");
     };
+    // The scheduler reports a step after its tokens went out, so a count may
+    // trail the response by a moment: read until it holds still (bounded).
+    auto settled_steps = [&](const char* p) {
+        double v = steps(p);
+        for (int i = 0; i < 50; ++i) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+            const double w = steps(p);
+            if (w == v) break;
+            v = w;
+        }
+        return v;
+    };
     ASSERT_EQ(steps("fp16"), 0);
     ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 4), auth("key-a")).status, 200);
     EXPECT_EQ(steps("fp16"), 0) << "tenant a has no default: the server's fp32";
     EXPECT_GT(steps("fp32"), 0);
 
-    const double fp32_before = steps("fp32");
+    const double fp32_before = settled_steps("fp32");
     const Reply b = exchange(s.port(), "POST", kChat, turn("Hi", 4), auth("key-b"));
     ASSERT_EQ(b.status, 200) << b.body;
     EXPECT_GT(steps("fp16"), 0) << "tenant b's default ran the decode steps";
     EXPECT_EQ(steps("fp32"), fp32_before);
 
-    const double fp16_before = steps("fp16");
+    const double fp16_before = settled_steps("fp16");
     ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Hi", 4, "", "fp32"), auth("key-b")).status, 200);
     EXPECT_EQ(steps("fp16"), fp16_before) << "a pinned precision wins over the tenant's default";
 
