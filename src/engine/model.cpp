@@ -472,8 +472,10 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
     const size_t want_units = 4 * static_cast<size_t>(pool_->size());
     if (tok_.size() <= kSplitTokens && units < want_units) {
         size_t longest = 0;
-        for (const auto& b : attention_blocks_) longest = std::max<size_t>(longest, tok_pos_[b.first_token] + b.n_tokens);
-        attention_splits_ = std::min({kMaxSplits, (want_units + units - 1) / units, std::max<size_t>(1, longest / kMinSplitKeys)});
+        for (const auto& b : attention_blocks_)
+            longest = std::max<size_t>(longest, tok_pos_[b.first_token] + b.n_tokens);
+        attention_splits_ = std::min(
+            {kMaxSplits, (want_units + units - 1) / units, std::max<size_t>(1, longest / kMinSplitKeys)});
     }
     const WeightSet& w = **weights;
     for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);

@@ -59,7 +59,8 @@ void store_element(DType type, unsigned char* dst, float value, double& stored) 
     }
 }
 
-CachedHead make_cache(DType type, size_t head_dim, size_t block_tokens, size_t n_positions, std::mt19937& rng) {
+CachedHead make_cache(DType type, size_t head_dim, size_t block_tokens, size_t n_positions,
+                      std::mt19937& rng) {
     CachedHead c;
     c.type = type;
     c.head_dim = head_dim;
@@ -85,13 +86,17 @@ CachedHead make_cache(DType type, size_t head_dim, size_t block_tokens, size_t n
     c.k.resize(n_positions * head_dim);
     c.v.resize(n_positions * head_dim);
     for (size_t b = 0; b < n_blocks; ++b) {
-        c.k_blocks.push_back(c.k_storage.data() + order[b] * block_bytes + c.head_offset * c.element_bytes());
-        c.v_blocks.push_back(c.v_storage.data() + order[b] * block_bytes + c.head_offset * c.element_bytes());
+        c.k_blocks.push_back(c.k_storage.data() + order[b] * block_bytes +
+                             c.head_offset * c.element_bytes());
+        c.v_blocks.push_back(c.v_storage.data() + order[b] * block_bytes +
+                             c.head_offset * c.element_bytes());
     }
     for (size_t pos = 0; pos < n_positions; ++pos) {
         const size_t offset = (pos % block_tokens) * c.row_bytes();
-        auto* krow = static_cast<unsigned char*>(const_cast<void*>(c.k_blocks[pos / block_tokens])) + offset;
-        auto* vrow = static_cast<unsigned char*>(const_cast<void*>(c.v_blocks[pos / block_tokens])) + offset;
+        auto* krow =
+            static_cast<unsigned char*>(const_cast<void*>(c.k_blocks[pos / block_tokens])) + offset;
+        auto* vrow =
+            static_cast<unsigned char*>(const_cast<void*>(c.v_blocks[pos / block_tokens])) + offset;
         for (size_t d = 0; d < head_dim; ++d) {
             store_element(type, krow + d * c.element_bytes(), dist(rng), c.k[pos * head_dim + d]);
             store_element(type, vrow + d * c.element_bytes(), dist(rng), c.v[pos * head_dim + d]);
@@ -107,9 +112,11 @@ struct Case {
 };
 
 std::string describe(const Case& c, Tier tier) {
-    return std::string(tier_name(tier)) + " hd=" + std::to_string(c.head_dim) + " group=" + std::to_string(c.group) +
-           " queries=" + std::to_string(c.n_queries) + " first_pos=" + std::to_string(c.first_pos) +
-           " block=" + std::to_string(c.block_tokens) + " kv=" + (c.kv_type == DType::F16 ? "f16" : "f32") +
+    return std::string(tier_name(tier)) + " hd=" + std::to_string(c.head_dim) +
+           " group=" + std::to_string(c.group) + " queries=" + std::to_string(c.n_queries) +
+           " first_pos=" + std::to_string(c.first_pos) +
+           " block=" + std::to_string(c.block_tokens) +
+           " kv=" + (c.kv_type == DType::F16 ? "f16" : "f32") +
            " |q|<=" + std::to_string(c.q_magnitude);
 }
 
@@ -177,7 +184,8 @@ double run_case(const Case& c, std::mt19937& rng) {
                 const float got = out[i * out_stride + x];
                 if (x < hd || x >= hd + G * hd) {
                     if (got != -7.f) {
-                        ADD_FAILURE() << describe(c, tier) << ": wrote outside its heads at token " << i;
+                        ADD_FAILURE()
+                            << describe(c, tier) << ": wrote outside its heads at token " << i;
                         return worst;
                     }
                     continue;
@@ -187,8 +195,8 @@ double run_case(const Case& c, std::mt19937& rng) {
                 const double error = std::fabs(double{got} - expected);
                 worst = std::max(worst, error);
                 // V lies in [-1, 1], so the output does too: an absolute bound.
-                EXPECT_LE(error, 2e-5) << describe(c, tier) << " token " << i << " head " << g << " dim " << d
-                                       << ": got " << got << " want " << expected;
+                EXPECT_LE(error, 2e-5) << describe(c, tier) << " token " << i << " head " << g
+                                       << " dim " << d << ": got " << got << " want " << expected;
                 if (error > 2e-5) return worst;
             }
         }
@@ -235,8 +243,10 @@ double run_case(const Case& c, std::mt19937& rng) {
             for (size_t s = 0; s < outs.size(); ++s) {
                 if (sums[s][r] > 0.f) {
                     top = std::max(top, double{maxima[s][r]});
-                } else if (sums[s][r] != 0.f || maxima[s][r] != -std::numeric_limits<float>::infinity()) {
-                    ADD_FAILURE() << describe(c, tier) << ": a row seeing no key must report sum 0 and max -inf";
+                } else if (sums[s][r] != 0.f ||
+                           maxima[s][r] != -std::numeric_limits<float>::infinity()) {
+                    ADD_FAILURE() << describe(c, tier)
+                                  << ": a row seeing no key must report sum 0 and max -inf";
                     return worst;
                 }
             }
@@ -245,7 +255,8 @@ double run_case(const Case& c, std::mt19937& rng) {
                 for (size_t s = 0; s < outs.size(); ++s) {
                     if (!(sums[s][r] > 0.f)) {
                         if (outs[s][r * hd + d] != 0.f) {
-                            ADD_FAILURE() << describe(c, tier) << ": a row seeing no key must output 0";
+                            ADD_FAILURE()
+                                << describe(c, tier) << ": a row seeing no key must output 0";
                             return worst;
                         }
                         continue;
@@ -257,7 +268,8 @@ double run_case(const Case& c, std::mt19937& rng) {
                 const double error = std::fabs(num / den - want[r * hd + d]);
                 worst = std::max(worst, error);
                 if (error > 2e-5) {
-                    ADD_FAILURE() << describe(c, tier) << " split: row " << r << " dim " << d << " error " << error;
+                    ADD_FAILURE() << describe(c, tier) << " split: row " << r << " dim " << d
+                                  << " error " << error;
                     return worst;
                 }
             }
@@ -278,7 +290,9 @@ TEST(AttentionKernel, MatchesDoubleReferenceOnEveryTier) {
                 for (size_t first_pos : {0, 5, 61, 130}) {
                     for (DType kv_type : {DType::F32, DType::F16}) {
                         const size_t block_tokens = (first_pos % 2) ? 7 : 16;
-                        worst = std::max(worst, run_case({hd, group, n_queries, first_pos, block_tokens, kv_type, 1.f}, rng));
+                        worst = std::max(worst, run_case({hd, group, n_queries, first_pos,
+                                                          block_tokens, kv_type, 1.f},
+                                                         rng));
                         if (HasFatalFailure() || HasFailure()) return;
                     }
                 }
@@ -321,7 +335,8 @@ TEST(AttentionKernel, FirstQueryOfASequenceSeesOnlyItself) {
         a.out_token_stride = 16;
         a.scratch = scratch.get();
         kernel_table_for(tier)->attention(a);
-        for (size_t d = 0; d < 16; ++d) EXPECT_EQ(out[d], static_cast<float>(cache.v[d])) << tier_name(tier);
+        for (size_t d = 0; d < 16; ++d)
+            EXPECT_EQ(out[d], static_cast<float>(cache.v[d])) << tier_name(tier);
     }
 }
 
@@ -333,8 +348,8 @@ TEST(AttentionKernel, ScratchCoversEveryLayout) {
             EXPECT_EQ(layout.rows_padded % kAttentionRowPad, 0u);
             EXPECT_GE(layout.head_padded, hd);
             EXPECT_EQ(layout.head_padded % 16, 0u);
-            for (size_t offset : {layout.q, layout.out, layout.max, layout.sum, layout.limit, layout.k, layout.v,
-                                  layout.scores})
+            for (size_t offset : {layout.q, layout.out, layout.max, layout.sum, layout.limit,
+                                  layout.k, layout.v, layout.scores})
                 EXPECT_EQ(offset % 16, 0u) << "sections start 64-byte aligned";
             EXPECT_GE(layout.total, layout.scores + kAttentionTile * layout.rows_padded);
             EXPECT_EQ(attention_scratch_floats(rows, hd), layout.total);
@@ -355,7 +370,9 @@ TEST(AttentionKernel, OddHeadDimensionsOnEveryTier) {
 TEST(VectorExp, MatchesStdExpOnEveryTier) {
     std::vector<float> x;
     for (float v = -87.f; v <= 88.f; v += 0.0137f) x.push_back(v);
-    for (float v : {0.f, -0.f, 1.f, -1.f, 1e-8f, -1e-8f, 0.5f * 0.693147f, -0.5f * 0.693147f, 88.f, -87.f}) x.push_back(v);
+    for (float v :
+         {0.f, -0.f, 1.f, -1.f, 1e-8f, -1e-8f, 0.5f * 0.693147f, -0.5f * 0.693147f, 88.f, -87.f})
+        x.push_back(v);
     for (Tier tier : available_tiers()) {
         std::vector<float> y(x.size() + 1, -3.f);
         kernel_table_for(tier)->exp_f32(x.data(), y.data(), x.size());
@@ -364,7 +381,8 @@ TEST(VectorExp, MatchesStdExpOnEveryTier) {
             const double want = std::exp(double{x[i]});
             const double rel = std::fabs(double{y[i]} - want) / want;
             worst = std::max(worst, rel);
-            ASSERT_LE(rel, 1e-6) << tier_name(tier) << " exp(" << x[i] << ") = " << y[i] << ", want " << want;
+            ASSERT_LE(rel, 1e-6) << tier_name(tier) << " exp(" << x[i] << ") = " << y[i]
+                                 << ", want " << want;
         }
         EXPECT_EQ(y[x.size()], -3.f) << tier_name(tier) << " wrote past the end";
         std::printf("[ %s ] exp worst relative error %.3g\n", tier_name(tier), worst);
@@ -374,8 +392,8 @@ TEST(VectorExp, MatchesStdExpOnEveryTier) {
 TEST(VectorExp, UnderflowsToZeroAndKeepsExactPoints) {
     const float inf = std::numeric_limits<float>::infinity();
     // Odd lengths, so both the vector body and the tail are used.
-    const std::vector<float> x = {-inf, -1000.f, -88.f, 0.f, -inf, 0.f, -200.f, -inf, 0.f, -90.f, 0.f, -inf, -inf,
-                                  0.f,  -1e30f, 0.f,  -inf, 0.f, 0.f};
+    const std::vector<float> x = {-inf, -1000.f, -88.f, 0.f, -inf,   0.f, -200.f, -inf, 0.f, -90.f,
+                                  0.f,  -inf,    -inf,  0.f, -1e30f, 0.f, -inf,   0.f,  0.f};
     for (Tier tier : available_tiers()) {
         std::vector<float> y(x.size());
         kernel_table_for(tier)->exp_f32(x.data(), y.data(), x.size());

@@ -31,7 +31,7 @@ Output run_assistd(const std::string& args) {
 }
 
 class BenchEngineCli : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         auto spec = assistd::engine::random_model_shape("tiny-llama");
         ASSERT_TRUE(spec.has_value());
@@ -44,8 +44,9 @@ protected:
 };
 
 TEST_F(BenchEngineCli, DecodesAfterTheRequestedCachedContext) {
-    const Output out = run_assistd("bench engine --model " + model_ +
-                                   " --threads 1 --prompt-tokens 16 --gen-tokens 8 --reps 1 --decode-context 300 --json");
+    const Output out = run_assistd(
+        "bench engine --model " + model_ +
+        " --threads 1 --prompt-tokens 16 --gen-tokens 8 --reps 1 --decode-context 300 --json");
     ASSERT_EQ(out.status, 0) << out.text;
     const auto j = nlohmann::json::parse(out.text);
     EXPECT_EQ(j["decode_context"], 300);
@@ -60,9 +61,12 @@ TEST_F(BenchEngineCli, RejectsANegativeDecodeContext) {
 }
 
 TEST_F(BenchEngineCli, RejectsADecodeContextBeyondTheContextSize) {
-    const Output out = run_assistd("bench engine --model " + model_ + " --ctx-size 100 --decode-context 90 --gen-tokens 64");
+    const Output out = run_assistd("bench engine --model " + model_ +
+                                   " --ctx-size 100 --decode-context 90 --gen-tokens 64");
     EXPECT_EQ(out.status, 2);
-    EXPECT_NE(out.text.find("exceeds the context of 100 tokens; raise --ctx-size"), std::string::npos) << out.text;
+    EXPECT_NE(out.text.find("exceeds the context of 100 tokens; raise --ctx-size"),
+              std::string::npos)
+        << out.text;
 }
 
 }  // namespace

@@ -44,23 +44,30 @@ struct Avx2Vec {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.f));
-        const __m256i scale = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+        const __m256i scale =
+            _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
         return _mm256_andnot_ps(underflow, _mm256_mul_ps(p, _mm256_castsi256_ps(scale)));
     }
     static T mask_greater(T s, T pos, T limit) {
-        return _mm256_blendv_ps(s, _mm256_set1_ps(-__builtin_inff()), _mm256_cmp_ps(pos, limit, _CMP_GT_OQ));
+        return _mm256_blendv_ps(s, _mm256_set1_ps(-__builtin_inff()),
+                                _mm256_cmp_ps(pos, limit, _CMP_GT_OQ));
     }
     static void convert_f16(const uint16_t* x, float* y, size_t n) {
         size_t i = 0;
         for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
+            _mm256_storeu_ps(
+                y + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + i))));
         for (; i < n; ++i) y[i] = _cvtsh_ss(x[i]);
     }
 };
 
 }  // namespace
 
-void attention_avx2(const AttentionArgs& args) { attention_detail::attention<Avx2Vec>(args); }
-void exp_f32_avx2(const float* x, float* y, size_t n) { attention_detail::exp_array<Avx2Vec>(x, y, n); }
+void attention_avx2(const AttentionArgs& args) {
+    attention_detail::attention<Avx2Vec>(args);
+}
+void exp_f32_avx2(const float* x, float* y, size_t n) {
+    attention_detail::exp_array<Avx2Vec>(x, y, n);
+}
 
 }  // namespace assistd::engine::kernels

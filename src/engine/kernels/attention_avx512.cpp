@@ -46,15 +46,19 @@ struct Avx512Vec {
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
         p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.f));
-        const __m512i scale = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-        return _mm512_maskz_mul_ps(static_cast<__mmask16>(~underflow), p, _mm512_castsi512_ps(scale));
+        const __m512i scale =
+            _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+        return _mm512_maskz_mul_ps(static_cast<__mmask16>(~underflow), p,
+                                   _mm512_castsi512_ps(scale));
     }
     static T mask_greater(T s, T pos, T limit) {
-        return _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(pos, limit, _CMP_GT_OQ), _mm512_set1_ps(-__builtin_inff()));
+        return _mm512_mask_mov_ps(s, _mm512_cmp_ps_mask(pos, limit, _CMP_GT_OQ),
+                                  _mm512_set1_ps(-__builtin_inff()));
     }
     static void convert_f16(const uint16_t* x, float* y, size_t n) {
         for (size_t i = 0; i < n; i += 16) {
-            const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - i)) - 1);
+            const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff)
+                                            : static_cast<__mmask16>((1u << (n - i)) - 1);
             _mm512_mask_storeu_ps(y + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)));
         }
     }
@@ -62,7 +66,11 @@ struct Avx512Vec {
 
 }  // namespace
 
-void attention_avx512(const AttentionArgs& args) { attention_detail::attention<Avx512Vec>(args); }
-void exp_f32_avx512(const float* x, float* y, size_t n) { attention_detail::exp_array<Avx512Vec>(x, y, n); }
+void attention_avx512(const AttentionArgs& args) {
+    attention_detail::attention<Avx512Vec>(args);
+}
+void exp_f32_avx512(const float* x, float* y, size_t n) {
+    attention_detail::exp_array<Avx512Vec>(x, y, n);
+}
 
 }  // namespace assistd::engine::kernels

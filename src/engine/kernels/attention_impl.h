@@ -32,13 +32,14 @@ namespace assistd::engine::kernels::attention_detail {
 // scattered (strided by the other heads, blocks anywhere): with nothing else
 // to do per row in decode, the loads wait on memory unless prefetched.
 template <typename Vec>
-void load_tile(const AttentionArgs& a, size_t j0, size_t n, size_t n_padded, size_t dims, size_t kv_end, float* k,
-               float* v) {
+void load_tile(const AttentionArgs& a, size_t j0, size_t n, size_t n_padded, size_t dims,
+               size_t kv_end, float* k, float* v) {
     constexpr size_t kPrefetchAhead = 8;  // positions
     const size_t hd = a.head_dim;
     const size_t row_bytes = hd * (a.kv_type == DType::F16 ? 2 : 4);
     auto row = [&](const void* const* blocks, size_t pos) {
-        return static_cast<const unsigned char*>(blocks[pos / a.block_tokens]) + (pos % a.block_tokens) * a.kv_row_bytes;
+        return static_cast<const unsigned char*>(blocks[pos / a.block_tokens]) +
+               (pos % a.block_tokens) * a.kv_row_bytes;
     };
     for (size_t j = 0; j < n; ++j) {
         const size_t pos = j0 + j;
@@ -77,11 +78,14 @@ inline float* output_row(const AttentionArgs& a, size_t r) {
     return a.out + (r / a.n_group) * a.out_token_stride + (r % a.n_group) * a.head_dim;
 }
 // The keys a call sees: [kv_begin, kv_end) within the causal range.
-inline size_t keys_end(const AttentionArgs& a) { return std::min(a.kv_end, a.first_pos + a.n_queries); }
+inline size_t keys_end(const AttentionArgs& a) {
+    return std::min(a.kv_end, a.first_pos + a.n_queries);
+}
 
 // Writes row r's output (accumulated o, `stride` floats between dimensions)
 // and, when asked, its softmax state.
-inline void finish_row(const AttentionArgs& a, size_t r, const float* o, size_t stride, float m, float l) {
+inline void finish_row(const AttentionArgs& a, size_t r, const float* o, size_t stride, float m,
+                       float l) {
     float* out = output_row(a, r);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     for (size_t d = 0; d < a.head_dim; ++d) out[d] = o[d * stride] * inv;
@@ -99,8 +103,8 @@ constexpr size_t kRowVectors = 2;
 
 // S^T[j][rows] for tile positions [0, n_padded) and the row vectors [rv, rv + 2).
 template <typename Vec>
-void rows_scores(const float* qt, size_t row_stride, const float* k, size_t dims, size_t hd, size_t n_padded,
-                 float* s, size_t rv) {
+void rows_scores(const float* qt, size_t row_stride, const float* k, size_t dims, size_t hd,
+                 size_t n_padded, float* s, size_t rv) {
     using T = typename Vec::T;
     constexpr size_t W = Vec::W, PB = Vec::kPositionBlock;
     for (size_t j = 0; j < n_padded; j += PB) {
@@ -109,36 +113,41 @@ void rows_scores(const float* qt, size_t row_stride, const float* k, size_t dims
             for (size_t b = 0; b < kRowVectors; ++b) acc[p][b] = Vec::zero();
         for (size_t d = 0; d < hd; ++d) {
             T qv[kRowVectors];
-            for (size_t b = 0; b < kRowVectors; ++b) qv[b] = Vec::load(qt + d * row_stride + (rv + b) * W);
+            for (size_t b = 0; b < kRowVectors; ++b)
+                qv[b] = Vec::load(qt + d * row_stride + (rv + b) * W);
             for (size_t p = 0; p < PB; ++p) {
                 const T kv = Vec::set1(k[(j + p) * dims + d]);
                 for (size_t b = 0; b < kRowVectors; ++b) acc[p][b] = Vec::fma(qv[b], kv, acc[p][b]);
             }
         }
         for (size_t p = 0; p < PB; ++p)
-            for (size_t b = 0; b < kRowVectors; ++b) Vec::store(s + (j + p) * row_stride + (rv + b) * W, acc[p][b]);
+            for (size_t b = 0; b < kRowVectors; ++b)
+                Vec::store(s + (j + p) * row_stride + (rv + b) * W, acc[p][b]);
     }
 }
 
 // O^T[d][rows] += sum_j P^T[j][rows] * V[j][d] for d in [d0, d0 + DB).
 template <typename Vec, size_t DB>
-void rows_accumulate(const float* s, size_t row_stride, const float* v, size_t dims, size_t n, float* ot, size_t d0,
-                     size_t rv) {
+void rows_accumulate(const float* s, size_t row_stride, const float* v, size_t dims, size_t n,
+                     float* ot, size_t d0, size_t rv) {
     using T = typename Vec::T;
     constexpr size_t W = Vec::W;
     T acc[DB][kRowVectors];
     for (size_t dd = 0; dd < DB; ++dd)
-        for (size_t b = 0; b < kRowVectors; ++b) acc[dd][b] = Vec::load(ot + (d0 + dd) * row_stride + (rv + b) * W);
+        for (size_t b = 0; b < kRowVectors; ++b)
+            acc[dd][b] = Vec::load(ot + (d0 + dd) * row_stride + (rv + b) * W);
     for (size_t j = 0; j < n; ++j) {
         T pv[kRowVectors];
-        for (size_t b = 0; b < kRowVectors; ++b) pv[b] = Vec::load(s + j * row_stride + (rv + b) * W);
+        for (size_t b = 0; b < kRowVectors; ++b)
+            pv[b] = Vec::load(s + j * row_stride + (rv + b) * W);
         for (size_t dd = 0; dd < DB; ++dd) {
             const T vv = Vec::set1(v[j * dims + d0 + dd]);
             for (size_t b = 0; b < kRowVectors; ++b) acc[dd][b] = Vec::fma(pv[b], vv, acc[dd][b]);
         }
     }
     for (size_t dd = 0; dd < DB; ++dd)
-        for (size_t b = 0; b < kRowVectors; ++b) Vec::store(ot + (d0 + dd) * row_stride + (rv + b) * W, acc[dd][b]);
+        for (size_t b = 0; b < kRowVectors; ++b)
+            Vec::store(ot + (d0 + dd) * row_stride + (rv + b) * W, acc[dd][b]);
 }
 
 template <typename Vec>
@@ -183,7 +192,8 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
             const size_t last_row = std::min(rows, first_row + kRowVectors * W) - 1;
             // Rows are token-major, so positions grow with the row index.
             if (static_cast<float>(j0) > limit[last_row]) continue;
-            const bool masked = j0 + n_padded > kv_end || static_cast<float>(j0 + n_padded - 1) > limit[first_row];
+            const bool masked =
+                j0 + n_padded > kv_end || static_cast<float>(j0 + n_padded - 1) > limit[first_row];
             rows_scores<Vec>(qt, stride, k, dims, hd, n_padded, s, rv);
             for (size_t b = 0; b < kRowVectors; ++b) {
                 const size_t col = (rv + b) * W;
@@ -193,7 +203,8 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
                 for (size_t j = 0; j < n_padded; ++j) {
                     T sv = Vec::load(s + j * stride + col);
                     if (masked) {
-                        sv = Vec::mask_greater(sv, Vec::set1(static_cast<float>(j0 + j)), j0 + j < kv_end ? lim : minus_one);
+                        sv = Vec::mask_greater(sv, Vec::set1(static_cast<float>(j0 + j)),
+                                               j0 + j < kv_end ? lim : minus_one);
                         Vec::store(s + j * stride + col, sv);
                     }
                     tile_max = Vec::max(tile_max, sv);
@@ -201,7 +212,8 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
                 const T m_old = Vec::load(m + col);
                 // Finite even for a row that has seen no key yet (a split
                 // range may start past its position): exp(-inf - lowest) = 0.
-                const T m_new = Vec::max(Vec::max(m_old, tile_max), Vec::set1(std::numeric_limits<float>::lowest()));
+                const T m_new = Vec::max(Vec::max(m_old, tile_max),
+                                         Vec::set1(std::numeric_limits<float>::lowest()));
                 const T correction = Vec::exp(Vec::sub(m_old, m_new));
                 T sum = Vec::zero();
                 for (size_t j = 0; j < n_padded; ++j) {
@@ -212,10 +224,12 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
                 Vec::store(m + col, m_new);
                 Vec::store(l + col, Vec::fma(Vec::load(l + col), correction, sum));
                 for (size_t d = 0; d < hd; ++d)
-                    Vec::store(ot + d * stride + col, Vec::mul(Vec::load(ot + d * stride + col), correction));
+                    Vec::store(ot + d * stride + col,
+                               Vec::mul(Vec::load(ot + d * stride + col), correction));
             }
             size_t d0 = 0;
-            for (; d0 + DB <= hd; d0 += DB) rows_accumulate<Vec, DB>(s, stride, v, dims, n, ot, d0, rv);
+            for (; d0 + DB <= hd; d0 += DB)
+                rows_accumulate<Vec, DB>(s, stride, v, dims, n, ot, d0, rv);
             for (; d0 < hd; ++d0) rows_accumulate<Vec, 1>(s, stride, v, dims, n, ot, d0, rv);
         }
     }
@@ -226,7 +240,8 @@ void attention_rows(const AttentionArgs& a, const AttentionScratchLayout& L) {
 
 // o[0, NV*W) = o * correction + sum_j p[j] * v[j] over the row's valid positions.
 template <typename Vec, size_t NV>
-void dot_accumulate(const float* p, size_t n, const float* v, size_t dims, float correction, float* o) {
+void dot_accumulate(const float* p, size_t n, const float* v, size_t dims, float correction,
+                    float* o) {
     using T = typename Vec::T;
     constexpr size_t W = Vec::W;
     const T c = Vec::set1(correction);
@@ -234,7 +249,8 @@ void dot_accumulate(const float* p, size_t n, const float* v, size_t dims, float
     for (size_t i = 0; i < NV; ++i) acc[i] = Vec::mul(Vec::load(o + i * W), c);
     for (size_t j = 0; j < n; ++j) {
         const T pj = Vec::set1(p[j]);
-        for (size_t i = 0; i < NV; ++i) acc[i] = Vec::fma(pj, Vec::load(v + j * dims + i * W), acc[i]);
+        for (size_t i = 0; i < NV; ++i)
+            acc[i] = Vec::fma(pj, Vec::load(v + j * dims + i * W), acc[i]);
     }
     for (size_t i = 0; i < NV; ++i) Vec::store(o + i * W, acc[i]);
 }
@@ -275,7 +291,8 @@ void attention_dot(const AttentionArgs& a, const AttentionScratchLayout& L) {
             float tile_max = kNegativeInfinity;
             for (size_t j = 0; j < valid; ++j) {
                 T acc = Vec::mul(Vec::load(q), Vec::load(k + j * dims));
-                for (size_t i = 1; i < nv; ++i) acc = Vec::fma(Vec::load(q + i * W), Vec::load(k + j * dims + i * W), acc);
+                for (size_t i = 1; i < nv; ++i)
+                    acc = Vec::fma(Vec::load(q + i * W), Vec::load(k + j * dims + i * W), acc);
                 s[j] = Vec::reduce_add(acc);
                 tile_max = std::max(tile_max, s[j]);
             }
@@ -298,10 +315,18 @@ void attention_dot(const AttentionArgs& a, const AttentionScratchLayout& L) {
                 const size_t chunk = std::min<size_t>(4, nv - i);
                 const float* vi = v + i * W;
                 switch (chunk) {
-                    case 4: dot_accumulate<Vec, 4>(s, valid, vi, dims, correction, o + i * W); break;
-                    case 3: dot_accumulate<Vec, 3>(s, valid, vi, dims, correction, o + i * W); break;
-                    case 2: dot_accumulate<Vec, 2>(s, valid, vi, dims, correction, o + i * W); break;
-                    default: dot_accumulate<Vec, 1>(s, valid, vi, dims, correction, o + i * W); break;
+                    case 4:
+                        dot_accumulate<Vec, 4>(s, valid, vi, dims, correction, o + i * W);
+                        break;
+                    case 3:
+                        dot_accumulate<Vec, 3>(s, valid, vi, dims, correction, o + i * W);
+                        break;
+                    case 2:
+                        dot_accumulate<Vec, 2>(s, valid, vi, dims, correction, o + i * W);
+                        break;
+                    default:
+                        dot_accumulate<Vec, 1>(s, valid, vi, dims, correction, o + i * W);
+                        break;
                 }
                 i += chunk;
             }

@@ -23,23 +23,39 @@ struct ScalarVec {
         return r;
     }
     static T zero() { return set1(0.f); }
-    static T set1(float x) { return map([&](size_t) { return x; }); }
-    static T load(const float* p) { return map([&](size_t i) { return p[i]; }); }
+    static T set1(float x) {
+        return map([&](size_t) { return x; });
+    }
+    static T load(const float* p) {
+        return map([&](size_t i) { return p[i]; });
+    }
     static void store(float* p, T x) {
         for (size_t i = 0; i < W; ++i) p[i] = x.v[i];
     }
-    static T fma(T a, T b, T c) { return map([&](size_t i) { return a.v[i] * b.v[i] + c.v[i]; }); }
-    static T add(T a, T b) { return map([&](size_t i) { return a.v[i] + b.v[i]; }); }
-    static T sub(T a, T b) { return map([&](size_t i) { return a.v[i] - b.v[i]; }); }
-    static T mul(T a, T b) { return map([&](size_t i) { return a.v[i] * b.v[i]; }); }
-    static T max(T a, T b) { return map([&](size_t i) { return a.v[i] > b.v[i] ? a.v[i] : b.v[i]; }); }
+    static T fma(T a, T b, T c) {
+        return map([&](size_t i) { return a.v[i] * b.v[i] + c.v[i]; });
+    }
+    static T add(T a, T b) {
+        return map([&](size_t i) { return a.v[i] + b.v[i]; });
+    }
+    static T sub(T a, T b) {
+        return map([&](size_t i) { return a.v[i] - b.v[i]; });
+    }
+    static T mul(T a, T b) {
+        return map([&](size_t i) { return a.v[i] * b.v[i]; });
+    }
+    static T max(T a, T b) {
+        return map([&](size_t i) { return a.v[i] > b.v[i] ? a.v[i] : b.v[i]; });
+    }
     static float first(T x) { return x.v[0]; }
     static float reduce_add(T x) {
         float s = 0.f;
         for (size_t i = 0; i < W; ++i) s += x.v[i];
         return s;
     }
-    static T exp(T x) { return map([&](size_t i) { return std::exp(x.v[i]); }); }
+    static T exp(T x) {
+        return map([&](size_t i) { return std::exp(x.v[i]); });
+    }
     static T mask_greater(T s, T pos, T limit) {
         return map([&](size_t i) {
             return pos.v[i] > limit.v[i] ? -std::numeric_limits<float>::infinity() : s.v[i];
@@ -52,7 +68,9 @@ struct ScalarVec {
 
 }  // namespace
 
-void attention_scalar(const AttentionArgs& args) { attention_detail::attention<ScalarVec>(args); }
+void attention_scalar(const AttentionArgs& args) {
+    attention_detail::attention<ScalarVec>(args);
+}
 
 void exp_f32_scalar(const float* x, float* y, size_t n) {
     for (size_t i = 0; i < n; ++i) y[i] = std::exp(x[i]);
