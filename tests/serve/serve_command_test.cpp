@@ -14,24 +14,13 @@
 #include <string>
 #include <thread>
 
+#include "http_test_client.h"
+
 namespace {
 
-const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+using assistd::serve::test_support::connect_loopback;
 
-int connect_loopback(uint16_t port) {
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    timeval tv{30, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(port);
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-        ::close(fd);
-        return -1;
-    }
-    return fd;
-}
+const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
 
 std::string http(uint16_t port, const std::string& method, const std::string& path, const std::string& body = "") {
     const int fd = connect_loopback(port);
