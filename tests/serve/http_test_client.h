@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -45,6 +46,10 @@ protected:
     }
     static inline engine::Model* model_ = nullptr;
 };
+
+// A model with two compute threads; null (and a test failure) when it cannot load.
+std::unique_ptr<engine::Model> load_model(const std::string& path, size_t max_sequences = 16,
+                                          size_t kv_cache_tokens = 0);
 
 int connect_loopback(uint16_t port);
 void send_all(int fd, const std::string& data);

@@ -15,6 +15,17 @@ using engine::Precision;
 using engine::TokenId;
 using nlohmann::json;
 
+std::unique_ptr<engine::Model> load_model(const std::string& path, size_t max_sequences, size_t kv_cache_tokens) {
+    engine::ModelParams p;
+    p.path = path;
+    p.n_threads = 2;
+    p.max_sequences = max_sequences;
+    p.kv_cache_tokens = kv_cache_tokens;
+    auto m = engine::Model::load(p);
+    EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message);
+    return m.ok() ? std::move(*m) : nullptr;
+}
+
 int connect_loopback(uint16_t port) {
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     timeval tv{30, 0};

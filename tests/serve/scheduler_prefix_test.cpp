@@ -13,6 +13,8 @@
 #include "serve/prefix_cache.h"
 #include "serve/scheduler.h"
 
+#include "http_test_client.h"
+
 namespace assistd::serve {
 namespace {
 
@@ -20,17 +22,6 @@ using engine::Precision;
 using engine::TokenId;
 
 const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
-
-std::unique_ptr<engine::Model> load(const std::string& path, size_t max_sequences = 16, size_t kv_cache_tokens = 0) {
-    engine::ModelParams p;
-    p.path = path;
-    p.n_threads = 2;
-    p.max_sequences = max_sequences;
-    p.kv_cache_tokens = kv_cache_tokens;
-    auto m = engine::Model::load(p);
-    EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message);
-    return m.ok() ? std::move(*m) : nullptr;
-}
 
 // One file per test process (ctest runs tests in parallel processes; a file
 // rewritten under another's mapping would crash it), removed at exit.
@@ -128,7 +119,7 @@ class StoriesPrefix : public ::testing::Test {
 protected:
     void SetUp() override {
         if (!std::filesystem::exists(kStories)) GTEST_SKIP() << "no " << kStories;
-        model_ = load(kStories);
+        model_ = test_support::load_model(kStories);
         ASSERT_NE(model_, nullptr);
     }
     std::vector<TokenId> encode(const std::string& text, bool bos) {
@@ -196,7 +187,7 @@ TEST_F(StoriesPrefix, ConversationWithReuseEqualsConversationWithout) {
 }
 
 TEST(SchedulerPrefixRandomModel, ReusedAnswersEqualFullPrefills) {
-    auto model = load(tiny_model_path());
+    auto model = test_support::load_model(tiny_model_path());
     ASSERT_NE(model, nullptr);
     SchedulerConfig c = config();
     c.prefill_chunk_tokens = 48;  // long histories prefill over several steps
@@ -222,7 +213,7 @@ TEST(SchedulerPrefixRandomModel, ReusedAnswersEqualFullPrefills) {
 }
 
 TEST(SchedulerPrefixRandomModel, SharedSystemPromptServesConcurrentRequests) {
-    auto model = load(tiny_model_path());
+    auto model = test_support::load_model(tiny_model_path());
     ASSERT_NE(model, nullptr);
     Scheduler s(*model, config(), SystemClock::instance());
     s.start();
@@ -257,7 +248,7 @@ TEST(SchedulerPrefixRandomModel, SharedSystemPromptServesConcurrentRequests) {
 }
 
 TEST(SchedulerPrefixRandomModel, TinyBudgetEvictsLeastRecentlyUsed) {
-    auto model = load(tiny_model_path());
+    auto model = test_support::load_model(tiny_model_path());
     ASSERT_NE(model, nullptr);
     ASSERT_EQ(model->kv_block_tokens(), 16u);
     Scheduler s(*model, config(true, 4), SystemClock::instance());  // 4 blocks: 64 positions
@@ -283,7 +274,7 @@ TEST(SchedulerPrefixRandomModel, TinyBudgetEvictsLeastRecentlyUsed) {
 
 TEST(SchedulerPrefixRandomModel, RunningRequestsTakeBlocksFromTheCache) {
     // 8 blocks of 16 positions in all, and the cache may hold every one of them.
-    auto model = load(tiny_model_path(), 4, 128);
+    auto model = test_support::load_model(tiny_model_path(), 4, 128);
     ASSERT_NE(model, nullptr);
     Scheduler s(*model, config(true, 8), SystemClock::instance());
     s.start();
@@ -304,7 +295,7 @@ TEST(SchedulerPrefixRandomModel, RunningRequestsTakeBlocksFromTheCache) {
 
 TEST(SchedulerPrefixRandomModel, RunningRequestsTakeSequenceSlotsFromTheCache) {
     // Two sequence slots in all: cached entries must make way for new requests.
-    auto model = load(tiny_model_path(), 2);
+    auto model = test_support::load_model(tiny_model_path(), 2);
     ASSERT_NE(model, nullptr);
     SchedulerConfig c = config();
     c.max_running = 2;
@@ -328,7 +319,7 @@ TEST(SchedulerPrefixRandomModel, RunningRequestsTakeSequenceSlotsFromTheCache) {
 }
 
 TEST(SchedulerPrefixRandomModel, OneSlotTakesTheCachedSequenceOver) {
-    auto model = load(tiny_model_path(), 1);
+    auto model = test_support::load_model(tiny_model_path(), 1);
     ASSERT_NE(model, nullptr);
     SchedulerConfig c = config();
     c.max_running = 1;
@@ -346,7 +337,7 @@ TEST(SchedulerPrefixRandomModel, OneSlotTakesTheCachedSequenceOver) {
 }
 
 TEST(SchedulerPrefixRandomModel, CancelledAndRefusedRequestsLeaveNothingCached) {
-    auto model = load(tiny_model_path(), 4, 128);
+    auto model = test_support::load_model(tiny_model_path(), 4, 128);
     ASSERT_NE(model, nullptr);
     Scheduler s(*model, config(true, 8), SystemClock::instance());
     s.start();
@@ -380,7 +371,7 @@ TEST(SchedulerPrefixRandomModel, CancelledAndRefusedRequestsLeaveNothingCached) 
 }
 
 TEST(SchedulerPrefixRandomModel, DisabledCacheKeepsNothing) {
-    auto model = load(tiny_model_path());
+    auto model = test_support::load_model(tiny_model_path());
     ASSERT_NE(model, nullptr);
     Scheduler s(*model, config(false), SystemClock::instance());
     s.start();
@@ -398,7 +389,7 @@ TEST(SchedulerPrefixRandomModel, DisabledCacheKeepsNothing) {
 // Keys and values are stored in the model's KV type whatever precision
 // computed them, so an entry written at FP32 serves a request pinned to BF16.
 TEST(SchedulerPrefixRandomModel, EntriesServeOtherPrecisions) {
-    auto model = load(tiny_model_path());
+    auto model = test_support::load_model(tiny_model_path());
     ASSERT_NE(model, nullptr);
     Scheduler s(*model, config(), SystemClock::instance());
     s.start();
@@ -414,7 +405,7 @@ TEST(SchedulerPrefixRandomModel, EntriesServeOtherPrecisions) {
 
 // The cache on its own, without a scheduler thread.
 TEST(PrefixCache, LongestCommonPrefixWinsAndKeepsOneTokenToCompute) {
-    auto model = load(tiny_model_path());
+    auto model = test_support::load_model(tiny_model_path());
     ASSERT_NE(model, nullptr);
     PrefixCache cache(*model, {.max_blocks = 64, .min_match_tokens = 4});
     auto fill = [&](const std::vector<TokenId>& tokens) {

@@ -8,6 +8,8 @@
 
 #include "engine/random_model.h"
 
+#include "http_test_client.h"
+
 namespace assistd::serve {
 namespace {
 
@@ -15,17 +17,6 @@ using engine::Precision;
 using engine::TokenId;
 
 const std::string kStories = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
-
-std::unique_ptr<engine::Model> load(const std::string& path, size_t max_sequences = 16, size_t kv_cache_tokens = 0) {
-    engine::ModelParams p;
-    p.path = path;
-    p.n_threads = 2;
-    p.max_sequences = max_sequences;
-    p.kv_cache_tokens = kv_cache_tokens;
-    auto m = engine::Model::load(p);
-    EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message);
-    return m.ok() ? std::move(*m) : nullptr;
-}
 
 // The reference: one sequence, prefill then one token per decode, greedy.
 std::vector<TokenId> plain_greedy(engine::Model& model, const std::vector<TokenId>& prompt, size_t max_tokens,
@@ -73,7 +64,7 @@ class StoriesScheduler : public ::testing::Test {
 protected:
     void SetUp() override {
         if (!std::filesystem::exists(kStories)) GTEST_SKIP() << "no " << kStories;
-        model_ = load(kStories);
+        model_ = test_support::load_model(kStories);
         ASSERT_NE(model_, nullptr);
     }
     std::unique_ptr<engine::Model> model_;
@@ -222,7 +213,7 @@ TEST(SchedulerRandomModel, ChunkedPrefillInterleavesWithDecoding) {
     auto spec = engine::random_model_shape("tiny-llama");
     ASSERT_TRUE(spec.has_value());
     ASSERT_TRUE(engine::write_random_model(*spec, path).ok());
-    auto model = load(path);
+    auto model = test_support::load_model(path);
     ASSERT_NE(model, nullptr);
 
     SchedulerConfig c = fp32_config();
@@ -278,7 +269,7 @@ TEST(SchedulerRandomModel, KvCacheAdmitsOnlyWhatFitsAtFullLengthAndTheRestWaits)
     ASSERT_TRUE(engine::write_random_model(*spec, path).ok());
     // 8 blocks of 16 tokens in all: two requests of 103 tokens (7 blocks each)
     // cannot both fit, so the second waits for the first instead of failing mid-stream.
-    auto model = load(path, 16, 128);
+    auto model = test_support::load_model(path, 16, 128);
     ASSERT_NE(model, nullptr);
     struct WidestStep : SchedulerObserver {
         void on_step(const StepReport& r) override { widest = std::max(widest, r.sequences); }
