@@ -168,7 +168,11 @@ serve::ClusterFigures cluster_figures(cluster::FleetNode& node) {
     for (const auto& p : node.peers()) {
         if (p.health == cluster::PeerHealth::kLive) ++f.peers_up;
         if (p.health == cluster::PeerHealth::kSuspect) ++f.peers_suspect;
+        if (p.health == cluster::PeerHealth::kDeparted) ++f.peers_departed;
     }
+    const auto counts = node.session_counts();
+    f.sessions_held = counts.held;
+    f.sessions_replicated = counts.replicated;
     const auto st = node.stats();
     f.unacknowledged_sessions = node.unacknowledged();
     f.fetches = st.fetches;
@@ -385,6 +389,15 @@ int run_serve(const ServeOptions& o, bool precision_given) {
                          "replicas after %.0f s (changes acknowledged to clients are on --sync-acks replicas "
                          "already; the rest stays in --state-dir)\n",
                          unacked, o.drain_replication_s);
+        // Peers take this node out of placement now rather than after --peer-suspect-ms.
+        const size_t unaware = fleet->announce_departure(1000);
+        if (unaware == 0)
+            std::fprintf(stderr, "assistd serve: every live peer acknowledged the departure\n");
+        else
+            std::fprintf(stderr,
+                         "assistd serve: %zu live peers did not acknowledge the departure within 1 s "
+                         "(they notice it after --peer-suspect-ms)\n",
+                         unaware);
     }
 #endif
     (*server)->stop();

@@ -185,6 +185,19 @@ size_t FleetNode::leave_and_flush(int64_t timeout_ms) {
     return std::max(parts_->replicator->unacknowledged(), parts_->replicator->unhanded());
 }
 
+size_t FleetNode::announce_departure(int64_t timeout_ms) {
+    parts_->replicator->announce_departure();
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (parts_->replicator->departure_unconfirmed() > 0 &&
+           std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return parts_->replicator->departure_unconfirmed();
+}
+
+Replicator::SessionCounts FleetNode::session_counts() const {
+    return parts_->replicator->session_counts();
+}
+
 ReplicationStats FleetNode::stats() const {
     return parts_->replicator->stats();
 }

@@ -58,11 +58,17 @@ class FleetNode {
     // confirmed holding it. Returns the sessions still waiting (0: nothing
     // is only here).
     size_t leave_and_flush(int64_t timeout_ms);
+    // The drain's last step, after leave_and_flush: tells the peers this node
+    // is gone (they take it out of placement at once) and waits, at most
+    // timeout_ms, for each live peer to acknowledge. Returns the live peers
+    // that did not (0: every one knows).
+    size_t announce_departure(int64_t timeout_ms);
 
     ReplicationStats stats() const;
     std::vector<ReplicationLagSample> take_lag_samples();
     std::vector<PeerInfo> peers() const;
     size_t unacknowledged() const;
+    Replicator::SessionCounts session_counts() const;
 
     struct Parts;
 

@@ -103,6 +103,8 @@ const char* peer_health_name(PeerHealth health) {
             return "live";
         case PeerHealth::kSuspect:
             return "suspect";
+        case PeerHealth::kDeparted:
+            return "departed";
     }
     return "unknown";
 }
@@ -128,7 +130,7 @@ bool Membership::set_discovered(const std::vector<std::string>& addresses) {
 }
 
 bool Membership::heard(const std::string& address, NodeId node, int64_t now_ms,
-                       bool& members_changed) {
+                       bool& members_changed, uint64_t hello_incarnation) {
     members_changed = false;
     if (address == self_address_) return false;
     if (node == self_) {
@@ -139,14 +141,35 @@ bool Membership::heard(const std::string& address, NodeId node, int64_t now_ms,
         return false;
     }
     const auto before = members();
+    auto& life = lives_[node];
+    life = std::max(life, hello_incarnation);
+    bool back = false;  // a departed node's next life said hello
+    if (auto d = departed_.find(node); d != departed_.end() && hello_incarnation > d->second) {
+        departed_.erase(d);
+        back = true;
+    }
     auto& p = peers_[address];
-    const bool was_live = p.health == PeerHealth::kLive && p.node_id == node;
+    const bool was_live =
+        !back && p.health == PeerHealth::kLive && p.node_id == node && !departed_.count(node);
     p.address = address;
     p.node_id = node;
     p.last_heard_ms = now_ms;
     p.health = PeerHealth::kLive;
     members_changed = members() != before;
+    // A departed life still talking (its last frames, or heartbeats until it
+    // exits) is no reconnect.
+    if (departed_.count(node)) return false;
     return !was_live;
+}
+
+bool Membership::depart(NodeId node, uint64_t incarnation) {
+    if (node == self_) return false;
+    const auto life = lives_.find(node);
+    if (life != lives_.end() && life->second > incarnation) return false;  // an older life's
+    const auto before = members();
+    auto& d = departed_[node];
+    d = std::max(d, incarnation);
+    return members() != before;
 }
 
 std::vector<NodeId> Membership::update_health(int64_t now_ms) {
@@ -165,7 +188,8 @@ std::vector<NodeId> Membership::members() const {
     std::vector<NodeId> out;
     if (!leaving_) out.push_back(self_);
     for (const auto& [a, p] : peers_) {
-        if (p.discovered && p.node_id != 0) out.push_back(p.node_id);
+        if (p.discovered && p.node_id != 0 && !departed_.count(p.node_id))
+            out.push_back(p.node_id);
     }
     std::sort(out.begin(), out.end());
     out.erase(std::unique(out.begin(), out.end()), out.end());
@@ -209,6 +233,7 @@ bool Membership::is_live(NodeId node) const {
 
 PeerHealth Membership::health(NodeId node) const {
     if (node == self_) return PeerHealth::kLive;
+    if (departed_.count(node)) return PeerHealth::kDeparted;
     const PeerInfo* p = newest_for(node);
     return p ? p->health : PeerHealth::kUnknown;
 }
@@ -221,7 +246,10 @@ std::optional<std::string> Membership::address_of(NodeId node) const {
 
 std::vector<PeerInfo> Membership::peers() const {
     std::vector<PeerInfo> out;
-    for (const auto& [a, p] : peers_) out.push_back(p);
+    for (const auto& [a, p] : peers_) {
+        out.push_back(p);
+        if (p.node_id != 0 && departed_.count(p.node_id)) out.back().health = PeerHealth::kDeparted;
+    }
     return out;
 }
 

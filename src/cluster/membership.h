@@ -65,7 +65,9 @@ Result<std::vector<std::string>> parse_peer_list(const std::string& text);
 // "dns:NAME:PORT" (DNS discovery) or a static list: the Discovery it names.
 Result<std::unique_ptr<Discovery>> make_discovery(const std::string& spec, Resolver& resolver);
 
-enum class PeerHealth { kUnknown, kLive, kSuspect };
+// kDeparted: the peer announced it leaves (a drain); it is no member and not
+// live until a later life of it says hello.
+enum class PeerHealth { kUnknown, kLive, kSuspect, kDeparted };
 const char* peer_health_name(PeerHealth health);
 
 struct PeerInfo {
@@ -87,8 +89,17 @@ class Membership {
     bool set_discovered(const std::vector<std::string>& addresses);
     // A message from `node` at `address` arrived. Returns true when the peer
     // was not live before (first contact or a reconnect); `members_changed`
-    // tells whether placement must be recomputed.
-    bool heard(const std::string& address, NodeId node, int64_t now_ms, bool& members_changed);
+    // tells whether placement must be recomputed. `hello_incarnation` is the
+    // life a heartbeat names (0: not a heartbeat, or a node that does not
+    // say): a departed peer comes back only with a later life than the one
+    // that left.
+    bool heard(const std::string& address, NodeId node, int64_t now_ms, bool& members_changed,
+               uint64_t hello_incarnation = 0);
+    // `node` announced that its life `incarnation` leaves: from now on it is
+    // no member and not live (no waiting for suspicion). A leave of a life
+    // older than one already heard from is ignored. True when the members changed.
+    bool depart(NodeId node, uint64_t incarnation);
+    bool departed(NodeId node) const { return departed_.count(node) > 0; }
     // Leaving (a drain): this node no longer counts itself a member, so every
     // session it holds is handed to the others.
     void set_leaving(bool leaving) { leaving_ = leaving; }
@@ -116,6 +127,8 @@ class Membership {
     std::string self_address_;
     int64_t suspect_after_ms_;
     std::map<std::string, PeerInfo> peers_;  // by address
+    std::map<NodeId, uint64_t> departed_;    // node -> the life that announced its leave
+    std::map<NodeId, uint64_t> lives_;       // node -> the latest life a heartbeat named
     bool leaving_ = false;
     std::set<std::string> self_aliases_;  // other addresses that turned out to be this node
 };

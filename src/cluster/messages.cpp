@@ -78,6 +78,10 @@ const char* message_kind_name(MessageKind kind) {
             return "summary";
         case MessageKind::kPull:
             return "pull";
+        case MessageKind::kLeave:
+            return "leave";
+        case MessageKind::kLeaveAck:
+            return "leave-ack";
     }
     return "unknown";
 }
@@ -98,6 +102,8 @@ std::string encode_message(const Message& m) {
     w.varint(m.id);
     switch (m.kind) {
         case MessageKind::kHeartbeat:
+        case MessageKind::kLeave:
+        case MessageKind::kLeaveAck:
             break;
         case MessageKind::kDeltas:
             w.varint(m.deltas.size());
@@ -131,7 +137,7 @@ Result<Message> decode_message(std::string_view bytes) {
                           "cluster message: version " + std::to_string(version) +
                               " is not supported (this build speaks 1); upgrade the older node");
     }
-    if (!r.u8(kind) || kind < 1 || kind > 6) return corrupt("unknown message kind");
+    if (!r.u8(kind) || kind < 1 || kind > 8) return corrupt("unknown message kind");
     Message m;
     m.kind = static_cast<MessageKind>(kind);
     std::string_view addr;
@@ -141,6 +147,8 @@ Result<Message> decode_message(std::string_view bytes) {
     bool ok = true;
     switch (m.kind) {
         case MessageKind::kHeartbeat:
+        case MessageKind::kLeave:
+        case MessageKind::kLeaveAck:
             break;
         case MessageKind::kDeltas: {
             uint64_t n;

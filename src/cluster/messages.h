@@ -13,6 +13,11 @@
 //   Summary  : id = round; the differing bucket numbers; the receiver's
 //              states in those buckets; its states for the offered sessions
 //   Pull     : the puller's states; "send me what these lack"
+//   Leave    : id = the sender's incarnation; "I have handed everything
+//              over and am going away": take me out of placement now
+//   LeaveAck : id = the incarnation whose leave the receiver noted
+//   (a heartbeat's id is the sender's incarnation: a higher one than a
+//   leave named means the node came back)
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -30,7 +35,9 @@ enum class MessageKind : uint8_t {
     kAck = 3,
     kDigest = 4,
     kSummary = 5,
-    kPull = 6
+    kPull = 6,
+    kLeave = 7,
+    kLeaveAck = 8
 };
 const char* message_kind_name(MessageKind kind);
 

@@ -214,6 +214,18 @@ size_t Replicator::unhanded() const {
     return count;
 }
 
+Replicator::SessionCounts Replicator::session_counts() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    SessionCounts c;
+    for (const auto& v : store_.list_versions()) {
+        if (v.deleted || v.version.empty()) continue;
+        ++c.held;
+        if (owns(place_replicas(v.id, members_, options_.replication_factor), identity_.node_id))
+            ++c.replicated;
+    }
+    return c;
+}
+
 size_t Replicator::bucket_of(const std::string& session_id) const {
     return stable_hash(session_id) % kBuckets;
 }
@@ -233,6 +245,76 @@ void Replicator::leave() {
     std::lock_guard<std::mutex> lock(mu_);
     membership_.set_leaving(true);
     members_changed();
+}
+
+void Replicator::send_leave(NodeId peer) {
+    Message m;
+    m.kind = MessageKind::kLeave;
+    m.id = identity_.incarnation;
+    send(peer, std::move(m));
+}
+
+void Replicator::announce_departure() {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!membership_.leaving()) {
+        membership_.set_leaving(true);
+        members_changed();
+    }
+    departure_announced_ = true;
+    departure_pending_.clear();
+    for (const auto& p : membership_.peers()) {
+        if (p.node_id != 0 && membership_.is_live(p.node_id)) departure_pending_.insert(p.node_id);
+    }
+    // Peers whose id is not known yet hear it too: they learn the id from the header.
+    for (const auto& a : membership_.peer_addresses()) {
+        Message m;
+        m.kind = MessageKind::kLeave;
+        m.id = identity_.incarnation;
+        send_to(a, std::move(m));
+    }
+    next_leave_ms_ = now_ms() + options_.heartbeat_interval_ms;
+}
+
+size_t Replicator::departure_unconfirmed() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t n = 0;
+    for (NodeId p : departure_pending_) {
+        if (membership_.is_live(p)) ++n;
+    }
+    return n;
+}
+
+void Replicator::on_departure(NodeId node, uint64_t incarnation, Completions& done) {
+    if (membership_.departed(node)) return;  // a resent leave
+    const bool changed = membership_.depart(node, incarnation);
+    if (!membership_.departed(node)) return;  // a leave of an older life
+    if (changed) members_changed();
+    ++stats_.departures;
+    spdlog::info("cluster: node {} left the fleet (incarnation {})", format_node_id(node),
+                 incarnation);
+    // Waits that counted on it: a refresh stops waiting for it, a fetch asks
+    // the session's replicas as placed now.
+    std::set<std::string> refreshing;
+    for (auto& w : fetch_waiters_) {
+        if (!w.asked.count(node)) continue;
+        if (w.refresh) {
+            refreshing.insert(w.session_id);
+            continue;
+        }
+        w.asked.erase(node);
+        w.missing.erase(node);
+        const SessionState here = local_state(w.session_id);
+        for (NodeId p : place_replicas(w.session_id, members_, options_.replication_factor)) {
+            if (p == identity_.node_id || !membership_.is_live(p) || w.asked.count(p)) continue;
+            w.asked.insert(p);
+            Message pull;
+            pull.kind = MessageKind::kPull;
+            pull.states.push_back(here);
+            send(p, std::move(pull));
+        }
+        refreshing.insert(w.session_id);
+    }
+    for (const auto& id : refreshing) check_fetch(id, done);
 }
 
 void Replicator::members_changed() {
@@ -334,11 +416,23 @@ void Replicator::receive(std::string_view frame) {
                 members_changed();
             return;
         }
-        if (membership_.heard(m.from_address, m.from, now_ms(), changed))
+        const uint64_t hello = m.kind == MessageKind::kHeartbeat ? m.id : 0;
+        if (membership_.heard(m.from_address, m.from, now_ms(), changed, hello))
             reconnected_.insert(m.from);
         if (changed) members_changed();
         switch (m.kind) {
             case MessageKind::kHeartbeat:
+                break;
+            case MessageKind::kLeave: {
+                on_departure(m.from, m.id, done);
+                Message ack;
+                ack.kind = MessageKind::kLeaveAck;
+                ack.id = m.id;
+                send_to(m.from_address, std::move(ack));
+                break;
+            }
+            case MessageKind::kLeaveAck:
+                if (m.id == identity_.incarnation) departure_pending_.erase(m.from);
                 break;
             case MessageKind::kDeltas: {
                 Message ack;
@@ -652,7 +746,14 @@ void Replicator::tick() {
             for (const auto& a : membership_.peer_addresses()) {
                 Message hb;
                 hb.kind = MessageKind::kHeartbeat;
+                hb.id = identity_.incarnation;  // a departed node's next life is back
                 send_to(a, std::move(hb));
+            }
+        }
+        if (departure_announced_ && now >= next_leave_ms_) {
+            next_leave_ms_ = now + options_.heartbeat_interval_ms;
+            for (NodeId p : departure_pending_) {
+                if (membership_.is_live(p)) send_leave(p);
             }
         }
         // Batches nobody acknowledged: forget them and push their sessions again.

@@ -67,6 +67,7 @@ struct ReplicationStats {
     uint64_t repairs_pushed = 0;  // anti-entropy found a peer lacking something
     uint64_t repairs_pulled = 0;  // ... or this node lacking something
     uint64_t handoffs_confirmed = 0;
+    uint64_t departures = 0;  // peers that announced they leave
     uint64_t fetches = 0;
     uint64_t refreshes = 0;  // refresh() calls: quorum reads and copies outside the replica set
     uint64_t acks_waited = 0;
@@ -133,6 +134,14 @@ class Replicator {
     // Leaves the membership (the drain path): from now on every session held
     // here is handed to its replicas among the remaining members.
     void leave();
+    // The end of a drain, once the hand-off is done: tells every peer this
+    // life of the node is going away (a Leave frame, resent each heartbeat
+    // interval until acknowledged), so peers take it out of placement at once
+    // instead of after suspect_after_ms of silence. Calls leave() first if
+    // needed. A later life rejoins with its first heartbeat.
+    void announce_departure();
+    // Live peers that have not acknowledged the departure yet.
+    size_t departure_unconfirmed() const;
 
     std::vector<NodeId> replicas(std::string_view session_id) const;
     // The first live replica: where a session is best served.
@@ -146,6 +155,14 @@ class Replicator {
     // a drain waits for besides unacknowledged().
     size_t unhanded() const;
     ReplicationStats stats() const;
+    // Live sessions held here, and how many of them this node replicates
+    // (placement puts it in their replica set): a joining node holds its
+    // share once the second reaches what placement assigns it.
+    struct SessionCounts {
+        size_t held = 0;
+        size_t replicated = 0;
+    };
+    SessionCounts session_counts() const;
     // The lag samples since the last call (at most kMaxLagSamples are kept between calls).
     std::vector<ReplicationLagSample> take_lag_samples();
     static constexpr size_t kMaxLagSamples = 4096;
@@ -203,6 +220,8 @@ class Replicator {
     void on_digest(const Message& m);
     void on_summary(const Message& m);
     void on_pull(const Message& m);
+    void on_departure(NodeId node, uint64_t incarnation, Completions& done);
+    void send_leave(NodeId peer);
     void note_peer_state(NodeId peer, const SessionState& state, Completions& done);
     void check_fetch(const std::string& session_id, Completions& done);
     bool expire_waiters(int64_t now, Completions& done);
@@ -230,6 +249,9 @@ class Replicator {
     int64_t next_anti_entropy_ms_ = 0;
     int64_t next_discovery_ms_ = 0;
     std::set<NodeId> reconnected_;  // peers to send a digest to at the next tick
+    bool departure_announced_ = false;
+    std::set<NodeId> departure_pending_;  // peers yet to acknowledge the Leave
+    int64_t next_leave_ms_ = 0;
     ReplicationStats stats_;
     std::vector<ReplicationLagSample> lag_samples_;
 

@@ -166,6 +166,11 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
     };
     peers_up_ = gauge("assistd_cluster_peers_up", "Peers heard from within the suspect timeout");
     peers_suspect_ = gauge("assistd_cluster_peers_suspect", "Peers not heard from lately (their sessions go to the next replica)");
+    peers_departed_ = gauge("assistd_cluster_peers_departed",
+                            "Peers that announced they left (drained); out of placement at once");
+    sessions_local_ = gauge("assistd_cluster_sessions_local", "Live sessions stored on this node");
+    sessions_replicated_ = gauge("assistd_cluster_sessions_replicated",
+                                 "Live sessions stored here whose replica set includes this node");
     unacknowledged_sessions_ = gauge("assistd_replication_unacknowledged_sessions",
                                      "Sessions whose latest local changes some live replica has not acknowledged");
     replication_lag_seconds_ = &BuildHistogram()
@@ -198,6 +203,9 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         const ClusterFigures c = cluster_source_();
         peers_up_->Set(static_cast<double>(c.peers_up));
         peers_suspect_->Set(static_cast<double>(c.peers_suspect));
+        peers_departed_->Set(static_cast<double>(c.peers_departed));
+        sessions_local_->Set(static_cast<double>(c.sessions_held));
+        sessions_replicated_->Set(static_cast<double>(c.sessions_replicated));
         unacknowledged_sessions_->Set(static_cast<double>(c.unacknowledged_sessions));
         for (const auto& [seconds, operations] : c.lag) {
             replication_lag_seconds_->Observe(seconds);

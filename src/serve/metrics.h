@@ -29,6 +29,9 @@ namespace assistd::serve {
 struct ClusterFigures {
     size_t peers_up = 0;       // live peers
     size_t peers_suspect = 0;  // not heard from lately
+    size_t peers_departed = 0;  // announced their leave (a drain)
+    size_t sessions_held = 0;        // live sessions stored here
+    size_t sessions_replicated = 0;  // ... of which placement makes this node a replica
     size_t unacknowledged_sessions = 0;
     uint64_t fetches = 0;  // fetch-on-miss
     uint64_t refreshes = 0;  // reads that heard from other replicas first (quorum, or a copy outside the set)
@@ -94,6 +97,9 @@ private:
     std::function<ClusterFigures()> cluster_source_;
     prometheus::Gauge* peers_up_ = nullptr;
     prometheus::Gauge* peers_suspect_ = nullptr;
+    prometheus::Gauge* peers_departed_ = nullptr;
+    prometheus::Gauge* sessions_local_ = nullptr;
+    prometheus::Gauge* sessions_replicated_ = nullptr;
     prometheus::Gauge* unacknowledged_sessions_ = nullptr;
     prometheus::Histogram* replication_lag_seconds_ = nullptr;
     prometheus::Histogram* replication_lag_operations_ = nullptr;

@@ -38,6 +38,7 @@ struct FleetSimResult {
     uint64_t frames = 0;
     // Summed over the nodes' last lives: shows which paths a run went through.
     uint64_t repairs = 0, handoffs = 0, resent = 0, fetches = 0;
+    uint64_t departures = 0;  // leaves the other nodes noted (announced by a drained node)
 };
 
 FleetSimResult run_fleet_simulation(const FleetSimConfig& config);

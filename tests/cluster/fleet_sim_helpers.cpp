@@ -89,6 +89,7 @@ struct SimNode {
     std::unique_ptr<Replicator> replicator;
     bool up = false;
     bool leaving = false;
+    bool announced = false;  // told the others it left (the end of its drain)
     int64_t restart_at = -1;
 };
 
@@ -244,7 +245,17 @@ void Fleet::deliver_due() {
 
 void Fleet::tick_all() {
     for (auto& n : nodes_) {
-        if (n->up) n->replicator->tick();
+        if (!n->up) continue;
+        n->replicator->tick();
+        // A leaving node whose changes are acknowledged and whose sessions are
+        // handed over announces its departure, as a drained server does
+        // before it exits (it stays up here: the others must ignore it).
+        if (n->leaving && !n->announced && n->replicator->unacknowledged() == 0 &&
+            n->replicator->unhanded() == 0) {
+            n->announced = true;
+            n->replicator->announce_departure();
+            trace("%s announces its departure", n->address.c_str());
+        }
     }
 }
 
@@ -606,6 +617,7 @@ FleetSimResult Fleet::run() {
         result.handoffs += st.handoffs_confirmed;
         result.resent += st.batches_resent;
         result.fetches += st.fetches;
+        result.departures += st.departures;
     }
     if (!failure_.empty()) {
         result.failure = failure_;

@@ -110,6 +110,47 @@ TEST(Membership, HealthFollowsWhatIsHeard) {
     EXPECT_EQ(m.members(), (std::vector<NodeId>{20}));
 }
 
+TEST(Membership, ADepartedPeerLeavesPlacementAtOnceAndComesBackWithItsNextLife) {
+    Membership m(1, "self:1", 1000);
+    m.set_discovered({"self:1", "a:1", "b:1"});
+    bool changed = false;
+    m.heard("a:1", 20, 0, changed, 4);  // a heartbeat of life 4
+    m.heard("b:1", 30, 0, changed, 1);
+    ASSERT_EQ(m.members(), (std::vector<NodeId>{1, 20, 30}));
+
+    EXPECT_FALSE(m.depart(20, 3)) << "a leave of an older life than one heard is stale";
+    EXPECT_FALSE(m.departed(20));
+    EXPECT_TRUE(m.depart(20, 4)) << "placement changes with no wait for suspicion";
+    EXPECT_TRUE(m.departed(20));
+    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 30}));
+    EXPECT_EQ(m.health(20), PeerHealth::kDeparted);
+    EXPECT_FALSE(m.is_live(20));
+    EXPECT_STREQ(peer_health_name(PeerHealth::kDeparted), "departed");
+    for (const auto& p : m.peers())
+        EXPECT_EQ(p.health, p.node_id == 20 ? PeerHealth::kDeparted : PeerHealth::kLive);
+
+    // Its last frames and heartbeats of the same life do not bring it back.
+    EXPECT_FALSE(m.heard("a:1", 20, 100, changed, 4));
+    EXPECT_FALSE(changed);
+    EXPECT_FALSE(m.heard("a:1", 20, 110, changed, 0));
+    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 30}));
+    // Suspicion does not apply to it, and discovery keeping its address does not re-add it.
+    m.update_health(5000);
+    EXPECT_EQ(m.health(20), PeerHealth::kDeparted);
+    m.set_discovered({"self:1", "a:1", "b:1"});
+    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 30}));
+
+    // Restarted (life 5): its first heartbeat is a reconnect and a member again.
+    EXPECT_TRUE(m.heard("a:1", 20, 6000, changed, 5));
+    EXPECT_TRUE(changed);
+    EXPECT_FALSE(m.departed(20));
+    EXPECT_TRUE(m.is_live(20));
+    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 20, 30}));
+    EXPECT_FALSE(m.depart(20, 4)) << "the old life's leave, delivered late, is ignored";
+    EXPECT_EQ(m.members(), (std::vector<NodeId>{1, 20, 30}));
+    EXPECT_FALSE(m.depart(1, 9)) << "never this node";
+}
+
 TEST(Membership, OwnFramesAndAddressAreIgnored) {
     Membership m(1, "self:1", 1000);
     bool changed = true;

@@ -52,10 +52,22 @@ std::vector<Message> samples() {
     p.kind = MessageKind::kPull;
     p.states = {{"s9", SessionState::Kind::kMissing, {}}};
     out.push_back(p);
+
+    Message leave = hb;
+    leave.kind = MessageKind::kLeave;
+    leave.id = 3;  // the leaving life's incarnation
+    out.push_back(leave);
+
+    Message leave_ack = leave;
+    leave_ack.kind = MessageKind::kLeaveAck;
+    out.push_back(leave_ack);
     return out;
 }
 
 TEST(ClusterMessages, EveryKindRoundTrips) {
+    EXPECT_EQ(samples().size(), 8u) << "one sample per kind";
+    EXPECT_STREQ(message_kind_name(MessageKind::kLeave), "leave");
+    EXPECT_STREQ(message_kind_name(MessageKind::kLeaveAck), "leave-ack");
     for (const auto& m : samples()) {
         auto back = decode_message(encode_message(m));
         ASSERT_TRUE(back.ok()) << message_kind_name(m.kind) << ": " << back.error().message;

@@ -280,6 +280,88 @@ TEST_F(ReplicatorTest, ALeavingNodeHandsEverySessionToTheRemainingReplicas) {
         EXPECT_EQ(nodes_[static_cast<size_t>(i)]->store->list_versions().size(), 20u) << i;
 }
 
+TEST_F(ReplicatorTest, ADrainPushesUnacknowledgedChangesThenItsDepartureTakesItOutOfPlacement) {
+    ReplicationOptions o;
+    o.ack_timeout_ms = 200;
+    make_fleet(3, o);  // R=3: every node replicates every session
+    auto& a = *nodes_[0];
+    const std::string c_addr = nodes_[2]->address;
+    for (int i = 0; i < 10; ++i) {
+        const std::string id = fmt::format("s{}", i);
+        ASSERT_TRUE(a.store->create(id, "t", "x").ok());
+        ASSERT_TRUE(a.store->append_message(id, {"user", "written before the drain"}).ok());
+    }
+    a.replicator->flush();
+    // Everything bound for n2 is lost; n1 acknowledges (what sync acks 1 waits for).
+    std::erase_if(queue_, [&](const Sent& f) { return f.to == c_addr; });
+    deliver();
+    ASSERT_EQ(a.replicator->unacknowledged(), 10u) << "n2 has acknowledged nothing";
+    ASSERT_FALSE(nodes_[2]->store->get("s0").ok());
+
+    // The drain: leave, then wait (bounded) until every live replica
+    // acknowledged and holds every session, as FleetNode::leave_and_flush does.
+    a.replicator->leave();
+    int ticks = 0;
+    while ((a.replicator->unacknowledged() > 0 || a.replicator->unhanded() > 0) && ticks < 40) {
+        settle(1);
+        ++ticks;
+    }
+    EXPECT_EQ(a.replicator->unacknowledged(), 0u);
+    EXPECT_EQ(a.replicator->unhanded(), 0u);
+    for (int i = 0; i < 10; ++i) {
+        const std::string id = fmt::format("s{}", i);
+        EXPECT_TRUE(nodes_[2]->store->version(id).value().dominates(a.store->version(id).value()))
+            << id << ": the unacknowledged change reached n2 before n0 went";
+    }
+    // Until it announces its departure, the others still count n0 a member.
+    EXPECT_EQ(nodes_[1]->replicator->members(), (std::vector<NodeId>{100, 101, 102}));
+
+    a.replicator->announce_departure();
+    EXPECT_EQ(a.replicator->departure_unconfirmed(), 2u);
+    deliver();  // no time passes: nothing here is suspicion
+    EXPECT_EQ(a.replicator->departure_unconfirmed(), 0u);
+    for (int i = 1; i < 3; ++i) {
+        auto& r = *nodes_[static_cast<size_t>(i)]->replicator;
+        EXPECT_EQ(r.members(), (std::vector<NodeId>{101, 102})) << i;
+        for (const auto& p : r.peers()) {
+            if (p.node_id == 100) {
+                EXPECT_EQ(p.health, PeerHealth::kDeparted) << i;
+            }
+        }
+        EXPECT_EQ(r.stats().departures, 1u);
+        for (int k = 0; k < 10; ++k) EXPECT_NE(r.primary(fmt::format("s{}", k)), NodeId{100});
+    }
+    // n0 still talks until it exits (heartbeats of the same life): it stays out.
+    settle(3);
+    EXPECT_EQ(nodes_[1]->replicator->members(), (std::vector<NodeId>{101, 102}));
+
+    // A change on n1 now waits for n2 only and pushes nothing to n0.
+    auto& b = *nodes_[1];
+    ASSERT_TRUE(b.store->append_message("s0", {"user", "after the drain"}).ok());
+    b.replicator->flush();
+    EXPECT_EQ(count_frames(MessageKind::kDeltas, a.address), 0u);
+    std::optional<Status> acked;
+    b.replicator->await_replication("s0", b.store->version("s0").value(), 1000,
+                                    [&](Status st) { acked = st; });
+    deliver();
+    ASSERT_TRUE(acked);
+    EXPECT_TRUE(acked->ok());
+
+    // n0 restarts (its next life): its first heartbeat makes it a member again
+    // and anti-entropy brings it what it missed.
+    a.replicator.reset();
+    NodeIdentity again{100, 2, replica_id_for(100, 2)};
+    a.replicator = std::make_unique<Replicator>(again, a.address, o, *a.store, *a.transport,
+                                                *a.discovery, clock_, 99);
+    a.replicator->start();
+    settle(10);
+    for (int i = 1; i < 3; ++i)
+        EXPECT_EQ(nodes_[static_cast<size_t>(i)]->replicator->members(),
+                  (std::vector<NodeId>{100, 101, 102}))
+            << i;
+    EXPECT_EQ(a.store->get("s0").value().messages.back().content, "after the drain");
+}
+
 TEST_F(ReplicatorTest, ACopyOutsideTheReplicaSetIsRefreshedBeforeItIsRead) {
     ReplicationOptions o;
     o.replication_factor = 2;

@@ -29,7 +29,7 @@ inline void run_seeds(FleetSimConfig base, uint64_t first, int count, const char
     const auto start = std::chrono::steady_clock::now();
     int acknowledged = 0;
     int64_t worst_convergence = 0;
-    uint64_t repairs = 0, handoffs = 0, resent = 0, fetches = 0;
+    uint64_t repairs = 0, handoffs = 0, resent = 0, fetches = 0, departures = 0;
     for (uint64_t seed : seeds(first, count)) {
         FleetSimConfig c = base;
         c.seed = seed;
@@ -42,6 +42,7 @@ inline void run_seeds(FleetSimConfig base, uint64_t first, int count, const char
         handoffs += r.handoffs;
         resent += r.resent;
         fetches += r.fetches;
+        departures += r.departures;
     }
     const double secs =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -51,9 +52,11 @@ inline void run_seeds(FleetSimConfig base, uint64_t first, int count, const char
         name, seeds(first, count).size(), acknowledged, static_cast<long long>(worst_convergence),
         secs);
     std::printf(
-        "%s: anti-entropy repairs %llu, hand-offs %llu, resent batches %llu, fetches %llu\n", name,
-        static_cast<unsigned long long>(repairs), static_cast<unsigned long long>(handoffs),
-        static_cast<unsigned long long>(resent), static_cast<unsigned long long>(fetches));
+        "%s: anti-entropy repairs %llu, hand-offs %llu, resent batches %llu, fetches %llu, "
+        "departures noted %llu\n",
+        name, static_cast<unsigned long long>(repairs), static_cast<unsigned long long>(handoffs),
+        static_cast<unsigned long long>(resent), static_cast<unsigned long long>(fetches),
+        static_cast<unsigned long long>(departures));
     if (expect_every_path && seeds(first, count).size() > 1) {
         EXPECT_GT(repairs, 0u)
             << "no run needed anti-entropy: the faults are too gentle to test it";
@@ -61,6 +64,7 @@ inline void run_seeds(FleetSimConfig base, uint64_t first, int count, const char
             << "no run handed a session off: membership changes are not exercised";
         EXPECT_GT(resent, 0u) << "no batch was ever resent: losses are not exercised";
         EXPECT_GT(fetches, 0u) << "no fetch-on-miss happened";
+        EXPECT_GT(departures, 0u) << "no drained node announced its departure";
     }
     EXPECT_GT(acknowledged, 0)
         << "the workload acknowledged nothing: the simulation checked nothing";
