@@ -44,6 +44,10 @@ class ReplicatedSessionStore final : public state::SessionStore {
     Status apply(std::string_view id, std::string_view delta) override {
         return local_.apply(id, delta);
     }
+    std::vector<Status> apply_all(
+        const std::vector<std::pair<std::string_view, std::string_view>>& items) override {
+        return local_.apply_all(items);
+    }
     bool deleted(std::string_view id) override { return local_.deleted(id); }
     std::vector<state::SessionVersion> list_versions() override { return local_.list_versions(); }
     uint64_t subscribe(Subscriber subscriber) override {

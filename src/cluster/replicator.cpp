@@ -402,11 +402,19 @@ void Replicator::receive(std::string_view frame) {
     Completions done;
     // Deltas are applied without the replicator's lock: the store is
     // thread-safe and an apply waits for an fsync.
+    // A whole batch is made durable together (one group commit, not one per session).
     std::vector<Status> applied;
     if (m.kind == MessageKind::kDeltas) {
-        for (const auto& d : m.deltas) {
-            applied.push_back(d.delta.empty() ? Status{} : store_.apply(d.session_id, d.delta));
+        std::vector<std::pair<std::string_view, std::string_view>> items;
+        std::vector<size_t> at;
+        for (size_t i = 0; i < m.deltas.size(); ++i) {
+            if (m.deltas[i].delta.empty()) continue;
+            items.emplace_back(m.deltas[i].session_id, m.deltas[i].delta);
+            at.push_back(i);
         }
+        applied.assign(m.deltas.size(), Status{});
+        auto results = store_.apply_all(items);
+        for (size_t k = 0; k < at.size(); ++k) applied[at[k]] = std::move(results[k]);
     }
     {
         std::lock_guard<std::mutex> lock(mu_);

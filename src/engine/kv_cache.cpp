@@ -16,12 +16,11 @@ Result<KvCache> KvCache::create(const KvCacheShape& shape) {
     c.row_bytes_ = shape.n_head_kv * shape.head_dim * dtype_block_bytes(shape.type);
     c.block_bytes_ = c.row_bytes_ * shape.block_tokens;
     const size_t total = c.block_bytes_ * shape.n_layer * 2 * shape.n_blocks;
-    try {
-        c.storage_.resize(total);
-    } catch (const std::bad_alloc&) {
+    c.storage_.reset(static_cast<uint8_t*>(std::calloc(total, 1)));
+    if (!c.storage_)
         return make_error(ErrorCode::kResourceExhausted,
                           fmt::format("cannot allocate {} MiB for the KV cache", total >> 20));
-    }
+    c.storage_bytes_ = total;
     c.refcount_.assign(shape.n_blocks, 0);
     c.free_.reserve(shape.n_blocks);
     for (size_t b = shape.n_blocks; b-- > 0;) c.free_.push_back(static_cast<int32_t>(b));

@@ -208,8 +208,9 @@ void DurableSessionStore::group_commit_loop() {
     sync_cv_.notify_all();
 }
 
-Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
-                                    std::unique_lock<std::mutex>& lock) {
+Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id, Entry& entry,
+                                                      const crdt::VersionVector& before,
+                                                      std::unique_lock<std::mutex>& lock) {
     crdt::Document& doc = entry.doc->doc();
     rocksdb::WriteBatch batch;
     const uint64_t seq = entry.next_seq++;
@@ -227,6 +228,12 @@ Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crd
     // wait for the fsync happens without it.
     auto ticket = write_batch(&batch);
     lock.unlock();
+    return ticket;
+}
+
+Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
+                                    std::unique_lock<std::mutex>& lock) {
+    auto ticket = persist_unsynced(id, entry, before, lock);
     if (!ticket.ok()) return ticket.error();
     return wait_synced(*ticket);
 }
@@ -359,12 +366,15 @@ Result<std::string> DurableSessionStore::changes_since(std::string_view id, cons
     return std::string(1, static_cast<char>(kEnvelopeDelta)) + entry->doc->doc().changes_since(since);
 }
 
-Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
+Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket,
+                                           Applied& applied) {
+    ticket = 0;
+    applied = Applied::kNothing;
     if (auto st = validate_id(id); !st.ok()) return st;
     if (delta.empty() || (delta[0] != kEnvelopeDelta && delta[0] != kEnvelopeTombstone)) {
         return make_error(ErrorCode::kCorrupt, "session store: not a session delta");
     }
-    if (delta[0] == kEnvelopeTombstone) return remove(id);
+    if (delta[0] == kEnvelopeTombstone) return remove(id);  // synced (and notified) itself
     if (is_deleted(id)) return {};  // deleted for good: late changes are dropped
     delta.remove_prefix(1);
     std::shared_ptr<Entry> entry = find(id);
@@ -392,10 +402,45 @@ Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
             by_tenant_[entry->tenant].insert(std::string(id));
         }
     }
-    auto ps = persist(id, *entry, before, lock);
-    if (!ps.ok()) return ps;
-    notify(created ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged, id, true);
+    auto written = persist_unsynced(id, *entry, before, lock);
+    if (!written.ok()) return written.error();
+    ticket = *written;
+    applied = created ? Applied::kCreated : Applied::kChanged;
     return {};
+}
+
+Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
+    uint64_t ticket = 0;
+    Applied applied = Applied::kNothing;
+    if (auto st = apply_unsynced(id, delta, ticket, applied); !st.ok()) return st;
+    if (applied == Applied::kNothing) return {};
+    if (auto st = wait_synced(ticket); !st.ok()) return st;
+    notify(applied == Applied::kCreated ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged, id, true);
+    return {};
+}
+
+std::vector<Status> DurableSessionStore::apply_all(
+    const std::vector<std::pair<std::string_view, std::string_view>>& items) {
+    std::vector<Status> out(items.size());
+    std::vector<Applied> applied(items.size(), Applied::kNothing);
+    uint64_t last = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+        uint64_t ticket = 0;
+        out[i] = apply_unsynced(items[i].first, items[i].second, ticket, applied[i]);
+        last = std::max(last, ticket);
+    }
+    // Tickets are handed out in order: the last one synced covers them all.
+    const Status synced = wait_synced(last);
+    for (size_t i = 0; i < items.size(); ++i) {
+        if (applied[i] == Applied::kNothing) continue;
+        if (!synced.ok()) {
+            out[i] = synced;
+            continue;
+        }
+        notify(applied[i] == Applied::kCreated ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged,
+               items[i].first, true);
+    }
+    return out;
 }
 
 bool DurableSessionStore::deleted(std::string_view id) { return is_deleted(id); }

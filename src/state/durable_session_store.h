@@ -63,6 +63,9 @@ public:
     Result<crdt::VersionVector> version(std::string_view id) override;
     Result<std::string> changes_since(std::string_view id, const crdt::VersionVector& since) override;
     Status apply(std::string_view id, std::string_view delta) override;
+    // Writes every delta, then waits for one fsync covering them all.
+    std::vector<Status> apply_all(
+        const std::vector<std::pair<std::string_view, std::string_view>>& items) override;
     bool deleted(std::string_view id) override;
     std::vector<SessionVersion> list_versions() override;
     uint64_t subscribe(Subscriber subscriber) override;
@@ -86,6 +89,12 @@ private:
     // Logs the doc's changes since `before` (the entry lock held), then waits until durable.
     Status persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
                    std::unique_lock<std::mutex>& lock);
+    // persist() without the wait: the group-commit ticket to wait for (0: synced already).
+    Result<uint64_t> persist_unsynced(std::string_view id, Entry& entry, const crdt::VersionVector& before,
+                                      std::unique_lock<std::mutex>& lock);
+    // apply() up to the write; `ticket` is what to wait for, `event` whether to notify (and how).
+    enum class Applied { kNothing, kCreated, kChanged };
+    Status apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket, Applied& applied);
     Status write_durably(void* batch);
     Result<uint64_t> write_batch(void* batch);  // a group-commit ticket (0: already synced)
     Status wait_synced(uint64_t ticket);

@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -72,6 +73,16 @@ public:
     virtual Result<crdt::VersionVector> version(std::string_view id) = 0;
     virtual Result<std::string> changes_since(std::string_view id, const crdt::VersionVector& since) = 0;
     virtual Status apply(std::string_view id, std::string_view delta) = 0;
+    // Several deltas at once (a replication batch): one status per item, in
+    // order, each as apply() would return it. A store may make them durable
+    // together (one fsync) instead of one after the other.
+    virtual std::vector<Status> apply_all(
+        const std::vector<std::pair<std::string_view, std::string_view>>& items) {
+        std::vector<Status> out;
+        out.reserve(items.size());
+        for (const auto& [id, delta] : items) out.push_back(apply(id, delta));
+        return out;
+    }
     // Deleted for good (a tombstone is held).
     virtual bool deleted(std::string_view id) = 0;
     // Every session held, deleted ones included, sorted by id: anti-entropy

@@ -152,6 +152,52 @@ TEST_F(SessionStoreTest, DeletionIsReplicatedAndPermanent) {
     EXPECT_EQ(a->session_count(), 0u);
 }
 
+TEST_F(SessionStoreTest, ApplyAllAppliesABatchDurablyWithOneStatusPerItem) {
+    auto numbered = [](const char* prefix, int i) {
+        std::string out(prefix);
+        out.append(std::to_string(i));
+        return out;
+    };
+    auto a = open("a", 1);
+    auto b = open("b", 2);
+    std::vector<std::string> deltas;
+    for (int i = 0; i < 20; ++i) {
+        const std::string id = numbered("s", i);
+        ASSERT_TRUE(a->create(id, "acme", "t").ok());
+        ASSERT_TRUE(a->append_message(id, {"user", numbered("hello ", i)}).ok());
+        deltas.push_back(a->changes_since(id, {}).value());
+    }
+    ASSERT_TRUE(a->remove("s3").ok());
+    const std::string tombstone = a->changes_since("s3", {}).value();
+    int created = 0;
+    const uint64_t sub = b->subscribe([&](const SessionEvent& e) {
+        if (e.remote && e.kind == SessionEvent::Kind::kCreated) ++created;
+    });
+    std::vector<std::string> ids;
+    for (int i = 0; i < 20; ++i) ids.push_back(numbered("s", i));
+    std::vector<std::pair<std::string_view, std::string_view>> items;
+    for (int i = 0; i < 20; ++i) items.emplace_back(ids[i], deltas[i]);
+    items.emplace_back("bad", "");                // not a delta
+    items.emplace_back(ids[0], deltas[0]);        // a duplicate: nothing new, still ok
+    items.emplace_back(ids[3], tombstone);        // a deletion inside the batch
+    const auto st = b->apply_all(items);
+    ASSERT_EQ(st.size(), items.size());
+    for (size_t i = 0; i < 20; ++i) EXPECT_TRUE(st[i].ok()) << i;
+    EXPECT_EQ(st[20].error().code, ErrorCode::kCorrupt);
+    EXPECT_TRUE(st[21].ok());
+    EXPECT_TRUE(st[22].ok());
+    EXPECT_EQ(created, 20) << "each new session notified once, after it is durable";
+    b->unsubscribe(sub);
+    EXPECT_TRUE(b->deleted("s3"));
+    EXPECT_EQ(b->get("s7").value().messages.at(0).content, "hello 7");
+    // Durable: a restart replays all of it.
+    b.reset();
+    b = open("b", 2);
+    EXPECT_EQ(b->session_count(), 19u);
+    EXPECT_EQ(b->get("s19").value().messages.at(0).content, "hello 19");
+    EXPECT_EQ(b->version("s5").value(), a->version("s5").value());
+}
+
 TEST_F(SessionStoreTest, RejectsCorruptDeltas) {
     auto a = open("a", 1);
     EXPECT_EQ(a->apply("s1", "").error().code, ErrorCode::kCorrupt);
