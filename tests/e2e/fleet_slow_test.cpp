@@ -426,11 +426,11 @@ TEST_F(FleetTest, SigtermDrainsFiftyStreamsRetriesElsewhereSeeNoFailureAndPeersS
     // Room for every stream at once (sequences and KV cache); a suspicion
     // timeout far beyond the test, so only the departure announcement can
     // take node 0 out of placement.
-    ASSERT_NO_FATAL_FAILURE(start_fleet({"--max-running", "64", "--kv-cache-tokens", "32768",
+    ASSERT_NO_FATAL_FAILURE(start_fleet({"--max-running", "64", "--kv-cache-tokens", "65536",
                                          "--peer-suspect-ms", "60000", "--drain-grace-s", "60"}));
     LocalFleet& f = *fleet_;
     constexpr int kStreams = 50;
-    constexpr int kTokens = 300;
+    constexpr int kTokens = 800;
     std::atomic<int> started{0}, finished{0}, failed{0}, retried{0};
     std::atomic<bool> terminated{false};
     std::mutex mu;
