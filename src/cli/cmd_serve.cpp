@@ -180,6 +180,7 @@ serve::ClusterFigures cluster_figures(cluster::FleetNode& node) {
     f.repairs_pushed = st.repairs_pushed;
     f.repairs_pulled = st.repairs_pulled;
     f.handoffs_confirmed = st.handoffs_confirmed;
+    f.deltas_applied = st.deltas_applied;
     f.batches_resent = st.batches_resent;
     f.write_ack_timeouts = st.ack_timeouts;
     for (const auto& s : node.take_lag_samples()) f.lag.emplace_back(s.seconds, s.operations);

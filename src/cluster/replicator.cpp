@@ -52,6 +52,17 @@ bool covers(const SessionState& have, const SessionState& want) {
     return have.kind == SessionState::Kind::kLive && have.version.dominates(want.version);
 }
 
+// What each session's batches on their way to a peer carry (the newest state
+// sent): a session whose whole local state is already in flight needs no push.
+std::map<std::string, SessionState> in_flight_states(
+    const std::map<uint64_t, std::vector<SessionState>*>& batches) {
+    std::map<std::string, SessionState> out;
+    for (const auto& [id, sent] : batches) {
+        for (const auto& s : *sent) out[s.session_id] = s;  // later batches carry newer states
+    }
+    return out;
+}
+
 }  // namespace
 
 Status validate(const ReplicationOptions& o) {
@@ -215,12 +226,17 @@ size_t Replicator::unhanded() const {
 }
 
 Replicator::SessionCounts Replicator::session_counts() const {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<NodeId> members;
+    {
+        // Only the members under the lock: a scrape must not hold up replication.
+        std::lock_guard<std::mutex> lock(mu_);
+        members = members_;
+    }
     SessionCounts c;
     for (const auto& v : store_.list_versions()) {
         if (v.deleted || v.version.empty()) continue;
         ++c.held;
-        if (owns(place_replicas(v.id, members_, options_.replication_factor), identity_.node_id))
+        if (owns(place_replicas(v.id, members, options_.replication_factor), identity_.node_id))
             ++c.replicated;
     }
     return c;
@@ -673,6 +689,9 @@ void Replicator::on_summary(const Message& m) {
     for (const auto& [batch, f] : link.inflight) {
         for (const auto& s : f.sent) on_the_way.insert(s.session_id);
     }
+    std::map<uint64_t, std::vector<SessionState>*> batches;
+    for (auto& [id, f] : link.inflight) batches[id] = &f.sent;
+    const auto in_flight = in_flight_states(batches);
     Message pull;
     pull.kind = MessageKind::kPull;
     for (const auto& [id, mine] : ours) {
@@ -680,8 +699,11 @@ void Replicator::on_summary(const Message& m) {
         const SessionState other =
             t != theirs.end() ? t->second : SessionState{id, SessionState::Kind::kMissing, {}};
         if (!covers(other, mine)) {
-            link.known[id] = other;
-            link.pending.insert(id);
+            const auto f = in_flight.find(id);
+            if (f == in_flight.end() || !covers(f->second, mine)) {  // else a batch carries it all
+                link.known[id] = other;
+                link.pending.insert(id);
+            }
             if (!on_the_way.count(id)) ++stats_.repairs_pushed;
         }
         if (!covers(mine, other)) {
@@ -705,6 +727,9 @@ void Replicator::on_summary(const Message& m) {
 
 void Replicator::on_pull(const Message& m) {
     auto& link = links_[m.from];
+    std::map<uint64_t, std::vector<SessionState>*> batches;
+    for (auto& [id, f] : link.inflight) batches[id] = &f.sent;
+    const auto on_the_way = in_flight_states(batches);
     Message missing;
     missing.kind = MessageKind::kDeltas;  // id 0: not acknowledged
     Message up_to_date;                   // a refresh's answer when there is nothing to push
@@ -719,6 +744,11 @@ void Replicator::on_pull(const Message& m) {
             up_to_date.states.push_back(mine);
             continue;
         }
+        // Already on its way in full (a join pulls everything while the first
+        // pushes are still in flight): the batch answers it; its ack timeout
+        // re-sends it if lost.
+        if (auto f = on_the_way.find(want.session_id); f != on_the_way.end() && covers(f->second, mine))
+            continue;
         link.known[want.session_id] = want;
         link.pending.insert(want.session_id);
     }

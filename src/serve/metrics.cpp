@@ -193,6 +193,8 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
     refreshes_.counter = counter("assistd_read_refreshes_total",
                                  "Reads that heard from other replicas first (quorum reads, copies outside the replica set)");
     handoffs_.counter = counter("assistd_handoffs_confirmed_total", "Sessions a replica confirmed holding after a hand-off");
+    deltas_applied_.counter = counter("assistd_replication_deltas_applied_total",
+                                      "Session deltas received from peers and applied (duplicates included)");
     batches_resent_.counter = counter("assistd_replication_batches_resent_total", "Batches not acknowledged in time, sent again");
     write_ack_timeouts_.counter = counter("assistd_replication_ack_timeouts_total",
                                           "Changes whose replica acknowledgements did not arrive in time (503)");
@@ -217,6 +219,7 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         repairs_pushed_.advance(c.repairs_pushed);
         repairs_pulled_.advance(c.repairs_pulled);
         handoffs_.advance(c.handoffs_confirmed);
+        deltas_applied_.advance(c.deltas_applied);
         batches_resent_.advance(c.batches_resent);
         write_ack_timeouts_.advance(c.write_ack_timeouts);
     }

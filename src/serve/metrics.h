@@ -37,6 +37,7 @@ struct ClusterFigures {
     uint64_t refreshes = 0;  // reads that heard from other replicas first (quorum, or a copy outside the set)
     uint64_t repairs_pushed = 0, repairs_pulled = 0;
     uint64_t handoffs_confirmed = 0;
+    uint64_t deltas_applied = 0;  // session deltas received from peers and applied (duplicates too)
     uint64_t batches_resent = 0;
     uint64_t write_ack_timeouts = 0;
     // Acknowledged batches since the last scrape: seconds in flight, CRDT operations carried.
@@ -103,7 +104,8 @@ private:
     prometheus::Gauge* unacknowledged_sessions_ = nullptr;
     prometheus::Histogram* replication_lag_seconds_ = nullptr;
     prometheus::Histogram* replication_lag_operations_ = nullptr;
-    TotalCounter fetches_, refreshes_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_;
+    TotalCounter fetches_, refreshes_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_,
+        deltas_applied_;
     std::mutex totals_mu_;
     TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
         prompt_tokens_prefilled_;

@@ -620,12 +620,14 @@ TEST_F(FleetTest, ANodeJoiningAFleetTakesOverItsReplicaSet) {
         if (std::find(reps.begin(), reps.end(), joiner) != reps.end()) ++expected;
     }
     double held = 0;
-    const bool complete = eventually(
-        [&] {
-            held = metric(f.port(3), "assistd_cluster_sessions_replicated");
-            return held >= static_cast<double>(expected);
-        },
-        std::chrono::seconds(600));
+    bool complete = false;
+    // Every 50 ms: a scrape lists every session, and must not be the load.
+    for (const auto until = Clock::now() + std::chrono::seconds(600);
+         !complete && Clock::now() < until;) {
+        held = metric(f.port(3), "assistd_cluster_sessions_replicated");
+        complete = held >= static_cast<double>(expected);
+        if (!complete) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
     const double held_ms = ms_since(t0);
     EXPECT_TRUE(complete) << "the new node holds " << held << " of its " << expected
                           << " sessions\n"
@@ -644,8 +646,9 @@ TEST_F(FleetTest, ANodeJoiningAFleetTakesOverItsReplicaSet) {
     std::printf(
         "scale-out join: 3 nodes holding %d sessions (created in %.1f s, %.0f/s); the 4th node "
         "is ready %.0f ms after its start and holds its replica set (%zu sessions) %.0f ms after "
-        "it\n",
-        sessions, create_s, sessions / create_s, ready_ms, expected, held_ms);
+        "it (%.0f deltas applied)\n",
+        sessions, create_s, sessions / create_s, ready_ms, expected, held_ms,
+        metric(f.port(3), "assistd_replication_deltas_applied_total"));
 }
 
 TEST_F(FleetTest, ReadinessWaitsUntilThePeersAnswerBoundedByTheJoinWait) {
