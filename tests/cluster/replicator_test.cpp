@@ -149,6 +149,92 @@ TEST_F(ReplicatorTest, WithNoReplicaReachableTheWaitTimesOutWithAClearMessage) {
     EXPECT_TRUE(nodes_[1]->store->get("s1").ok());
 }
 
+// A partition: every node ticks, but frames from or to `isolated` are lost.
+void settle_partitioned(ManualClock& clock, std::vector<std::unique_ptr<TestNode>>& nodes,
+                        std::deque<Sent>& queue, const std::string& isolated, int ticks) {
+    for (int i = 0; i < ticks; ++i) {
+        clock.advance_ms(50);
+        for (auto& n : nodes) n->replicator->tick();
+        for (int guard = 0; guard < 100000 && !queue.empty(); ++guard) {
+            Sent s = std::move(queue.front());
+            queue.pop_front();
+            if (s.to == isolated || s.from == isolated) continue;
+            for (auto& n : nodes) {
+                if (n->address == s.to) n->replicator->receive(s.bytes);
+            }
+        }
+    }
+}
+
+TEST_F(ReplicatorTest, DegradedWritesKeepANodeCutOffFromItsReplicasAcknowledging) {
+    ReplicationOptions o;
+    o.degraded_writes = true;
+    make_fleet(3, o);
+    auto& a = *nodes_[0];
+    auto& b = *nodes_[1];
+    const std::string cut = a.address;
+    // n0 is cut off. A write there waits while its peers are merely silent...
+    ASSERT_TRUE(a.store->create("isolated", "t", "x").ok());
+    a.replicator->flush();
+    std::optional<Status> result;
+    a.replicator->await_replication("isolated", a.store->version("isolated").value(), 5000,
+                                    [&](Status st) { result = st; });
+    settle_partitioned(clock_, nodes_, queue_, cut, 10);
+    EXPECT_FALSE(result) << "peers silent for 500 ms are not suspect yet";
+    // ... and is acknowledged once they turn suspect (suspect_after_ms 1000).
+    settle_partitioned(clock_, nodes_, queue_, cut, 15);
+    ASSERT_TRUE(result);
+    EXPECT_TRUE(result->ok()) << result->error().message;
+    EXPECT_EQ(a.replicator->stats().degraded_acks, 1u);
+    // Later writes there are acknowledged at once.
+    ASSERT_TRUE(a.store->append_message("isolated", {"user", "alone"}).ok());
+    result.reset();
+    a.replicator->await_replication("isolated", a.store->version("isolated").value(), 5000,
+                                    [&](Status st) { result = st; });
+    ASSERT_TRUE(result);
+    EXPECT_TRUE(result->ok());
+    EXPECT_EQ(a.replicator->stats().degraded_acks, 2u);
+    // The majority side still gets its sync ack from a live replica: not degraded.
+    ASSERT_TRUE(b.store->create("majority", "t", "y").ok());
+    b.replicator->flush();
+    result.reset();
+    b.replicator->await_replication("majority", b.store->version("majority").value(), 5000,
+                                    [&](Status st) { result = st; });
+    EXPECT_FALSE(result) << "waits for n2's ack";
+    settle_partitioned(clock_, nodes_, queue_, cut, 1);
+    ASSERT_TRUE(result);
+    EXPECT_TRUE(result->ok());
+    EXPECT_EQ(b.replicator->stats().degraded_acks, 0u);
+    EXPECT_FALSE(nodes_[2]->store->get("isolated").ok()) << "nothing crossed the cut";
+    // Healed: both sides' writes reach every node.
+    settle(30);
+    for (auto& n : nodes_) {
+        for (const char* id : {"isolated", "majority"}) {
+            auto s = n->store->get(id);
+            ASSERT_TRUE(s.ok()) << n->address << " " << id;
+            EXPECT_EQ(n->store->version(id).value(), a.store->version(id).value());
+        }
+        EXPECT_EQ(n->store->get("isolated")->messages.size(), 1u);
+    }
+}
+
+TEST_F(ReplicatorTest, WithoutDegradedWritesANodeCutOffFailsItsWritesAtTheDeadline) {
+    make_fleet(3, ReplicationOptions{});
+    auto& a = *nodes_[0];
+    ASSERT_TRUE(a.store->create("isolated", "t", "x").ok());
+    a.replicator->flush();
+    std::optional<Status> result;
+    a.replicator->await_replication("isolated", a.store->version("isolated").value(), 2000,
+                                    [&](Status st) { result = st; });
+    settle_partitioned(clock_, nodes_, queue_, a.address, 30);
+    EXPECT_FALSE(result) << "suspect peers do not lower sync_acks";
+    settle_partitioned(clock_, nodes_, queue_, a.address, 15);
+    ASSERT_TRUE(result);
+    ASSERT_FALSE(result->ok());
+    EXPECT_NE(result->error().message.find("0 of 1"), std::string::npos) << result->error().message;
+    EXPECT_EQ(a.replicator->stats().degraded_acks, 0u);
+}
+
 TEST_F(ReplicatorTest, BackPressureBoundsWhatIsInFlightPerPeer) {
     ReplicationOptions o;
     o.max_batch_bytes = 1000;
