@@ -1,7 +1,8 @@
 // The gRPC transport reaches a peer soon after it becomes reachable, however
 // long it was away: a partition that heals must not wait for gRPC's default
-// reconnect backoff (1 s growing 1.6x up to 120 s; after 8 s away the next
-// attempt is 3-4 s off). docs/cluster.md, "Partitions".
+// reconnect backoff (1 s growing 1.6x, +-20 %, up to 120 s: after 12 s away
+// the next attempt is seconds off; 3.5 s and 5.6 s were measured here with
+// gRPC's defaults). docs/cluster.md, "Partitions".
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -46,9 +47,9 @@ TEST(GrpcReconnect, APeerAwayForSecondsIsReachedWithinASecondOfComingBack) {
     ASSERT_NE(port, 0);
     const std::string address = "127.0.0.1:" + std::to_string(port);
 
-    // 8 s of sending to nobody (connections refused), a frame every 50 ms
-    // like heartbeats: gRPC's default backoff would have grown past 3 s.
-    const auto away_until = Clock::now() + std::chrono::seconds(8);
+    // 12 s of sending to nobody (connections refused), a frame every 50 ms
+    // like heartbeats: gRPC's default backoff would have grown past 4 s.
+    const auto away_until = Clock::now() + std::chrono::seconds(12);
     int sent = 0;
     while (Clock::now() < away_until) {
         (*sender)->send(address, "hello " + std::to_string(sent++));
@@ -71,7 +72,7 @@ TEST(GrpcReconnect, APeerAwayForSecondsIsReachedWithinASecondOfComingBack) {
         (*sender)->send(address, "hello " + std::to_string(sent++));
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    std::printf("first frame %lld ms after the peer came back (8 s away)\n",
+    std::printf("first frame %lld ms after the peer came back (12 s away)\n",
                 static_cast<long long>(first_ms.load()));
     ASSERT_GE(first_ms.load(), 0) << "no frame within 10 s of the peer coming back";
     // Reconnect backoff at most 500 ms, plus the stream's start; loose for a loaded machine.
