@@ -344,10 +344,10 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     if (fleet)
         std::fprintf(stderr,
                      "assistd serve: fleet node %s (incarnation %llu) at %s (peer port %d); peers %s; "
-                     "replication factor %d, sync acks %d\n",
+                     "replication factor %d, sync acks %d (degraded writes %s)\n",
                      fleet->node_name().c_str(), static_cast<unsigned long long>(fleet->identity().incarnation),
                      fleet->advertise_address().c_str(), fleet->peer_port(), o.peers.c_str(), o.replication_factor,
-                     o.sync_acks);
+                     o.sync_acks, o.degraded_writes ? "on" : "off");
 #endif
     if (keys->empty()) {
         std::fprintf(stderr,

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <rocksdb/env.h>
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -218,6 +219,47 @@ TEST_F(ReplicatorTest, DegradedWritesKeepANodeCutOffFromItsReplicasAcknowledging
     }
 }
 
+TEST_F(ReplicatorTest, AReplicaCutOffTakesASessionNoReachableReplicaHoldsAsNew) {
+    ReplicationOptions o;
+    o.degraded_writes = true;
+    o.replication_factor = 2;  // of 3 nodes: n0 replicates some sessions, not others
+    make_fleet(3, o);
+    auto& a = *nodes_[0];
+    const NodeId self = 100;
+    std::string mine, other;
+    for (int i = 0; mine.empty() || other.empty(); ++i) {
+        const std::string id = fmt::format("new{}", i);
+        const auto reps = a.replicator->replicas(id);
+        (std::find(reps.begin(), reps.end(), self) != reps.end() ? mine : other) = id;
+    }
+    std::optional<Status> got_mine, got_other;
+    a.replicator->fetch(mine, 5000, [&](Status st) { got_mine = st; });
+    a.replicator->fetch(other, 5000, [&](Status st) { got_other = st; });
+    settle_partitioned(clock_, nodes_, queue_, a.address, 10);
+    EXPECT_FALSE(got_mine) << "the other replica is silent, not suspect yet";
+    settle_partitioned(clock_, nodes_, queue_, a.address, 15);
+    // A replica whose fellow replica is suspect: not found, so a session may start here.
+    ASSERT_TRUE(got_mine);
+    ASSERT_FALSE(got_mine->ok());
+    EXPECT_EQ(got_mine->error().code, ErrorCode::kNotFound);
+    EXPECT_NE(got_mine->error().message.find("taken as new"), std::string::npos)
+        << got_mine->error().message;
+    // Not a replica: the session may well exist on its replicas; no answer is not "absent".
+    EXPECT_FALSE(got_other) << "still waiting for the deadline";
+    settle_partitioned(clock_, nodes_, queue_, a.address, 80);
+    ASSERT_TRUE(got_other);
+    EXPECT_EQ(got_other->error().code, ErrorCode::kResourceExhausted) << got_other->error().message;
+    // Asked again once the peers are known to be down: answered at once.
+    got_mine.reset();
+    got_other.reset();
+    a.replicator->fetch(mine, 5000, [&](Status st) { got_mine = st; });
+    a.replicator->fetch(other, 5000, [&](Status st) { got_other = st; });
+    ASSERT_TRUE(got_mine);
+    EXPECT_EQ(got_mine->error().code, ErrorCode::kNotFound);
+    ASSERT_TRUE(got_other);
+    EXPECT_EQ(got_other->error().code, ErrorCode::kResourceExhausted);
+}
+
 TEST_F(ReplicatorTest, WithoutDegradedWritesANodeCutOffFailsItsWritesAtTheDeadline) {
     make_fleet(3, ReplicationOptions{});
     auto& a = *nodes_[0];
@@ -233,6 +275,11 @@ TEST_F(ReplicatorTest, WithoutDegradedWritesANodeCutOffFailsItsWritesAtTheDeadli
     ASSERT_FALSE(result->ok());
     EXPECT_NE(result->error().message.find("0 of 1"), std::string::npos) << result->error().message;
     EXPECT_EQ(a.replicator->stats().degraded_acks, 0u);
+    // Nor is a session none of the (suspect) replicas answered for taken as new.
+    std::optional<Status> fetched;
+    a.replicator->fetch("unknown", 1000, [&](Status st) { fetched = st; });
+    ASSERT_TRUE(fetched);
+    EXPECT_EQ(fetched->error().code, ErrorCode::kResourceExhausted) << fetched->error().message;
 }
 
 TEST_F(ReplicatorTest, BackPressureBoundsWhatIsInFlightPerPeer) {
