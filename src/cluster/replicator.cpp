@@ -334,8 +334,10 @@ void Replicator::receive(std::string_view frame) {
                 members_changed();
             return;
         }
-        if (membership_.heard(m.from_address, m.from, now_ms(), changed))
+        if (membership_.heard(m.from_address, m.from, now_ms(), changed)) {
             reconnected_.insert(m.from);
+            spdlog::info("cluster: peer {:016x} at {} is live", m.from, m.from_address);
+        }
         if (changed) members_changed();
         switch (m.kind) {
             case MessageKind::kHeartbeat:
@@ -649,7 +651,9 @@ void Replicator::tick() {
                 spdlog::warn("cluster: {}; keeping the last known peers", found.error().message);
             }
         }
-        membership_.update_health(now);
+        for (NodeId p : membership_.update_health(now))
+            spdlog::warn("cluster: peer {:016x} is suspect (not heard from for {} ms)", p,
+                         options_.suspect_after_ms);
         if (now >= next_heartbeat_ms_) {
             next_heartbeat_ms_ = now + options_.heartbeat_interval_ms;
             for (const auto& a : membership_.peer_addresses()) {

@@ -75,7 +75,7 @@ TEST(GrpcReconnect, APeerAwayForSecondsIsReachedWithinASecondOfComingBack) {
     std::printf("first frame %lld ms after the peer came back (12 s away)\n",
                 static_cast<long long>(first_ms.load()));
     ASSERT_GE(first_ms.load(), 0) << "no frame within 10 s of the peer coming back";
-    // Reconnect backoff at most 500 ms, plus the stream's start; loose for a loaded machine.
+    // Reconnect backoff at most 250 ms, plus the stream's start; loose for a loaded machine.
     EXPECT_LT(first_ms.load(), 1500);
     (*receiver)->set_handler(nullptr);
 }
