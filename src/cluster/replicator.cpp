@@ -767,7 +767,8 @@ bool Replicator::cut_off_replica(const std::string& session_id,
                                  const std::set<NodeId>& missing) const {
     if (!options_.degraded_writes) return false;
     const auto reps = place_replicas(session_id, members_, options_.replication_factor);
-    if (!owns(reps, identity_.node_id)) return false;  // another replica may hold it: not ours to say
+    if (!owns(reps, identity_.node_id))
+        return false;  // another replica may hold it: not ours to say
     bool any_suspect = false;
     for (NodeId p : reps) {
         if (p == identity_.node_id || missing.count(p)) continue;
@@ -793,7 +794,8 @@ size_t Replicator::acks_reachable(const std::string& session_id) const {
     const auto reps = place_replicas(session_id, members_, options_.replication_factor);
     const size_t peers = membership_.discovered_peer_count();
     const size_t r = static_cast<size_t>(options_.replication_factor);
-    const size_t possible = owns(reps, identity_.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
+    const size_t possible =
+        owns(reps, identity_.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
     size_t suspect = 0;
     for (NodeId p : reps) {
         if (p != identity_.node_id && membership_.health(p) == PeerHealth::kSuspect) ++suspect;

@@ -179,8 +179,8 @@ class Replicator {
         std::string session_id;
         state::crdt::VersionVector target;
         bool deleted = false;  // waiting for the tombstone to replicate
-        size_t needed = 0;  // lowered while replicas are suspect (degraded writes)
-        size_t wanted = 0;  // what sync_acks asks for
+        size_t needed = 0;     // lowered while replicas are suspect (degraded writes)
+        size_t wanted = 0;     // what sync_acks asks for
         std::set<NodeId> acked;
         int64_t deadline_ms = 0;
         Callback done;

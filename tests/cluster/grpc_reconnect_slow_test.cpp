@@ -63,8 +63,8 @@ TEST(GrpcReconnect, APeerAwayForSecondsIsReachedWithinASecondOfComingBack) {
     (*receiver)->set_handler([&](std::string_view) {
         int64_t expected = -1;
         first_ms.compare_exchange_strong(
-            expected, std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - back)
-                          .count());
+            expected,
+            std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - back).count());
     });
     // Keep sending (the frames queued before may have been dropped by the bounded queue).
     const auto give_up = back + std::chrono::seconds(10);

@@ -12,9 +12,9 @@
 //
 // Needs root (or CAP_NET_ADMIN + CAP_SYS_ADMIN) and `ip` (iproute2); skips
 // with a message otherwise, and without ../shared/models/stories260K.gguf.
-#include <gtest/gtest.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -24,8 +24,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -50,7 +50,7 @@ double ms_since(Clock::time_point t0) {
 // ------------------------------------------------------------ commands
 
 struct CommandResult {
-    int status = -1;  // exit status; 127: not found
+    int status = -1;     // exit status; 127: not found
     std::string output;  // stdout and stderr
 };
 
@@ -126,12 +126,14 @@ class PartitionNet {
         for (int k = 0; k < nodes_; ++k) {
             const std::string n = node_ns(k), ks = std::to_string(k);
             const std::vector<std::vector<std::string>> node_steps = {
-                {"-n", hub(), "link", "add", vb + ks, "type", "veth", "peer", "name", "eth0", "netns", n},
+                {"-n", hub(), "link", "add", vb + ks, "type", "veth", "peer", "name", "eth0",
+                 "netns", n},
                 {"-n", hub(), "link", "set", vb + ks, "master", "br0", "up"},
                 {"-n", n, "addr", "add", cluster_ip(k) + "/24", "dev", "eth0"},
                 {"-n", n, "link", "set", "eth0", "up"},
                 {"-n", n, "link", "set", "lo", "up"},
-                {"-n", hub(), "link", "add", c + ks, "type", "veth", "peer", "name", "cli", "netns", n},
+                {"-n", hub(), "link", "add", c + ks, "type", "veth", "peer", "name", "cli", "netns",
+                 n},
                 {"-n", hub(), "addr", "add", "10.98." + ks + ".1/24", "dev", c + ks},
                 {"-n", hub(), "link", "set", c + ks, "up"},
                 {"-n", n, "addr", "add", client_ip(k) + "/24", "dev", "cli"},
@@ -153,8 +155,8 @@ class PartitionNet {
     // link has no carrier and every packet over it is dropped (no error is
     // reported to the sockets); its client link stays up.
     bool set_cut(int k, bool cut, std::string& why) {
-        const std::vector<std::string> s = {"-n",  hub(), "link", "set", "vb" + std::to_string(k),
-                                            cut ? "down" : "up"};
+        const std::vector<std::string> s = {
+            "-n", hub(), "link", "set", "vb" + std::to_string(k), cut ? "down" : "up"};
         const CommandResult r = ip(s);
         if (r.status != 0) why = "`ip " + joined(s) + "` failed: " + r.output;
         return r.status == 0;
@@ -198,7 +200,8 @@ class PartitionNet {
             const pid_t owner = static_cast<pid_t>(std::atol(name.c_str() + std::strlen(kPrefix)));
             if (owner <= 0 || owner == ::getpid()) continue;
             if (::kill(owner, 0) == 0 || errno != ESRCH) continue;  // its run is still going
-            std::fprintf(stderr, "removing network namespace %s left by a crashed run\n", name.c_str());
+            std::fprintf(stderr, "removing network namespace %s left by a crashed run\n",
+                         name.c_str());
             remove_namespace(name);
         }
     }
@@ -227,7 +230,8 @@ class HubClient {
     }
 
     // One exchange with node k's HTTP port (status 0: no answer).
-    Reply http(int k, const std::string& method, const std::string& path, const std::string& body = "") {
+    Reply http(int k, const std::string& method, const std::string& path,
+               const std::string& body = "") {
         Reply out;
         std::thread t([&] {
             if (::setns(fd_, CLONE_NEWNET) != 0) return;
@@ -290,26 +294,17 @@ class NamespacedFleet {
     void start(int k) {
         const std::string ns = PartitionNet::ns_path(net_.node_ns(k));
         const std::string log = log_path(k).string();
-        std::vector<std::string> argv = {ASSISTD_BINARY,
-                                         "serve",
-                                         "--model",
-                                         model_path(),
-                                         "--threads",
-                                         "1",
-                                         "--host",
-                                         PartitionNet::client_ip(k),
-                                         "--port",
-                                         std::to_string(HubClient::kHttpPort),
-                                         "--io-threads",
-                                         "2",
-                                         "--state-dir",
-                                         (root_ / ("node" + std::to_string(k))).string(),
-                                         "--peers",
-                                         peers_,
-                                         "--listen-peer",
-                                         peer_address(k),
-                                         "--advertise-peer",
-                                         peer_address(k)};
+        std::vector<std::string> argv = {
+            ASSISTD_BINARY,     "serve",
+            "--model",          model_path(),
+            "--threads",        "1",
+            "--host",           PartitionNet::client_ip(k),
+            "--port",           std::to_string(HubClient::kHttpPort),
+            "--io-threads",     "2",
+            "--state-dir",      (root_ / ("node" + std::to_string(k))).string(),
+            "--peers",          peers_,
+            "--listen-peer",    peer_address(k),
+            "--advertise-peer", peer_address(k)};
         const pid_t pid = ::fork();
         if (pid == 0) {
             const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -377,7 +372,8 @@ double metric(const std::string& text, const std::string& name) {
     std::istringstream in(text);
     for (std::string line; std::getline(in, line);) {
         if (line.rfind(name, 0) != 0) continue;
-        if (line.size() > name.size() && line[name.size()] != ' ' && line[name.size()] != '{') continue;
+        if (line.size() > name.size() && line[name.size()] != ' ' && line[name.size()] != '{')
+            continue;
         return std::atof(line.c_str() + line.rfind(' ') + 1);
     }
     return -1;
@@ -411,9 +407,9 @@ class PartitionTest : public ::testing::Test {
     }
     void TearDown() override {
         if (HasFailure() && fleet_) std::fprintf(stderr, "%s", fleet_->logs().c_str());
-        fleet_.reset();   // the nodes first,
+        fleet_.reset();  // the nodes first,
         client_.reset();
-        net_.reset();     // then their namespaces
+        net_.reset();  // then their namespaces
     }
 
     // A turn through node k, retried on 503 (as a client honouring Retry-After
@@ -455,14 +451,17 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
     NamespacedFleet& f = *fleet_;
     for (int k = 0; k < kNodes; ++k) f.start(k);
     for (int k = 0; k < kNodes; ++k) {
-        ASSERT_TRUE(eventually([&] { return !f.running(k) || client_->http(k, "GET", "/readyz").status == 200; },
-                               std::chrono::seconds(60)) &&
-                    f.running(k))
+        ASSERT_TRUE(
+            eventually(
+                [&] { return !f.running(k) || client_->http(k, "GET", "/readyz").status == 200; },
+                std::chrono::seconds(60)) &&
+            f.running(k))
             << "node " << k << " not ready";
     }
 
     std::map<std::string, std::vector<AckedTurn>> acked;  // by session
-    auto record = [&](int side, const std::string& session, const std::string& user, const Reply& r) {
+    auto record = [&](int side, const std::string& session, const std::string& user,
+                      const Reply& r) {
         ASSERT_EQ(r.status, 200) << "side " << side << ", session " << session << ": " << r.body;
         acked[session].push_back({side, user, r.json_body()["choices"][0]["message"]["content"]});
     };
@@ -478,7 +477,8 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
     for (size_t i = 0; i < before.size(); ++i) {
         const int k = static_cast<int>(i % kNodes);
         const std::string user = "Once upon a time " + before[i];
-        ASSERT_NO_FATAL_FAILURE(record(k == kIsolated ? 1 : 0, before[i], user, turn(k, before[i], user)));
+        ASSERT_NO_FATAL_FAILURE(
+            record(k == kIsolated ? 1 : 0, before[i], user, turn(k, before[i], user)));
     }
     for (const auto& id : before)
         ASSERT_TRUE(eventually([&] { return identical_everywhere(id); }, std::chrono::seconds(10)))
@@ -499,8 +499,9 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
             int node;
             std::string session;
         };
-        const std::vector<Planned> plan = {{a, "S" + i},         {b, "M" + i},         {a, "maj" + r},
-                                           {kIsolated, "S" + i}, {kIsolated, "I" + i}, {kIsolated, "iso" + r}};
+        const std::vector<Planned> plan = {{a, "S" + i},         {b, "M" + i},
+                                           {a, "maj" + r},       {kIsolated, "S" + i},
+                                           {kIsolated, "I" + i}, {kIsolated, "iso" + r}};
         for (const auto& p : plan) {
             const int side = p.node == kIsolated ? 1 : 0;
             const std::string user = "r" + r + " side" + std::to_string(side) + " " + p.session;
@@ -510,8 +511,10 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
         std::this_thread::sleep_until(round_start + std::chrono::milliseconds(400));
     }
     // The cut was real: neither side holds what the other wrote.
-    EXPECT_TRUE(local_copy(0, "iso0").is_null()) << "the majority side got a session of the isolated node";
-    EXPECT_TRUE(local_copy(kIsolated, "maj0").is_null()) << "the isolated node got a session of the majority";
+    EXPECT_TRUE(local_copy(0, "iso0").is_null())
+        << "the majority side got a session of the isolated node";
+    EXPECT_TRUE(local_copy(kIsolated, "maj0").is_null())
+        << "the isolated node got a session of the majority";
     const std::string isolated_metrics = client_->http(kIsolated, "GET", "/metrics").body;
     EXPECT_EQ(metric(isolated_metrics, "assistd_cluster_peers_suspect"), 2) << isolated_metrics;
     EXPECT_GT(metric(isolated_metrics, "assistd_replication_degraded_writes_total"), 0);
@@ -530,7 +533,8 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
         // stay short (they all converge in the same anti-entropy round) and
         // the time is measured finely; a session found identical stays so
         // (no one writes any more).
-        while (!pending.empty() && identical_everywhere(*pending.begin())) pending.erase(pending.begin());
+        while (!pending.empty() && identical_everywhere(*pending.begin()))
+            pending.erase(pending.begin());
         if (pending.empty()) {
             converged_ms = ms_since(healed_at);
             break;
@@ -538,16 +542,22 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     std::printf(
-        "partition: node %d cut off for %.1f s; %d rounds: the majority side answered %d turns, the "
-        "isolated node %d (new sessions: %d on each side); 503s retried: %zu (the last %.0f ms after the "
+        "partition: node %d cut off for %.1f s; %d rounds: the majority side answered %d turns, "
+        "the "
+        "isolated node %d (new sessions: %d on each side); 503s retried: %zu (the last %.0f ms "
+        "after the "
         "cut)\n",
-        kIsolated, cut_ms / 1000, rounds, majority_turns, isolated_turns, rounds, retried_503_ms_.size(),
-        retried_503_ms_.empty() ? 0.0
-                                : *std::max_element(retried_503_ms_.begin(), retried_503_ms_.end()));
-    std::printf("partition: every replica of all %zu sessions identical %.0f ms after the heal "
-                "(acceptance: 2000 ms; asserted: 5000 ms)\n",
-                acked.size(), converged_ms);
-    ASSERT_GE(converged_ms, 0) << "not converged 20 s after the heal; differing: " << *pending.begin();
+        kIsolated, cut_ms / 1000, rounds, majority_turns, isolated_turns, rounds,
+        retried_503_ms_.size(),
+        retried_503_ms_.empty()
+            ? 0.0
+            : *std::max_element(retried_503_ms_.begin(), retried_503_ms_.end()));
+    std::printf(
+        "partition: every replica of all %zu sessions identical %.0f ms after the heal "
+        "(acceptance: 2000 ms; asserted: 5000 ms)\n",
+        acked.size(), converged_ms);
+    ASSERT_GE(converged_ms, 0) << "not converged 20 s after the heal; differing: "
+                               << *pending.begin();
     // Acceptance is 2 s; 5 s leaves room for the machine's load (builds alongside).
     EXPECT_LT(converged_ms, 5000);
     // Before failure detection (--peer-suspect-ms 1000) a change may wait and
@@ -575,13 +585,15 @@ TEST_F(PartitionTest, ANodeCutOffFor10SecondsKeepsServingAndTheFleetConvergesAft
             for (const auto& t : turns)
                 if (t.side == side) expected.push_back(t.user);
             for (const auto& u : users)
-                if (std::find(expected.begin(), expected.end(), u) != expected.end()) seen.push_back(u);
+                if (std::find(expected.begin(), expected.end(), u) != expected.end())
+                    seen.push_back(u);
             EXPECT_EQ(seen, expected) << id << ", side " << side;
         }
         EXPECT_EQ(users.size(), turns.size()) << id;
         for (const auto& t : turns) {
             auto a = answers.find(t.answer);
-            EXPECT_TRUE(a != answers.end()) << id << ": the answer to '" << t.user << "' is missing";
+            EXPECT_TRUE(a != answers.end())
+                << id << ": the answer to '" << t.user << "' is missing";
             if (a != answers.end()) answers.erase(a);
         }
         // A normal read on the healed isolated node gives the same document.
