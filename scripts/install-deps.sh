@@ -22,6 +22,7 @@ TEST_PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server                      # the session benchmark's side-by-side baseline
   chromium                          # the chat page's browser test (driven by playwright-core from npm)
+  iproute2                          # `ip netns`/veth/bridge for the partition test (skips without it or root)
 )
 # The JavaScript suites (openai SDK, browser) run on node >= 18 and npm; a node
 # already on the PATH (e.g. from NodeSource) is used as it is.

@@ -69,6 +69,7 @@ struct ServeOptions {
     std::string advertise_peer;        // empty: the --listen-peer address
     int replication_factor = 3;
     int sync_acks = 1;
+    bool degraded_writes = true;
     int64_t replication_ack_timeout_ms = 2000;
     int64_t fetch_timeout_ms = 1000;
     int64_t peer_heartbeat_ms = 200;
@@ -183,6 +184,7 @@ serve::ClusterFigures cluster_figures(cluster::FleetNode& node) {
     f.deltas_applied = st.deltas_applied;
     f.batches_resent = st.batches_resent;
     f.write_ack_timeouts = st.ack_timeouts;
+    f.degraded_writes = st.degraded_acks;
     for (const auto& s : node.take_lag_samples()) f.lag.emplace_back(s.seconds, s.operations);
     return f;
 }
@@ -246,6 +248,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         fo.advertise_address = o.advertise_peer;
         fo.replication.replication_factor = o.replication_factor;
         fo.replication.sync_acks = o.sync_acks;
+        fo.replication.degraded_writes = o.degraded_writes;
         fo.replication.heartbeat_interval_ms = o.peer_heartbeat_ms;
         fo.replication.suspect_after_ms = o.peer_suspect_ms;
         fo.replication.anti_entropy_interval_ms = o.anti_entropy_ms;
@@ -312,6 +315,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
 #if ASSISTD_HAVE_CLUSTER
     if (fleet) {
         rc.ready = [node = fleet.get()] { return node->joined(); };
+        rc.local_sessions = &fleet->local_store();
         node_header = fleet->node_name();
         metrics.set_cluster_source([node = fleet.get()] { return cluster_figures(*node); });
     }
@@ -345,10 +349,10 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     if (fleet)
         std::fprintf(stderr,
                      "assistd serve: fleet node %s (incarnation %llu) at %s (peer port %d); peers %s; "
-                     "replication factor %d, sync acks %d\n",
+                     "replication factor %d, sync acks %d (degraded writes %s)\n",
                      fleet->node_name().c_str(), static_cast<unsigned long long>(fleet->identity().incarnation),
                      fleet->advertise_address().c_str(), fleet->peer_port(), o.peers.c_str(), o.replication_factor,
-                     o.sync_acks);
+                     o.sync_acks, o.degraded_writes ? "on" : "off");
 #endif
     if (keys->empty()) {
         std::fprintf(stderr,
@@ -477,6 +481,10 @@ void register_serve(CLI::App& app, int& exit_code) {
         ->capture_default_str();
     cmd->add_option("--sync-acks", o->sync_acks,
                     "Replicas besides this node that must hold a change before it is acknowledged (0..R-1)")
+        ->capture_default_str();
+    cmd->add_option("--degraded-writes", o->degraded_writes,
+                    "Cut off from a session's other replicas (a partition), acknowledge its changes without "
+                    "them instead of 503 (held here alone until the partition heals) (true/false)")
         ->capture_default_str();
     cmd->add_option("--replication-ack-timeout-ms", o->replication_ack_timeout_ms,
                     "A change waits this long for --sync-acks replicas, else 503")

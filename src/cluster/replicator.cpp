@@ -441,8 +441,10 @@ void Replicator::receive(std::string_view frame) {
             return;
         }
         const uint64_t hello = m.kind == MessageKind::kHeartbeat ? m.id : 0;
-        if (membership_.heard(m.from_address, m.from, now_ms(), changed, hello))
+        if (membership_.heard(m.from_address, m.from, now_ms(), changed, hello)) {
             reconnected_.insert(m.from);
+            spdlog::info("cluster: peer {:016x} at {} is live", m.from, m.from_address);
+        }
         if (changed) members_changed();
         switch (m.kind) {
             case MessageKind::kHeartbeat:
@@ -516,6 +518,7 @@ void Replicator::note_peer_state(NodeId peer, const SessionState& state, Complet
                 it->deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, it->target};
             if (covers(state, want)) it->acked.insert(peer);
             if (it->acked.size() >= it->needed) {
+                if (it->acked.size() < it->wanted) ++stats_.degraded_acks;
                 done.push_back([cb = std::move(it->done)] { cb(Status{}); });
                 it = ack_waiters_.erase(it);
                 continue;
@@ -580,6 +583,8 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         } else if (it->missing.size() >= it->asked.size()) {
             result = make_error(ErrorCode::kNotFound,
                                 "session '" + session_id + "' does not exist on any replica");
+        } else if (cut_off_replica(session_id, it->missing)) {
+            result = taken_as_new(session_id);
         } else {
             finished = false;
         }
@@ -778,7 +783,9 @@ void Replicator::tick() {
                 spdlog::warn("cluster: {}; keeping the last known peers", found.error().message);
             }
         }
-        membership_.update_health(now);
+        for (NodeId p : membership_.update_health(now))
+            spdlog::warn("cluster: peer {:016x} is suspect (not heard from for {} ms)", p,
+                         options_.suspect_after_ms);
         if (now >= next_heartbeat_ms_) {
             next_heartbeat_ms_ = now + options_.heartbeat_interval_ms;
             for (const auto& a : membership_.peer_addresses()) {
@@ -823,12 +830,29 @@ void Replicator::tick() {
     for (auto& f : done) f();
 }
 
+void Replicator::check_ack_waiters(Completions& done) {
+    if (!options_.degraded_writes) return;
+    for (auto it = ack_waiters_.begin(); it != ack_waiters_.end();) {
+        it->needed = std::min(it->needed, acks_reachable(it->session_id));
+        if (it->acked.size() >= it->needed) {
+            if (it->acked.size() < it->wanted) ++stats_.degraded_acks;
+            done.push_back([cb = std::move(it->done)] { cb(Status{}); });
+            it = ack_waiters_.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
 bool Replicator::expire_waiters(int64_t now, Completions& done) {
     bool any = false;
-    // A refresh stops waiting for a replica that turned suspect meanwhile.
+    // A replica that turned suspect no longer holds a degraded write up.
+    check_ack_waiters(done);
+    // A refresh stops waiting for a replica that turned suspect meanwhile (so
+    // does a fetch by a replica cut off from the others, with degraded writes).
     std::set<std::string> refreshing;
     for (const auto& w : fetch_waiters_) {
-        if (w.refresh) refreshing.insert(w.session_id);
+        if (w.refresh || options_.degraded_writes) refreshing.insert(w.session_id);
     }
     for (const auto& id : refreshing) check_fetch(id, done);
     for (auto it = ack_waiters_.begin(); it != ack_waiters_.end();) {
@@ -878,6 +902,46 @@ size_t Replicator::acks_needed(const std::string& session_id) const {
     return std::min(wanted, cap);
 }
 
+bool Replicator::cut_off_replica(const std::string& session_id,
+                                 const std::set<NodeId>& missing) const {
+    if (!options_.degraded_writes) return false;
+    const auto reps = place_replicas(session_id, members_, options_.replication_factor);
+    if (!owns(reps, identity_.node_id))
+        return false;  // another replica may hold it: not ours to say
+    bool any_suspect = false;
+    for (NodeId p : reps) {
+        if (p == identity_.node_id || missing.count(p)) continue;
+        if (membership_.health(p) != PeerHealth::kSuspect) return false;  // may still answer
+        any_suspect = true;
+    }
+    return any_suspect;
+}
+
+Error Replicator::taken_as_new(const std::string& session_id) const {
+    return make_error(ErrorCode::kNotFound,
+                      "session '" + session_id +
+                          "' is on none of its reachable replicas (the others are cut off): "
+                          "taken as new");
+}
+
+size_t Replicator::acks_reachable(const std::string& session_id) const {
+    const size_t wanted = acks_needed(session_id);
+    if (!options_.degraded_writes) return wanted;
+    // The replicas there can be (as in acks_needed: peers not heard from yet
+    // count, so a node that just started still waits), less those known to be
+    // down.
+    const auto reps = place_replicas(session_id, members_, options_.replication_factor);
+    const size_t peers = membership_.discovered_peer_count();
+    const size_t r = static_cast<size_t>(options_.replication_factor);
+    const size_t possible =
+        owns(reps, identity_.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
+    size_t suspect = 0;
+    for (NodeId p : reps) {
+        if (p != identity_.node_id && membership_.health(p) == PeerHealth::kSuspect) ++suspect;
+    }
+    return std::min(wanted, possible > suspect ? possible - suspect : 0);
+}
+
 void Replicator::await_replication(std::string_view session_id, const VersionVector& version,
                                    int64_t timeout_ms, Callback done) {
     Completions completions;
@@ -889,7 +953,8 @@ void Replicator::await_replication(std::string_view session_id, const VersionVec
         w.target = version;
         // A deletion is replicated once a peer holds the tombstone.
         const bool gone = store_.deleted(w.session_id);
-        w.needed = acks_needed(w.session_id);
+        w.wanted = acks_needed(w.session_id);
+        w.needed = acks_reachable(w.session_id);
         w.deadline_ms = now_ms() + timeout_ms;
         const SessionState want{
             w.session_id, gone ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, version};
@@ -899,6 +964,7 @@ void Replicator::await_replication(std::string_view session_id, const VersionVec
             if (k != link.acked.end() && covers(k->second, want)) w.acked.insert(peer);
         }
         if (w.acked.size() >= w.needed) {
+            if (w.acked.size() < w.wanted) ++stats_.degraded_acks;
             completions.push_back([cb = std::move(done)] { cb(Status{}); });
         } else {
             w.done = std::move(done);
@@ -927,6 +993,10 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
             // No other node could hold it (a fleet of one).
             auto err =
                 make_error(ErrorCode::kNotFound, "session '" + w.session_id + "' does not exist");
+            completions.push_back([cb = std::move(done), err] { cb(err); });
+        } else if (w.asked.empty() && here.kind == SessionState::Kind::kMissing &&
+                   cut_off_replica(w.session_id, {})) {
+            auto err = taken_as_new(w.session_id);
             completions.push_back([cb = std::move(done), err] { cb(err); });
         } else if (w.asked.empty() && here.kind == SessionState::Kind::kMissing) {
             auto err = make_error(

@@ -43,6 +43,12 @@ namespace assistd::cluster {
 struct ReplicationOptions {
     int replication_factor = 3;  // R: replicas per session (all nodes when fewer)
     int sync_acks = 1;           // remote acks a write waits for (capped by the replicas there are)
+    // Degraded writes: a write waits only for replicas that are not suspect,
+    // so a node cut off from every other replica of a session keeps
+    // acknowledging changes to it (held here alone until the partition
+    // heals). Off: such a write fails at its deadline. `assistd serve` turns
+    // it on (--degraded-writes); docs/cluster.md, "Partitions".
+    bool degraded_writes = false;
     int64_t heartbeat_interval_ms = 200;
     int64_t suspect_after_ms = 1000;
     int64_t anti_entropy_interval_ms = 1000;
@@ -72,6 +78,7 @@ struct ReplicationStats {
     uint64_t refreshes = 0;  // refresh() calls: quorum reads and copies outside the replica set
     uint64_t acks_waited = 0;
     uint64_t ack_timeouts = 0;
+    uint64_t degraded_acks = 0;  // writes acknowledged with fewer than sync_acks (suspect replicas)
 };
 
 // One acknowledged batch: how long it was in flight (sent to acked) and how
@@ -189,7 +196,8 @@ class Replicator {
         std::string session_id;
         state::crdt::VersionVector target;
         bool deleted = false;  // waiting for the tombstone to replicate
-        size_t needed = 0;
+        size_t needed = 0;     // lowered while replicas are suspect (degraded writes)
+        size_t wanted = 0;     // what sync_acks asks for
         std::set<NodeId> acked;
         int64_t deadline_ms = 0;
         Callback done;
@@ -226,6 +234,18 @@ class Replicator {
     void check_fetch(const std::string& session_id, Completions& done);
     bool expire_waiters(int64_t now, Completions& done);
     size_t acks_needed(const std::string& session_id) const;
+    // acks_needed less the session's suspect replicas when degraded writes are on.
+    size_t acks_reachable(const std::string& session_id) const;
+    // Degraded writes, fetch-on-miss: this node is one of the session's
+    // replicas and every other replica either said it lacks the session
+    // (`missing`) or is suspect (at least one). Such a replica would hold any
+    // acknowledged change of the session but the last moment's, so the fetch
+    // ends "not found" and the session may be created here (docs/cluster.md,
+    // "Partitions").
+    bool cut_off_replica(const std::string& session_id, const std::set<NodeId>& missing) const;
+    Error taken_as_new(const std::string& session_id) const;
+    // Completes the waiters whose (lowered) need is met.
+    void check_ack_waiters(Completions& done);
     size_t bucket_of(const std::string& session_id) const;
 
     NodeIdentity identity_;

@@ -198,6 +198,9 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
     batches_resent_.counter = counter("assistd_replication_batches_resent_total", "Batches not acknowledged in time, sent again");
     write_ack_timeouts_.counter = counter("assistd_replication_ack_timeouts_total",
                                           "Changes whose replica acknowledgements did not arrive in time (503)");
+    degraded_writes_.counter =
+        counter("assistd_replication_degraded_writes_total",
+                "Changes acknowledged without waiting for replicas that are suspect (a partition; --degraded-writes)");
 }
 
 std::string ServeMetrics::render(const SchedulerStats& s) {
@@ -222,6 +225,7 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         deltas_applied_.advance(c.deltas_applied);
         batches_resent_.advance(c.batches_resent);
         write_ack_timeouts_.advance(c.write_ack_timeouts);
+        degraded_writes_.advance(c.degraded_writes);
     }
     prefix_cache_sequences_->Set(static_cast<double>(s.prefix_cache_sequences));
     prefix_cache_blocks_->Set(static_cast<double>(s.prefix_cache_blocks));

@@ -40,6 +40,7 @@ struct ClusterFigures {
     uint64_t deltas_applied = 0;  // session deltas received from peers and applied (duplicates too)
     uint64_t batches_resent = 0;
     uint64_t write_ack_timeouts = 0;
+    uint64_t degraded_writes = 0;  // acknowledged with suspect replicas not waited for
     // Acknowledged batches since the last scrape: seconds in flight, CRDT operations carried.
     std::vector<std::pair<double, uint64_t>> lag;
 };
@@ -105,7 +106,7 @@ private:
     prometheus::Histogram* replication_lag_seconds_ = nullptr;
     prometheus::Histogram* replication_lag_operations_ = nullptr;
     TotalCounter fetches_, refreshes_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_,
-        deltas_applied_;
+        deltas_applied_, degraded_writes_;
     std::mutex totals_mu_;
     TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
         prompt_tokens_prefilled_;

@@ -339,6 +339,22 @@ std::string_view path_of(std::string_view target) {
     return q == std::string_view::npos ? target : target.substr(0, q);
 }
 
+// The value of `name` in the target's query (as sent, not percent-decoded); none when absent.
+std::optional<std::string> query_value(std::string_view target, std::string_view name) {
+    const size_t q = target.find('?');
+    if (q == std::string_view::npos) return std::nullopt;
+    std::string_view query = target.substr(q + 1);
+    while (!query.empty()) {
+        const size_t amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const size_t eq = pair.find('=');
+        if (pair.substr(0, eq) == name) return std::string(eq == std::string_view::npos ? "" : pair.substr(eq + 1));
+        if (amp == std::string_view::npos) break;
+        query.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
+}
+
 // What a session of another tenant answers: the same as a session that does not exist.
 ApiError foreign_session_error(std::string_view id) {
     return session_store_error(make_error(ErrorCode::kNotFound, "session '" + std::string(id) + "' does not exist"));
@@ -490,7 +506,20 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
     if (request.method != "GET" && request.method != "DELETE")
         return error_response(
             {405, "use GET or DELETE for /v1/sessions/{id}", "invalid_request_error", "", "method_not_allowed"});
-    auto session = sessions_->get(id);
+    // ?local=1: this node's copy only (a fleet node's replica as it is, for comparing replicas).
+    bool local = false;
+    if (auto value = query_value(request.target, "local")) {
+        if (*value == "1" || *value == "true")
+            local = true;
+        else if (*value != "0" && *value != "false")
+            return error_response({400, "'local' must be 1 or 0 (true or false), got '" + *value + "'",
+                                   "invalid_request_error", "local", "invalid_value"});
+        if (local && request.method != "GET")
+            return error_response({400, "'local=1' is for GET (reading this node's copy); DELETE without it",
+                                   "invalid_request_error", "local", "invalid_value"});
+    }
+    state::SessionStore& store = local && config_.local_sessions ? *config_.local_sessions : *sessions_;
+    auto session = store.get(id);
     if (!session.ok()) return store_error_response(session.error(), config_.retry_after_s);
     if (session->tenant != caller.tenant) return error_response(foreign_session_error(id));
     if (request.method == "GET") return json_response(200, session_json(*session));

@@ -42,6 +42,11 @@ struct OpenAiRoutesConfig {
     // Extra readiness (a fleet node that has not met its peers yet): false makes
     // /readyz answer 503 "joining". Null: ready unless draining. Thread-safe.
     std::function<bool()> ready;
+    // A fleet node's own store, under the replicated one the routes are given:
+    // GET /v1/sessions/{id}?local=1 reads this node's copy as it is (no
+    // fetch, no quorum read), to compare replicas. Null: local=1 reads the
+    // routes' store (a single node holds every session itself).
+    state::SessionStore* local_sessions = nullptr;
 };
 
 class ApiKeyTable;

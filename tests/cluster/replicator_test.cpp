@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <rocksdb/env.h>
 
+#include <algorithm>
 #include <deque>
 #include <memory>
 #include <optional>
@@ -147,6 +148,138 @@ TEST_F(ReplicatorTest, WithNoReplicaReachableTheWaitTimesOutWithAClearMessage) {
     // Once the peer is back, the write still replicates (it was durable here).
     settle(30);
     EXPECT_TRUE(nodes_[1]->store->get("s1").ok());
+}
+
+// A partition: every node ticks, but frames from or to `isolated` are lost.
+void settle_partitioned(ManualClock& clock, std::vector<std::unique_ptr<TestNode>>& nodes,
+                        std::deque<Sent>& queue, const std::string& isolated, int ticks) {
+    for (int i = 0; i < ticks; ++i) {
+        clock.advance_ms(50);
+        for (auto& n : nodes) n->replicator->tick();
+        for (int guard = 0; guard < 100000 && !queue.empty(); ++guard) {
+            Sent s = std::move(queue.front());
+            queue.pop_front();
+            if (s.to == isolated || s.from == isolated) continue;
+            for (auto& n : nodes) {
+                if (n->address == s.to) n->replicator->receive(s.bytes);
+            }
+        }
+    }
+}
+
+TEST_F(ReplicatorTest, DegradedWritesKeepANodeCutOffFromItsReplicasAcknowledging) {
+    ReplicationOptions o;
+    o.degraded_writes = true;
+    make_fleet(3, o);
+    auto& a = *nodes_[0];
+    auto& b = *nodes_[1];
+    const std::string cut = a.address;
+    // n0 is cut off. A write there waits while its peers are merely silent...
+    ASSERT_TRUE(a.store->create("isolated", "t", "x").ok());
+    a.replicator->flush();
+    std::optional<Status> result;
+    a.replicator->await_replication("isolated", a.store->version("isolated").value(), 5000,
+                                    [&](Status st) { result = st; });
+    settle_partitioned(clock_, nodes_, queue_, cut, 10);
+    EXPECT_FALSE(result) << "peers silent for 500 ms are not suspect yet";
+    // ... and is acknowledged once they turn suspect (suspect_after_ms 1000).
+    settle_partitioned(clock_, nodes_, queue_, cut, 15);
+    ASSERT_TRUE(result);
+    EXPECT_TRUE(result->ok()) << result->error().message;
+    EXPECT_EQ(a.replicator->stats().degraded_acks, 1u);
+    // Later writes there are acknowledged at once.
+    ASSERT_TRUE(a.store->append_message("isolated", {"user", "alone"}).ok());
+    result.reset();
+    a.replicator->await_replication("isolated", a.store->version("isolated").value(), 5000,
+                                    [&](Status st) { result = st; });
+    ASSERT_TRUE(result);
+    EXPECT_TRUE(result->ok());
+    EXPECT_EQ(a.replicator->stats().degraded_acks, 2u);
+    // The majority side still gets its sync ack from a live replica: not degraded.
+    ASSERT_TRUE(b.store->create("majority", "t", "y").ok());
+    b.replicator->flush();
+    result.reset();
+    b.replicator->await_replication("majority", b.store->version("majority").value(), 5000,
+                                    [&](Status st) { result = st; });
+    EXPECT_FALSE(result) << "waits for n2's ack";
+    settle_partitioned(clock_, nodes_, queue_, cut, 1);
+    ASSERT_TRUE(result);
+    EXPECT_TRUE(result->ok());
+    EXPECT_EQ(b.replicator->stats().degraded_acks, 0u);
+    EXPECT_FALSE(nodes_[2]->store->get("isolated").ok()) << "nothing crossed the cut";
+    // Healed: both sides' writes reach every node.
+    settle(30);
+    for (auto& n : nodes_) {
+        for (const char* id : {"isolated", "majority"}) {
+            auto s = n->store->get(id);
+            ASSERT_TRUE(s.ok()) << n->address << " " << id;
+            EXPECT_EQ(n->store->version(id).value(), a.store->version(id).value());
+        }
+        EXPECT_EQ(n->store->get("isolated")->messages.size(), 1u);
+    }
+}
+
+TEST_F(ReplicatorTest, AReplicaCutOffTakesASessionNoReachableReplicaHoldsAsNew) {
+    ReplicationOptions o;
+    o.degraded_writes = true;
+    o.replication_factor = 2;  // of 3 nodes: n0 replicates some sessions, not others
+    make_fleet(3, o);
+    auto& a = *nodes_[0];
+    const NodeId self = 100;
+    std::string mine, other;
+    for (int i = 0; mine.empty() || other.empty(); ++i) {
+        const std::string id = fmt::format("new{}", i);
+        const auto reps = a.replicator->replicas(id);
+        (std::find(reps.begin(), reps.end(), self) != reps.end() ? mine : other) = id;
+    }
+    std::optional<Status> got_mine, got_other;
+    a.replicator->fetch(mine, 5000, [&](Status st) { got_mine = st; });
+    a.replicator->fetch(other, 5000, [&](Status st) { got_other = st; });
+    settle_partitioned(clock_, nodes_, queue_, a.address, 10);
+    EXPECT_FALSE(got_mine) << "the other replica is silent, not suspect yet";
+    settle_partitioned(clock_, nodes_, queue_, a.address, 15);
+    // A replica whose fellow replica is suspect: not found, so a session may start here.
+    ASSERT_TRUE(got_mine);
+    ASSERT_FALSE(got_mine->ok());
+    EXPECT_EQ(got_mine->error().code, ErrorCode::kNotFound);
+    EXPECT_NE(got_mine->error().message.find("taken as new"), std::string::npos)
+        << got_mine->error().message;
+    // Not a replica: the session may well exist on its replicas; no answer is not "absent".
+    EXPECT_FALSE(got_other) << "still waiting for the deadline";
+    settle_partitioned(clock_, nodes_, queue_, a.address, 80);
+    ASSERT_TRUE(got_other);
+    EXPECT_EQ(got_other->error().code, ErrorCode::kResourceExhausted) << got_other->error().message;
+    // Asked again once the peers are known to be down: answered at once.
+    got_mine.reset();
+    got_other.reset();
+    a.replicator->fetch(mine, 5000, [&](Status st) { got_mine = st; });
+    a.replicator->fetch(other, 5000, [&](Status st) { got_other = st; });
+    ASSERT_TRUE(got_mine);
+    EXPECT_EQ(got_mine->error().code, ErrorCode::kNotFound);
+    ASSERT_TRUE(got_other);
+    EXPECT_EQ(got_other->error().code, ErrorCode::kResourceExhausted);
+}
+
+TEST_F(ReplicatorTest, WithoutDegradedWritesANodeCutOffFailsItsWritesAtTheDeadline) {
+    make_fleet(3, ReplicationOptions{});
+    auto& a = *nodes_[0];
+    ASSERT_TRUE(a.store->create("isolated", "t", "x").ok());
+    a.replicator->flush();
+    std::optional<Status> result;
+    a.replicator->await_replication("isolated", a.store->version("isolated").value(), 2000,
+                                    [&](Status st) { result = st; });
+    settle_partitioned(clock_, nodes_, queue_, a.address, 30);
+    EXPECT_FALSE(result) << "suspect peers do not lower sync_acks";
+    settle_partitioned(clock_, nodes_, queue_, a.address, 15);
+    ASSERT_TRUE(result);
+    ASSERT_FALSE(result->ok());
+    EXPECT_NE(result->error().message.find("0 of 1"), std::string::npos) << result->error().message;
+    EXPECT_EQ(a.replicator->stats().degraded_acks, 0u);
+    // Nor is a session none of the (suspect) replicas answered for taken as new.
+    std::optional<Status> fetched;
+    a.replicator->fetch("unknown", 1000, [&](Status st) { fetched = st; });
+    ASSERT_TRUE(fetched);
+    EXPECT_EQ(fetched->error().code, ErrorCode::kResourceExhausted) << fetched->error().message;
 }
 
 TEST_F(ReplicatorTest, BackPressureBoundsWhatIsInFlightPerPeer) {

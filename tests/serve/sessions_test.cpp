@@ -175,6 +175,34 @@ TEST_F(Sessions, DeleteThenGetIs404AndTheIdStaysGone) {
     EXPECT_TRUE(exchange(s.port(), "GET", "/v1/sessions").json_body()["data"].empty());
 }
 
+TEST_F(Sessions, LocalReadsAnswerFromThisNodesCopyAndBadLocalValuesAre400) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    ASSERT_EQ(exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false, "here"))
+                  .status,
+              200);
+    // A single node holds every session itself: local=1 reads the same document.
+    const Reply plain = exchange(s.port(), "GET", "/v1/sessions/here");
+    ASSERT_EQ(plain.status, 200);
+    for (const char* q : {"?local=1", "?local=true", "?local=0", "?x=y&local=1"}) {
+        const Reply r = exchange(s.port(), "GET", std::string("/v1/sessions/here") + q);
+        ASSERT_EQ(r.status, 200) << q << " " << r.body;
+        EXPECT_EQ(r.json_body(), plain.json_body()) << q;
+    }
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/never-made?local=1"), 404,
+                        "unknown id, local");
+    for (const char* q : {"?local=yes", "?local=", "?local"}) {
+        const Reply r = exchange(s.port(), "GET", std::string("/v1/sessions/here") + q);
+        expect_openai_error(r, 400, q);
+        EXPECT_EQ(r.json_body()["error"]["param"], "local") << q;
+    }
+    const Reply del = exchange(s.port(), "DELETE", "/v1/sessions/here?local=1");
+    expect_openai_error(del, 400, "DELETE with local=1");
+    EXPECT_NE(del.body.find("for GET"), std::string::npos) << del.body;
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/here").status, 200) << "not deleted";
+}
+
 TEST_F(Sessions, BadSessionIdsAre400) {
     auto store = ServerSessionStore::open("", SystemClock::instance());
     ASSERT_TRUE(store.ok());
