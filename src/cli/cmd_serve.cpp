@@ -307,6 +307,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
 #if ASSISTD_HAVE_CLUSTER
     if (fleet) {
         rc.ready = [node = fleet.get()] { return node->joined(); };
+        rc.local_sessions = &fleet->local_store();
         node_header = fleet->node_name();
         metrics.set_cluster_source([node = fleet.get()] { return cluster_figures(*node); });
     }

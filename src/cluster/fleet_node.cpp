@@ -145,6 +145,9 @@ FleetNode::~FleetNode() {
 state::SessionStore& FleetNode::store() {
     return *parts_->store;
 }
+state::SessionStore& FleetNode::local_store() {
+    return *parts_->local;
+}
 const NodeIdentity& FleetNode::identity() const {
     return parts_->identity;
 }

@@ -339,6 +339,23 @@ std::string_view path_of(std::string_view target) {
     return q == std::string_view::npos ? target : target.substr(0, q);
 }
 
+// The value of `key` in the target's query (the first one), or nullopt when
+// absent; a key given without '=' has the value "".
+std::optional<std::string_view> query_param(std::string_view target, std::string_view key) {
+    const size_t q = target.find('?');
+    if (q == std::string_view::npos) return std::nullopt;
+    std::string_view query = target.substr(q + 1);
+    while (!query.empty()) {
+        const size_t amp = query.find('&');
+        const std::string_view pair = query.substr(0, amp);
+        const size_t eq = pair.find('=');
+        if (pair.substr(0, eq) == key) return eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1);
+        if (amp == std::string_view::npos) break;
+        query.remove_prefix(amp + 1);
+    }
+    return std::nullopt;
+}
+
 // What a session of another tenant answers: the same as a session that does not exist.
 ApiError foreign_session_error(std::string_view id) {
     return session_store_error(make_error(ErrorCode::kNotFound, "session '" + std::string(id) + "' does not exist"));
@@ -490,7 +507,24 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
     if (request.method != "GET" && request.method != "DELETE")
         return error_response(
             {405, "use GET or DELETE for /v1/sessions/{id}", "invalid_request_error", "", "method_not_allowed"});
-    auto session = sessions_->get(id);
+    // ?local=true: this node's own copy as it is (a fleet node otherwise fetches, refreshes, reads a quorum).
+    bool local = false;
+    if (const auto v = query_param(request.target, "local")) {
+        if (*v != "true" && *v != "false")
+            return error_response({400, "'local' must be true or false, not '" + std::string(*v) + "'",
+                                   "invalid_request_error", "local", "invalid_value"});
+        local = *v == "true";
+        if (local && request.method != "GET")
+            return error_response({400, "'local' applies to GET only: a deletion always goes to the whole fleet",
+                                   "invalid_request_error", "local", "invalid_value"});
+    }
+    state::SessionStore& store = local && config_.local_sessions ? *config_.local_sessions : *sessions_;
+    auto session = store.get(id);
+    const bool missing = (!session.ok() && session.error().code == ErrorCode::kNotFound) ||
+                         (session.ok() && session->tenant != caller.tenant);
+    if (local && missing)  // another tenant's copy reads as no copy, as below
+        return error_response({404, "this node holds no copy of session '" + std::string(id) + "'",
+                               "invalid_request_error", "session_id", "session_not_found"});
     if (!session.ok()) return store_error_response(session.error(), config_.retry_after_s);
     if (session->tenant != caller.tenant) return error_response(foreign_session_error(id));
     if (request.method == "GET") return json_response(200, session_json(*session));
