@@ -12,8 +12,8 @@ namespace {
 
 using state::crdt::VersionVector;
 
-// A pull with this id asks for an answer even when the puller is current (a
-// refresh counts answers); older pulls (id 0) get only what is missing.
+// A pull with this id asks for the peer's state as an answer besides what is
+// missing (a refresh counts answers); older pulls (id 0) get only what is missing.
 constexpr uint64_t kAnswerEvenIfCurrent = 1;
 
 // CRDT operations `to` holds beyond `from`: the lamport distance per writer
@@ -346,13 +346,13 @@ void Replicator::receive(std::string_view frame) {
                 ack.id = m.id;
                 for (size_t i = 0; i < m.deltas.size(); ++i) {
                     const auto& d = m.deltas[i];
-                    for (auto& w : fetch_waiters_) {
-                        if (w.refresh && w.session_id == d.session_id && w.asked.count(m.from))
-                            w.answered.insert(m.from);
-                    }
+                    // A push is no answer to a refresh by itself (it may have left before the
+                    // pull arrived): the reply with the peer's state is, once covered here.
                     if (d.delta.empty()) {  // the peer does not hold it: an answer to a fetch
                         for (auto& w : fetch_waiters_) {
                             if (w.session_id == d.session_id) w.missing.insert(m.from);
+                            if (w.refresh && w.session_id == d.session_id && w.asked.count(m.from))
+                                w.answered.insert(m.from);
                         }
                     } else if (applied[i].ok()) {
                         ++stats_.deltas_applied;
@@ -422,10 +422,13 @@ void Replicator::on_ack(const Message& m, Completions& done) {
     }
     for (const auto& state : m.states) {
         note_peer_state(m.from, state, done);
+        // Id 0: the answer to a refresh's pull (batch acks carry their batch id).
+        // An ack of an earlier batch is no answer: it left before the pull arrived.
         bool refreshing = false;
         for (auto& w : fetch_waiters_) {
-            if (w.refresh && w.session_id == state.session_id && w.asked.count(m.from)) {
-                w.answered.insert(m.from);
+            if (m.id == 0 && w.refresh && w.session_id == state.session_id &&
+                w.asked.count(m.from)) {
+                w.replies[m.from] = state;
                 refreshing = true;
             }
         }
@@ -447,11 +450,19 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         Status result;
         bool finished = true;
         if (it->refresh) {
-            // Done once `quorum` replicas answered, or no live replica asked is still to answer.
+            // A replica has answered once it said it lacks the session, or once the
+            // copy here covers the state it reported in reply to the pull (what it
+            // lacked here has arrived). Done once `quorum` replicas answered, or no
+            // live replica asked is still to answer.
+            size_t answered = 0;
             for (NodeId p : it->asked) {
-                if (!it->answered.count(p) && membership_.is_live(p)) finished = false;
+                auto r = it->replies.find(p);
+                if (it->answered.count(p) || (r != it->replies.end() && covers(here, r->second)))
+                    ++answered;
+                else if (membership_.is_live(p))
+                    finished = false;
             }
-            if (it->quorum > 0 && it->answered.size() >= it->quorum) finished = true;
+            if (it->quorum > 0 && answered >= it->quorum) finished = true;
             if (here.kind != SessionState::Kind::kLive)
                 result =
                     make_error(ErrorCode::kNotFound, "session '" + session_id + "' does not exist");
@@ -605,7 +616,7 @@ void Replicator::on_pull(const Message& m) {
     auto& link = links_[m.from];
     Message missing;
     missing.kind = MessageKind::kDeltas;  // id 0: not acknowledged
-    Message up_to_date;                   // a refresh's answer when there is nothing to push
+    Message up_to_date;                   // a refresh's answer: this node's states
     up_to_date.kind = MessageKind::kAck;  // id 0: no batch
     for (const auto& want : m.states) {
         const SessionState mine = local_state(want.session_id);
@@ -613,9 +624,12 @@ void Replicator::on_pull(const Message& m) {
             missing.deltas.push_back(DeltaItem{want.session_id, ""});
             continue;
         }
-        if (m.id == kAnswerEvenIfCurrent && covers(want, mine)) {
+        // A refresh's pull: the answer is this node's state, sent before the
+        // push of what the puller lacks (one stream per peer keeps the order),
+        // and the puller counts it once it holds that state.
+        if (m.id == kAnswerEvenIfCurrent) {
             up_to_date.states.push_back(mine);
-            continue;
+            if (covers(want, mine)) continue;
         }
         link.known[want.session_id] = want;
         link.pending.insert(want.session_id);

@@ -181,7 +181,10 @@ class Replicator {
         std::string session_id;
         bool refresh = false;       // refresh(): wait for every asked replica
         size_t quorum = 0;          // refresh(): enough answers (0: every live one)
-        std::set<NodeId> answered;  // refresh(): replicas whose state arrived
+        std::set<NodeId> answered;  // refresh(): replicas that lack the session (nothing to give)
+        // refresh(): each replica's state as it answered this node's pull; it
+        // counts once the copy here covers it (its push of the difference came)
+        std::map<NodeId, SessionState> replies;
         std::set<NodeId> asked;
         std::set<NodeId> missing;
         int64_t deadline_ms = 0;
