@@ -614,27 +614,35 @@ void Replicator::on_summary(const Message& m) {
 
 void Replicator::on_pull(const Message& m) {
     auto& link = links_[m.from];
-    Message missing;
-    missing.kind = MessageKind::kDeltas;  // id 0: not acknowledged
-    Message up_to_date;                   // a refresh's answer: this node's states
+    Message direct;
+    direct.kind = MessageKind::kDeltas;  // id 0: not acknowledged
+    Message up_to_date;                  // a refresh's answer: this node's states
     up_to_date.kind = MessageKind::kAck;  // id 0: no batch
     for (const auto& want : m.states) {
         const SessionState mine = local_state(want.session_id);
         if (mine.kind == SessionState::Kind::kMissing) {
-            missing.deltas.push_back(DeltaItem{want.session_id, ""});
+            direct.deltas.push_back(DeltaItem{want.session_id, ""});  // "not here"
             continue;
         }
-        // A refresh's pull: the answer is this node's state, sent before the
-        // push of what the puller lacks (one stream per peer keeps the order),
-        // and the puller counts it once it holds that state.
+        // A refresh's pull (a read waits for it): the answer is this node's
+        // state, and what the puller lacks goes with it at once rather than
+        // through the batches, which back-pressure may hold up for an ack
+        // timeout (a peer that just restarted has batches of its old life in
+        // flight). The puller counts the answer once it holds that state.
         if (m.id == kAnswerEvenIfCurrent) {
             up_to_date.states.push_back(mine);
             if (covers(want, mine)) continue;
+            auto delta = store_.changes_since(want.session_id, want.kind == SessionState::Kind::kLive
+                                                                   ? want.version
+                                                                   : VersionVector{});
+            if (delta.ok()) direct.deltas.push_back(DeltaItem{want.session_id, std::move(delta).value()});
         }
+        // The acknowledged path too (it retries when a frame is lost).
         link.known[want.session_id] = want;
         link.pending.insert(want.session_id);
     }
-    if (!missing.deltas.empty()) send_to(m.from_address, std::move(missing));
+    // The deltas first: the state that follows is then covered on arrival.
+    if (!direct.deltas.empty()) send_to(m.from_address, std::move(direct));
     if (!up_to_date.states.empty()) send_to(m.from_address, std::move(up_to_date));
 }
 
@@ -730,9 +738,17 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
         Status result = make_error(
             ErrorCode::kResourceExhausted,
             "fetching session '" + it->session_id + "' from its replicas timed out; retry shortly");
-        // A refresh that heard nothing serves the copy here rather than nothing.
-        if (it->refresh && local_state(it->session_id).kind == SessionState::Kind::kLive)
+        // A refresh that heard nothing serves the copy here rather than nothing;
+        // a quorum read does not: its copy may lack an acknowledged change.
+        if (it->refresh && it->quorum == 0 &&
+            local_state(it->session_id).kind == SessionState::Kind::kLive)
             result = {};
+        else if (it->refresh && it->quorum > 0)
+            result = make_error(ErrorCode::kResourceExhausted,
+                                "reading session '" + it->session_id + "': fewer than " +
+                                    std::to_string(it->quorum) +
+                                    " other replicas answered in time, and the copy here may "
+                                    "miss an acknowledged change; retry shortly");
         done.push_back([cb = std::move(it->done), result] { cb(result); });
         it = fetch_waiters_.erase(it);
         any = true;
