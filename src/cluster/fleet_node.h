@@ -44,8 +44,8 @@ class FleetNode {
 
     // What the routes use: fetch-on-miss, changes wait for sync acks.
     state::SessionStore& store();
-    // This node's own copies, nothing fetched or refreshed: for comparing
-    // replicas (GET /v1/sessions/{id}?local=1). Not for changes.
+    // This node's own copies (the durable store under store()): no fetch,
+    // refresh or quorum read. For reading what this node holds.
     state::SessionStore& local_store();
     const NodeIdentity& identity() const;
     std::string node_name() const;  // the node id in hex, as in X-Assistd-Node

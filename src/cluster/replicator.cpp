@@ -12,8 +12,8 @@ namespace {
 
 using state::crdt::VersionVector;
 
-// A pull with this id asks for an answer even when the puller is current (a
-// refresh counts answers); older pulls (id 0) get only what is missing.
+// A pull with this id asks for the peer's state as an answer besides what is
+// missing (a refresh counts answers); older pulls (id 0) get only what is missing.
 constexpr uint64_t kAnswerEvenIfCurrent = 1;
 
 // CRDT operations `to` holds beyond `from`: the lamport distance per writer
@@ -466,13 +466,13 @@ void Replicator::receive(std::string_view frame) {
                 ack.id = m.id;
                 for (size_t i = 0; i < m.deltas.size(); ++i) {
                     const auto& d = m.deltas[i];
-                    for (auto& w : fetch_waiters_) {
-                        if (w.refresh && w.session_id == d.session_id && w.asked.count(m.from))
-                            w.answered.insert(m.from);
-                    }
+                    // A push is no answer to a refresh by itself (it may have left before the
+                    // pull arrived): the reply with the peer's state is, once covered here.
                     if (d.delta.empty()) {  // the peer does not hold it: an answer to a fetch
                         for (auto& w : fetch_waiters_) {
                             if (w.session_id == d.session_id) w.missing.insert(m.from);
+                            if (w.refresh && w.session_id == d.session_id && w.asked.count(m.from))
+                                w.answered.insert(m.from);
                         }
                     } else if (applied[i].ok()) {
                         ++stats_.deltas_applied;
@@ -543,10 +543,13 @@ void Replicator::on_ack(const Message& m, Completions& done) {
     }
     for (const auto& state : m.states) {
         note_peer_state(m.from, state, done);
+        // Id 0: the answer to a refresh's pull (batch acks carry their batch id).
+        // An ack of an earlier batch is no answer: it left before the pull arrived.
         bool refreshing = false;
         for (auto& w : fetch_waiters_) {
-            if (w.refresh && w.session_id == state.session_id && w.asked.count(m.from)) {
-                w.answered.insert(m.from);
+            if (m.id == 0 && w.refresh && w.session_id == state.session_id &&
+                w.asked.count(m.from)) {
+                w.replies[m.from] = state;
                 refreshing = true;
             }
         }
@@ -568,11 +571,19 @@ void Replicator::check_fetch(const std::string& session_id, Completions& done) {
         Status result;
         bool finished = true;
         if (it->refresh) {
-            // Done once `quorum` replicas answered, or no live replica asked is still to answer.
+            // A replica has answered once it said it lacks the session, or once the
+            // copy here covers the state it reported in reply to the pull (what it
+            // lacked here has arrived). Done once `quorum` replicas answered, or no
+            // live replica asked is still to answer.
+            size_t answered = 0;
             for (NodeId p : it->asked) {
-                if (!it->answered.count(p) && membership_.is_live(p)) finished = false;
+                auto r = it->replies.find(p);
+                if (it->answered.count(p) || (r != it->replies.end() && covers(here, r->second)))
+                    ++answered;
+                else if (membership_.is_live(p))
+                    finished = false;
             }
-            if (it->quorum > 0 && it->answered.size() >= it->quorum) finished = true;
+            if (it->quorum > 0 && answered >= it->quorum) finished = true;
             if (here.kind != SessionState::Kind::kLive)
                 result =
                     make_error(ErrorCode::kNotFound, "session '" + session_id + "' does not exist");
@@ -735,21 +746,31 @@ void Replicator::on_pull(const Message& m) {
     std::map<uint64_t, std::vector<SessionState>*> batches;
     for (auto& [id, f] : link.inflight) batches[id] = &f.sent;
     const auto on_the_way = in_flight_states(batches);
-    Message missing;
-    missing.kind = MessageKind::kDeltas;  // id 0: not acknowledged
-    Message up_to_date;                   // a refresh's answer when there is nothing to push
+    Message direct;
+    direct.kind = MessageKind::kDeltas;  // id 0: not acknowledged
+    Message up_to_date;                  // a refresh's answer: this node's states
     up_to_date.kind = MessageKind::kAck;  // id 0: no batch
     for (const auto& want : m.states) {
         const SessionState mine = local_state(want.session_id);
         if (mine.kind == SessionState::Kind::kMissing) {
-            missing.deltas.push_back(DeltaItem{want.session_id, ""});
+            direct.deltas.push_back(DeltaItem{want.session_id, ""});  // "not here"
             continue;
         }
-        if (m.id == kAnswerEvenIfCurrent && covers(want, mine)) {
+        // A refresh's pull (a read waits for it): the answer is this node's
+        // state, and what the puller lacks goes with it at once rather than
+        // through the batches, which back-pressure may hold up for an ack
+        // timeout (a peer that just restarted has batches of its old life in
+        // flight). The puller counts the answer once it holds that state.
+        if (m.id == kAnswerEvenIfCurrent) {
             up_to_date.states.push_back(mine);
-            continue;
+            if (covers(want, mine)) continue;
+            auto delta = store_.changes_since(want.session_id, want.kind == SessionState::Kind::kLive
+                                                                   ? want.version
+                                                                   : VersionVector{});
+            if (delta.ok()) direct.deltas.push_back(DeltaItem{want.session_id, std::move(delta).value()});
         }
-        // Already on its way in full (a join pulls everything while the first
+        // The acknowledged path too (it retries when a frame is lost), unless
+        // already on its way in full (a join pulls everything while the first
         // pushes are still in flight): the batch answers it; its ack timeout
         // re-sends it if lost.
         if (auto f = on_the_way.find(want.session_id); f != on_the_way.end() && covers(f->second, mine))
@@ -757,7 +778,8 @@ void Replicator::on_pull(const Message& m) {
         link.known[want.session_id] = want;
         link.pending.insert(want.session_id);
     }
-    if (!missing.deltas.empty()) send_to(m.from_address, std::move(missing));
+    // The deltas first: the state that follows is then covered on arrival.
+    if (!direct.deltas.empty()) send_to(m.from_address, std::move(direct));
     if (!up_to_date.states.empty()) send_to(m.from_address, std::move(up_to_date));
 }
 
@@ -879,9 +901,17 @@ bool Replicator::expire_waiters(int64_t now, Completions& done) {
         Status result = make_error(
             ErrorCode::kResourceExhausted,
             "fetching session '" + it->session_id + "' from its replicas timed out; retry shortly");
-        // A refresh that heard nothing serves the copy here rather than nothing.
-        if (it->refresh && local_state(it->session_id).kind == SessionState::Kind::kLive)
+        // A refresh that heard nothing serves the copy here rather than nothing;
+        // a quorum read does not: its copy may lack an acknowledged change.
+        if (it->refresh && it->quorum == 0 &&
+            local_state(it->session_id).kind == SessionState::Kind::kLive)
             result = {};
+        else if (it->refresh && it->quorum > 0)
+            result = make_error(ErrorCode::kResourceExhausted,
+                                "reading session '" + it->session_id + "': fewer than " +
+                                    std::to_string(it->quorum) +
+                                    " other replicas answered in time, and the copy here may "
+                                    "miss an acknowledged change; retry shortly");
         done.push_back([cb = std::move(it->done), result] { cb(result); });
         it = fetch_waiters_.erase(it);
         any = true;

@@ -129,7 +129,8 @@ class Replicator {
     // replica asked has answered or turned suspect — ok when the session is here then, kNotFound
     // when it is nowhere — and at the deadline with ok when the (possibly older) copy here is all
     // there is, else kResourceExhausted. quorum > 0: done once that many replicas answered (a
-    // quorum read).
+    // quorum read), and kResourceExhausted at the deadline short of that. A replica has answered
+    // once it replied to this pull and the copy here covers the state it replied with.
     void refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum, Callback done);
     // How many other replicas a replica must hear from before serving a read
     // so that it sees every acknowledged change (0: its own copy suffices, or
@@ -206,7 +207,10 @@ class Replicator {
         std::string session_id;
         bool refresh = false;       // refresh(): wait for every asked replica
         size_t quorum = 0;          // refresh(): enough answers (0: every live one)
-        std::set<NodeId> answered;  // refresh(): replicas whose state arrived
+        std::set<NodeId> answered;  // refresh(): replicas that lack the session (nothing to give)
+        // refresh(): each replica's state as it answered this node's pull; it
+        // counts once the copy here covers it (its push of the difference came)
+        std::map<NodeId, SessionState> replies;
         std::set<NodeId> asked;
         std::set<NodeId> missing;
         int64_t deadline_ms = 0;

@@ -520,6 +520,11 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
     }
     state::SessionStore& store = local && config_.local_sessions ? *config_.local_sessions : *sessions_;
     auto session = store.get(id);
+    const bool missing = (!session.ok() && session.error().code == ErrorCode::kNotFound) ||
+                         (session.ok() && session->tenant != caller.tenant);
+    if (local && missing)  // another tenant's copy reads as no copy, as below
+        return error_response({404, "this node holds no copy of session '" + std::string(id) + "'",
+                               "invalid_request_error", "session_id", "session_not_found"});
     if (!session.ok()) return store_error_response(session.error(), config_.retry_after_s);
     if (session->tenant != caller.tenant) return error_response(foreign_session_error(id));
     if (request.method == "GET") return json_response(200, session_json(*session));

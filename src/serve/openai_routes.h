@@ -7,6 +7,7 @@
 //   POST /v1/chat/completions   POST /v1/completions   GET /v1/models[/{id}]
 //   GET /healthz   GET /readyz   GET /metrics
 //   GET /v1/sessions   GET|DELETE /v1/sessions/{id}   (with a session store)
+//   GET /v1/sessions/{id}?local=true                  (this node's own copy, no fleet reads)
 //   GET /, /app.js, ...                                 (with static files: the chat page)
 //
 // With API keys configured, every /v1/ route needs "Authorization: Bearer
@@ -42,10 +43,10 @@ struct OpenAiRoutesConfig {
     // Extra readiness (a fleet node that has not met its peers yet): false makes
     // /readyz answer 503 "joining". Null: ready unless draining. Thread-safe.
     std::function<bool()> ready;
-    // A fleet node's own store, under the replicated one the routes are given:
-    // GET /v1/sessions/{id}?local=1 reads this node's copy as it is (no
-    // fetch, no quorum read), to compare replicas. Null: local=1 reads the
-    // routes' store (a single node holds every session itself).
+    // A fleet node's own copies (its durable store under the replicated one):
+    // GET /v1/sessions/{id}?local=1 (or true) reads here, with no fetch, refresh or
+    // quorum read, so a test or an operator sees what this node holds. Null:
+    // the session store is local already (one node) and answers it.
     state::SessionStore* local_sessions = nullptr;
 };
 

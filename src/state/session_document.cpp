@@ -19,20 +19,30 @@ std::string string_or_empty(const Result<Value>& v) {
 int64_t int_or_zero(const Result<Value>& v) { return v.ok() && v->kind == Value::Kind::kInt ? v->i : 0; }
 }  // namespace
 
+const std::string& SessionDocument::skeleton_delta() {
+    static const std::string delta = [] {
+        crdt::Document d(kSkeletonReplica);
+        const ObjId root = d.root();
+        // Fresh containers on an empty document cannot fail.
+        (void)d.map_set_object(root, "messages", ObjType::kList);
+        (void)d.map_set_object(root, "metadata", ObjType::kMap);
+        const auto usage = d.map_set_object(root, "usage", ObjType::kMap);
+        (void)d.map_set_object(*usage, "prompt_tokens", ObjType::kCounter);
+        (void)d.map_set_object(*usage, "completion_tokens", ObjType::kCounter);
+        (void)d.map_set_object(root, "summary", ObjType::kRegister);
+        return d.changes_since({});
+    }();
+    return delta;
+}
+
 Result<SessionDocument> SessionDocument::create(crdt::ReplicaId replica, std::string_view tenant,
                                                 std::string_view title, int64_t now_ms) {
     crdt::Document d(replica);
+    RETURN_IF_ERROR(d.apply(skeleton_delta()));
     const ObjId root = d.root();
     RETURN_IF_ERROR(d.map_set(root, "tenant", Value::string(std::string(tenant))));
     RETURN_IF_ERROR(d.map_set(root, "title", Value::string(std::string(title))));
     RETURN_IF_ERROR(d.map_set(root, "created_at", Value::integer(now_ms)));
-    RETURN_IF_ERROR(d.map_set_object(root, "messages", ObjType::kList));
-    RETURN_IF_ERROR(d.map_set_object(root, "metadata", ObjType::kMap));
-    auto usage = d.map_set_object(root, "usage", ObjType::kMap);
-    RETURN_IF_ERROR(usage);
-    RETURN_IF_ERROR(d.map_set_object(*usage, "prompt_tokens", ObjType::kCounter));
-    RETURN_IF_ERROR(d.map_set_object(*usage, "completion_tokens", ObjType::kCounter));
-    RETURN_IF_ERROR(d.map_set_object(root, "summary", ObjType::kRegister));
     return SessionDocument(std::move(d));
 }
 

@@ -17,7 +17,21 @@ class SessionDocument {
 public:
     explicit SessionDocument(crdt::Document doc) : doc_(std::move(doc)) {}
 
-    // Fills a fresh document with the session skeleton.
+    // The author of every session's containers (messages, metadata, usage,
+    // summary): a fixed replica id no node is given (node replicas are hashed
+    // ids, a single node is 1). Those containers are one change with the same
+    // lamports and bytes wherever it is made, so two creates of one session id
+    // on nodes that had not seen each other make the same change, applied once,
+    // and their messages land in one list (with per-replica containers, one
+    // create's list would win the "messages" key and hide the other's).
+    // Changing the skeleton's content breaks that across versions: it then
+    // needs another replica id (a test pins the bytes).
+    static constexpr crdt::ReplicaId kSkeletonReplica = ~crdt::ReplicaId{0};
+    // The skeleton change as a delta (computed once).
+    static const std::string& skeleton_delta();
+
+    // A fresh document: the skeleton, then tenant, title and creation time
+    // written by `replica` (concurrent creates: the largest id wins each).
     static Result<SessionDocument> create(crdt::ReplicaId replica, std::string_view tenant, std::string_view title,
                                           int64_t now_ms);
 

@@ -598,6 +598,111 @@ TEST_F(ReplicatorTest, AQuorumReadOnAReplicaSeesAChangeItsDeadWriterNeverPushedT
     EXPECT_TRUE(read->ok());
 }
 
+// Found by the chaos e2e test (an acknowledged answer out of place after a
+// turn on another node): a quorum read must count only the replicas' answers
+// to its own pull. A message a replica sent before it got the pull (the ack
+// of an earlier push from the reader, or a push of its own computed earlier)
+// says nothing about what the reader lacks now.
+TEST_F(ReplicatorTest, AQuorumReadCountsOnlyAnswersToItsOwnPull) {
+    make_fleet(3, ReplicationOptions{});  // R=3, sync acks 1
+    auto& writer = *nodes_[0];
+    auto& other = *nodes_[1];
+    auto& reader = *nodes_[2];
+    ASSERT_TRUE(reader.store->create("s", "t", "x").ok());
+    reader.replicator->flush();
+    deliver();
+    // The reader's own earlier turn and the other replica's own change are
+    // still on their way when the writer's acknowledged change arrives at
+    // the other replica (the push to the reader is lost, the writer dies).
+    ASSERT_TRUE(reader.store->append_message("s", {"user", "earlier, by the reader"}).ok());
+    reader.replicator->flush();
+    ASSERT_TRUE(other.store->append_message("s", {"user", "earlier, by the other"}).ok());
+    other.replicator->flush();
+    std::deque<Sent> held;
+    held.swap(queue_);  // those pushes, delivered later
+    ASSERT_TRUE(writer.store->append_message("s", {"assistant", "acknowledged"}).ok());
+    writer.replicator->flush();
+    std::optional<Status> acked;
+    writer.replicator->await_replication("s", writer.store->version("s").value(), 1000,
+                                         [&](Status st) { acked = st; });
+    deliver(reader.address);
+    ASSERT_TRUE(acked && acked->ok());
+
+    // The reader's quorum read starts; the old pushes and their acks arrive
+    // before the answers to its pull.
+    std::optional<Status> read;
+    size_t messages_at_read = 0;
+    reader.replicator->refresh("s", 1000, reader.replicator->read_quorum("s"), [&](Status st) {
+        read = st;
+        messages_at_read = reader.store->get("s")->messages.size();
+    });
+    std::deque<Sent> pulls;
+    pulls.swap(queue_);
+    for (auto& h : held) queue_.push_back(std::move(h));
+    deliver(writer.address);  // the old pushes and their acks
+    for (auto& p : pulls) queue_.push_back(std::move(p));
+    deliver(writer.address);  // the pull and its answers
+    ASSERT_TRUE(read);
+    EXPECT_TRUE(read->ok());
+    EXPECT_EQ(messages_at_read, 3u) << "the read completed before the reader held the acknowledged change";
+    EXPECT_EQ(reader.store->get("s")->messages.size(), 3u);
+}
+
+// Also found by the chaos test: a replica that just restarted still has
+// batches of its peers' in flight from its old life (unacknowledged until the
+// ack timeout), so their pushes to it wait. A quorum read's answer must not
+// wait behind them: what the reader lacks comes with the reply. And a quorum
+// read that hears from too few replicas in time fails rather than serve a
+// copy that may miss an acknowledged change.
+TEST_F(ReplicatorTest, AQuorumReadIsAnsweredPastBackPressureAndFailsShortOfItsQuorum) {
+    ReplicationOptions o;
+    o.max_inflight_batches = 1;
+    make_fleet(3, o);
+    auto& writer = *nodes_[0];
+    auto& other = *nodes_[1];
+    auto& reader = *nodes_[2];
+    ASSERT_TRUE(writer.store->create("s", "t", "x").ok());
+    writer.replicator->flush();
+    deliver();
+    // A batch to the reader is lost: the writer's one in-flight slot for it stays taken.
+    ASSERT_TRUE(writer.store->append_message("s", {"user", "one"}).ok());
+    writer.replicator->flush();
+    std::erase_if(queue_, [&](const Sent& f) { return f.from == writer.address && f.to == reader.address; });
+    deliver();
+    ASSERT_TRUE(writer.store->append_message("s", {"assistant", "two"}).ok());
+    writer.replicator->flush();
+    std::optional<Status> acked;
+    writer.replicator->await_replication("s", writer.store->version("s").value(), 1000,
+                                         [&](Status st) { acked = st; });
+    deliver();
+    ASSERT_TRUE(acked && acked->ok());
+    EXPECT_EQ(reader.store->get("s")->messages.size(), 0u) << "the batches to the reader wait";
+
+    // The other replica is silent (not suspect yet): the writer's answer alone completes the read.
+    std::optional<Status> read;
+    size_t messages_at_read = 0;
+    reader.replicator->refresh("s", 500, reader.replicator->read_quorum("s"), [&](Status st) {
+        read = st;
+        messages_at_read = reader.store->get("s")->messages.size();
+    });
+    deliver(other.address);
+    ASSERT_TRUE(read) << "the answer waited behind the in-flight batch";
+    EXPECT_TRUE(read->ok());
+    EXPECT_EQ(messages_at_read, 2u);
+
+    // Nobody answers within the read's timeout (500 ms, before anyone turns suspect): 503, not the old copy.
+    read.reset();
+    reader.replicator->refresh("s", 500, 1, [&](Status st) { read = st; });
+    queue_.clear();
+    clock_.advance_ms(600);
+    reader.replicator->tick();
+    ASSERT_TRUE(read);
+    ASSERT_FALSE(read->ok());
+    EXPECT_EQ(read->error().code, ErrorCode::kResourceExhausted);
+    EXPECT_NE(read->error().message.find("may miss an acknowledged change"), std::string::npos)
+        << read->error().message;
+}
+
 TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
     make_fleet(2, ReplicationOptions{});
     nodes_[0]->replicator->receive("GET / HTTP/1.1\r\n\r\n");

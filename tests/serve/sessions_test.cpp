@@ -238,6 +238,55 @@ TEST_F(Sessions, BadSessionIdsAre400) {
         << "nothing was stored";
 }
 
+// ?local=true (or 1) reads the node's own store (config.local_sessions), not the
+// store the routes write through: here two separate stores stand for a fleet
+// node's replicated store and the durable store under it.
+TEST_F(Sessions, LocalReadsComeFromTheLocalStoreAndBadValuesAre400) {
+    auto fleet_store = ServerSessionStore::open("", SystemClock::instance());
+    auto local_store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(fleet_store.ok() && local_store.ok());
+    OpenAiRoutesConfig rc = routes_config();
+    rc.local_sessions = &(*local_store)->store();
+    TestServer s(*model_, fp32(), rc, true, 1 << 20, &(*fleet_store)->store());
+    ASSERT_EQ(
+        exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false, "both")).status,
+        200);
+    ASSERT_TRUE((*local_store)->store().create("here", "", "only local").ok());
+
+    // The session written through the routes: found normally, absent locally.
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/both").status, 200);
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/both?local=false").status, 200);
+    const Reply missing = exchange(s.port(), "GET", "/v1/sessions/both?local=true");
+    expect_openai_error(missing, 404, "no local copy");
+    EXPECT_NE(missing.json_body()["error"]["message"].get<std::string>().find("holds no copy"),
+              std::string::npos)
+        << missing.body;
+    // The session only the local store holds: read there, with the usual JSON.
+    const Reply here = exchange(s.port(), "GET", "/v1/sessions/here?x=1&local=true");
+    ASSERT_EQ(here.status, 200) << here.body;
+    EXPECT_EQ(here.json_body()["id"], "here");
+    EXPECT_EQ(here.json_body()["title"], "only local");
+    EXPECT_TRUE(here.json_body()["messages"].empty());
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/here"), 404, "not in the fleet store");
+
+    for (const std::string q : {"?local=yes", "?local", "?local=", "?local=TRUE", "?local=2"}) {
+        const Reply r = exchange(s.port(), "GET", "/v1/sessions/both" + q);
+        expect_openai_error(r, 400, q);
+        EXPECT_EQ(r.json_body()["error"]["param"], "local") << q;
+    }
+    const Reply del = exchange(s.port(), "DELETE", "/v1/sessions/both?local=true");
+    expect_openai_error(del, 400, "DELETE with local=true");
+    EXPECT_NE(del.json_body()["error"]["message"].get<std::string>().find("for GET"),
+              std::string::npos);
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/both").status, 200) << "nothing was deleted";
+    expect_openai_error(exchange(s.port(), "GET", "/v1/sessions/bad.id?local=true"), 400,
+                        "bad id with local=true");
+
+    // Without local_sessions (one node), local=true reads the only store there is.
+    TestServer single(*model_, fp32(), routes_config(), true, 1 << 20, &(*local_store)->store());
+    EXPECT_EQ(exchange(single.port(), "GET", "/v1/sessions/here?local=true").status, 200);
+}
+
 TEST_F(Sessions, WithoutAStoreSessionRequestsAreRefused) {
     TestServer s(*model_, fp32(), routes_config());
     expect_openai_error(

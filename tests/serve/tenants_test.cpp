@@ -126,7 +126,8 @@ TEST_F(Tenants, MissingWrongOrMalformedKeyIs401LikeOpenAi) {
     StaticFiles web(web_dir);
     KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}}), routes_config(), &web);
     const std::vector<std::pair<std::string, std::string>> routes = {
-        {"GET", "/v1/models"}, {"GET", "/v1/sessions"}, {"GET", "/v1/sessions/x"}, {"POST", kChat},
+        {"GET", "/v1/models"}, {"GET", "/v1/sessions"}, {"GET", "/v1/sessions/x"}, {"GET", "/v1/sessions/x?local=true"},
+        {"POST", kChat},
         {"POST", "/v1/completions"}, {"GET", "/v1/nothing-here"}};
     const std::vector<std::pair<std::string, std::string>> bad_headers = {
         {"", "no header"},
@@ -172,6 +173,14 @@ TEST_F(Tenants, ATenantSeesAndUsesOnlyItsOwnSessions) {
     std::string foreign_body = foreign.body;
     foreign_body.replace(foreign_body.find("a-1"), 3, "zz-9");
     EXPECT_EQ(foreign_body, missing.body);
+    // This node's own copy (?local=true) answers the same for both, too.
+    const Reply foreign_local = exchange(s.port(), "GET", "/v1/sessions/a-1?local=true", "", auth("key-b"));
+    const Reply missing_local = exchange(s.port(), "GET", "/v1/sessions/zz-9?local=true", "", auth("key-b"));
+    expect_error(foreign_local, 404, "session_not_found", "local GET of another tenant's session");
+    foreign_body = foreign_local.body;
+    foreign_body.replace(foreign_body.find("a-1"), 3, "zz-9");
+    EXPECT_EQ(foreign_body, missing_local.body);
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/a-1?local=true", "", auth("key-a2")).status, 200);
     expect_error(exchange(s.port(), "DELETE", "/v1/sessions/a-1", "", auth("key-b")), 404, "session_not_found",
                  "DELETE another tenant's session");
     expect_error(exchange(s.port(), "POST", kChat, turn("Let me in", 4, "a-1"), auth("key-b")), 404,
@@ -206,7 +215,7 @@ TEST_F(Tenants, ATenantSeesAndUsesOnlyItsOwnSessions) {
 
     const std::string m = s.metrics_text();
     EXPECT_GE(metric(m, "assistd_tenant_requests_total{status=\"200\",tenant=\"a\"}"), 5);
-    EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"404\",tenant=\"b\"}"), 5);
+    EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"404\",tenant=\"b\"}"), 7);  // 2 of them local reads
 }
 
 TEST_F(Tenants, RequestsPerMinuteLimitAnswers429ThenRecoversWhenTheClockMoves) {

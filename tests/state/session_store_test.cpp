@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 
 #include "common/clock.h"
 #include "state/durable_session_store.h"
+#include "state/session_document.h"
 
 namespace assistd::state {
 namespace {
@@ -128,6 +130,81 @@ TEST_F(SessionStoreTest, ReplicatesConcurrentAppendsBetweenStores) {
     b = open("b", 2);
     EXPECT_EQ(b->get("s1")->messages.size(), 2u);
     EXPECT_EQ(b->list_by_tenant("acme"), std::vector<std::string>{"s1"});
+}
+
+// Two nodes may create one session id without seeing each other: a client
+// retries a session's first turn on another node after the first node died
+// before its create reached anyone (the chaos test does this). Both creates
+// must end up as one conversation: a message appended on either side stays
+// visible after the merge, whichever create wins the tenant/title registers.
+TEST_F(SessionStoreTest, ConcurrentCreatesOfOneIdKeepEveryMessage) {
+    for (const auto& [ra, rb] : {std::pair<crdt::ReplicaId, crdt::ReplicaId>{1, 2}, {2, 1}}) {
+        SCOPED_TRACE("replicas " + std::to_string(ra) + " and " + std::to_string(rb));
+        std::filesystem::remove_all(base_);
+        auto a = open("a", ra);
+        auto b = open("b", rb);
+        ASSERT_TRUE(a->create("s1", "acme", "title a").ok());
+        ASSERT_TRUE(a->append_message("s1", {"user", "from a"}).ok());
+        ASSERT_TRUE(a->add_usage("s1", 5, 1).ok());
+        clock_.advance_ms(3);
+        ASSERT_TRUE(b->create("s1", "acme", "title b").ok());
+        ASSERT_TRUE(b->append_message("s1", {"user", "from b"}).ok());
+        ASSERT_TRUE(b->append_message("s1", {"assistant", "answer b"}).ok());
+        ASSERT_TRUE(b->add_usage("s1", 7, 2).ok());
+        ASSERT_TRUE(a->apply("s1", b->changes_since("s1", {}).value()).ok());
+        ASSERT_TRUE(b->apply("s1", a->changes_since("s1", {}).value()).ok());
+        // After the merge, one more turn on each side lands in the same list.
+        ASSERT_TRUE(a->append_message("s1", {"user", "after a"}).ok());
+        ASSERT_TRUE(b->apply("s1", a->changes_since("s1", b->version("s1").value()).value()).ok());
+        ASSERT_TRUE(b->append_message("s1", {"user", "after b"}).ok());
+        ASSERT_TRUE(a->apply("s1", b->changes_since("s1", a->version("s1").value()).value()).ok());
+
+        const Session sa = a->get("s1").value(), sb = b->get("s1").value();
+        std::vector<std::string> contents;
+        for (const auto& m : sa.messages) contents.push_back(m.content);
+        ASSERT_EQ(contents.size(), 5u) << ::testing::PrintToString(contents);
+        // Each writer's messages in its order; the later ones after both creates' messages.
+        auto pos = [&](const std::string& c) {
+            return std::find(contents.begin(), contents.end(), c) - contents.begin();
+        };
+        EXPECT_LT(pos("from b"), pos("answer b"));
+        EXPECT_LT(pos("answer b"), pos("after a"));
+        EXPECT_LT(pos("from a"), pos("after a"));
+        EXPECT_LT(pos("after a"), pos("after b"));
+        ASSERT_EQ(sb.messages.size(), sa.messages.size());
+        for (size_t i = 0; i < sa.messages.size(); ++i) EXPECT_EQ(sa.messages[i].id, sb.messages[i].id) << i;
+        EXPECT_EQ(sa.prompt_tokens, 12);
+        EXPECT_EQ(sb.completion_tokens, 3);
+        EXPECT_EQ(sa.title, sb.title);
+        EXPECT_EQ(sa.tenant, "acme");
+        EXPECT_EQ(a->version("s1").value(), b->version("s1").value());
+        // And it survives a restart (the merged document is replayed from disk).
+        b.reset();
+        b = open("b", rb);
+        EXPECT_EQ(b->get("s1")->messages.size(), 5u);
+    }
+}
+
+// Every node must make the same skeleton change forever: a build whose
+// skeleton differed would make a different change under the same id, and
+// replicas would diverge (docs/state.md). Changing it needs a new author id.
+TEST(SessionSkeleton, BytesArePinned) {
+    std::string hex;
+    for (unsigned char c : SessionDocument::skeleton_delta()) {
+        static const char* digits = "0123456789abcdef";
+        hex += digits[c >> 4];
+        hex += digits[c & 15];
+    }
+    EXPECT_EQ(hex,
+              "ad01017affffffffffffffffff01000100060100086d6573736167657305020100086d657461646174610501010005"
+              "757361676505010103ffffffffffffffffff010d70726f6d70745f746f6b656e7305040103ffffffffffffffffff0111"
+              "636f6d706c6574696f6e5f746f6b656e73050401000773756d6d6172790505");
+    auto a = SessionDocument::create(7, "t", "x", 1);
+    auto b = SessionDocument::create(9, "u", "y", 2);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(a->doc().version().get(SessionDocument::kSkeletonReplica), 6u);  // six containers
+    EXPECT_EQ(a->doc().version().get(SessionDocument::kSkeletonReplica),
+              b->doc().version().get(SessionDocument::kSkeletonReplica));
 }
 
 TEST_F(SessionStoreTest, DeletionIsReplicatedAndPermanent) {
