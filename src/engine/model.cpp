@@ -165,7 +165,7 @@ private:
     // every thread: each thread adds, normalizes and prepares the few rows
     // itself instead of one thread doing it while the others wait at a
     // barrier. Per thread: X, Xn, rope tables and prepared rows.
-    static constexpr size_t kReplicatedTokens = 4;
+    static constexpr size_t kReplicatedTokens = 8;
     size_t private_stride_ = 0;
     AlignedBuffer private_;
 

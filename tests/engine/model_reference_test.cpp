@@ -507,6 +507,46 @@ TEST_P(RandomModelVsReference, ThreeSequencesOfDifferentLengthsInOneBatch) {
     }
 }
 
+// Batched decode: one token for each of n sequences of different lengths in
+// one call. Up to 8 tokens every thread keeps its own copy of the residual
+// stream; more share one split by tokens. Both must continue each sequence
+// at its own position.
+TEST_P(RandomModelVsReference, OneTokenEachForManySequencesInOneBatch) {
+    const size_t V = ref_->hparams().n_vocab;
+    for (size_t n : {size_t{5}, size_t{8}, size_t{9}, size_t{16}}) {
+        SCOPED_TRACE(fmt::format("{} sequences", n));
+        auto m = load_model(path_);
+        ASSERT_TRUE(m);
+        std::vector<SequenceId> ids;
+        std::vector<ReferenceSequence> refs;
+        std::vector<TokenId> next;
+        for (size_t i = 0; i < n; ++i) {
+            const std::vector<TokenId> prompt = test_tokens(1 + i % 6, V, static_cast<uint32_t>(17 + i));
+            auto id = m->create_sequence();
+            ASSERT_TRUE(id.ok());
+            ids.push_back(*id);
+            BatchEntry e{*id, prompt, false};
+            ASSERT_TRUE(m->decode(std::span<const BatchEntry>(&e, 1), Precision::kFP32).ok());
+            refs.emplace_back(ref_);
+            refs.back().append(prompt);
+            next.push_back(static_cast<TokenId>((3 + 5 * i) % V));
+        }
+        for (int step = 0; step < 2; ++step) {
+            std::vector<BatchEntry> batch;
+            for (size_t i = 0; i < n; ++i) batch.push_back({ids[i], std::span(&next[i], 1), false});
+            auto logits = m->decode(batch, Precision::kFP32);
+            ASSERT_TRUE(logits.ok()) << logits.error().message;
+            ASSERT_EQ(logits->size(), n * V);
+            const Rows got = copy_rows(*logits, V);
+            for (size_t i = 0; i < n; ++i) {
+                const RefRows want = refs[i].append(std::span(&next[i], 1));
+                EXPECT_LE(row_relative_error(got[i], want[0]), kFp32Tolerance) << "sequence " << i << " step " << step;
+                next[i] = static_cast<TokenId>((next[i] + 11) % V);
+            }
+        }
+    }
+}
+
 // Half-precision compute: rounding of activations (and weights for FP16/BF16
 // conversions) costs about 2^-11 (FP16) or 2^-8 (BF16) per operation. Seen
 // when written: ~2e-3 (FP16) and ~1.5e-2 (BF16) of the row's largest logit.

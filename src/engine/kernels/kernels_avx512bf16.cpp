@@ -22,7 +22,15 @@ __m512bh as_bf16_pairs(__m512i v) { return (__m512bh)v; }
 __m512i load32(const uint16_t* p) { return _mm512_loadu_si512(p); }
 __m512i load32_masked(const uint16_t* p, __mmask32 m) { return _mm512_maskz_loadu_epi16(m, p); }
 
-template <int kRows, int kCols>
+// Row blocks ahead that a tile asks L2 for. Batched decode does as much
+// arithmetic per weight byte as memory delivers, so the loads must be asked
+// for long before the tile reaches them: one block ahead (into L1) arrives
+// late, and later still when other work loads the memory.
+constexpr size_t kFarPrefetchBlocks = 4;
+
+// kFar: also prefetch into L2 kFarPrefetchBlocks row blocks ahead (only the
+// first pass over a row block needs to; later passes find it in L1/L2).
+template <int kRows, int kCols, bool kFar = false>
 void bf16_tile(const uint16_t* w, size_t cols, const unsigned char* x, size_t x_row_bytes, float* y, size_t ldy,
                size_t row) {
     // With one activation row, a second accumulator set hides the dot-product latency.
@@ -46,6 +54,11 @@ void bf16_tile(const uint16_t* w, size_t cols, const unsigned char* x, size_t x_
             // (prefill +15% measured; prefetches past the matrix are harmless).
             for (int i = 0; i < kRows; ++i)
                 _mm_prefetch(reinterpret_cast<const char*>(w_rows[i] + kRows * cols + k), _MM_HINT_T0);
+            if constexpr (kFar) {
+                for (int i = 0; i < kRows; ++i)
+                    _mm_prefetch(reinterpret_cast<const char*>(w_rows[i] + kFarPrefetchBlocks * kRows * cols + k),
+                                 _MM_HINT_T1);
+            }
         }
         for (int u = 0; u < kUnroll; ++u) {
             __m512i xv[kCols];
@@ -86,6 +99,12 @@ template <int kRows>
 void bf16_row_block(const uint16_t* w, size_t cols, const unsigned char* x, size_t x_row_bytes, size_t nb, float* y,
                     size_t ldy, size_t row) {
     size_t b = 0;
+    if constexpr (kRows == kTileRows) {
+        if (nb >= kTileCols) {
+            bf16_tile<kRows, kTileCols, true>(w, cols, x, x_row_bytes, y, ldy, row);
+            b = kTileCols;
+        }
+    }
     for (; b + kTileCols <= nb; b += kTileCols) {
         bf16_tile<kRows, kTileCols>(w, cols, x + b * x_row_bytes, x_row_bytes, y + b * ldy, ldy, row);
     }
