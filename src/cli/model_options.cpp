@@ -18,6 +18,10 @@ void add_model_options(CLI::App& cmd, ModelOptions& o) {
     cmd.add_option("--kv-cache-tokens", o.kv_cache_tokens,
                    "KV cache capacity in tokens across all sequences (0: four times the context)")
         ->capture_default_str();
+    cmd.add_option("--weights-huge-pages", o.weights_huge_pages,
+                   "Copy the weights into transparent huge pages at first use (faster decode; the copy is "
+                   "resident memory): true or false")
+        ->capture_default_str();
 }
 
 std::optional<engine::Precision> parse_precision(const std::string& name) {
@@ -34,6 +38,7 @@ std::unique_ptr<engine::Model> load_model(const ModelOptions& o, const char* com
     p.max_batch_tokens = o.batch_tokens;
     p.max_sequences = max_sequences;
     p.kv_cache_tokens = o.kv_cache_tokens;
+    p.weights_in_huge_pages = o.weights_huge_pages;
     auto kv = engine::dtype_from_name(o.kv_type);
     if (!kv || (*kv != engine::DType::F16 && *kv != engine::DType::F32)) {
         std::fprintf(stderr, "assistd %s: --kv-type must be f16 or f32\n", command);

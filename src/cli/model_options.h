@@ -18,6 +18,7 @@ struct ModelOptions {
     size_t batch_tokens = 512;
     std::string kv_type = "f16";
     size_t kv_cache_tokens = 0;  // 0: the engine's default (4 contexts)
+    bool weights_huge_pages = true;
 };
 
 void add_model_options(CLI::App& cmd, ModelOptions& o);

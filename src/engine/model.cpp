@@ -1,6 +1,8 @@
 // The llama-family forward pass (llama, qwen2) over a batch of sequences,
 // with weights kept per precision and converted lazily from the file.
 #include <fmt/format.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -50,29 +52,55 @@ std::optional<Precision> precision_from_name(std::string_view n) {
 
 namespace {
 
-// 64-byte aligned buffer that never reallocates after construction.
+// 64-byte aligned buffer that never reallocates after construction. A huge
+// one is anonymous memory aligned to 2 MiB and advised as transparent huge
+// pages (a hint: the kernel may still give 4 KiB pages).
 class AlignedBuffer {
 public:
+    static constexpr size_t kHugePage = size_t{2} << 20;
+
     AlignedBuffer() = default;
-    explicit AlignedBuffer(size_t bytes) : bytes_(bytes) {
-        if (bytes) ptr_ = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
-        if (bytes && !ptr_) throw std::bad_alloc();
+    explicit AlignedBuffer(size_t bytes, bool huge = false) : bytes_(bytes) {
+        if (!bytes) return;
+        if (huge) {
+            map_bytes_ = (bytes + kHugePage - 1) / kHugePage * kHugePage + kHugePage;
+            void* p = mmap(nullptr, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (p == MAP_FAILED) throw std::bad_alloc();
+            map_ = static_cast<uint8_t*>(p);
+            ptr_ = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + kHugePage - 1) / kHugePage * kHugePage);
+            madvise(ptr_, map_bytes_ - static_cast<size_t>(ptr_ - map_) , MADV_HUGEPAGE);
+            return;
+        }
+        ptr_ = static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+        if (!ptr_) throw std::bad_alloc();
     }
-    AlignedBuffer(AlignedBuffer&& o) noexcept : ptr_(o.ptr_), bytes_(o.bytes_) { o.ptr_ = nullptr; o.bytes_ = 0; }
+    AlignedBuffer(AlignedBuffer&& o) noexcept { swap(o); }
     AlignedBuffer& operator=(AlignedBuffer&& o) noexcept {
-        std::swap(ptr_, o.ptr_);
-        std::swap(bytes_, o.bytes_);
+        swap(o);
         return *this;
     }
-    ~AlignedBuffer() { std::free(ptr_); }
+    ~AlignedBuffer() {
+        if (map_)
+            munmap(map_, map_bytes_);
+        else
+            std::free(ptr_);
+    }
     uint8_t* data() const { return ptr_; }
     size_t size() const { return bytes_; }
     template <typename T>
     T* as() const { return reinterpret_cast<T*>(ptr_); }
 
 private:
+    void swap(AlignedBuffer& o) noexcept {
+        std::swap(ptr_, o.ptr_);
+        std::swap(bytes_, o.bytes_);
+        std::swap(map_, o.map_);
+        std::swap(map_bytes_, o.map_bytes_);
+    }
     uint8_t* ptr_ = nullptr;
     size_t bytes_ = 0;
+    uint8_t* map_ = nullptr;  // the whole mapping of a huge buffer
+    size_t map_bytes_ = 0;
 };
 
 struct Matrix {
@@ -89,7 +117,8 @@ struct LayerWeights {
 struct WeightSet {
     std::vector<LayerWeights> layers;
     Matrix output;
-    std::vector<AlignedBuffer> owned;  // converted copies
+    AlignedBuffer arena;  // the converted (or copied) matrices, one after another
+    size_t arena_used = 0;
     size_t owned_bytes = 0;
     uint64_t last_used = 0;
 };
@@ -129,7 +158,7 @@ public:
 
 private:
     Result<WeightSet*> weights_for(Precision p);
-    Result<Matrix> convert_matrix(const GgufTensor& t, DType target, WeightSet& set);
+    Result<Matrix> convert_matrix(const GgufTensor& t, DType target, bool copy_native, WeightSet& set);
     const float* f32_vector(const GgufTensor* t);
     void forward(int ith, int nth, const WeightSet& w);
     void prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols, uint8_t* out) const;
@@ -310,12 +339,18 @@ const float* LlamaModel::f32_vector(const GgufTensor* t) {
     return v.data();
 }
 
-Result<Matrix> LlamaModel::convert_matrix(const GgufTensor& t, DType target, WeightSet& set) {
+namespace {
+size_t arena_bytes(DType type, size_t rows, size_t cols) { return (dtype_row_bytes(type, cols) * rows + 63) / 64 * 64; }
+}  // namespace
+
+// The matrix in `target`: the file's own bytes when it stores that type and
+// copy_native is off, else a conversion (or copy) into the set's arena.
+Result<Matrix> LlamaModel::convert_matrix(const GgufTensor& t, DType target, bool copy_native, WeightSet& set) {
     Matrix m;
     m.type = target;
     m.rows = t.rows();
     m.cols = t.cols();
-    if (t.dtype == target) {
+    if (t.dtype == target && !copy_native) {
         m.data = t.data;
         return m;
     }
@@ -323,23 +358,31 @@ Result<Matrix> LlamaModel::convert_matrix(const GgufTensor& t, DType target, Wei
         return make_error(ErrorCode::kUnsupported, fmt::format("tensor '{}' rows of {} cannot be stored as Q8_0",
                                                                t.name, m.cols));
     const size_t src_row = dtype_row_bytes(t.dtype, m.cols), dst_row = dtype_row_bytes(target, m.cols);
-    AlignedBuffer buf;
-    try {
-        buf = AlignedBuffer(dst_row * m.rows);
-    } catch (const std::bad_alloc&) {
-        return make_error(ErrorCode::kResourceExhausted, fmt::format("out of memory converting '{}'", t.name));
-    }
+    const size_t bytes = arena_bytes(target, m.rows, m.cols);
+    if (set.arena_used + bytes > set.arena.size())  // sized by weights_for: a bug if it happens
+        return make_error(ErrorCode::kInternal, fmt::format("weight arena too small for '{}'", t.name));
     const auto* src = static_cast<const uint8_t*>(t.data);
-    uint8_t* dst = buf.data();
+    uint8_t* dst = set.arena.data() + set.arena_used;
+    set.arena_used += bytes;
     pool_->run([&](int ith, int nth) {
         size_t r0, r1;
         ThreadPool::split(m.rows, 1, ith, nth, r0, r1);
-        for (size_t r = r0; r < r1; ++r)
-            kernels::convert_rows(t.dtype, src + r * src_row, target, dst + r * dst_row, m.cols);
+        if (t.dtype == target)
+            std::memcpy(dst + r0 * dst_row, src + r0 * src_row, (r1 - r0) * dst_row);
+        else
+            for (size_t r = r0; r < r1; ++r)
+                kernels::convert_rows(t.dtype, src + r * src_row, target, dst + r * dst_row, m.cols);
     });
-    m.data = buf.data();
-    set.owned_bytes += buf.size();
-    set.owned.push_back(std::move(buf));
+    if (t.dtype == target) {
+        // Copied: let go of the mapping's pages of it (they stay in the page
+        // cache), so the model is not resident twice. A later read (another
+        // precision's conversion, embedding rows) faults them back in.
+        const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+        const auto begin = (reinterpret_cast<uintptr_t>(src) + page - 1) / page * page;
+        const auto end = (reinterpret_cast<uintptr_t>(src) + t.n_bytes) / page * page;
+        if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+    }
+    m.data = dst;
     return m;
 }
 
@@ -349,11 +392,12 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
         it->second->last_used = ++use_counter_;
         return it->second.get();
     }
-    // Bytes this precision would add: every matrix not already stored in its format.
-    uint64_t need = 0;
+    // Bytes this precision would add: every matrix not already stored in its
+    // format, and, for huge pages, the others' copies when they fit too.
+    uint64_t need = 0, native = 0;
     auto count = [&](const GgufTensor* t) {
         const DType target = precision_storage_type(p, t->dtype);
-        if (t->dtype != target) need += dtype_row_bytes(target, t->cols()) * t->rows();
+        (t->dtype != target ? need : native) += arena_bytes(target, t->rows(), t->cols());
     };
     for (const auto& L : tensors_.layers)
         for (const GgufTensor* t : {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down}) count(t);
@@ -362,6 +406,8 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
         return make_error(ErrorCode::kResourceExhausted,
                           fmt::format("precision {} needs {} MiB of converted weights, over the budget of {} MiB",
                                       precision_name(p), need >> 20, params_.converted_weights_budget >> 20));
+    const bool copy_native = params_.weights_in_huge_pages && need + native <= params_.converted_weights_budget;
+    if (copy_native) need += native;
     // Evict least recently used sets until it fits.
     auto used = [&] {
         size_t total = 0;
@@ -378,12 +424,22 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
     }
 
     auto set = std::make_unique<WeightSet>();
+    if (need > 0) {
+        try {
+            set->arena = AlignedBuffer(need, params_.weights_in_huge_pages);
+        } catch (const std::bad_alloc&) {
+            return make_error(ErrorCode::kResourceExhausted,
+                              fmt::format("out of memory for the {} MiB of precision {}'s weights", need >> 20,
+                                          precision_name(p)));
+        }
+        set->owned_bytes = need;
+    }
     // Matrices that read the same input are kept in one type, so one prepared
     // activation serves them all (a native file may mix types).
     auto group = [&](std::initializer_list<std::pair<const GgufTensor*, Matrix*>> members) -> Status {
         const DType target = precision_storage_type(p, members.begin()->first->dtype);
         for (auto [t, out] : members) {
-            auto m = convert_matrix(*t, target, *set);
+            auto m = convert_matrix(*t, target, copy_native, *set);
             if (!m) return m.error();
             *out = *m;
         }

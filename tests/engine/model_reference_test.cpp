@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -52,12 +53,14 @@ std::string write_shape(const TempDir& dir, const std::string& shape, DType dtyp
 // Two threads even for these tiny models (by default they would run small
 // batches alone), so the parallel forward is what the reference checks.
 std::unique_ptr<Model> load_model(const std::string& path, DType kv_type = DType::F32,
-                                  size_t min_parallel_weight_bytes = 0) {
+                                  size_t min_parallel_weight_bytes = 0,
+                                  const std::function<void(ModelParams&)>& tweak = {}) {
     ModelParams params;
     params.path = path;
     params.n_threads = 2;
     params.kv_type = kv_type;
     params.min_parallel_weight_bytes = min_parallel_weight_bytes;
+    if (tweak) tweak(params);
     auto m = Model::load(params);
     if (!m) {
         ADD_FAILURE() << "Model::load(" << path << "): " << m.error().message;
@@ -463,6 +466,28 @@ TEST_P(RandomModelVsReference, SmallBatchesOfATinyModelRunAloneWithTheSameLogits
     EXPECT_EQ(a, p);
     const Comparison c = compare(a, want_);
     EXPECT_LE(c.max_error, kFp32Tolerance) << "worst row " << c.worst_row;
+}
+
+// Weights copied into huge-page memory (the default), read from the file's
+// mapping (option off), or read from the mapping because the copy does not
+// fit the budget: the same bytes, so bit-identical logits, natively and for a
+// converted precision.
+TEST_P(RandomModelVsReference, WeightsCopiedToHugePagesOrReadFromTheFileGiveTheSameLogits) {
+    auto copied = load_model(path_);
+    auto mapped = load_model(path_, DType::F32, 0, [](ModelParams& p) { p.weights_in_huge_pages = false; });
+    // Room for nothing: FP32 (the file's type) converts nothing, so it runs
+    // from the mapping; BF16 needs a conversion and says it is over budget.
+    auto tight = load_model(path_, DType::F32, 0, [](ModelParams& p) { p.converted_weights_budget = 1; });
+    ASSERT_TRUE(copied && mapped && tight);
+    const Rows c = decode_chunked(*copied, tokens_, Precision::kFP32, 6, 1);
+    EXPECT_EQ(c, decode_chunked(*mapped, tokens_, Precision::kFP32, 6, 1));
+    EXPECT_EQ(c, decode_chunked(*tight, tokens_, Precision::kFP32, 6, 1));
+    EXPECT_LE(compare(c, want_).max_error, kFp32Tolerance);
+    EXPECT_EQ(decode_chunked(*copied, tokens_, Precision::kBF16, 6, 1),
+              decode_chunked(*mapped, tokens_, Precision::kBF16, 6, 1));
+    const Status over = tight->prepare_precision(Precision::kBF16);
+    ASSERT_FALSE(over.ok());
+    EXPECT_NE(over.error().message.find("over the budget"), std::string::npos) << over.error().message;
 }
 
 TEST_P(RandomModelVsReference, ThreeSequencesOfDifferentLengthsInOneBatch) {
