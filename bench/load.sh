@@ -85,6 +85,10 @@ if [ "$which" = b ] || [ "$which" = all ]; then
     IFS=: read -r name path precision <<<"$spec"
     start_server --model "$path" --precision "$precision" --max-running 128 --max-queue 1024 \
       --queue-timeout-ms $((timeout_s * 1000)) --kv-cache-tokens 16384 --ctx-size 2048
+    # One request first, not counted: a server's first batches at a precision
+    # wait for its weights to be copied into huge pages (docs/engine.md).
+    "$loadgen" --port "$port" --mode sessions --route chat --concurrency 1 --per-session 1 --max-tokens 1 \
+      --timeout-s "$timeout_s" --label warm-up >/dev/null || true
     for c in $sessions; do
       per=$(( c >= 32 ? 2 : (c >= 8 ? 4 : 8) ))
       "$loadgen" --port "$port" --mode sessions --route chat --concurrency "$c" --per-session "$per" --max-tokens 64 \
