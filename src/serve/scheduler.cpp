@@ -269,12 +269,6 @@ size_t Scheduler::in_flight() const {
 }
 
 void Scheduler::run() {
-    // The starting precision's weights first (converted, or copied into huge
-    // pages: ~0.4 s for a 270 MB model), so they are not the first request's
-    // wait when it comes later; requests that arrive meanwhile queue. A
-    // failure is not lost: the first batch at that precision fails with the
-    // same message, which its requests get.
-    (void)model_.prepare_precision(static_cast<Precision>(precision_.load()));
     for (;;) {
         {
             std::unique_lock lk(mu_);
