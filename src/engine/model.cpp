@@ -394,14 +394,21 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
     }
     // Bytes this precision would add: every matrix not already stored in its
     // format, and, for huge pages, the others' copies when they fit too.
+    // Counted by the groups below (matrices that read one input share the
+    // first one's type), so the arena fits exactly what they store.
     uint64_t need = 0, native = 0;
-    auto count = [&](const GgufTensor* t) {
-        const DType target = precision_storage_type(p, t->dtype);
-        (t->dtype != target ? need : native) += arena_bytes(target, t->rows(), t->cols());
+    auto count = [&](std::initializer_list<const GgufTensor*> members) {
+        const DType target = precision_storage_type(p, (*members.begin())->dtype);
+        for (const GgufTensor* t : members)
+            (t->dtype != target ? need : native) += arena_bytes(target, t->rows(), t->cols());
     };
-    for (const auto& L : tensors_.layers)
-        for (const GgufTensor* t : {L.wq, L.wk, L.wv, L.wo, L.w_gate, L.w_up, L.w_down}) count(t);
-    count(tensors_.output);
+    for (const auto& L : tensors_.layers) {
+        count({L.wq, L.wk, L.wv});
+        count({L.wo});
+        count({L.w_gate, L.w_up});
+        count({L.w_down});
+    }
+    count({tensors_.output});
     if (need > params_.converted_weights_budget)
         return make_error(ErrorCode::kResourceExhausted,
                           fmt::format("precision {} needs {} MiB of converted weights, over the budget of {} MiB",
