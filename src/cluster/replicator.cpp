@@ -54,11 +54,12 @@ bool covers(const SessionState& have, const SessionState& want) {
 
 // What each session's batches on their way to a peer carry (the newest state
 // sent): a session whose whole local state is already in flight needs no push.
-std::map<std::string, SessionState> in_flight_states(
-    const std::map<uint64_t, std::vector<SessionState>*>& batches) {
+// `inflight` is a link's batches by batch id, each with the states it `sent`.
+template <typename Inflight>
+std::map<std::string, SessionState> in_flight_states(const Inflight& inflight) {
     std::map<std::string, SessionState> out;
-    for (const auto& [id, sent] : batches) {
-        for (const auto& s : *sent) out[s.session_id] = s;  // later batches carry newer states
+    for (const auto& [id, batch] : inflight) {
+        for (const auto& s : batch.sent) out[s.session_id] = s;  // later batches carry newer states
     }
     return out;
 }
@@ -323,10 +324,7 @@ void Replicator::on_departure(NodeId node, uint64_t incarnation, Completions& do
         for (NodeId p : place_replicas(w.session_id, members_, options_.replication_factor)) {
             if (p == identity_.node_id || !membership_.is_live(p) || w.asked.count(p)) continue;
             w.asked.insert(p);
-            Message pull;
-            pull.kind = MessageKind::kPull;
-            pull.states.push_back(here);
-            send(p, std::move(pull));
+            send_pull(p, here, 0);
         }
         refreshing.insert(w.session_id);
     }
@@ -705,9 +703,7 @@ void Replicator::on_summary(const Message& m) {
     for (const auto& [batch, f] : link.inflight) {
         for (const auto& s : f.sent) on_the_way.insert(s.session_id);
     }
-    std::map<uint64_t, std::vector<SessionState>*> batches;
-    for (auto& [id, f] : link.inflight) batches[id] = &f.sent;
-    const auto in_flight = in_flight_states(batches);
+    const auto in_flight = in_flight_states(link.inflight);
     Message pull;
     pull.kind = MessageKind::kPull;
     for (const auto& [id, mine] : ours) {
@@ -743,9 +739,7 @@ void Replicator::on_summary(const Message& m) {
 
 void Replicator::on_pull(const Message& m) {
     auto& link = links_[m.from];
-    std::map<uint64_t, std::vector<SessionState>*> batches;
-    for (auto& [id, f] : link.inflight) batches[id] = &f.sent;
-    const auto on_the_way = in_flight_states(batches);
+    const auto on_the_way = in_flight_states(link.inflight);
     Message direct;
     direct.kind = MessageKind::kDeltas;  // id 0: not acknowledged
     Message up_to_date;                  // a refresh's answer: this node's states
@@ -1035,15 +1029,7 @@ void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback
                     "' is not here and none of its replicas is reachable; retry shortly");
             completions.push_back([cb = std::move(done), err] { cb(err); });
         } else {
-            for (NodeId p : w.asked) {
-                Message pull;
-                pull.kind = MessageKind::kPull;
-                pull.states.push_back(here);
-                send(p, std::move(pull));
-            }
-            w.done = std::move(done);
-            fetch_waiters_.push_back(std::move(w));
-            check_fetch(std::string(session_id), completions);
+            wait_for_pulls(std::move(w), here, 0, std::move(done), completions);
         }
     }
     for (auto& f : completions) f();
@@ -1065,18 +1051,26 @@ void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, size_t
         }
         // Each replica pushes what this node lacks, or says it has nothing newer.
         const SessionState here = local_state(w.session_id);
-        for (NodeId p : w.asked) {
-            Message pull;
-            pull.kind = MessageKind::kPull;
-            pull.id = kAnswerEvenIfCurrent;
-            pull.states.push_back(here);
-            send(p, std::move(pull));
-        }
-        w.done = std::move(done);
-        fetch_waiters_.push_back(std::move(w));
-        check_fetch(std::string(session_id), completions);
+        wait_for_pulls(std::move(w), here, kAnswerEvenIfCurrent, std::move(done), completions);
     }
     for (auto& f : completions) f();
+}
+
+void Replicator::send_pull(NodeId peer, const SessionState& here, uint64_t pull_id) {
+    Message pull;
+    pull.kind = MessageKind::kPull;
+    pull.id = pull_id;
+    pull.states.push_back(here);
+    send(peer, std::move(pull));
+}
+
+void Replicator::wait_for_pulls(FetchWaiter w, const SessionState& here, uint64_t pull_id, Callback done,
+                                Completions& completions) {
+    for (NodeId p : w.asked) send_pull(p, here, pull_id);
+    const std::string session_id = w.session_id;
+    w.done = std::move(done);
+    fetch_waiters_.push_back(std::move(w));
+    check_fetch(session_id, completions);
 }
 
 size_t Replicator::read_quorum(std::string_view session_id) const {

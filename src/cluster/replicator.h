@@ -236,6 +236,12 @@ class Replicator {
     void send_leave(NodeId peer);
     void note_peer_state(NodeId peer, const SessionState& state, Completions& done);
     void check_fetch(const std::string& session_id, Completions& done);
+    // A pull of `here` (id 0, or kAnswerEvenIfCurrent for a refresh). Under mu_.
+    void send_pull(NodeId peer, const SessionState& here, uint64_t pull_id);
+    // Sends each asked replica a pull of `here`, registers the waiter and
+    // checks it at once. Under mu_.
+    void wait_for_pulls(FetchWaiter w, const SessionState& here, uint64_t pull_id, Callback done,
+                        Completions& completions);
     bool expire_waiters(int64_t now, Completions& done);
     size_t acks_needed(const std::string& session_id) const;
     // acks_needed less the session's suspect replicas when degraded writes are on.
