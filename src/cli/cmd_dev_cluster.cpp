@@ -135,11 +135,7 @@ int run_dev_cluster(const DevClusterOptions& o) {
         return 2;
     }
 
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    const sigset_t signals = block_stop_signals();
 
     std::vector<Child> children(static_cast<size_t>(o.nodes));
     std::string peers;

@@ -217,11 +217,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         return 2;
     }
     // Block the stop signals before any thread starts, so only sigwait sees them.
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGTERM);
-    sigaddset(&signals, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    const sigset_t signals = block_stop_signals();
 
     const size_t open_files = raise_open_file_limit();
     if (open_files != 0 && open_files < o.max_queue + o.max_running + 64)

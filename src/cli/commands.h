@@ -2,6 +2,8 @@
 // Each `assistd` subcommand lives in its own cmd_*.cpp and registers itself
 // on the CLI11 app here. A command's callback sets the exit status through
 // the int it is given: 0 ok, 1 a check failed, 2 bad input or usage.
+#include <csignal>
+
 #include <CLI/CLI.hpp>
 
 namespace assistd::cli {
@@ -15,5 +17,9 @@ void register_bench_prefix(CLI::App& bench, int& exit_code);
 void register_bench_engine(CLI::App& bench, int& exit_code);
 void register_bench_crdt(CLI::App& bench, int& exit_code);
 void register_bench_sessions(CLI::App& bench, int& exit_code);
+
+// Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it
+// starts afterwards; returns that set for sigwait. Call before any thread starts.
+sigset_t block_stop_signals();
 
 }  // namespace assistd::cli

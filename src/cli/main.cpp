@@ -5,6 +5,19 @@
 #include "cli/commands.h"
 #include "common/cpu_features.h"
 
+namespace assistd::cli {
+
+sigset_t block_stop_signals() {
+    sigset_t signals;
+    sigemptyset(&signals);
+    sigaddset(&signals, SIGTERM);
+    sigaddset(&signals, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+    return signals;
+}
+
+}  // namespace assistd::cli
+
 int main(int argc, char** argv) {
     CLI::App app{"assistd: a runtime for AI assistants (OpenAI-compatible serving, CPU inference, replicated sessions)"};
     app.require_subcommand(1);
