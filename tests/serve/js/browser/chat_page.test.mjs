@@ -45,6 +45,18 @@ test("a message gets a streamed answer, a session entry and a tokens/s figure", 
     }).observe(document.getElementById("messages"), { childList: true, subtree: true, characterData: true });
   });
 
+  // stories260K answers at thousands of tokens/s, so over loopback the whole
+  // stream can land in one or two reads and a page that waited for the end
+  // would look the same as one that streams. A slow link (DevTools network
+  // emulation, ~48 KB/s: about a second for the answer's events) delivers the
+  // response in many pieces, as a remote user's connection would; the page
+  // must show each piece as it comes.
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send("Network.enable");
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false, latency: 20, downloadThroughput: 48 * 1024, uploadThroughput: -1,
+  });
+
   await page.locator("#input").fill(MESSAGE);
   await page.locator("#input").press("Enter");
   await page.locator("#messages .msg.user").filter({ hasText: MESSAGE }).waitFor();
@@ -64,6 +76,10 @@ test("a message gets a streamed answer, a session entry and a tokens/s figure", 
   for (let i = 1; i < growing.length; ++i) assert.ok(growing[i] > growing[i - 1], "and only grew");
   assert.equal(growing.at(-1), text.length);
   console.log(`the answer grew in ${growing.length} steps to ${text.length} characters`);
+
+  await cdp.send("Network.emulateNetworkConditions", {
+    offline: false, latency: 0, downloadThroughput: -1, uploadThroughput: -1,
+  });
 
   // The session list shows the new session, titled by the message and marked current.
   const entry = page.locator("#sessions li", { hasText: MESSAGE });
