@@ -1,7 +1,9 @@
 // `assistd bench engine`: prefill and decode speed of one model, the way
 // llama-bench measures them (pp: one forward over N prompt tokens; tg: N
 // single-token steps from an empty context), plus batched decode and the
-// weight bandwidth decode achieves. Prints figures; never fails on time.
+// weight bandwidth decode achieves, and with --membw that bandwidth as a share
+// of the read bandwidth the memory probe measures right after. Prints
+// figures; never fails on time.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +17,7 @@
 #include "common/cpu_features.h"
 #include "engine/engine.h"
 #include "engine/kernels/kernels.h"
+#include "engine/memory_bandwidth.h"
 
 namespace assistd::cli {
 namespace {
@@ -30,6 +33,8 @@ struct BenchOptions {
     int decode_context = 0;  // cached tokens each decode run starts from
     int batch = 1;
     int reps = 3;
+    bool membw = false;        // run the read-bandwidth probe after the figures
+    int64_t membw_size_mib = 1024;
     bool json = false;
 };
 
@@ -146,6 +151,10 @@ int run_bench(const BenchOptions& o) {
         std::fprintf(stderr, "assistd bench engine: --prompt-tokens, --gen-tokens, --batch and --reps must be >= 1\n");
         return 2;
     }
+    if (o.membw_size_mib < 1) {
+        std::fprintf(stderr, "assistd bench engine: --membw-size-mib must be >= 1\n");
+        return 2;
+    }
     if (o.decode_context < 0) {
         std::fprintf(stderr, "assistd bench engine: --decode-context must be >= 0\n");
         return 2;
@@ -186,12 +195,14 @@ int run_bench(const BenchOptions& o) {
         std::printf("%-9s %14s %14s %16s %12s\n", "precision", "prefill tok/s", "decode tok/s",
                     o.batch > 1 ? "batched tok/s" : "", "weight GB/s");
     }
+    std::vector<std::pair<Precision, double>> decode_gbps;
     for (Precision p : precisions) {
         auto f = measure(*model, p, o);
         if (!f) {
             std::fprintf(stderr, "assistd bench engine: %s: %s\n", precision_name(p), f.error().message.c_str());
             return 2;
         }
+        decode_gbps.emplace_back(p, f->gbps);
         out["results"].push_back({{"precision", precision_name(p)},
                                   {"prefill_tokens_per_s", f->prefill_tps},
                                   {"decode_tokens_per_s", f->decode_tps},
@@ -201,6 +212,38 @@ int run_bench(const BenchOptions& o) {
             std::printf("%-9s %14.1f %14.1f %16s %12.1f\n", precision_name(p), f->prefill_tps, f->decode_tps,
                         o.batch > 1 ? std::to_string(static_cast<int>(f->batched_tps)).c_str() : "", f->gbps);
             std::fflush(stdout);
+        }
+    }
+    if (o.membw) {
+        // The read-only probe with decode's thread count, the same minute:
+        // the machine's bandwidth moves too much to compare with a figure
+        // measured at another time.
+        MemoryBandwidthOptions mo;
+        mo.n_threads = model->n_threads();
+        mo.array_bytes = static_cast<size_t>(o.membw_size_mib) << 20;
+        mo.huge_pages = o.model.weights_huge_pages;
+        mo.copy_and_triad = false;
+        auto bw = measure_memory_bandwidth(mo);
+        if (!bw) {
+            std::fprintf(stderr, "assistd bench engine: memory probe: %s\n", bw.error().message.c_str());
+            return bw.error().code == ErrorCode::kInternal ? 1 : 2;
+        }
+        const double limit = bw->read.best_gb_per_s;
+        out["membw"] = {{"threads", bw->n_threads},
+                        {"array_mib", bw->array_bytes >> 20},
+                        {"reps", bw->reps},
+                        {"huge_page_mib", bw->huge_page_bytes >> 20},
+                        {"read_gb_per_s", limit},
+                        {"read_median_gb_per_s", bw->read.median_gb_per_s}};
+        for (size_t i = 0; i < decode_gbps.size(); ++i) {
+            const auto [p, gbps] = decode_gbps[i];
+            out["results"][i]["decode_share_of_membw_read"] = gbps / limit;
+            if (!o.json)
+                std::printf("%s: decode reads %.1f GB/s = %.0f%% of the %.1f GB/s read bandwidth measured now "
+                            "(%d thread%s, %zu MiB, best of %d)\n",
+                            precision_name(p), gbps, 100.0 * gbps / limit, limit, bw->n_threads,
+                            bw->n_threads == 1 ? "" : "s",
+                            bw->array_bytes >> 20, bw->reps);
         }
     }
     if (o.json) std::printf("%s\n", out.dump().c_str());
@@ -223,6 +266,9 @@ void register_bench_engine(CLI::App& bench, int& exit_code) {
         ->capture_default_str();
     cmd->add_option("--batch", o->batch, "Sequences decoded together for the batched figure")->capture_default_str();
     cmd->add_option("--reps", o->reps, "Repetitions (the median is printed)")->capture_default_str();
+    cmd->add_flag("--membw", o->membw,
+                  "Then measure the read bandwidth (bench membw's read stream, ~1 s) and print decode's share of it");
+    cmd->add_option("--membw-size-mib", o->membw_size_mib, "MiB the --membw probe reads")->capture_default_str();
     cmd->add_flag("--json", o->json, "Print one JSON object");
     cmd->callback([o, &exit_code] { exit_code = run_bench(*o); });
 }
