@@ -2,11 +2,12 @@
 // llama-bench measures them (pp: one forward over N prompt tokens; tg: N
 // single-token steps from an empty context), plus batched decode and the
 // weight bandwidth decode achieves, and with --membw that bandwidth as a share
-// of the read bandwidth the memory probe measures right after. Prints
-// figures; never fails on time.
+// of the read bandwidth the memory probe measures right after each decode
+// run. Prints figures; never fails on time.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -34,7 +35,7 @@ struct BenchOptions {
     int batch = 1;
     int reps = 3;
     bool membw = false;        // run the read-bandwidth probe after the figures
-    int64_t membw_size_mib = 1024;
+    int64_t membw_size_mib = 1024;  // the probe's array
     bool json = false;
 };
 
@@ -56,9 +57,15 @@ double weight_bytes_per_token(const Model& m, Precision p) {
 
 struct Figures {
     double prefill_tps = 0, decode_tps = 0, batched_tps = 0, gbps = 0;
+    // With the memory probe: its read GB/s right after each decode run (the
+    // best of a few passes), and decode's weight GB/s over it, medians.
+    double membw_read_gbps = 0, membw_share = 0;
 };
 
-Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
+// Read passes of the probe right after a decode run: the best of this many.
+constexpr int kProbePassesPerRun = 3;
+
+Result<Figures> measure(Model& m, Precision p, const BenchOptions& o, MemoryProbe* probe) {
     Figures f;
     const size_t V = m.info().n_vocab;
     std::vector<TokenId> tokens(std::max(o.prompt_tokens, 1));
@@ -118,7 +125,8 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
 
     // Warm-up: page in the weights and settle the threads.
     if (auto w = run_decode(1); !w) return w.error();
-    std::vector<double> pp, tg, tgb;
+    std::vector<double> pp, tg, tgb, probe_gbps, shares;
+    const double bytes_per_token = weight_bytes_per_token(m, p);
     for (int r = 0; r < o.reps; ++r) {
         auto a = run_prefill();
         if (!a) return a.error();
@@ -126,6 +134,16 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
         auto b = run_decode(1);
         if (!b) return b.error();
         tg.push_back(o.gen_tokens / *b);
+        if (probe) {
+            double best = 0;
+            for (int pass = 0; pass < kProbePassesPerRun; ++pass) {
+                auto rate = probe->read_pass();
+                if (!rate) return rate.error();
+                best = std::max(best, *rate);
+            }
+            probe_gbps.push_back(best);
+            shares.push_back(bytes_per_token * tg.back() / 1e9 / best);
+        }
         if (o.batch > 1) {
             auto c = run_decode(o.batch);
             if (!c) return c.error();
@@ -135,7 +153,9 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
     f.prefill_tps = median(pp);
     f.decode_tps = median(tg);
     f.batched_tps = median(tgb);
-    f.gbps = weight_bytes_per_token(m, p) * f.decode_tps / 1e9;
+    f.gbps = bytes_per_token * f.decode_tps / 1e9;
+    f.membw_read_gbps = median(probe_gbps);
+    f.membw_share = median(shares);
     return f;
 }
 
@@ -195,56 +215,57 @@ int run_bench(const BenchOptions& o) {
         std::printf("%-9s %14s %14s %16s %12s\n", "precision", "prefill tok/s", "decode tok/s",
                     o.batch > 1 ? "batched tok/s" : "", "weight GB/s");
     }
-    std::vector<std::pair<Precision, double>> decode_gbps;
-    for (Precision p : precisions) {
-        auto f = measure(*model, p, o);
-        if (!f) {
-            std::fprintf(stderr, "assistd bench engine: %s: %s\n", precision_name(p), f.error().message.c_str());
+    // The read-only memory probe with decode's thread count: the machine's
+    // bandwidth moves too much to compare with a figure from another time.
+    std::unique_ptr<MemoryProbe> probe;
+    if (o.membw) {
+        MemoryBandwidthOptions po;
+        po.n_threads = model->n_threads();
+        po.array_bytes = static_cast<size_t>(o.membw_size_mib) << 20;
+        po.huge_pages = o.model.weights_huge_pages;
+        po.copy_and_triad = false;
+        auto created = MemoryProbe::create(po);
+        if (!created) {
+            std::fprintf(stderr, "assistd bench engine: memory probe: %s\n", created.error().message.c_str());
             return 2;
         }
-        decode_gbps.emplace_back(p, f->gbps);
+        probe = std::move(*created);
+        out["membw"] = {{"threads", po.n_threads},
+                        {"array_mib", o.membw_size_mib},
+                        {"passes_per_decode_run", kProbePassesPerRun},
+                        {"huge_page_mib", probe->huge_page_bytes() >> 20}};
+    }
+    std::vector<std::pair<Precision, Figures>> probed;
+    for (Precision p : precisions) {
+        auto f = measure(*model, p, o, probe.get());
+        if (!f) {
+            std::fprintf(stderr, "assistd bench engine: %s: %s\n", precision_name(p), f.error().message.c_str());
+            return f.error().code == ErrorCode::kInternal ? 1 : 2;
+        }
         out["results"].push_back({{"precision", precision_name(p)},
                                   {"prefill_tokens_per_s", f->prefill_tps},
                                   {"decode_tokens_per_s", f->decode_tps},
                                   {"batched_decode_tokens_per_s", f->batched_tps},
                                   {"decode_weight_gb_per_s", f->gbps}});
+        if (probe) {
+            out["results"].back()["membw_read_gb_per_s"] = f->membw_read_gbps;
+            out["results"].back()["decode_share_of_membw_read"] = f->membw_share;
+            probed.emplace_back(p, *f);
+        }
         if (!o.json) {
             std::printf("%-9s %14.1f %14.1f %16s %12.1f\n", precision_name(p), f->prefill_tps, f->decode_tps,
                         o.batch > 1 ? std::to_string(static_cast<int>(f->batched_tps)).c_str() : "", f->gbps);
             std::fflush(stdout);
         }
     }
-    if (o.membw) {
-        // The read-only probe with decode's thread count, the same minute:
-        // the machine's bandwidth moves too much to compare with a figure
-        // measured at another time.
-        MemoryBandwidthOptions mo;
-        mo.n_threads = model->n_threads();
-        mo.array_bytes = static_cast<size_t>(o.membw_size_mib) << 20;
-        mo.huge_pages = o.model.weights_huge_pages;
-        mo.copy_and_triad = false;
-        auto bw = measure_memory_bandwidth(mo);
-        if (!bw) {
-            std::fprintf(stderr, "assistd bench engine: memory probe: %s\n", bw.error().message.c_str());
-            return bw.error().code == ErrorCode::kInternal ? 1 : 2;
-        }
-        const double limit = bw->read.best_gb_per_s;
-        out["membw"] = {{"threads", bw->n_threads},
-                        {"array_mib", bw->array_bytes >> 20},
-                        {"reps", bw->reps},
-                        {"huge_page_mib", bw->huge_page_bytes >> 20},
-                        {"read_gb_per_s", limit},
-                        {"read_median_gb_per_s", bw->read.median_gb_per_s}};
-        for (size_t i = 0; i < decode_gbps.size(); ++i) {
-            const auto [p, gbps] = decode_gbps[i];
-            out["results"][i]["decode_share_of_membw_read"] = gbps / limit;
-            if (!o.json)
-                std::printf("%s: decode reads %.1f GB/s = %.0f%% of the %.1f GB/s read bandwidth measured now "
-                            "(%d thread%s, %zu MiB, best of %d)\n",
-                            precision_name(p), gbps, 100.0 * gbps / limit, limit, bw->n_threads,
-                            bw->n_threads == 1 ? "" : "s",
-                            bw->array_bytes >> 20, bw->reps);
-        }
+    if (!o.json) {
+        for (const auto& [p, f] : probed)
+            std::printf("%s: decode reads %.1f GB/s = %.0f%% of the %.1f GB/s read bandwidth measured now "
+                        "(median of %d decode runs, each followed by the best of %d read passes over %lld MiB, "
+                        "%d thread%s)\n",
+                        precision_name(p), f.gbps, 100.0 * f.membw_share, f.membw_read_gbps, o.reps,
+                        kProbePassesPerRun, static_cast<long long>(o.membw_size_mib), model->n_threads(),
+                        model->n_threads() == 1 ? "" : "s");
     }
     if (o.json) std::printf("%s\n", out.dump().c_str());
     return 0;
@@ -267,7 +288,8 @@ void register_bench_engine(CLI::App& bench, int& exit_code) {
     cmd->add_option("--batch", o->batch, "Sequences decoded together for the batched figure")->capture_default_str();
     cmd->add_option("--reps", o->reps, "Repetitions (the median is printed)")->capture_default_str();
     cmd->add_flag("--membw", o->membw,
-                  "Then measure the read bandwidth (bench membw's read stream, ~1 s) and print decode's share of it");
+                  "After each decode run, measure the read bandwidth (bench membw's read stream, 3 passes) and print "
+                  "decode's share of it");
     cmd->add_option("--membw-size-mib", o->membw_size_mib, "MiB the --membw probe reads")->capture_default_str();
     cmd->add_flag("--json", o->json, "Print one JSON object");
     cmd->callback([o, &exit_code] { exit_code = run_bench(*o); });

@@ -7,6 +7,7 @@
 // compared with what the machine delivers the same minute.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "common/result.h"
@@ -49,7 +50,37 @@ struct MemoryBandwidth {
 // bytes as little-endian 64-bit words.
 float memory_probe_element(size_t i);
 
-// Runs the probe. Errors: bad options (kInvalidArgument), arrays larger than
+// The probe's arrays, allocated, pre-faulted and filled once, for passes
+// interleaved with other work (`bench engine --membw` runs read passes right
+// after each decode run, so both see the same minute's bandwidth).
+class MemoryProbe {
+public:
+    // Errors as measure_memory_bandwidth's (options.reps is not used here).
+    static Result<std::unique_ptr<MemoryProbe>> create(const MemoryBandwidthOptions& options);
+    ~MemoryProbe();
+    MemoryProbe(const MemoryProbe&) = delete;
+    MemoryProbe& operator=(const MemoryProbe&) = delete;
+
+    // One timed pass, in GB/s. A read pass whose checksum differs from the
+    // array's sum is a kInternal error; copy and triad need copy_and_triad.
+    Result<double> read_pass();
+    Result<double> copy_pass();
+    Result<double> triad_pass();
+    // Every element copy and triad wrote (kInternal if one is wrong).
+    Status check_copy_and_triad();
+
+    const MemoryBandwidthOptions& options() const;
+    uint64_t expected_checksum() const;
+    uint64_t read_checksum() const;  // of the last read pass
+    size_t huge_page_bytes() const;
+
+private:
+    struct Impl;
+    explicit MemoryProbe(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+// Runs the probe: `reps` read passes, then as many copy and triad passes. Errors: bad options (kInvalidArgument), arrays larger than
 // three quarters of the machine's memory or an allocation that fails
 // (kResourceExhausted), and a stream whose result is wrong (kInternal).
 Result<MemoryBandwidth> measure_memory_bandwidth(const MemoryBandwidthOptions& options);

@@ -145,23 +145,30 @@ TEST_F(BenchEngineCli, MembwPrintsDecodesShareOfTheReadBandwidth) {
     const auto j = nlohmann::json::parse(out.text);
     EXPECT_EQ(j["membw"]["threads"], 2);
     EXPECT_EQ(j["membw"]["array_mib"], 16);
-    const double read = j["membw"]["read_gb_per_s"].get<double>();
-    EXPECT_GT(read, 0.0);
+    EXPECT_EQ(j["membw"]["passes_per_decode_run"], 3);
     ASSERT_EQ(j["results"].size(), 2u);
     for (const auto& r : j["results"]) {
-        EXPECT_DOUBLE_EQ(r["decode_share_of_membw_read"].get<double>(),
-                         r["decode_weight_gb_per_s"].get<double>() / read);
+        const double read = r["membw_read_gb_per_s"].get<double>();
+        EXPECT_GT(read, 0.0);
+        // One decode run: the share is that run's weight GB/s over the probe's.
+        const double share = r["decode_weight_gb_per_s"].get<double>() / read;
+        EXPECT_NEAR(r["decode_share_of_membw_read"].get<double>(), share, 1e-9 * share);
     }
     out = run_assistd("bench engine --model " + model_ +
-                      " --threads 1 --prompt-tokens 8 --gen-tokens 4 --reps 1 --membw --membw-size-mib 8");
+                      " --threads 1 --prompt-tokens 8 --gen-tokens 4 --reps 2 --membw --membw-size-mib 8");
     ASSERT_EQ(out.status, 0) << out.text;
-    EXPECT_NE(out.text.find("decode reads "), std::string::npos) << out.text;
-    EXPECT_NE(out.text.find("read bandwidth measured now (1 thread, 8 MiB, best of 5)"), std::string::npos)
+    EXPECT_NE(out.text.find("native: decode reads "), std::string::npos) << out.text;
+    EXPECT_NE(out.text.find("read bandwidth measured now (median of 2 decode runs, each followed by the "
+                            "best of 3 read passes over 8 MiB, 1 thread)"),
+              std::string::npos)
         << out.text;
     // Without --membw there is no probe.
-    out = run_assistd("bench engine --model " + model_ + " --threads 1 --prompt-tokens 8 --gen-tokens 4 --reps 1 --json");
+    out = run_assistd("bench engine --model " + model_ +
+                      " --threads 1 --prompt-tokens 8 --gen-tokens 4 --reps 1 --json");
     ASSERT_EQ(out.status, 0) << out.text;
-    EXPECT_FALSE(nlohmann::json::parse(out.text).contains("membw"));
+    const auto plain = nlohmann::json::parse(out.text);
+    EXPECT_FALSE(plain.contains("membw"));
+    EXPECT_FALSE(plain["results"][0].contains("decode_share_of_membw_read"));
 }
 
 TEST_F(BenchEngineCli, RejectsAnEmptyMembwProbe) {

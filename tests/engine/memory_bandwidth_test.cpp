@@ -135,6 +135,25 @@ TEST(MemoryBandwidthProbe, ReadAloneLeavesCopyAndTriadEmpty) {
     EXPECT_EQ(r->read_checksum, expected_checksum(o.array_bytes));
 }
 
+TEST(MemoryBandwidthProbe, ReadPassesInterleaveWithOtherWork) {
+    MemoryBandwidthOptions o;
+    o.n_threads = 2;
+    o.array_bytes = size_t{2} << 20;
+    o.copy_and_triad = false;
+    auto probe = MemoryProbe::create(o);
+    ASSERT_TRUE(probe.ok()) << probe.error().message;
+    MemoryProbe& p = **probe;
+    EXPECT_EQ(p.expected_checksum(), expected_checksum(o.array_bytes));
+    for (int i = 0; i < 3; ++i) {
+        auto rate = p.read_pass();
+        ASSERT_TRUE(rate.ok()) << rate.error().message;
+        EXPECT_GT(*rate, 0.0);
+        EXPECT_EQ(p.read_checksum(), p.expected_checksum());
+    }
+    EXPECT_EQ(p.copy_pass().error().code, ErrorCode::kInvalidArgument);
+    EXPECT_EQ(p.triad_pass().error().code, ErrorCode::kInvalidArgument);
+}
+
 TEST(MemoryBandwidthProbe, RejectsBadOptions) {
     MemoryBandwidthOptions o;
     o.array_bytes = size_t{1} << 20;
