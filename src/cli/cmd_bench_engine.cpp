@@ -6,6 +6,7 @@
 // run. Prints figures; never fails on time.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -57,9 +58,11 @@ double weight_bytes_per_token(const Model& m, Precision p) {
 
 struct Figures {
     double prefill_tps = 0, decode_tps = 0, batched_tps = 0, gbps = 0;
-    // With the memory probe: its read GB/s right after each decode run (the
-    // best of a few passes), and decode's weight GB/s over it, medians.
+    // With the memory probe: the median of its read GB/s right after each
+    // decode run (the best of a few passes), decode's weight GB/s over that,
+    // and the same ratio run by run (decode run i over the probe after it).
     double membw_read_gbps = 0, membw_share = 0;
+    std::vector<double> membw_run_shares;
 };
 
 // Read passes of the probe right after a decode run: the best of this many.
@@ -155,7 +158,8 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o, MemoryProb
     f.batched_tps = median(tgb);
     f.gbps = bytes_per_token * f.decode_tps / 1e9;
     f.membw_read_gbps = median(probe_gbps);
-    f.membw_share = median(shares);
+    f.membw_share = f.membw_read_gbps > 0 ? f.gbps / f.membw_read_gbps : 0;
+    f.membw_run_shares = shares;
     return f;
 }
 
@@ -250,6 +254,7 @@ int run_bench(const BenchOptions& o) {
         if (probe) {
             out["results"].back()["membw_read_gb_per_s"] = f->membw_read_gbps;
             out["results"].back()["decode_share_of_membw_read"] = f->membw_share;
+            out["results"].back()["decode_share_run_by_run"] = f->membw_run_shares;
             probed.emplace_back(p, *f);
         }
         if (!o.json) {
@@ -259,13 +264,16 @@ int run_bench(const BenchOptions& o) {
         }
     }
     if (!o.json) {
-        for (const auto& [p, f] : probed)
+        for (const auto& [p, f] : probed) {
+            std::string runs;
+            for (double share : f.membw_run_shares) runs += " " + std::to_string(std::lround(100 * share)) + "%";
             std::printf("%s: decode reads %.1f GB/s = %.0f%% of the %.1f GB/s read bandwidth measured now "
-                        "(median of %d decode runs, each followed by the best of %d read passes over %lld MiB, "
-                        "%d thread%s)\n",
+                        "(medians of %d decode runs, each followed by the best of %d read passes over %lld MiB, "
+                        "%d thread%s; run by run%s)\n",
                         precision_name(p), f.gbps, 100.0 * f.membw_share, f.membw_read_gbps, o.reps,
                         kProbePassesPerRun, static_cast<long long>(o.membw_size_mib), model->n_threads(),
-                        model->n_threads() == 1 ? "" : "s");
+                        model->n_threads() == 1 ? "" : "s", runs.c_str());
+        }
     }
     if (o.json) std::printf("%s\n", out.dump().c_str());
     return 0;

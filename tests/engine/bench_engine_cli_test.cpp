@@ -150,16 +150,19 @@ TEST_F(BenchEngineCli, MembwPrintsDecodesShareOfTheReadBandwidth) {
     for (const auto& r : j["results"]) {
         const double read = r["membw_read_gb_per_s"].get<double>();
         EXPECT_GT(read, 0.0);
-        // One decode run: the share is that run's weight GB/s over the probe's.
+        // The median decode GB/s over the median probe; with one decode run,
+        // also that run's own ratio.
         const double share = r["decode_weight_gb_per_s"].get<double>() / read;
         EXPECT_NEAR(r["decode_share_of_membw_read"].get<double>(), share, 1e-9 * share);
+        ASSERT_EQ(r["decode_share_run_by_run"].size(), 1u);
+        EXPECT_NEAR(r["decode_share_run_by_run"][0].get<double>(), share, 1e-9 * share);
     }
     out = run_assistd("bench engine --model " + model_ +
                       " --threads 1 --prompt-tokens 8 --gen-tokens 4 --reps 2 --membw --membw-size-mib 8");
     ASSERT_EQ(out.status, 0) << out.text;
     EXPECT_NE(out.text.find("native: decode reads "), std::string::npos) << out.text;
-    EXPECT_NE(out.text.find("read bandwidth measured now (median of 2 decode runs, each followed by the "
-                            "best of 3 read passes over 8 MiB, 1 thread)"),
+    EXPECT_NE(out.text.find("read bandwidth measured now (medians of 2 decode runs, each followed by the "
+                            "best of 3 read passes over 8 MiB, 1 thread; run by run "),
               std::string::npos)
         << out.text;
     // Without --membw there is no probe.
