@@ -3,6 +3,8 @@
 set -euo pipefail
 build=${1:-build}
 cd "$(dirname "$0")/.."
+echo "== memory bandwidth now (2 threads; the ceiling of decode's weight reads)"
+"$build/assistd" bench membw --threads 2
 echo "== engine vs llama.cpp reference (2 threads)"
 bash bench/engine_vs_llamacpp.sh "$build" 2
 if [ -x "$build/bench/kernels_bench" ]; then

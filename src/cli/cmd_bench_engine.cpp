@@ -1,10 +1,14 @@
 // `assistd bench engine`: prefill and decode speed of one model, the way
 // llama-bench measures them (pp: one forward over N prompt tokens; tg: N
 // single-token steps from an empty context), plus batched decode and the
-// weight bandwidth decode achieves. Prints figures; never fails on time.
+// weight bandwidth decode achieves, and with --membw that bandwidth as a share
+// of the read bandwidth the memory probe measures right after each decode
+// run. Prints figures; never fails on time.
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
@@ -15,6 +19,7 @@
 #include "common/cpu_features.h"
 #include "engine/engine.h"
 #include "engine/kernels/kernels.h"
+#include "engine/memory_bandwidth.h"
 
 namespace assistd::cli {
 namespace {
@@ -30,6 +35,8 @@ struct BenchOptions {
     int decode_context = 0;  // cached tokens each decode run starts from
     int batch = 1;
     int reps = 3;
+    bool membw = false;        // run the read-bandwidth probe after the figures
+    int64_t membw_size_mib = 1024;  // the probe's array
     bool json = false;
 };
 
@@ -51,9 +58,17 @@ double weight_bytes_per_token(const Model& m, Precision p) {
 
 struct Figures {
     double prefill_tps = 0, decode_tps = 0, batched_tps = 0, gbps = 0;
+    // With the memory probe: the median of its read GB/s right after each
+    // decode run (the best of a few passes), decode's weight GB/s over that,
+    // and the same ratio run by run (decode run i over the probe after it).
+    double membw_read_gbps = 0, membw_share = 0;
+    std::vector<double> membw_run_shares;
 };
 
-Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
+// Read passes of the probe right after a decode run: the best of this many.
+constexpr int kProbePassesPerRun = 3;
+
+Result<Figures> measure(Model& m, Precision p, const BenchOptions& o, MemoryProbe* probe) {
     Figures f;
     const size_t V = m.info().n_vocab;
     std::vector<TokenId> tokens(std::max(o.prompt_tokens, 1));
@@ -113,7 +128,8 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
 
     // Warm-up: page in the weights and settle the threads.
     if (auto w = run_decode(1); !w) return w.error();
-    std::vector<double> pp, tg, tgb;
+    std::vector<double> pp, tg, tgb, probe_gbps, shares;
+    const double bytes_per_token = weight_bytes_per_token(m, p);
     for (int r = 0; r < o.reps; ++r) {
         auto a = run_prefill();
         if (!a) return a.error();
@@ -121,6 +137,16 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
         auto b = run_decode(1);
         if (!b) return b.error();
         tg.push_back(o.gen_tokens / *b);
+        if (probe) {
+            double best = 0;
+            for (int pass = 0; pass < kProbePassesPerRun; ++pass) {
+                auto rate = probe->read_pass();
+                if (!rate) return rate.error();
+                best = std::max(best, *rate);
+            }
+            probe_gbps.push_back(best);
+            shares.push_back(bytes_per_token * tg.back() / 1e9 / best);
+        }
         if (o.batch > 1) {
             auto c = run_decode(o.batch);
             if (!c) return c.error();
@@ -130,7 +156,10 @@ Result<Figures> measure(Model& m, Precision p, const BenchOptions& o) {
     f.prefill_tps = median(pp);
     f.decode_tps = median(tg);
     f.batched_tps = median(tgb);
-    f.gbps = weight_bytes_per_token(m, p) * f.decode_tps / 1e9;
+    f.gbps = bytes_per_token * f.decode_tps / 1e9;
+    f.membw_read_gbps = median(probe_gbps);
+    f.membw_share = f.membw_read_gbps > 0 ? f.gbps / f.membw_read_gbps : 0;
+    f.membw_run_shares = shares;
     return f;
 }
 
@@ -144,6 +173,10 @@ int run_bench(const BenchOptions& o) {
     }
     if (o.prompt_tokens < 1 || o.gen_tokens < 1 || o.batch < 1 || o.reps < 1) {
         std::fprintf(stderr, "assistd bench engine: --prompt-tokens, --gen-tokens, --batch and --reps must be >= 1\n");
+        return 2;
+    }
+    if (o.membw_size_mib < 1) {
+        std::fprintf(stderr, "assistd bench engine: --membw-size-mib must be >= 1\n");
         return 2;
     }
     if (o.decode_context < 0) {
@@ -186,21 +219,60 @@ int run_bench(const BenchOptions& o) {
         std::printf("%-9s %14s %14s %16s %12s\n", "precision", "prefill tok/s", "decode tok/s",
                     o.batch > 1 ? "batched tok/s" : "", "weight GB/s");
     }
+    // The read-only memory probe with decode's thread count: the machine's
+    // bandwidth moves too much to compare with a figure from another time.
+    std::unique_ptr<MemoryProbe> probe;
+    if (o.membw) {
+        MemoryBandwidthOptions po;
+        po.n_threads = model->n_threads();
+        po.array_bytes = static_cast<size_t>(o.membw_size_mib) << 20;
+        po.huge_pages = o.model.weights_huge_pages;
+        po.copy_and_triad = false;
+        auto created = MemoryProbe::create(po);
+        if (!created) {
+            std::fprintf(stderr, "assistd bench engine: memory probe: %s\n", created.error().message.c_str());
+            return 2;
+        }
+        probe = std::move(*created);
+        out["membw"] = {{"threads", po.n_threads},
+                        {"array_mib", o.membw_size_mib},
+                        {"passes_per_decode_run", kProbePassesPerRun},
+                        {"huge_page_mib", probe->huge_page_bytes() >> 20}};
+    }
+    std::vector<std::pair<Precision, Figures>> probed;
     for (Precision p : precisions) {
-        auto f = measure(*model, p, o);
+        auto f = measure(*model, p, o, probe.get());
         if (!f) {
             std::fprintf(stderr, "assistd bench engine: %s: %s\n", precision_name(p), f.error().message.c_str());
-            return 2;
+            return f.error().code == ErrorCode::kInternal ? 1 : 2;
         }
         out["results"].push_back({{"precision", precision_name(p)},
                                   {"prefill_tokens_per_s", f->prefill_tps},
                                   {"decode_tokens_per_s", f->decode_tps},
                                   {"batched_decode_tokens_per_s", f->batched_tps},
                                   {"decode_weight_gb_per_s", f->gbps}});
+        if (probe) {
+            out["results"].back()["membw_read_gb_per_s"] = f->membw_read_gbps;
+            out["results"].back()["decode_share_of_membw_read"] = f->membw_share;
+            out["results"].back()["decode_share_run_by_run"] = f->membw_run_shares;
+            probed.emplace_back(p, *f);
+        }
         if (!o.json) {
             std::printf("%-9s %14.1f %14.1f %16s %12.1f\n", precision_name(p), f->prefill_tps, f->decode_tps,
                         o.batch > 1 ? std::to_string(static_cast<int>(f->batched_tps)).c_str() : "", f->gbps);
             std::fflush(stdout);
+        }
+    }
+    if (!o.json) {
+        for (const auto& [p, f] : probed) {
+            std::string runs;
+            for (double share : f.membw_run_shares) runs += " " + std::to_string(std::lround(100 * share)) + "%";
+            std::printf("%s: decode reads %.1f GB/s = %.0f%% of the %.1f GB/s read bandwidth measured now "
+                        "(medians of %d decode runs, each followed by the best of %d read passes over %lld MiB, "
+                        "%d thread%s; run by run%s)\n",
+                        precision_name(p), f.gbps, 100.0 * f.membw_share, f.membw_read_gbps, o.reps,
+                        kProbePassesPerRun, static_cast<long long>(o.membw_size_mib), model->n_threads(),
+                        model->n_threads() == 1 ? "" : "s", runs.c_str());
         }
     }
     if (o.json) std::printf("%s\n", out.dump().c_str());
@@ -223,6 +295,10 @@ void register_bench_engine(CLI::App& bench, int& exit_code) {
         ->capture_default_str();
     cmd->add_option("--batch", o->batch, "Sequences decoded together for the batched figure")->capture_default_str();
     cmd->add_option("--reps", o->reps, "Repetitions (the median is printed)")->capture_default_str();
+    cmd->add_flag("--membw", o->membw,
+                  "After each decode run, measure the read bandwidth (bench membw's read stream, 3 passes) and print "
+                  "decode's share of it");
+    cmd->add_option("--membw-size-mib", o->membw_size_mib, "MiB the --membw probe reads")->capture_default_str();
     cmd->add_flag("--json", o->json, "Print one JSON object");
     cmd->callback([o, &exit_code] { exit_code = run_bench(*o); });
 }

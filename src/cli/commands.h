@@ -15,6 +15,7 @@ void register_apikey(CLI::App& app, int& exit_code);
 void register_dev_cluster(CLI::App& app, int& exit_code);
 void register_bench_prefix(CLI::App& bench, int& exit_code);
 void register_bench_engine(CLI::App& bench, int& exit_code);
+void register_bench_membw(CLI::App& bench, int& exit_code);
 void register_bench_crdt(CLI::App& bench, int& exit_code);
 void register_bench_sessions(CLI::App& bench, int& exit_code);
 

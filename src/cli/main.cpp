@@ -36,6 +36,7 @@ int main(int argc, char** argv) {
     CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
     bench->require_subcommand(1);
     assistd::cli::register_bench_engine(*bench, exit_code);
+    assistd::cli::register_bench_membw(*bench, exit_code);
 #ifdef ASSISTD_HAVE_SERVE
     assistd::cli::register_bench_prefix(*bench, exit_code);
 #endif

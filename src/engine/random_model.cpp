@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -76,6 +77,10 @@ std::vector<TensorPlan> plan_tensors(const RandomModelSpec& s) {
     }
     p.push_back({"output_norm.weight", DType::F32, {s.n_embd}, 1.f, 0.1f});
     if (!s.tied_output) p.push_back({"output.weight", s.dtype, {s.n_embd, s.n_vocab}, 0.f, embd_std});
+    for (auto& t : p) {
+        auto it = s.tensor_types.find(t.name);
+        if (it != s.tensor_types.end()) t.dtype = it->second;
+    }
     return p;
 }
 
@@ -173,6 +178,16 @@ Status validate_random_model_spec(const RandomModelSpec& s) {
                                "use a float type (f32, f16, bf16) for this shape",
                                dtype_name(s.dtype), block, s.n_embd, s.n_ff));
     if (!(s.rope_theta > 0.f) || !(s.rms_eps > 0.f)) return bad("rope_theta and rms_eps must be > 0");
+    if (!s.tensor_types.empty()) {
+        const std::vector<TensorPlan> plan = plan_tensors(s);
+        for (const auto& [name, type] : s.tensor_types) {
+            auto t = std::find_if(plan.begin(), plan.end(), [&](const TensorPlan& p) { return p.name == name; });
+            if (t == plan.end()) return bad(fmt::format("tensor_types names '{}', which this model does not have", name));
+            if (t->dims.size() < 2) return bad(fmt::format("'{}' is a vector: it stays F32", name));
+            if (t->dims[0] % dtype_block_elems(type) != 0)
+                return bad(fmt::format("'{}' rows of {} cannot be stored as {}", name, t->dims[0], dtype_name(type)));
+        }
+    }
     return {};
 }
 

@@ -4,6 +4,7 @@
 // from a seeded PRNG scaled so activations stay sane through many layers.
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -21,6 +22,9 @@ struct RandomModelSpec {
     float rope_theta = 10000.f, rms_eps = 1e-5f;
     bool tied_output = false;    // no output.weight: the head reuses token_embd
     DType dtype = DType::F16;    // type of the 2-D weight matrices; norms and biases stay F32
+    // Per-tensor types by GGUF name ("blk.0.attn_k.weight"), overriding dtype:
+    // files that mix types, as some converters write.
+    std::map<std::string, DType> tensor_types;
     uint64_t seed = 1;
 };
 

@@ -662,6 +662,75 @@ TEST(StoredTypesVsReference, NativePrecisionMatchesDequantizedReference) {
     }
 }
 
+// A file that mixes weight types inside the groups that share one prepared
+// input (Q/K/V; gate/up), as some converters write: every precision's weight
+// set, in huge pages (every matrix copied to the arena, sized by the same
+// groups) and read from the mapping, against the reference on the file's own
+// weights. At native precision a group takes its first matrix's type.
+TEST(MixedTypesVsReference, EveryPrecisionWithAndWithoutHugePages) {
+    TempDir dir;
+    auto spec = random_model_shape("tiny-llama");
+    ASSERT_TRUE(spec.has_value());
+    spec->dtype = DType::F32;
+    spec->tensor_types = {
+        {"token_embd.weight", DType::F16},
+        {"blk.0.attn_q.weight", DType::F16},      {"blk.0.attn_k.weight", DType::BF16},
+        {"blk.0.attn_v.weight", DType::F32},      {"blk.0.attn_output.weight", DType::BF16},
+        {"blk.0.ffn_gate.weight", DType::F32},    {"blk.0.ffn_up.weight", DType::F16},
+        {"blk.0.ffn_down.weight", DType::F16},    {"blk.1.attn_q.weight", DType::BF16},
+        {"blk.1.attn_k.weight", DType::F32},      {"blk.1.attn_v.weight", DType::F16},
+        {"blk.1.ffn_gate.weight", DType::BF16},   {"blk.1.ffn_up.weight", DType::F32},
+        {"output.weight", DType::BF16},
+    };
+    const std::string path = dir.file("tiny-llama-mixed.gguf");
+    auto written = write_random_model(*spec, path);
+    ASSERT_TRUE(written.ok()) << written.error().message;
+    auto ref = load_reference(path);
+    ASSERT_TRUE(ref);
+    {
+        auto file = GgufFile::open(path);
+        ASSERT_TRUE(file.ok());
+        EXPECT_EQ((*file)->tensor("blk.0.attn_k.weight")->dtype, DType::BF16);
+        EXPECT_EQ((*file)->tensor("blk.1.ffn_up.weight")->dtype, DType::F32);
+    }
+    const auto tokens = test_tokens(20, ref->hparams().n_vocab);
+    const RefRows want = reference_logits(ref, tokens);
+    // The tolerances of the single-type tests above; native mixes all three.
+    const std::pair<Precision, double> cases[] = {{Precision::kFP32, kFp32Tolerance},
+                                                  {Precision::kFP16, 1e-2},
+                                                  {Precision::kBF16, 5e-2},
+                                                  {Precision::kNative, 5e-2}};
+    for (const bool huge_pages : {true, false}) {
+        auto m = load_model(path, DType::F32, 0, [&](ModelParams& p) { p.weights_in_huge_pages = huge_pages; });
+        ASSERT_TRUE(m);
+        for (const auto& [precision, tolerance] : cases) {
+            SCOPED_TRACE(fmt::format("{}, huge pages {}", precision_name(precision), huge_pages));
+            ASSERT_TRUE(m->prepare_precision(precision).ok());
+            const Comparison c = compare(decode_chunked(*m, tokens, precision, 10, 1), want);
+            std::printf("[ mixed types, huge pages %d ] %s: max relative error %.3g, argmax agrees on %zu/%zu\n",
+                        huge_pages, precision_name(precision), c.max_error, c.argmax_agree, c.rows);
+            EXPECT_LE(c.max_error, tolerance) << "worst row " << c.worst_row;
+            EXPECT_GE(c.argmax_agree * 10, c.rows * 8);
+        }
+    }
+}
+
+TEST(MixedTypesVsReference, TheWriterRejectsOverridesItCannotStore) {
+    auto spec = random_model_shape("tiny-llama-oddff");
+    ASSERT_TRUE(spec.has_value());
+    spec->dtype = DType::F32;
+    spec->tensor_types = {{"blk.0.attn_qq.weight", DType::F16}};
+    auto s = validate_random_model_spec(*spec);
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.error().message.find("'blk.0.attn_qq.weight', which this model does not have"), std::string::npos);
+    spec->tensor_types = {{"blk.0.ffn_down.weight", DType::Q8_0}};  // rows of n_ff = 100
+    s = validate_random_model_spec(*spec);
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.error().message.find("rows of 100 cannot be stored as"), std::string::npos) << s.error().message;
+    spec->tensor_types = {{"blk.0.attn_norm.weight", DType::F16}};
+    EXPECT_FALSE(validate_random_model_spec(*spec).ok());
+}
+
 // ---------------------------------------------------------------------------
 // stories260K: a real trained model, and llama.cpp's greedy output for it.
 

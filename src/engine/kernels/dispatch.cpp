@@ -312,6 +312,11 @@ void convert_rows(DType src_type, const void* src, DType dst_type, void* dst, si
 }
 void exp_f32(const float* x, float* y, size_t n) { active_table().exp_f32(x, y, n); }
 void attention(const AttentionArgs& args) { active_table().attention(args); }
+uint64_t stream_read_sum(const uint64_t* p, size_t n) { return active_table().stream_read_sum(p, n); }
+void stream_copy(const float* a, float* c, size_t n) { active_table().stream_copy(a, c, n); }
+void stream_triad(float* a, const float* b, const float* c, float s, size_t n) {
+    active_table().stream_triad(a, b, c, s, n);
+}
 size_t attention_scratch_floats(size_t n_query_rows, size_t head_dim) {
     return attention_scratch_layout(n_query_rows, head_dim).total;
 }

@@ -54,6 +54,14 @@ void convert_rows(DType src_type, const void* src, DType dst_type, void* dst, si
 // (and for -inf), exp(88) above 88.
 void exp_f32(const float* x, float* y, size_t n);
 
+// Streams of the memory-bandwidth probe (`assistd bench membw`), each pass
+// touching every byte once with the widest loads of the tier: the sum of n
+// 64-bit words (mod 2^64; a checksum that proves every word was read),
+// c[i] = a[i], and a[i] = b[i] + s * c[i] over n floats.
+uint64_t stream_read_sum(const uint64_t* p, size_t n);
+void stream_copy(const float* a, float* c, size_t n);
+void stream_triad(float* a, const float* b, const float* c, float s, size_t n);
+
 // Causal attention of a block of consecutive query tokens of one sequence,
 // for the query heads that share one KV head (a GQA group), over that
 // sequence's cached K and V. Query token i sits at position first_pos + i and

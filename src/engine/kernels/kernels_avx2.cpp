@@ -347,6 +347,9 @@ constexpr KernelTable kAvx2Table = {
     .swiglu = swiglu,
     .exp_f32 = exp_f32_avx2,
     .attention = attention_avx2,
+    .stream_read_sum = stream_read_sum_avx2,
+    .stream_copy = stream_copy_avx2,
+    .stream_triad = stream_triad_avx2,
 };
 
 }  // namespace

@@ -435,6 +435,9 @@ constexpr KernelTable kAvx512Table = {
     .swiglu = swiglu,
     .exp_f32 = exp_f32_avx512,
     .attention = attention_avx512,
+    .stream_read_sum = stream_read_sum_avx512,
+    .stream_copy = stream_copy_avx512,
+    .stream_triad = stream_triad_avx512,
 };
 
 }  // namespace

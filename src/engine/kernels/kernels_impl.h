@@ -40,6 +40,10 @@ struct KernelTable {
     void (*swiglu)(const float* g, const float* u, float* y, size_t n);
     void (*exp_f32)(const float* x, float* y, size_t n);
     void (*attention)(const AttentionArgs& args);
+    // The memory-bandwidth probe's streams (see kernels.h).
+    uint64_t (*stream_read_sum)(const uint64_t* p, size_t n);
+    void (*stream_copy)(const float* a, float* c, size_t n);
+    void (*stream_triad)(float* a, const float* b, const float* c, float s, size_t n);
 };
 
 // The table of a tier, or nullptr when this CPU can not run it.
@@ -62,6 +66,17 @@ void attention_avx512(const AttentionArgs& args);
 void exp_f32_scalar(const float* x, float* y, size_t n);
 void exp_f32_avx2(const float* x, float* y, size_t n);
 void exp_f32_avx512(const float* x, float* y, size_t n);
+
+// Per-tier streaming kernels of the memory-bandwidth probe (stream_<isa>.cpp).
+uint64_t stream_read_sum_scalar(const uint64_t* p, size_t n);
+uint64_t stream_read_sum_avx2(const uint64_t* p, size_t n);
+uint64_t stream_read_sum_avx512(const uint64_t* p, size_t n);
+void stream_copy_scalar(const float* a, float* c, size_t n);
+void stream_copy_avx2(const float* a, float* c, size_t n);
+void stream_copy_avx512(const float* a, float* c, size_t n);
+void stream_triad_scalar(float* a, const float* b, const float* c, float s, size_t n);
+void stream_triad_avx2(float* a, const float* b, const float* c, float s, size_t n);
+void stream_triad_avx512(float* a, const float* b, const float* c, float s, size_t n);
 
 // Where the attention kernel keeps its state in the caller's scratch (in
 // floats from the start; every section 64-byte aligned). Rows are query rows

@@ -143,6 +143,9 @@ constexpr KernelTable kScalarTable = {
     .swiglu = swiglu,
     .exp_f32 = exp_f32_scalar,
     .attention = attention_scalar,
+    .stream_read_sum = stream_read_sum_scalar,
+    .stream_copy = stream_copy_scalar,
+    .stream_triad = stream_triad_scalar,
 };
 
 }  // namespace
