@@ -136,18 +136,23 @@ private:
     }
 
     // Notices a client that closes its connection while its response is pending.
+    // It peeks at the socket rather than waiting for readability and asking how
+    // much is there: a readiness event can be stale (epoll reported the request's
+    // bytes, another I/O thread read them before the event was handled), and
+    // "readable with nothing to read" then cut off a client that was waiting for
+    // its answer. A peek completes only on a byte (a pipelined request: the client
+    // is there), the end of the stream or an error; Asio retries it when woken
+    // with nothing to read.
     static asio::awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
                                                   std::shared_ptr<Pending> p) {
+        char byte;
         beast::error_code ec;
-        co_await stream->socket().async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-        if (p->done) co_return;
-        beast::error_code ec2;
-        const size_t available = stream->socket().available(ec2);
-        if (ec || ec2 || available == 0) {
-            p->client_gone = true;
-            p->body->cancel();
-            p->timer->cancel();
-        }
+        co_await stream->socket().async_receive(asio::buffer(&byte, 1), tcp::socket::message_peek,
+                                                asio::redirect_error(asio::use_awaitable, ec));
+        if (p->done || !ec) co_return;
+        p->client_gone = true;
+        p->body->cancel();
+        p->timer->cancel();
     }
 
     // Waits for the body's next bytes (or its end); false when the client left.
