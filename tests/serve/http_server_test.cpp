@@ -152,6 +152,49 @@ TEST(HttpServer, ClientThatClosesWhileItsAnswerIsPendingCancelsIt) {
     EXPECT_EQ(s.server->active_requests(), 0u);
 }
 
+TEST(HttpServer, AtItsConnectionCapItAcceptsTheNextClientOnlyWhenOneCloses) {
+    HttpServerConfig hc;
+    hc.port = 0;
+    hc.io_threads = 2;
+    hc.max_connections = 1;
+    auto started = HttpServer::start(hc, [](const HttpRequest&) {
+        HttpResponse res;
+        res.body = R"({"ok":true})";
+        return res;
+    });
+    ASSERT_TRUE(started.ok());
+    const auto server = std::move(*started);
+    // The first client holds the one connection (keep-alive) after its answer.
+    const int first = connect_loopback(server->port());
+    ASSERT_GE(first, 0);
+    send_all(first, request_text("GET", "/one", "", /*close=*/false));
+    Reply r1;
+    read_one_reply(first, r1);
+    EXPECT_EQ(r1.status, 200);
+    // The second waits in the backlog: no answer while the first is open.
+    const int second = connect_loopback(server->port());
+    ASSERT_GE(second, 0);
+    send_all(second, request_text("GET", "/two", ""));
+    timeval short_wait{0, 300 * 1000};
+    ::setsockopt(second, SOL_SOCKET, SO_RCVTIMEO, &short_wait, sizeof short_wait);
+    char byte;
+    EXPECT_LT(::recv(second, &byte, 1, MSG_PEEK), 0) << "answered beyond the connection cap";
+    ::close(first);
+    Reply r2;
+    const std::string raw = read_one_reply(second, r2);
+    ::close(second);
+    EXPECT_EQ(r2.status, 200) << raw;
+    EXPECT_EQ(r2.body, R"({"ok":true})") << raw;
+    server->stop();
+}
+
+TEST(HttpServer, ConnectionsForAnOpenFileLimitKeepDescriptorsForTheRest) {
+    EXPECT_EQ(connections_for_open_file_limit(64), 16u);
+    EXPECT_EQ(connections_for_open_file_limit(1024), 1024u - 64u);
+    EXPECT_EQ(connections_for_open_file_limit(1u << 20), (1u << 20) - (1u << 16));
+    EXPECT_EQ(connections_for_open_file_limit(20), 1u) << "one connection even below what it keeps";
+}
+
 TEST(HttpServer, ManyConcurrentClientsWithPendingAnswersAllGetThem) {
     // Two I/O threads and clients that send as soon as they connect: one thread's
     // epoll_wait can report a request's bytes that the other has already read,
