@@ -223,8 +223,9 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     if (open_files != 0 && open_files < o.max_queue + o.max_running + 64)
         std::fprintf(stderr,
                      "assistd serve: warning: the open-file limit is %zu, below --max-queue + --max-running; "
-                     "connections beyond it are refused (raise the hard limit: ulimit -Hn)\n",
-                     open_files);
+                     "at most %zu connections are open at once, further clients wait in the listen backlog "
+                     "(raise the hard limit: ulimit -Hn)\n",
+                     open_files, connections_for_open_file_limit(open_files));
 
     auto model = load_model(o.model, "serve",
                             std::max<size_t>(1, o.max_running) + (o.prefix_cache ? o.prefix_cache_sequences : 0));
@@ -325,6 +326,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     hc.port = static_cast<uint16_t>(o.port);
     hc.io_threads = o.io_threads;
     hc.max_body_bytes = o.max_body_bytes;
+    if (open_files != 0) hc.max_connections = connections_for_open_file_limit(open_files);
     auto server = HttpServer::start(hc, [&routes, &node_header](const HttpRequest& r) {
         HttpResponse response = routes.handle(r);
         if (!node_header.empty()) response.headers.emplace_back("X-Assistd-Node", node_header);

@@ -4,6 +4,7 @@
 
 #include "serve/asio.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <mutex>
@@ -32,7 +33,11 @@ struct Pending {
 class HttpServerImpl final : public HttpServer {
 public:
     HttpServerImpl(const HttpServerConfig& config, HttpHandler handler)
-        : config_(config), handler_(std::move(handler)), acceptor_(ioc_) {}
+        : config_(config),
+          handler_(std::move(handler)),
+          acceptor_(ioc_),
+          accept_strand_(asio::make_strand(ioc_)),
+          slot_free_(accept_strand_) {}
 
     ~HttpServerImpl() override { stop(); }
 
@@ -49,7 +54,7 @@ public:
             return make_error(ErrorCode::kIo, "cannot listen on " + config_.host + ":" + std::to_string(config_.port) +
                                                   ": " + ec.message());
         port_ = acceptor_.local_endpoint().port();
-        asio::co_spawn(ioc_, accept_loop(), asio::detached);
+        asio::co_spawn(accept_strand_, accept_loop(), asio::detached);
         const int n = std::max(1, config_.io_threads);
         for (int i = 0; i < n; ++i) threads_.emplace_back([this] { ioc_.run(); });
         return {};
@@ -67,9 +72,10 @@ public:
                 b->cancel();
             }
         }
-        asio::post(ioc_, [this] {
+        asio::post(accept_strand_, [this] {
             beast::error_code ec;
             acceptor_.close(ec);
+            slot_free_.cancel();
         });
         ioc_.stop();
         for (auto& t : threads_)
@@ -77,9 +83,16 @@ public:
     }
 
 private:
+    // On accept_strand_, as is every wake-up of slot_free_: a connection that
+    // closes between the check of the count and the wait still wakes it.
     asio::awaitable<void> accept_loop() {
         for (;;) {
             beast::error_code ec;
+            while (config_.max_connections > 0 && connections_.load() >= config_.max_connections) {
+                slot_free_.expires_at(asio::steady_timer::time_point::max());
+                co_await slot_free_.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+                if (!acceptor_.is_open()) co_return;
+            }
             tcp::socket socket = co_await acceptor_.async_accept(asio::make_strand(ioc_),
                                                                   asio::redirect_error(asio::use_awaitable, ec));
             if (ec) {
@@ -90,6 +103,7 @@ private:
                 co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
                 continue;
             }
+            connections_.fetch_add(1);
             auto ex = socket.get_executor();
             asio::co_spawn(ex, session(std::make_shared<beast::tcp_stream>(std::move(socket))), asio::detached);
         }
@@ -136,18 +150,23 @@ private:
     }
 
     // Notices a client that closes its connection while its response is pending.
+    // It peeks at the socket rather than waiting for readability and asking how
+    // much is there: a readiness event can be stale (epoll reported the request's
+    // bytes, another I/O thread read them before the event was handled), and
+    // "readable with nothing to read" then cut off a client that was waiting for
+    // its answer. A peek completes only on a byte (a pipelined request: the client
+    // is there), the end of the stream or an error; Asio retries it when woken
+    // with nothing to read.
     static asio::awaitable<void> watch_disconnect(std::shared_ptr<beast::tcp_stream> stream,
                                                   std::shared_ptr<Pending> p) {
+        char byte;
         beast::error_code ec;
-        co_await stream->socket().async_wait(tcp::socket::wait_read, asio::redirect_error(asio::use_awaitable, ec));
-        if (p->done) co_return;
-        beast::error_code ec2;
-        const size_t available = stream->socket().available(ec2);
-        if (ec || ec2 || available == 0) {
-            p->client_gone = true;
-            p->body->cancel();
-            p->timer->cancel();
-        }
+        co_await stream->socket().async_receive(asio::buffer(&byte, 1), tcp::socket::message_peek,
+                                                asio::redirect_error(asio::use_awaitable, ec));
+        if (p->done || !ec) co_return;
+        p->client_gone = true;
+        p->body->cancel();
+        p->timer->cancel();
     }
 
     // Waits for the body's next bytes (or its end); false when the client left.
@@ -266,6 +285,9 @@ private:
         }
         beast::error_code ec;
         stream->socket().shutdown(tcp::socket::shutdown_send, ec);
+        stream->socket().close(ec);  // now, not when the watcher lets go of the stream: the count is of descriptors
+        connections_.fetch_sub(1);
+        asio::post(accept_strand_, [this] { slot_free_.cancel(); });
     }
 
     HttpServerConfig config_;
@@ -273,6 +295,9 @@ private:
     asio::io_context ioc_;
     tcp::acceptor acceptor_;
     std::vector<std::thread> threads_;
+    asio::strand<asio::io_context::executor_type> accept_strand_;
+    asio::steady_timer slot_free_;          // the accept loop waits on it at the connection cap
+    std::atomic<size_t> connections_{0};    // accepted and not yet closed
     std::atomic<size_t> active_{0};
     std::atomic<bool> stopped_{false};
     uint16_t port_ = 0;
@@ -281,6 +306,11 @@ private:
 };
 
 }  // namespace
+
+size_t connections_for_open_file_limit(size_t open_file_limit) {
+    const size_t kept = std::max<size_t>(48, open_file_limit / 16);
+    return open_file_limit > kept ? open_file_limit - kept : 1;
+}
 
 Result<std::unique_ptr<HttpServer>> HttpServer::start(const HttpServerConfig& config, HttpHandler handler) {
     auto server = std::make_unique<HttpServerImpl>(config, std::move(handler));

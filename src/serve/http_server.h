@@ -66,7 +66,16 @@ struct HttpServerConfig {
     int io_threads = 1;
     size_t max_body_bytes = size_t{1} << 20;
     int idle_timeout_s = 60;  // keep-alive connections idle this long are closed
+    // Open connections at most (0: no cap). At the cap the server stops accepting
+    // until one closes (the listen backlog holds new clients meanwhile), so
+    // sockets never take the descriptors the rest of the process needs.
+    size_t max_connections = 0;
 };
+
+// The connections `assistd serve` allows under an open-file limit: the limit
+// less what it keeps for everything else (model, session store, logs, files
+// served, the sanitizers' runtime): max(48, limit / 16) descriptors.
+size_t connections_for_open_file_limit(size_t open_file_limit);
 
 class HttpServer {
 public:
