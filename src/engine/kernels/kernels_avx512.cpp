@@ -11,6 +11,7 @@
 #include <immintrin.h>
 
 #include <cmath>
+#include <type_traits>
 
 #include "engine/kernels/avx512_reduce.h"
 #include "engine/kernels/kernels_impl.h"
@@ -60,6 +61,17 @@ inline void prefetch_next_row_block(const void* const* rows, size_t row_bytes, s
 // delivers, and loads asked for one block ahead arrive late.
 constexpr size_t kFarPrefetchBlocks = 4;
 
+// Streamed F16 rows longer than kLongRowBytes ask L2 (hint T2; T1 is the
+// same here) for the weights kRowPrefetchBytes ahead. With rows of 8,192 or
+// 16,384 columns the hardware prefetcher alone falls far behind memory: a
+// 2-thread matvec over 512 MiB read 36-39 GB/s (8,192) and 30-33 (16,384) with
+// the read probe at 51-62, and 48-57 with these prefetches. Rows of 2,048 and
+// 4,096 columns already stream at the probe's rate, and the prefetches cost
+// them ~5%. 4 KiB ahead helped half as much, 16 KiB as much; hints T0 and NTA
+// (into L1) did not help at all.
+constexpr size_t kLongRowBytes = 8192;
+constexpr size_t kRowPrefetchBytes = 8192;
+
 // One tile: kRows weight rows from `row` times kCols activation rows at `x`.
 // kFar: also prefetch into L2 kFarPrefetchBlocks row blocks ahead (the first
 // pass over a row block; later passes find it in L1/L2).
@@ -70,7 +82,12 @@ void matmul_tile(const typename WeightLoader::Element* w, size_t cols, const uns
     using ActT = typename ActLoader::Element;
     // With one activation row, a second accumulator set hides the FMA latency.
     // A lone row streams alone: four accumulators keep enough loads in flight.
-    constexpr int kUnroll = kCols == 1 ? (kRows == 1 ? 4 : 2) : 1;
+    // F16 rows stream with two, as BF16's do (with the prefetches below, rows
+    // of 8,192 columns read 91-101% of the probe with two, 87-93% with four,
+    // alternating; rows of 2,048 or 4,096 the same either way).
+    constexpr bool kF16Row = kRows == 1 && std::is_same_v<WeightLoader, F16Loader>;
+    constexpr int kUnroll = kCols == 1 ? (kRows == 1 && !kF16Row ? 4 : 2) : 1;
+    const bool prefetch_row = kF16Row && cols * sizeof(WeightT) > kLongRowBytes;
     const WeightT* w_rows[kRows];
     const ActT* x_rows[kCols];
     for (int i = 0; i < kRows; ++i) w_rows[i] = w + (row + i) * cols;
@@ -83,6 +100,11 @@ void matmul_tile(const typename WeightLoader::Element* w, size_t cols, const uns
 
     size_t k = 0;
     for (; k + 16 * kUnroll <= cols; k += 16 * kUnroll) {
+        constexpr size_t kStepBytes = 16 * kUnroll * sizeof(WeightT);
+        if (prefetch_row && (kStepBytes >= 64 || (k * sizeof(WeightT)) % 64 == 0)) {
+            const char* ahead = reinterpret_cast<const char*>(w_rows[0] + k) + kRowPrefetchBytes;
+            for (size_t line = 0; line < kStepBytes; line += 64) _mm_prefetch(ahead + line, _MM_HINT_T2);
+        }
         if constexpr (kRows == 4) {
             // The same columns of the next row block, one cache line per row
             // every 64 bytes of weights: four interleaved rows defeat the
