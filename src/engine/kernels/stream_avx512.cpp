@@ -30,8 +30,13 @@ uint64_t stream_read_sum_avx512(const uint64_t* p, size_t n) {
         const auto tail = static_cast<__mmask8>((1u << (n - i)) - 1);
         acc1 = _mm512_add_epi64(acc1, _mm512_maskz_loadu_epi64(tail, p + i));
     }
-    return static_cast<uint64_t>(_mm512_reduce_add_epi64(
-        _mm512_add_epi64(_mm512_add_epi64(acc0, acc1), _mm512_add_epi64(acc2, acc3))));
+    // The lanes are added as unsigned words: the checksum wraps by design, and
+    // _mm512_reduce_add_epi64 adds them as signed (overflow UBSan reports).
+    alignas(64) uint64_t lanes[8];
+    _mm512_store_si512(lanes, _mm512_add_epi64(_mm512_add_epi64(acc0, acc1), _mm512_add_epi64(acc2, acc3)));
+    uint64_t sum = 0;
+    for (const uint64_t lane : lanes) sum += lane;
+    return sum;
 }
 
 void stream_copy_avx512(const float* a, float* c, size_t n) {
