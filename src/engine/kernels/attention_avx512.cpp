@@ -9,6 +9,7 @@
 #include <immintrin.h>
 
 #include "engine/kernels/attention_impl.h"
+#include "engine/kernels/avx512_reduce.h"
 
 namespace assistd::engine::kernels {
 namespace {
@@ -57,8 +58,7 @@ struct Avx512Vec {
     }
     static void convert_f16(const uint16_t* x, float* y, size_t n) {
         for (size_t i = 0; i < n; i += 16) {
-            const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xffff)
-                                            : static_cast<__mmask16>((1u << (n - i)) - 1);
+            const __mmask16 m = low_lanes16(n - i < 16 ? n - i : 16);
             _mm512_mask_storeu_ps(y + i, m, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, x + i)));
         }
     }

@@ -1,11 +1,16 @@
 #pragma once
-// Horizontal sums for the AVX-512 tiers' matmul tiles. Included by each
-// AVX-512 translation unit; internal linkage, so every TU keeps the copy
-// compiled with its own target flags.
+// Helpers shared by the AVX-512 tiers: tail masks and the matmul tiles'
+// horizontal sums. Included by each AVX-512 translation unit; internal
+// linkage, so every TU keeps the copy compiled with its own target flags.
 #include <immintrin.h>
+
+#include <cstddef>
 
 namespace assistd::engine::kernels {
 namespace {
+
+// The mask of the low n of 16 lanes (n <= 16).
+inline __mmask16 low_lanes16(size_t n) { return static_cast<__mmask16>((1u << n) - 1); }
 
 // {sum(a), sum(b), sum(c), sum(d)}: one transpose-and-add tree instead of
 // four separate reductions (a tile of 4 weight rows stores its 4 outputs

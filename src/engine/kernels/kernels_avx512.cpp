@@ -19,8 +19,6 @@
 namespace assistd::engine::kernels {
 namespace {
 
-__mmask16 low_lanes16(size_t n) { return static_cast<__mmask16>((1u << n) - 1); }
-
 struct F32Loader {
     using Element = float;
     static __m512 load16(const float* p) { return _mm512_loadu_ps(p); }

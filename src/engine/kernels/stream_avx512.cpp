@@ -9,6 +9,7 @@
 #endif
 #include <immintrin.h>
 
+#include "engine/kernels/avx512_reduce.h"
 #include "engine/kernels/kernels_impl.h"
 
 namespace assistd::engine::kernels {
@@ -50,7 +51,7 @@ void stream_copy_avx512(const float* a, float* c, size_t n) {
         _mm512_storeu_ps(c + i + 48, v3);
     }
     for (; i < n; i += 16) {
-        const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xffff : (1u << (n - i)) - 1);
+        const __mmask16 m = low_lanes16(n - i < 16 ? n - i : 16);
         _mm512_mask_storeu_ps(c + i, m, _mm512_maskz_loadu_ps(m, a + i));
     }
 }
@@ -66,7 +67,7 @@ void stream_triad_avx512(float* a, const float* b, const float* c, float s, size
         _mm512_storeu_ps(a + i + 16, r1);
     }
     for (; i < n; i += 16) {
-        const auto m = static_cast<__mmask16>(n - i >= 16 ? 0xffff : (1u << (n - i)) - 1);
+        const __mmask16 m = low_lanes16(n - i < 16 ? n - i : 16);
         _mm512_mask_storeu_ps(
             a + i, m,
             _mm512_fmadd_ps(sv, _mm512_maskz_loadu_ps(m, c + i), _mm512_maskz_loadu_ps(m, b + i)));
