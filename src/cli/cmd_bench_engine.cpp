@@ -17,6 +17,7 @@
 #include "cli/commands.h"
 #include "cli/model_options.h"
 #include "common/cpu_features.h"
+#include "common/stats.h"
 #include "engine/engine.h"
 #include "engine/kernels/kernels.h"
 #include "engine/memory_bandwidth.h"
@@ -39,12 +40,6 @@ struct BenchOptions {
     int64_t membw_size_mib = 1024;  // the probe's array
     bool json = false;
 };
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    if (v.empty()) return 0;
-    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 // Bytes of weights one decode step reads at this precision (every matrix once).
 double weight_bytes_per_token(const Model& m, Precision p) {

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <vector>
 
+#include "common/stats.h"
 #include "engine/aligned_buffer.h"
 #include "engine/kernels/kernels.h"
 #include "engine/thread_pool.h"
@@ -32,11 +33,6 @@ struct alignas(64) PerThread {
     uint64_t sum = 0;
     bool ok = true;
 };
-
-double median(std::vector<double> v) {
-    std::sort(v.begin(), v.end());
-    return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
 
 StreamFigure figure(const std::vector<double>& rates, double bytes) {
     StreamFigure f;
