@@ -1,8 +1,19 @@
 #!/usr/bin/env bash
-# Engine speed side by side with llama.cpp's figures for this machine kind
+# Engine speed against llama.cpp.
+#
+# Without LLAMA_BENCH: assistd's figures against the reference file's
 # (../shared/reference/llamacpp-bench.md: llama-bench -t 2 -p 128 -n 64).
+#
+# With LLAMA_BENCH=/path/to/llama-bench: side by side on this machine, now.
+# ROUNDS rounds (default 10); in each, every model runs under llama-bench and
+# under `assistd bench engine` with the same thread count, prompt 128 and 64
+# generated tokens, back to back (which goes first alternates by round), so
+# both see the same minute of a machine whose bandwidth swings. Prints every
+# round, then per model the medians and the median and range of the per-round
+# decode ratios. MODELS_SET=smollm2 keeps to the smollm2-135m rows.
+#
 # Makes the random-weight models it needs under $MODELS (default build/models).
-# Usage: bench/engine_vs_llamacpp.sh [build-dir] [threads]
+# Usage: [LLAMA_BENCH=...] [ROUNDS=N] bench/engine_vs_llamacpp.sh [build-dir] [threads]
 set -euo pipefail
 build=${1:-build}
 threads=${2:-2}
@@ -29,17 +40,69 @@ rows=(
   "llama-1b f16 0 156 27.1"
   "llama-1b bf16 0 241 29.5"
 )
-printf "%-22s %10s %10s %8s   %10s %10s %8s   %8s\n" model "pp128" "llama.cpp" ratio "tg64" "llama.cpp" ratio "GB/s"
+
+assistd_run() {  # path -> "pp tg gbps"
+  "$bin" bench engine --model "$1" --precision native --threads "$threads" \
+    --prompt-tokens 128 --gen-tokens 64 --reps "${REPS:-3}" --json |
+    python3 -c 'import json,sys; r=json.load(sys.stdin)["results"][0]; print(r["prefill_tokens_per_s"], r["decode_tokens_per_s"], r["decode_weight_gb_per_s"])'
+}
+
+if [ -z "${LLAMA_BENCH:-}" ]; then
+  printf "%-22s %10s %10s %8s   %10s %10s %8s   %8s\n" model "pp128" "llama.cpp" ratio "tg64" "llama.cpp" ratio "GB/s"
+  for row in "${rows[@]}"; do
+    read -r shape dtype tied ref_pp ref_tg <<<"$row"
+    path=$(make_model "$shape" "$dtype" "$tied")
+    REPS=${REPS:-5}
+    read -r pp tg gbps < <(assistd_run "$path")
+    python3 -c "
+pp, tg, gb, rp, rt = $pp, $tg, $gbps, $ref_pp, $ref_tg
+print(f'{\"$shape-$dtype\":22s} {pp:10.1f} {rp:10.1f} {pp/rp:7.2f}x   {tg:10.1f} {rt:10.1f} {tg/rt:7.2f}x   {gb:8.1f}')"
+  done
+  exit 0
+fi
+
+[ -x "$LLAMA_BENCH" ] || { echo "LLAMA_BENCH=$LLAMA_BENCH is not an executable" >&2; exit 2; }
+rounds=${ROUNDS:-10}
+[ "$rounds" -ge 1 ] 2>/dev/null || { echo "ROUNDS must be a positive count" >&2; exit 2; }
+selected=()
 for row in "${rows[@]}"; do
-  read -r shape dtype tied ref_pp ref_tg <<<"$row"
-  path=$(make_model "$shape" "$dtype" "$tied")
-  json=$("$bin" bench engine --model "$path" --precision native --threads "$threads" \
-         --prompt-tokens 128 --gen-tokens 64 --reps "${REPS:-5}" --json)
-  python3 - "$shape-$dtype" "$ref_pp" "$ref_tg" "$json" <<'PY'
-import json, sys
-name, ref_pp, ref_tg, blob = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
-r = json.loads(blob)["results"][0]
-pp, tg = r["prefill_tokens_per_s"], r["decode_tokens_per_s"]
-print(f"{name:22s} {pp:10.1f} {ref_pp:10.1f} {pp/ref_pp:7.2f}x   {tg:10.1f} {ref_tg:10.1f} {tg/ref_tg:7.2f}x   {r['decode_weight_gb_per_s']:8.1f}")
-PY
+  read -r shape dtype _ <<<"$row"
+  [ "$dtype" = q8_0 ] && continue  # not a target: int8 kernels trail llama.cpp's
+  [ "${MODELS_SET:-all}" = smollm2 ] && [ "$shape" != smollm2-135m ] && continue
+  selected+=("$row")
 done
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+llama_run() {  # path -> "pp tg"
+  "$LLAMA_BENCH" -m "$1" -t "$threads" -p 128 -n 64 -r "${REPS:-3}" -o json 2>/dev/null |
+    python3 -c 'import json,sys; r=json.load(sys.stdin); d={x["n_prompt"]>0: x["avg_ts"] for x in r}; print(d[True], d[False])'
+}
+printf "%-5s %-8s %-22s %9s %9s %9s %9s %7s\n" round time model "pp llama" "pp ours" "tg llama" "tg ours" ratio
+for ((round = 1; round <= rounds; ++round)); do
+  for row in "${selected[@]}"; do
+    read -r shape dtype tied _ <<<"$row"
+    path=$(make_model "$shape" "$dtype" "$tied")
+    name="$shape-$dtype"; [ "$tied" = 1 ] && name="$shape-tied-$dtype"
+    if ((round % 2)); then
+      read -r lpp ltg < <(llama_run "$path"); read -r app atg _ < <(assistd_run "$path")
+    else
+      read -r app atg _ < <(assistd_run "$path"); read -r lpp ltg < <(llama_run "$path")
+    fi
+    echo "$round $name $lpp $app $ltg $atg" >>"$log"
+    python3 -c "print(f'{$round:<5d} {\"$(date +%H:%M:%S)\":8s} {\"$name\":22s} {$lpp:9.1f} {$app:9.1f} {$ltg:9.1f} {$atg:9.1f} {$atg/$ltg:6.2f}x')"
+  done
+done
+python3 - "$log" "$rounds" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    _, name, lpp, app, ltg, atg = line.split()
+    rows.setdefault(name, []).append(tuple(map(float, (lpp, app, ltg, atg))))
+print(f"\nmedians over {sys.argv[2]} rounds")
+print(f"{'model':22s} {'pp llama':>9s} {'pp ours':>9s} {'tg llama':>9s} {'tg ours':>9s} {'ratio of medians':>17s} {'per-round ratio: median (min-max)':>34s}")
+for name, rs in rows.items():
+    med = [statistics.median(r[i] for r in rs) for i in range(4)]
+    ratios = [r[3] / r[2] for r in rs]
+    print(f"{name:22s} {med[0]:9.1f} {med[1]:9.1f} {med[2]:9.1f} {med[3]:9.1f} {med[3]/med[2]:16.2f}x "
+          f"{statistics.median(ratios):18.2f}x ({min(ratios):.2f}-{max(ratios):.2f})")
+PY

@@ -148,14 +148,14 @@ private:
     size_t private_stride_ = 0;
     AlignedBuffer private_;
 
-    // Matmul phases hand out row chunks from a shared counter (one per phase,
-    // reset before every forward): a thread whose memory stream runs faster
-    // takes more rows instead of waiting at the barrier for the slower one.
-    struct alignas(64) WorkCounter {
-        std::atomic<size_t> next{0};
-    };
+    // Work of a phase is handed out through counters (n_threads per phase,
+    // zeroed before every forward): attention units from the phase's first
+    // counter, shared, costliest first; matmul rows in units through
+    // ThreadPool::for_each_unit (a contiguous stream per thread, the rest taken
+    // by whichever thread is free).
+    using WorkCounter = ThreadPool::RangeCounter;
     std::unique_ptr<WorkCounter[]> work_;
-    size_t n_work_ = 0;
+    size_t n_work_ = 0;  // counters: phases per forward times threads
 
     // Attention works on units of (block of consecutive query tokens of one
     // sequence, KV head): every K/V row is converted once for all the block's
@@ -262,7 +262,7 @@ Status LlamaModel::init() {
     } catch (const std::bad_alloc&) {
         return make_error(ErrorCode::kResourceExhausted, "cannot allocate the activation buffers");
     }
-    n_work_ = 6 * info_.n_layer + 1;
+    n_work_ = (6 * info_.n_layer + 1) * static_cast<size_t>(n_threads);
     work_ = std::make_unique<WorkCounter[]>(n_work_);
     tok_.reserve(T);
     tok_seq_.reserve(T);
@@ -491,7 +491,7 @@ Result<std::span<const float>> LlamaModel::decode(std::span<const BatchEntry> ba
             {kMaxSplits, (want_units + units - 1) / units, std::max<size_t>(1, longest / kMinSplitKeys)});
     }
     const WeightSet& w = **weights;
-    for (size_t i = 0; i < n_work_; ++i) work_[i].next.store(0, std::memory_order_relaxed);
+    for (size_t i = 0; i < n_work_; ++i) work_[i].taken.store(0, std::memory_order_relaxed);
     if (info_.weight_bytes < params_.min_parallel_weight_bytes && tok_.size() <= 16) {
         pool_->run_alone([&](int ith, int nth) { forward(ith, nth, w); });
     } else {
@@ -622,20 +622,26 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         if (!replicated) pool_->barrier();
     };
 
-    // Claims chunks of [0, n) from this phase's counter until none are left.
+    // Claims chunks of [0, n) from this phase's shared counter until none are left.
     size_t phase = 0;
     auto claim_chunks = [&](size_t n, size_t chunk, auto&& body) {
-        std::atomic<size_t>& next = work_[phase++].next;
+        std::atomic<uint64_t>& next = work_[phase++ * nth].taken;
         for (;;) {
             const size_t begin = next.fetch_add(chunk, std::memory_order_relaxed);
             if (begin >= n) break;
             body(begin, std::min(n, begin + chunk));
         }
     };
-    // Rows per claim: small enough to balance, large enough that the atomic
-    // and the kernel's start-up stay negligible (and a multiple of 32, the
-    // Q8_0 block, so a chunk's outputs can be prepared on their own).
-    auto rows_per_claim = [&](size_t rows) { return std::max<size_t>(32, (rows / (8 * nth) + 31) / 32 * 32); };
+    // Runs [0, n) in units of `unit` rows (ThreadPool::for_each_unit).
+    auto claim_rows = [&](size_t n, size_t unit, auto&& body) {
+        ThreadPool::for_each_unit(&work_[phase++ * nth], (n + unit - 1) / unit, ith, nth,
+                                  [&](size_t u) { body(u * unit, std::min(n, (u + 1) * unit)); });
+    };
+    // Rows per unit: a multiple of 32 (the Q8_0 block, so a unit's outputs can
+    // be prepared on their own), about 64 units per thread so that the last
+    // ones balance the threads, and the compare-and-swap per unit stays
+    // negligible against the unit's kernel time.
+    auto rows_per_unit = [&](size_t rows) { return std::max<size_t>(32, (rows / (64 * nth) + 31) / 32 * 32); };
 
     // Embeddings and rotary tables for this thread's tokens.
     const auto* embd = static_cast<const uint8_t*>(tensors_.token_embd->data);
@@ -683,7 +689,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         stream_barrier();
 
         // (2) Q, K, V projections split by heads, then bias, RoPE and the KV store.
-        claim_chunks(NH + 2 * NKV, 1, [&](size_t u0, size_t u1) {
+        claim_rows(NH + 2 * NKV, 1, [&](size_t u0, size_t u1) {
             auto project = [&](const Matrix& m, float* out, size_t ld, size_t h0, size_t h1) {
                 if (h1 > h0) kernels::matmul(m.type, m.data, E, Pn, T, out, ld, h0 * hd, h1 * hd);
             };
@@ -764,7 +770,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         }
 
         // (4) output projection.
-        claim_chunks(E, rows_per_claim(E), [&](size_t r0, size_t r1) {
+        claim_rows(E, rows_per_unit(E), [&](size_t r0, size_t r1) {
             kernels::matmul(W.wo.type, W.wo.data, Qd, P, T, tmp, E, r0, r1);
         });
         pool_->barrier();
@@ -779,7 +785,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
 
         // (6) gate and up projections, SwiGLU and the down projection's input
         // for this thread's rows.
-        claim_chunks(F, rows_per_claim(F), [&](size_t r0, size_t r1) {
+        claim_rows(F, rows_per_unit(F), [&](size_t r0, size_t r1) {
             kernels::matmul(W.w_gate.type, W.w_gate.data, E, Pn, T, G, F, r0, r1);
             kernels::matmul(W.w_up.type, W.w_up.data, E, Pn, T, U, F, r0, r1);
             for (size_t t = 0; t < T; ++t) kernels::swiglu(G + t * F + r0, U + t * F + r0, G + t * F + r0, r1 - r0);
@@ -788,7 +794,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         pool_->barrier();
 
         // (7) down projection; its residual is added at the top of the next layer.
-        claim_chunks(E, rows_per_claim(E), [&](size_t r0, size_t r1) {
+        claim_rows(E, rows_per_unit(E), [&](size_t r0, size_t r1) {
             kernels::matmul(W.w_down.type, W.w_down.data, F, P, T, tmp, E, r0, r1);
         });
         pool_->barrier();
@@ -805,7 +811,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     }
     prepare(w.output.type, Xn, E, o0, o1, E, Pn);
     stream_barrier();
-    claim_chunks(V, rows_per_claim(V), [&](size_t r0, size_t r1) {
+    claim_rows(V, rows_per_unit(V), [&](size_t r0, size_t r1) {
         kernels::matmul(w.output.type, w.output.data, E, Pn, n_out, logits_.as<float>(), V, r0, r1);
     });
 }

@@ -34,6 +34,22 @@ public:
     // `align` (except the tail), and returns thread ith's part.
     static void split(size_t n, size_t align, int ith, int nth, size_t& begin, size_t& end);
 
+    // Work units [0, units) shared by nth threads that each call
+    // for_each_unit(counters, units, ith, nth, body) with the same counters
+    // (nth of them, zero before the first call): body(u) runs once for every
+    // unit. Thread ith owns the ith contiguous range (split()) and runs it
+    // front to back, so a matmul's weight rows reach it as one stream the
+    // hardware prefetcher follows from unit to unit; a thread whose range is
+    // done takes units from the back of the range with the most left, so a
+    // faster thread does more instead of waiting at the next barrier. Each
+    // counter holds the units taken from its range's front (low 32 bits) and
+    // back (high 32 bits).
+    struct alignas(64) RangeCounter {
+        std::atomic<uint64_t> taken{0};
+    };
+    template <typename Body>
+    static void for_each_unit(RangeCounter* counters, size_t units, int ith, int nth, Body&& body);
+
 private:
     void worker_loop(int index);
 
@@ -47,5 +63,43 @@ private:
     std::atomic<bool> stop_{false};
     bool alone_ = false;  // run_alone() in progress (touched by the calling thread only)
 };
+
+template <typename Body>
+void ThreadPool::for_each_unit(RangeCounter* counters, size_t units, int ith, int nth, Body&& body) {
+    constexpr uint64_t kFront = 1, kBack = uint64_t{1} << 32;
+    auto left = [](uint64_t taken, size_t size) {
+        const size_t used = (taken & 0xffffffffu) + (taken >> 32);
+        return used < size ? size - used : 0;
+    };
+    size_t b, e;
+    split(units, 1, ith, nth, b, e);
+    std::atomic<uint64_t>& own = counters[ith].taken;
+    for (uint64_t taken = own.load(std::memory_order_relaxed); left(taken, e - b) > 0;) {
+        if (own.compare_exchange_weak(taken, taken + kFront, std::memory_order_relaxed)) {
+            body(b + (taken & 0xffffffffu));
+            taken = own.load(std::memory_order_relaxed);
+        }
+    }
+    for (;;) {
+        int victim = -1;
+        size_t most = 0, victim_end = 0;
+        uint64_t taken = 0;
+        for (int i = 0; i < nth; ++i) {
+            if (i == ith) continue;
+            size_t vb, ve;
+            split(units, 1, i, nth, vb, ve);
+            const uint64_t t = counters[i].taken.load(std::memory_order_relaxed);
+            if (left(t, ve - vb) > most) {
+                victim = i;
+                most = left(t, ve - vb);
+                victim_end = ve;
+                taken = t;
+            }
+        }
+        if (victim < 0) return;
+        if (counters[victim].taken.compare_exchange_strong(taken, taken + kBack, std::memory_order_relaxed))
+            body(victim_end - 1 - (taken >> 32));
+    }
+}
 
 }  // namespace assistd::engine

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <functional>
+#include <thread>
 #include <cmath>
 #include <map>
 #include <numeric>
@@ -60,6 +63,80 @@ TEST(ThreadPool, SplitCoversRangeWithAlignment) {
             EXPECT_EQ(covered, n);
         }
     }
+}
+
+// Which thread ran each unit, and in what order each thread ran its units.
+struct UnitLog {
+    std::vector<std::atomic<int>> runs;
+    std::vector<int> owner;
+    std::vector<std::vector<size_t>> order;
+    UnitLog(size_t units, int nth) : runs(units), owner(units, -1), order(nth) {}
+};
+
+void run_units(ThreadPool& pool, size_t units, UnitLog& log, const std::function<void(int, size_t)>& work = {}) {
+    std::vector<ThreadPool::RangeCounter> counters(pool.size());
+    pool.run([&](int ith, int nth) {
+        ThreadPool::for_each_unit(counters.data(), units, ith, nth, [&](size_t u) {
+            ASSERT_LT(u, units);
+            log.runs[u].fetch_add(1);
+            log.owner[u] = ith;
+            log.order[ith].push_back(u);
+            if (work) work(ith, u);
+        });
+    });
+}
+
+TEST(ThreadPool, ForEachUnitRunsEveryUnitOnceOwnRangeFrontToBack) {
+    for (int threads : {1, 2, 3, 4}) {
+        ThreadPool pool(threads);
+        for (size_t units : {0u, 1u, 2u, 3u, 5u, 18u, 48u, 129u, 1000u}) {
+            for (int rep = 0; rep < 20; ++rep) {
+                UnitLog log(units, threads);
+                run_units(pool, units, log);
+                for (size_t u = 0; u < units; ++u) ASSERT_EQ(log.runs[u].load(), 1) << units << " units, unit " << u;
+                // A range is a prefix its owner ran in order and a suffix the
+                // others took from the back.
+                for (int i = 0; i < threads; ++i) {
+                    size_t b, e;
+                    ThreadPool::split(units, 1, i, threads, b, e);
+                    size_t u = b;
+                    for (size_t k = 0; k < log.order[i].size() && log.order[i][k] >= b && log.order[i][k] < e; ++k)
+                        ASSERT_EQ(log.order[i][k], u++) << "thread " << i << " ran its own range out of order";
+                    for (; u < e; ++u) ASSERT_NE(log.owner[u], i) << "owner skipped unit " << u;
+                }
+            }
+        }
+    }
+}
+
+TEST(ThreadPool, ForEachUnitHandsASlowThreadsUnitsToTheOthers) {
+    ThreadPool pool(2);
+    const size_t units = 20;
+    UnitLog log(units, 2);
+    // Thread 1 takes 5 ms a unit, thread 0 nothing: thread 0 runs its own 10
+    // and then takes thread 1's from the back while thread 1 sleeps. (Thread
+    // 0 waits in its first unit until thread 1 has begun, else a late worker
+    // would find every unit taken.)
+    std::atomic<bool> second_began{false};
+    run_units(pool, units, log, [&](int ith, size_t) {
+        if (ith == 1) {
+            second_began = true;
+            std::this_thread::sleep_for(std::chrono::milliseconds(5));
+        } else {
+            const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (!second_began && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+        }
+    });
+    ASSERT_TRUE(second_began) << "thread 1 never ran a unit";
+    for (size_t u = 0; u < units; ++u) ASSERT_EQ(log.runs[u].load(), 1);
+    EXPECT_GT(log.order[0].size(), 10u) << "the idle thread took none of the slow one's units";
+    ASSERT_FALSE(log.order[1].empty());
+    EXPECT_EQ(log.order[1].front(), 10u) << "thread 1 starts at the front of its range";
+    // What thread 0 took from thread 1's range came from the back, last first.
+    std::vector<size_t> stolen;
+    for (size_t u : log.order[0])
+        if (u >= 10) stolen.push_back(u);
+    for (size_t k = 0; k < stolen.size(); ++k) EXPECT_EQ(stolen[k], units - 1 - k);
 }
 
 KvCacheShape small_shape(size_t blocks) {
