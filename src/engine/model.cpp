@@ -57,7 +57,25 @@ struct Matrix {
     const void* data = nullptr;
     DType type = DType::F32;
     size_t rows = 0, cols = 0;
+    // 0: row r at data + r * row bytes. Else the matrix shares its storage
+    // with a partner, in alternating blocks of `block` rows (its own first at
+    // `data`): row r at block r / block times two blocks on, row r % block.
+    size_t block = 0;
+
+    const uint8_t* row(size_t r) const {
+        const size_t index = block ? r / block * 2 * block + r % block : r;
+        return static_cast<const uint8_t*>(data) + index * dtype_row_bytes(type, cols);
+    }
 };
+
+// The gate and up projections read the same input row by row together: in
+// an arena they are stored in alternating blocks of this many rows (gate,
+// up, gate, up, ...), so that a thread's rows of both are one stream.
+// Measured on smollm2-135m F16 decode (2 threads): the gate/up phase's time
+// -5% in a slow minute (now as fast per byte as the head's long stream),
+// decode 141.9 -> 153.9 tok/s median of 6 alternating runs in a fast one.
+// Row units of a phase are whole blocks (rows_per_unit() gives multiples of 32).
+constexpr size_t kGateUpBlock = 32;
 
 struct LayerWeights {
     Matrix wq, wk, wv, wo, w_gate, w_up, w_down;
@@ -109,6 +127,9 @@ public:
 private:
     Result<WeightSet*> weights_for(Precision p);
     Result<Matrix> convert_matrix(const GgufTensor& t, DType target, bool copy_native, WeightSet& set);
+    Status convert_interleaved(const GgufTensor& a, const GgufTensor& b, DType target, size_t block, WeightSet& set,
+                               Matrix& out_a, Matrix& out_b);
+    static void release_file_pages(const GgufTensor& t);
     const float* f32_vector(const GgufTensor* t);
     void forward(int ith, int nth, const WeightSet& w);
     void prepare(DType wtype, const float* x, size_t ld, size_t t0, size_t t1, size_t cols, uint8_t* out) const;
@@ -323,17 +344,54 @@ Result<Matrix> LlamaModel::convert_matrix(const GgufTensor& t, DType target, boo
             for (size_t r = r0; r < r1; ++r)
                 kernels::convert_rows(t.dtype, src + r * src_row, target, dst + r * dst_row, m.cols);
     });
-    if (t.dtype == target) {
-        // Copied: let go of the mapping's pages of it (they stay in the page
-        // cache), so the model is not resident twice. A later read (another
-        // precision's conversion, embedding rows) faults them back in.
-        const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-        const auto begin = (reinterpret_cast<uintptr_t>(src) + page - 1) / page * page;
-        const auto end = (reinterpret_cast<uintptr_t>(src) + t.n_bytes) / page * page;
-        if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-    }
+    if (t.dtype == target) release_file_pages(t);
     m.data = dst;
     return m;
+}
+
+// A copied tensor: let go of the mapping's pages of it (they stay in the page
+// cache), so the model is not resident twice. A later read (another
+// precision's conversion, embedding rows) faults them back in.
+void LlamaModel::release_file_pages(const GgufTensor& t) {
+    const auto page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+    const auto begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
+    const auto end = (reinterpret_cast<uintptr_t>(t.data) + t.n_bytes) / page * page;
+    if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+// Two matrices of the same shape converted (or copied) into one region of the
+// arena in alternating blocks of `block` rows (Matrix::block).
+Status LlamaModel::convert_interleaved(const GgufTensor& a, const GgufTensor& b, DType target, size_t block,
+                                       WeightSet& set, Matrix& out_a, Matrix& out_b) {
+    const size_t rows = a.rows(), cols = a.cols();
+    if (target == DType::Q8_0 && cols % kQ8_0Block != 0)
+        return make_error(ErrorCode::kUnsupported, fmt::format("tensor '{}' rows of {} cannot be stored as Q8_0",
+                                                               a.name, cols));
+    const size_t dst_row = dtype_row_bytes(target, cols);
+    const size_t bytes = arena_bytes(target, 2 * rows, cols);
+    if (set.arena_used + bytes > set.arena.size())  // sized by weights_for: a bug if it happens
+        return make_error(ErrorCode::kInternal, fmt::format("weight arena too small for '{}'", a.name));
+    uint8_t* dst = set.arena.data() + set.arena_used;
+    set.arena_used += bytes;
+    for (auto [t, out, first] : {std::tuple{&a, &out_a, size_t{0}}, std::tuple{&b, &out_b, block}}) {
+        *out = Matrix{dst + first * dst_row, target, rows, cols, block};
+        const auto* src = static_cast<const uint8_t*>(t->data);
+        const size_t src_row = dtype_row_bytes(t->dtype, cols);
+        Matrix& m = *out;
+        pool_->run([&](int ith, int nth) {
+            size_t r0, r1;
+            ThreadPool::split(rows, 1, ith, nth, r0, r1);
+            for (size_t r = r0; r < r1; ++r) {
+                auto* row = const_cast<uint8_t*>(m.row(r));
+                if (t->dtype == target)
+                    std::memcpy(row, src + r * src_row, dst_row);
+                else
+                    kernels::convert_rows(t->dtype, src + r * src_row, target, row, cols);
+            }
+        });
+        if (t->dtype == target) release_file_pages(*t);
+    }
+    return {};
 }
 
 Result<WeightSet*> LlamaModel::weights_for(Precision p) {
@@ -409,7 +467,17 @@ Result<WeightSet*> LlamaModel::weights_for(Precision p) {
         Status s;
         if (!(s = group({{L.wq, &W.wq}, {L.wk, &W.wk}, {L.wv, &W.wv}}))) return s.error();
         if (!(s = group({{L.wo, &W.wo}}))) return s.error();
-        if (!(s = group({{L.w_gate, &W.w_gate}, {L.w_up, &W.w_up}}))) return s.error();
+        // Gate and up in alternating row blocks when both go to the arena
+        // (the accounting above counted the two of them the same).
+        const DType ffn_type = precision_storage_type(p, L.w_gate->dtype);
+        const bool both_in_arena = (L.w_gate->dtype != ffn_type || copy_native) &&
+                                   (L.w_up->dtype != ffn_type || copy_native);
+        if (both_in_arena && L.w_gate->rows() % kGateUpBlock == 0) {
+            if (!(s = convert_interleaved(*L.w_gate, *L.w_up, ffn_type, kGateUpBlock, *set, W.w_gate, W.w_up)))
+                return s.error();
+        } else if (!(s = group({{L.w_gate, &W.w_gate}, {L.w_up, &W.w_up}}))) {
+            return s.error();
+        }
         if (!(s = group({{L.w_down, &W.w_down}}))) return s.error();
     }
     if (auto s = group({{tensors_.output, &set->output}}); !s) return s.error();
@@ -641,6 +709,7 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
     // be prepared on their own), about 64 units per thread so that the last
     // ones balance the threads, and the compare-and-swap per unit stays
     // negligible against the unit's kernel time.
+    static_assert(32 % kGateUpBlock == 0, "gate/up units must be whole blocks");
     auto rows_per_unit = [&](size_t rows) { return std::max<size_t>(32, (rows / (64 * nth) + 31) / 32 * 32); };
 
     // Embeddings and rotary tables for this thread's tokens.
@@ -786,8 +855,13 @@ void LlamaModel::forward(int ith, int nth, const WeightSet& w) {
         // (6) gate and up projections, SwiGLU and the down projection's input
         // for this thread's rows.
         claim_rows(F, rows_per_unit(F), [&](size_t r0, size_t r1) {
-            kernels::matmul(W.w_gate.type, W.w_gate.data, E, Pn, T, G, F, r0, r1);
-            kernels::matmul(W.w_up.type, W.w_up.data, E, Pn, T, U, F, r0, r1);
+            // Block by block when gate and up alternate (units are whole blocks).
+            const size_t step = W.w_gate.block ? W.w_gate.block : r1 - r0;
+            for (size_t r = r0; r < r1; r += step) {
+                const size_t n = std::min(step, r1 - r);
+                kernels::matmul(W.w_gate.type, W.w_gate.row(r), E, Pn, T, G + r, F, 0, n);
+                kernels::matmul(W.w_up.type, W.w_up.row(r), E, Pn, T, U + r, F, 0, n);
+            }
             for (size_t t = 0; t < T; ++t) kernels::swiglu(G + t * F + r0, U + t * F + r0, G + t * F + r0, r1 - r0);
             kernels::prepare_activation_columns(W.w_down.type, G, F, T, F, r0, r1, P);
         });
