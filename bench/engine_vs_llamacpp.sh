@@ -10,7 +10,7 @@
 # generated tokens, back to back (which goes first alternates by round), so
 # both see the same minute of a machine whose bandwidth swings. Prints every
 # round, then per model the medians and the median and range of the per-round
-# decode ratios. MODELS_SET=smollm2 keeps to the smollm2-135m rows.
+# decode ratios. MODELS_SET=smollm2 (or llama-1b) keeps to the rows of that shape.
 #
 # Makes the random-weight models it needs under $MODELS (default build/models).
 # Usage: [LLAMA_BENCH=...] [ROUNDS=N] bench/engine_vs_llamacpp.sh [build-dir] [threads]
@@ -68,7 +68,7 @@ selected=()
 for row in "${rows[@]}"; do
   read -r shape dtype _ <<<"$row"
   [ "$dtype" = q8_0 ] && continue  # not a target: int8 kernels trail llama.cpp's
-  [ "${MODELS_SET:-all}" = smollm2 ] && [ "$shape" != smollm2-135m ] && continue
+  [ -n "${MODELS_SET:-}" ] && [[ "$shape" != "$MODELS_SET"* ]] && continue
   selected+=("$row")
 done
 log=$(mktemp)
