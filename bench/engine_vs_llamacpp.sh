@@ -67,7 +67,6 @@ rounds=${ROUNDS:-10}
 selected=()
 for row in "${rows[@]}"; do
   read -r shape dtype _ <<<"$row"
-  [ "$dtype" = q8_0 ] && continue  # not a target: int8 kernels trail llama.cpp's
   [ -n "${MODELS_SET:-}" ] && [[ "$shape" != "$MODELS_SET"* ]] && continue
   selected+=("$row")
 done
