@@ -1,6 +1,7 @@
 // AVX2 + FMA + F16C kernels (compiled with -mavx2 -mfma -mf16c; only called
 // when the CPU has them). Matmuls register-block 4 weight rows x up to 2
-// activation rows, so each weight row is read once per batch tile.
+// activation rows, so each weight row is read once per batch tile; a lone
+// activation row (decode) streams the weight rows one at a time.
 #include <immintrin.h>
 
 #include <cmath>
@@ -116,7 +117,13 @@ void matmul_tiled(const void* w, size_t cols, const void* x, size_t x_row_bytes,
         const size_t chunk_nb = nb - b0 < chunk ? nb - b0 : chunk;
         float* y_chunk = y + b0 * ldy;
         size_t r = r0;
-        for (; r + kTileRows <= r1; r += kTileRows) {
+        // One activation row (decode): memory-bound, and the hardware
+        // prefetcher streams one weight row at a time far better than four
+        // interleaved. This tier on the Zen 5 VM (ASSISTD_CPU=avx2),
+        // smollm2-135m decode alternating 4-row tiles / single rows: F32 56.6
+        // -> 88.4 tok/s, F16 77.7 -> 129.6, BF16 68.9 -> 121.6, Q8_0 95.1 -> 236.4.
+        const bool streaming = chunk_nb < kTileCols;
+        for (; !streaming && r + kTileRows <= r1; r += kTileRows) {
             matmul_row_block<WeightLoader, ActLoader, kTileRows>(weights, cols, x_bytes, x_row_bytes, chunk_nb, y_chunk,
                                                                  ldy, r);
         }
@@ -202,7 +209,8 @@ void matmul_q8_0(const void* w, size_t cols, const void* x, size_t x_row_bytes, 
         const size_t chunk_nb = nb - b0 < chunk ? nb - b0 : chunk;
         float* y_chunk = y + b0 * ldy;
         size_t r = r0;
-        for (; r + kTileRows <= r1; r += kTileRows) {
+        // One activation row (decode): one weight row at a time, as above.
+        for (; chunk_nb > 1 && r + kTileRows <= r1; r += kTileRows) {
             q8_row_block<kTileRows>(weights, blocks, layout, x_bytes, x_row_bytes, chunk_nb, y_chunk, ldy, r);
         }
         for (; r < r1; ++r) q8_row_block<1>(weights, blocks, layout, x_bytes, x_row_bytes, chunk_nb, y_chunk, ldy, r);
