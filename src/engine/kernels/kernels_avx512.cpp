@@ -211,11 +211,13 @@ void matmul_f32(const void* w, size_t cols, const void* x, size_t x_row_bytes, s
 // matters once memory runs fast enough for the conversions to be the limit.
 // smollm2-135m F16 decode, 8 alternating runs: median 134.8 -> 138.3 tok/s,
 // 7 of 8 faster, in fast minutes 153 -> 173 (the per-byte time of the
-// 576-column matrices -15%); slow minutes are memory-bound either way. The
-// products are the same (F16 -> F32 is exact). Rows of 8,192 columns were
-// slower with float activations (32 KiB of them beside the stream do not fit
-// in L1; docs/engine.md); 4,096 is unmeasured, so the halves stay above 2,048.
-constexpr size_t kWidenedActivationCols = 2048;
+// 576-column matrices -15%); slow minutes are memory-bound either way. Its
+// 1,536-column rows gained nothing, and llama-1b's 2,048-column rows lost:
+// F16 decode read 85-88% of the same-minute probe widened against 91-95%
+// not, alternating. Rows of 8,192 columns were slower still (32 KiB of
+// floats beside the stream do not fit in L1; docs/engine.md). The products
+// are the same either way (F16 -> F32 is exact).
+constexpr size_t kWidenedActivationCols = 1024;
 
 void convert_f16_to_f32(const uint16_t* x, float* y, size_t n);
 
