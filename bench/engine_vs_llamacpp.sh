@@ -10,7 +10,8 @@
 # generated tokens, back to back (which goes first alternates by round), so
 # both see the same minute of a machine whose bandwidth swings. Prints every
 # round, then per model the medians and the median and range of the per-round
-# decode ratios. MODELS_SET=smollm2 (or llama-1b) keeps to the rows of that shape.
+# decode ratios. MODELS_SET=smollm2 (or llama-1b) keeps to the rows of that
+# shape; TIED=1 (or 0) to smollm2-135m's tied (or separate) output head.
 #
 # Makes the random-weight models it needs under $MODELS (default build/models).
 # Usage: [LLAMA_BENCH=...] [ROUNDS=N] bench/engine_vs_llamacpp.sh [build-dir] [threads]
@@ -37,6 +38,9 @@ rows=(
   "smollm2-135m f16 1 923 112"
   "smollm2-135m bf16 1 1139 100"
   "smollm2-135m q8_0 1 802 141"
+  "smollm2-135m f32 0 677 64.0"
+  "smollm2-135m f16 0 885 83.5"
+  "smollm2-135m bf16 0 1139 98.2"
   "llama-1b f16 0 156 27.1"
   "llama-1b bf16 0 241 29.5"
 )
@@ -54,9 +58,10 @@ if [ -z "${LLAMA_BENCH:-}" ]; then
     path=$(make_model "$shape" "$dtype" "$tied")
     REPS=${REPS:-5}
     read -r pp tg gbps < <(assistd_run "$path")
+    name="$shape-$dtype"; [ "$tied" = 1 ] && name="$shape-tied-$dtype"
     python3 -c "
 pp, tg, gb, rp, rt = $pp, $tg, $gbps, $ref_pp, $ref_tg
-print(f'{\"$shape-$dtype\":22s} {pp:10.1f} {rp:10.1f} {pp/rp:7.2f}x   {tg:10.1f} {rt:10.1f} {tg/rt:7.2f}x   {gb:8.1f}')"
+print(f'{\"$name\":22s} {pp:10.1f} {rp:10.1f} {pp/rp:7.2f}x   {tg:10.1f} {rt:10.1f} {tg/rt:7.2f}x   {gb:8.1f}')"
   done
   exit 0
 fi
@@ -66,8 +71,9 @@ rounds=${ROUNDS:-10}
 [ "$rounds" -ge 1 ] 2>/dev/null || { echo "ROUNDS must be a positive count" >&2; exit 2; }
 selected=()
 for row in "${rows[@]}"; do
-  read -r shape dtype _ <<<"$row"
+  read -r shape dtype tied _ <<<"$row"
   [ -n "${MODELS_SET:-}" ] && [[ "$shape" != "$MODELS_SET"* ]] && continue
+  [ -n "${TIED:-}" ] && [ "$shape" = smollm2-135m ] && [ "$tied" != "$TIED" ] && continue
   selected+=("$row")
 done
 log=$(mktemp)
