@@ -43,7 +43,8 @@ public:
     // done takes units from the back of the range with the most left, so a
     // faster thread does more instead of waiting at the next barrier. Each
     // counter holds the units taken from its range's front (low 32 bits) and
-    // back (high 32 bits).
+    // back (high 32 bits), so units must stay below 2^32 (a phase has at most
+    // a vocabulary's rows).
     struct alignas(64) RangeCounter {
         std::atomic<uint64_t> taken{0};
     };
