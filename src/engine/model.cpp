@@ -129,6 +129,8 @@ private:
     Result<Matrix> convert_matrix(const GgufTensor& t, DType target, bool copy_native, WeightSet& set);
     Status convert_interleaved(const GgufTensor& a, const GgufTensor& b, DType target, size_t block, WeightSet& set,
                                Matrix& out_a, Matrix& out_b);
+    static Result<uint8_t*> take_arena(const GgufTensor& t, DType target, size_t rows, WeightSet& set);
+    void fill_matrix(const GgufTensor& t, const Matrix& m);
     static void release_file_pages(const GgufTensor& t);
     const float* f32_vector(const GgufTensor* t);
     void forward(int ith, int nth, const WeightSet& w);
@@ -325,28 +327,56 @@ Result<Matrix> LlamaModel::convert_matrix(const GgufTensor& t, DType target, boo
         m.data = t.data;
         return m;
     }
-    if (target == DType::Q8_0 && m.cols % kQ8_0Block != 0)
+    auto dst = take_arena(t, target, m.rows, set);
+    if (!dst) return dst.error();
+    m.data = *dst;
+    fill_matrix(t, m);
+    return m;
+}
+
+// Two matrices of the same shape converted (or copied) into one region of the
+// arena in alternating blocks of `block` rows (Matrix::block).
+Status LlamaModel::convert_interleaved(const GgufTensor& a, const GgufTensor& b, DType target, size_t block,
+                                       WeightSet& set, Matrix& out_a, Matrix& out_b) {
+    const size_t rows = a.rows(), cols = a.cols();
+    auto dst = take_arena(a, target, 2 * rows, set);
+    if (!dst) return dst.error();
+    out_a = Matrix{*dst, target, rows, cols, block};
+    out_b = Matrix{*dst + block * dtype_row_bytes(target, cols), target, rows, cols, block};
+    fill_matrix(a, out_a);
+    fill_matrix(b, out_b);
+    return {};
+}
+
+// The next `rows` rows of t's shape in `target` from the set's arena.
+Result<uint8_t*> LlamaModel::take_arena(const GgufTensor& t, DType target, size_t rows, WeightSet& set) {
+    if (target == DType::Q8_0 && t.cols() % kQ8_0Block != 0)
         return make_error(ErrorCode::kUnsupported, fmt::format("tensor '{}' rows of {} cannot be stored as Q8_0",
-                                                               t.name, m.cols));
-    const size_t src_row = dtype_row_bytes(t.dtype, m.cols), dst_row = dtype_row_bytes(target, m.cols);
-    const size_t bytes = arena_bytes(target, m.rows, m.cols);
+                                                               t.name, t.cols()));
+    const size_t bytes = arena_bytes(target, rows, t.cols());
     if (set.arena_used + bytes > set.arena.size())  // sized by weights_for: a bug if it happens
         return make_error(ErrorCode::kInternal, fmt::format("weight arena too small for '{}'", t.name));
-    const auto* src = static_cast<const uint8_t*>(t.data);
     uint8_t* dst = set.arena.data() + set.arena_used;
     set.arena_used += bytes;
+    return dst;
+}
+
+// Every row of t converted (or copied) to m's type at m.row(r), in parallel.
+void LlamaModel::fill_matrix(const GgufTensor& t, const Matrix& m) {
+    const auto* src = static_cast<const uint8_t*>(t.data);
+    const size_t src_row = dtype_row_bytes(t.dtype, m.cols), dst_row = dtype_row_bytes(m.type, m.cols);
     pool_->run([&](int ith, int nth) {
         size_t r0, r1;
         ThreadPool::split(m.rows, 1, ith, nth, r0, r1);
-        if (t.dtype == target)
-            std::memcpy(dst + r0 * dst_row, src + r0 * src_row, (r1 - r0) * dst_row);
-        else
-            for (size_t r = r0; r < r1; ++r)
-                kernels::convert_rows(t.dtype, src + r * src_row, target, dst + r * dst_row, m.cols);
+        for (size_t r = r0; r < r1; ++r) {
+            auto* row = const_cast<uint8_t*>(m.row(r));
+            if (t.dtype == m.type)
+                std::memcpy(row, src + r * src_row, dst_row);
+            else
+                kernels::convert_rows(t.dtype, src + r * src_row, m.type, row, m.cols);
+        }
     });
-    if (t.dtype == target) release_file_pages(t);
-    m.data = dst;
-    return m;
+    if (t.dtype == m.type) release_file_pages(t);
 }
 
 // A copied tensor: let go of the mapping's pages of it (they stay in the page
@@ -357,41 +387,6 @@ void LlamaModel::release_file_pages(const GgufTensor& t) {
     const auto begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) / page * page;
     const auto end = (reinterpret_cast<uintptr_t>(t.data) + t.n_bytes) / page * page;
     if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
-}
-
-// Two matrices of the same shape converted (or copied) into one region of the
-// arena in alternating blocks of `block` rows (Matrix::block).
-Status LlamaModel::convert_interleaved(const GgufTensor& a, const GgufTensor& b, DType target, size_t block,
-                                       WeightSet& set, Matrix& out_a, Matrix& out_b) {
-    const size_t rows = a.rows(), cols = a.cols();
-    if (target == DType::Q8_0 && cols % kQ8_0Block != 0)
-        return make_error(ErrorCode::kUnsupported, fmt::format("tensor '{}' rows of {} cannot be stored as Q8_0",
-                                                               a.name, cols));
-    const size_t dst_row = dtype_row_bytes(target, cols);
-    const size_t bytes = arena_bytes(target, 2 * rows, cols);
-    if (set.arena_used + bytes > set.arena.size())  // sized by weights_for: a bug if it happens
-        return make_error(ErrorCode::kInternal, fmt::format("weight arena too small for '{}'", a.name));
-    uint8_t* dst = set.arena.data() + set.arena_used;
-    set.arena_used += bytes;
-    for (auto [t, out, first] : {std::tuple{&a, &out_a, size_t{0}}, std::tuple{&b, &out_b, block}}) {
-        *out = Matrix{dst + first * dst_row, target, rows, cols, block};
-        const auto* src = static_cast<const uint8_t*>(t->data);
-        const size_t src_row = dtype_row_bytes(t->dtype, cols);
-        Matrix& m = *out;
-        pool_->run([&](int ith, int nth) {
-            size_t r0, r1;
-            ThreadPool::split(rows, 1, ith, nth, r0, r1);
-            for (size_t r = r0; r < r1; ++r) {
-                auto* row = const_cast<uint8_t*>(m.row(r));
-                if (t->dtype == target)
-                    std::memcpy(row, src + r * src_row, dst_row);
-                else
-                    kernels::convert_rows(t->dtype, src + r * src_row, target, row, cols);
-            }
-        });
-        if (t->dtype == target) release_file_pages(*t);
-    }
-    return {};
 }
 
 Result<WeightSet*> LlamaModel::weights_for(Precision p) {
