@@ -58,7 +58,7 @@ if [ -z "${LLAMA_BENCH:-}" ]; then
     path=$(make_model "$shape" "$dtype" "$tied")
     REPS=${REPS:-5}
     read -r pp tg gbps < <(assistd_run "$path")
-    name="$shape-$dtype"; [ "$tied" = 1 ] && name="$shape-tied-$dtype"
+    name=$(basename "$path" .gguf)
     python3 -c "
 pp, tg, gb, rp, rt = $pp, $tg, $gbps, $ref_pp, $ref_tg
 print(f'{\"$name\":22s} {pp:10.1f} {rp:10.1f} {pp/rp:7.2f}x   {tg:10.1f} {rt:10.1f} {tg/rt:7.2f}x   {gb:8.1f}')"
@@ -87,7 +87,7 @@ for ((round = 1; round <= rounds; ++round)); do
   for row in "${selected[@]}"; do
     read -r shape dtype tied _ <<<"$row"
     path=$(make_model "$shape" "$dtype" "$tied")
-    name="$shape-$dtype"; [ "$tied" = 1 ] && name="$shape-tied-$dtype"
+    name=$(basename "$path" .gguf)
     if ((round % 2)); then
       read -r lpp ltg < <(llama_run "$path"); read -r app atg _ < <(assistd_run "$path")
     else
