@@ -21,6 +21,9 @@
 #include <vector>
 
 #include "cli/commands.h"
+#if ASSISTD_HAVE_CLUSTER
+#include "cluster/peer_certs.h"
+#endif
 
 namespace assistd::cli {
 namespace {
@@ -106,6 +109,29 @@ size_t reap(std::vector<Child>& children, bool report) {
     return running;
 }
 
+// Each node's --peer-tls-* arguments, from a CA made for the fleet under `dir`.
+bool peer_tls_args(const std::filesystem::path& dir, const std::vector<std::string>& names,
+                   std::vector<std::vector<std::string>>& out) {
+#if ASSISTD_HAVE_CLUSTER
+    auto tls = cluster::make_throwaway_fleet(dir.string(), names, 30);
+    if (!tls.ok()) {
+        std::fprintf(stderr, "assistd dev-cluster: cannot make the fleet's certificates: %s\n",
+                     tls.error().message.c_str());
+        return false;
+    }
+    for (const auto& f : *tls)
+        out.push_back({"--peer-tls-cert", f.cert_path, "--peer-tls-key", f.key_path, "--peer-tls-ca", f.ca_path});
+    return true;
+#else
+    (void)dir;
+    (void)names;
+    (void)out;
+    std::fprintf(stderr, "assistd dev-cluster: this build lacks the gRPC peer transport "
+                         "(run scripts/install-deps.sh and rebuild)\n");
+    return false;
+#endif
+}
+
 int run_dev_cluster(const DevClusterOptions& o) {
     if (o.nodes < 1 || o.nodes > 32) {
         std::fprintf(stderr, "assistd dev-cluster: --nodes must be 1..32\n");
@@ -139,6 +165,11 @@ int run_dev_cluster(const DevClusterOptions& o) {
 
     std::vector<Child> children(static_cast<size_t>(o.nodes));
     std::string peers;
+    std::vector<std::string> names;
+    for (int i = 0; i < o.nodes; ++i) names.push_back("node" + std::to_string(i));
+    // The nodes authenticate each other as in production, with a CA made for this fleet.
+    std::vector<std::vector<std::string>> tls_args;
+    if (!peer_tls_args(root / "certs", names, tls_args)) return 2;
     for (int i = 0; i < o.nodes; ++i) {
         auto& c = children[static_cast<size_t>(i)];
         c.http_port = o.base_port + i;
@@ -147,12 +178,14 @@ int run_dev_cluster(const DevClusterOptions& o) {
         c.log = root / ("node" + std::to_string(i) + ".log");
         peers += (peers.empty() ? "" : ",") + std::string("127.0.0.1:") + std::to_string(c.peer_port);
     }
-    for (auto& c : children) {
+    for (size_t i = 0; i < children.size(); ++i) {
+        auto& c = children[i];
         const std::string peer = "127.0.0.1:" + std::to_string(c.peer_port);
         std::vector<std::string> argv = {"assistd", "serve", "--model", o.model, "--threads", std::to_string(o.threads),
                                          "--host", "127.0.0.1", "--port", std::to_string(c.http_port), "--state-dir",
                                          c.state_dir.string(), "--peers", peers, "--listen-peer", peer,
                                          "--advertise-peer", peer};
+        argv.insert(argv.end(), tls_args[i].begin(), tls_args[i].end());
         argv.insert(argv.end(), o.serve_args.begin(), o.serve_args.end());
         c.pid = spawn(argv, c.log);
     }

@@ -67,6 +67,9 @@ struct ServeOptions {
     std::string peers;                 // "host:port,..." or "dns:NAME:PORT"
     std::string listen_peer = "0.0.0.0:9090";
     std::string advertise_peer;        // empty: the --listen-peer address
+    std::string peer_tls_cert, peer_tls_key, peer_tls_ca;
+    bool peer_insecure = false;
+    size_t max_peer_links = 256;
     int replication_factor = 3;
     int sync_acks = 1;
     bool degraded_writes = true;
@@ -185,6 +188,10 @@ serve::ClusterFigures cluster_figures(cluster::FleetNode& node) {
     f.batches_resent = st.batches_resent;
     f.write_ack_timeouts = st.ack_timeouts;
     f.degraded_writes = st.degraded_acks;
+    f.peer_frames_refused = st.frames_unauthorized;
+    const auto links = node.links();
+    f.peer_links = links.open;
+    f.peer_links_refused = links.refused;
     for (const auto& s : node.take_lag_samples()) f.lag.emplace_back(s.seconds, s.operations);
     return f;
 }
@@ -243,6 +250,9 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         fo.peers = o.peers;
         fo.listen_address = o.listen_peer;
         fo.advertise_address = o.advertise_peer;
+        fo.tls = {o.peer_tls_cert, o.peer_tls_key, o.peer_tls_ca};
+        fo.insecure = o.peer_insecure;
+        fo.max_peer_links = o.max_peer_links;
         fo.replication.replication_factor = o.replication_factor;
         fo.replication.sync_acks = o.sync_acks;
         fo.replication.degraded_writes = o.degraded_writes;
@@ -475,6 +485,19 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--advertise-peer", o->advertise_peer,
                     "Address peers reach this node at, host:port (default: --listen-peer; required when that "
                     "binds 0.0.0.0)");
+    cmd->add_option("--peer-tls-cert", o->peer_tls_cert,
+                    "PEM certificate this node presents to its peers; it names the node in a URI SAN "
+                    "assistd-node:<node id or pod name> (docs/trust.md)");
+    cmd->add_option("--peer-tls-key", o->peer_tls_key, "PEM private key of --peer-tls-cert");
+    cmd->add_option("--peer-tls-ca", o->peer_tls_ca,
+                    "PEM CA every peer certificate must chain to (the files are re-read every minute)");
+    cmd->add_option("--peer-insecure", o->peer_insecure,
+                    "Plaintext peers that prove nothing: only on a network the fleet alone can reach "
+                    "(true/false)")
+        ->capture_default_str();
+    cmd->add_option("--max-peer-links", o->max_peer_links,
+                    "Outgoing peer streams at most (each a thread); frames for more addresses are dropped")
+        ->capture_default_str();
     cmd->add_option("--replication-factor", o->replication_factor, "Replicas of each session (all nodes when fewer)")
         ->capture_default_str();
     cmd->add_option("--sync-acks", o->sync_acks,

@@ -1,5 +1,7 @@
 #include "cluster/fleet_node.h"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <chrono>
 #include <random>
@@ -48,6 +50,43 @@ bool wildcard_host(const std::string& address) {
     return host == "0.0.0.0" || host == "[::]" || host == "::" || host.empty();
 }
 
+// Peers take a frame only from the host its sender address names (the
+// connection's source IP), so the address a node advertises must be an IP.
+bool ip_literal_host(const std::string& address) {
+    std::string host = address.substr(0, address.rfind(':'));
+    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
+        host = host.substr(1, host.size() - 2);
+    unsigned char buf[16];
+    return ::inet_pton(AF_INET, host.c_str(), buf) == 1 || ::inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+// Mutual TLS or an explicit --peer-insecure; with TLS the node's id is its
+// certificate's name. Returns the --node-id to load (may be empty).
+Result<std::string> check_peer_security(const FleetNodeOptions& o) {
+    if (o.insecure) {
+        if (!o.tls.empty())
+            return make_error(ErrorCode::kInvalidArgument,
+                              "--peer-insecure and --peer-tls-* contradict each other: give one");
+        return o.node_id;
+    }
+    if (o.tls.empty())
+        return make_error(ErrorCode::kInvalidArgument,
+                          "--peers needs the peers to authenticate each other: give "
+                          "--peer-tls-cert, --peer-tls-key and --peer-tls-ca (a certificate "
+                          "naming this node, URI assistd-node:<name>, and the fleet's CA; "
+                          "docs/trust.md), or --peer-insecure on a network only the fleet can reach");
+    auto name = check_peer_tls_files(o.tls);
+    if (!name.ok()) return name.error();
+    if (o.node_id.empty()) return *name;
+    auto wanted = node_id_from_name(o.node_id);
+    if (!wanted.ok()) return make_error(wanted.error().code, "--node-id: " + wanted.error().message);
+    if (*wanted != *node_id_from_name(*name))
+        return make_error(ErrorCode::kInvalidArgument,
+                          "--node-id " + o.node_id + " is not the node --peer-tls-cert names (" +
+                              *name + "): peers would refuse every frame of this node");
+    return o.node_id;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, Clock& clock) {
@@ -68,6 +107,15 @@ Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, C
                               " binds every address: give --advertise-peer HOST:PORT, the address "
                               "peers reach this node at (in Kubernetes: $(POD_IP):PORT)");
     }
+    if (!o.advertise_address.empty() ? !ip_literal_host(o.advertise_address)
+                                     : !ip_literal_host(o.listen_address))
+        return make_error(ErrorCode::kInvalidArgument,
+                          (o.advertise_address.empty() ? "--listen-peer " + o.listen_address
+                                                       : "--advertise-peer " + o.advertise_address) +
+                              ": peers are advertised by IP address (peers check that a frame "
+                              "comes from the host it names)");
+    auto node_name = check_peer_security(o);
+    if (!node_name.ok()) return node_name.error();
     if (auto st = validate(o.replication); !st.ok()) return st.error();
     if (o.write_ack_timeout_ms <= 0 || o.fetch_timeout_ms <= 0)
         return make_error(ErrorCode::kInvalidArgument,
@@ -83,13 +131,13 @@ Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, C
     parts->discovery = std::move(discovery).value();
 
     Result<NodeIdentity> identity = make_error(ErrorCode::kInternal, "no identity");
-    if (o.node_id.empty()) {
+    if (node_name->empty()) {
         std::random_device rd;
         NodeId fresh = 0;
         while (fresh == 0) fresh = (static_cast<uint64_t>(rd()) << 32) ^ rd();
         identity = load_node_identity(o.state_dir, fresh);
     } else {
-        auto id = node_id_from_name(o.node_id);
+        auto id = node_id_from_name(*node_name);
         if (!id.ok()) return make_error(id.error().code, "--node-id: " + id.error().message);
         identity = load_node_identity_as(o.state_dir, *id);
     }
@@ -105,6 +153,9 @@ Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, C
 
     GrpcTransportOptions to;
     to.listen_address = o.listen_address;
+    to.tls = o.tls;
+    to.insecure = o.insecure;
+    to.max_links = o.max_peer_links;
     auto transport = GrpcTransport::start(to);
     if (!transport.ok())
         return make_error(transport.error().code, "--listen-peer: " + transport.error().message);
@@ -120,7 +171,8 @@ Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, C
         parts->identity, parts->advertise, o.replication, *parts->local, *parts->transport,
         *parts->discovery, clock, parts->identity.replica_id);
     Replicator* r = parts->replicator.get();
-    parts->transport->set_handler([r](std::string_view frame) { r->receive(frame); });
+    parts->transport->set_handler(
+        [r](std::string_view frame, const FrameOrigin& origin) { r->receive(frame, origin); });
     parts->replicator->start();
     parts->driver = std::make_unique<ReplicationDriver>(*parts->replicator);
     parts->store = std::make_unique<ReplicatedSessionStore>(
@@ -203,6 +255,10 @@ Replicator::SessionCounts FleetNode::session_counts() const {
 
 ReplicationStats FleetNode::stats() const {
     return parts_->replicator->stats();
+}
+FleetNode::LinkFigures FleetNode::links() const {
+    return {parts_->transport->links(), parts_->transport->links_refused(),
+            parts_->transport->authenticated()};
 }
 std::vector<ReplicationLagSample> FleetNode::take_lag_samples() {
     return parts_->replicator->take_lag_samples();

@@ -11,6 +11,7 @@
 
 #include "cluster/membership.h"
 #include "cluster/node_identity.h"
+#include "cluster/peer_tls.h"
 #include "cluster/replicator.h"
 #include "common/clock.h"
 #include "common/result.h"
@@ -20,10 +21,15 @@ namespace assistd::cluster {
 
 struct FleetNodeOptions {
     std::string state_dir;          // required: the node id and the sessions live here
-    std::string node_id;            // empty: drawn once and kept in state_dir; else hex or a name
+    // Empty: the name the peer certificate gives (TLS), else drawn once and
+    // kept in state_dir; else hex or a name, which the certificate must name too.
+    std::string node_id;
     std::string peers;              // "host:port,..." or "dns:NAME:PORT"
     std::string listen_address;     // gRPC bind, host:port (port 0: any free one)
-    std::string advertise_address;  // where peers reach this node; empty: the listen address
+    std::string advertise_address;  // where peers reach this node (an IP); empty: the listen address
+    PeerTlsFiles tls;               // mutual TLS between peers (docs/trust.md); required unless...
+    bool insecure = false;          // ... plaintext peers, explicitly (a trusted test network)
+    size_t max_peer_links = 256;    // outgoing peer streams at most
     ReplicationOptions replication;
     int64_t write_ack_timeout_ms = 2000;  // a change waits this long for sync_acks replicas
     int64_t fetch_timeout_ms = 1000;      // fetch-on-miss gives up after this
@@ -68,6 +74,12 @@ class FleetNode {
     size_t announce_departure(int64_t timeout_ms);
 
     ReplicationStats stats() const;
+    struct LinkFigures {
+        size_t open = 0;         // outgoing peer streams
+        uint64_t refused = 0;    // frames dropped at the cap on streams
+        bool authenticated = false;  // mutual TLS
+    };
+    LinkFigures links() const;
     std::vector<ReplicationLagSample> take_lag_samples();
     std::vector<PeerInfo> peers() const;
     size_t unacknowledged() const;

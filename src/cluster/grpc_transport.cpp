@@ -1,6 +1,10 @@
 #include "cluster/grpc_transport.h"
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_certificate_verifier.h>
+#include <grpcpp/security/tls_credentials_options.h>
+#include <spdlog/spdlog.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -49,6 +53,78 @@ grpc::ChannelArguments channel_arguments() {
     return args;
 }
 
+// gRPC's own log lines go to ours. A peer's TLS client names the address it
+// dials as the server name (SNI) and gRPC logs each as an error when the
+// certificate does not list it; peers are named by certificate, not by host,
+// so that line says nothing.
+void log_grpc(gpr_log_func_args* args) {
+    const std::string_view text = args->message ? args->message : "";
+    if (text.find("No match found for server name") != std::string_view::npos) return;
+    if (args->severity == GPR_LOG_SEVERITY_ERROR) {
+        // A peer that fails every handshake retries several times a second: a few lines a minute.
+        static std::atomic<int64_t> window{0};
+        static std::atomic<int> in_window{0};
+        const int64_t minute = std::chrono::duration_cast<std::chrono::minutes>(
+                                   std::chrono::steady_clock::now().time_since_epoch())
+                                   .count();
+        if (window.exchange(minute) != minute) in_window = 0;
+        if (in_window++ < 10) spdlog::warn("grpc: {}", text);
+    } else if (args->severity == GPR_LOG_SEVERITY_INFO) {
+        spdlog::debug("grpc: {}", text);
+    } else {
+        spdlog::trace("grpc: {}", text);
+    }
+}
+
+// The handshake's own check beyond the chain to the CA: the peer's
+// certificate names a node (peer_tls.h). Host names are not checked: peers
+// are reached by IP and named by their certificates.
+class NodeCertificateVerifier final : public grpc::experimental::ExternalCertificateVerifier {
+  public:
+    bool Verify(grpc::experimental::TlsCustomVerificationCheckRequest* request,
+                std::function<void(grpc::Status)>, grpc::Status* sync_status) override {
+        const auto pem = request->peer_cert();
+        auto name = node_name_of_certificate(std::string_view(pem.data(), pem.size()));
+        *sync_status = name.ok() ? grpc::Status::OK
+                                 : grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                                "peer certificate: " + name.error().message);
+        return true;
+    }
+    void Cancel(grpc::experimental::TlsCustomVerificationCheckRequest*) override {}
+};
+
+// "ipv4:10.0.0.7:41234", "ipv6:[::1]:41234" (or %5B::1%5D) -> "10.0.0.7", "::1".
+std::string peer_host(const std::string& peer) {
+    std::string rest = peer.substr(peer.find(':') + 1);
+    for (const auto& [from, to] : {std::pair{"%5B", "["}, std::pair{"%5D", "]"}}) {
+        for (size_t at; (at = rest.find(from)) != std::string::npos;) rest.replace(at, 3, to);
+    }
+    std::string host;
+    if (!rest.empty() && rest.front() == '[') {
+        host = rest.substr(1, rest.find(']') - 1);
+    } else {
+        host = rest.substr(0, rest.rfind(':'));
+    }
+    if (host.rfind("::ffff:", 0) == 0 && host.find('.') != std::string::npos)
+        host = host.substr(7);  // an IPv4 peer on a dual-stack socket
+    return host;
+}
+
+// Who the stream's peer proved to be: the node its certificate names (TLS), and its IP.
+FrameOrigin stream_origin(const grpc::ServerContext& context, bool authenticated) {
+    FrameOrigin origin;
+    origin.host = peer_host(context.peer());
+    if (!authenticated) return origin;
+    const auto auth = context.auth_context();
+    if (!auth) return origin;
+    for (const auto& pem : auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME)) {
+        auto name = node_name_of_certificate(std::string_view(pem.data(), pem.size()));
+        if (!name.ok()) continue;
+        if (auto id = node_id_from_name(*name); id.ok()) origin.node = *id;
+    }
+    return origin;
+}
+
 }  // namespace
 
 struct GrpcTransport::Impl {
@@ -56,8 +132,15 @@ struct GrpcTransport::Impl {
     class Service final : public pb::Peer::Service {
       public:
         explicit Service(Impl& impl) : impl_(impl) {}
-        grpc::Status Stream(grpc::ServerContext*,
+        grpc::Status Stream(grpc::ServerContext* context,
                             grpc::ServerReaderWriter<pb::Frame, pb::Frame>* stream) override {
+            const bool tls = !impl_.options.insecure;
+            const FrameOrigin origin = stream_origin(*context, tls);
+            if (tls && !origin.node) {
+                // The handshake's verifier lets no such peer in; refuse rather than trust it.
+                return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                                    "the peer certificate names no node");
+            }
             pb::Frame frame;
             while (stream->Read(&frame)) {
                 FrameHandler handler;
@@ -65,7 +148,7 @@ struct GrpcTransport::Impl {
                     std::lock_guard<std::mutex> lock(impl_.handler_mu);
                     handler = impl_.handler;
                 }
-                if (handler) handler(frame.payload());
+                if (handler) handler(frame.payload(), origin);
             }
             return grpc::Status::OK;
         }
@@ -91,14 +174,40 @@ struct GrpcTransport::Impl {
     int port = 0;
     std::mutex handler_mu;
     FrameHandler handler;
-    std::mutex outbox_mu;
+    mutable std::mutex outbox_mu;
     std::map<std::string, std::unique_ptr<Outbox>> outboxes;
     bool closed = false;  // under outbox_mu: no new outboxes once shutdown began
     std::atomic<uint64_t> dropped{0};
+    std::atomic<uint64_t> links_refused{0};
+    std::shared_ptr<grpc::experimental::CertificateProviderInterface> certificates;
+    std::shared_ptr<grpc::experimental::CertificateVerifier> verifier;
+
+    std::shared_ptr<grpc::ChannelCredentials> channel_credentials() const {
+        if (options.insecure) return grpc::InsecureChannelCredentials();
+        grpc::experimental::TlsChannelCredentialsOptions tls;
+        tls.set_certificate_provider(certificates);
+        tls.watch_root_certs();
+        tls.watch_identity_key_cert_pairs();
+        tls.set_verify_server_certs(true);
+        tls.set_check_call_host(false);
+        tls.set_certificate_verifier(verifier);
+        return grpc::experimental::TlsCredentials(tls);
+    }
+
+    std::shared_ptr<grpc::ServerCredentials> server_credentials() const {
+        if (options.insecure) return grpc::InsecureServerCredentials();
+        grpc::experimental::TlsServerCredentialsOptions tls(certificates);
+        tls.watch_root_certs();
+        tls.watch_identity_key_cert_pairs();
+        tls.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+        tls.set_check_call_host(false);
+        tls.set_certificate_verifier(verifier);
+        return grpc::experimental::TlsServerCredentials(tls);
+    }
 
     void run(Outbox& o) {
-        auto channel = grpc::CreateCustomChannel(o.address, grpc::InsecureChannelCredentials(),
-                                                 channel_arguments());
+        auto channel =
+            grpc::CreateCustomChannel(o.address, channel_credentials(), channel_arguments());
         auto stub = pb::Peer::NewStub(channel);
         int backoff_ms = 50;
         while (true) {
@@ -164,11 +273,25 @@ Result<std::unique_ptr<GrpcTransport>> GrpcTransport::start(const GrpcTransportO
         return make_error(ErrorCode::kInvalidArgument,
                           "peer transport: max_queued_frames must be at least 1");
     }
+    if (options.max_links == 0) {
+        return make_error(ErrorCode::kInvalidArgument,
+                          "peer transport: max_links must be at least 1");
+    }
+    static std::once_flag log_once;
+    std::call_once(log_once, [] { gpr_set_log_function(log_grpc); });
     auto impl = std::make_unique<Impl>();
     impl->options = options;
+    if (!options.insecure) {
+        if (auto name = check_peer_tls_files(options.tls); !name.ok()) return name.error();
+        impl->certificates =
+            std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+                options.tls.key_path, options.tls.cert_path, options.tls.ca_path,
+                std::max(1u, options.tls_refresh_s));
+        impl->verifier =
+            grpc::experimental::ExternalCertificateVerifier::Create<NodeCertificateVerifier>();
+    }
     grpc::ServerBuilder builder;
-    builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(),
-                             &impl->port);
+    builder.AddListeningPort(options.listen_address, impl->server_credentials(), &impl->port);
     builder.RegisterService(&impl->service);
     builder.SetMaxReceiveMessageSize(64 << 20);
     // Peers ping every kKeepaliveTimeMs on streams that carry data one way
@@ -221,7 +344,15 @@ void GrpcTransport::send(const std::string& address, std::string frame) {
     {
         std::lock_guard<std::mutex> lock(impl_->outbox_mu);
         if (impl_->closed) return;
-        auto& slot = impl_->outboxes[address];
+        auto found = impl_->outboxes.find(address);
+        if (found == impl_->outboxes.end()) {
+            if (impl_->outboxes.size() >= impl_->options.max_links) {
+                ++impl_->links_refused;  // best effort, as a full queue
+                return;
+            }
+            found = impl_->outboxes.emplace(address, nullptr).first;
+        }
+        auto& slot = found->second;
         if (!slot) {
             slot = std::make_unique<Impl::Outbox>();
             slot->address = address;
@@ -248,6 +379,19 @@ int GrpcTransport::port() const {
 
 uint64_t GrpcTransport::frames_dropped() const {
     return impl_->dropped.load();
+}
+
+size_t GrpcTransport::links() const {
+    std::lock_guard<std::mutex> lock(impl_->outbox_mu);
+    return impl_->outboxes.size();
+}
+
+uint64_t GrpcTransport::links_refused() const {
+    return impl_->links_refused.load();
+}
+
+bool GrpcTransport::authenticated() const {
+    return !impl_->options.insecure;
 }
 
 }  // namespace assistd::cluster

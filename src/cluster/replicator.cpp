@@ -64,6 +64,26 @@ std::map<std::string, SessionState> in_flight_states(const Inflight& inflight) {
     return out;
 }
 
+// "10.0.0.7:9090" -> "10.0.0.7", "[::1]:9090" -> "::1".
+std::string host_of(const std::string& address) {
+    if (!address.empty() && address.front() == '[') {
+        const auto close = address.find(']');
+        return close == std::string::npos ? std::string() : address.substr(1, close - 1);
+    }
+    return address.substr(0, address.rfind(':'));
+}
+
+// Why a decoded frame may not be taken from this origin ("" when it may).
+std::string unauthorized(const Message& m, const FrameOrigin& origin) {
+    if (origin.node && m.from != *origin.node)
+        return "it claims node " + format_node_id(m.from) + " but the certificate names node " +
+               format_node_id(*origin.node);
+    if (!origin.host.empty() && host_of(m.from_address) != origin.host)
+        return "it claims the address " + m.from_address + ", not on the connection's host " +
+               origin.host;
+    return {};
+}
+
 }  // namespace
 
 Status validate(const ReplicationOptions& o) {
@@ -404,7 +424,7 @@ void Replicator::pump(NodeId peer, PeerLink& link) {
 
 // ---------------------------------------------------------------- receiving
 
-void Replicator::receive(std::string_view frame) {
+void Replicator::receive(std::string_view frame, const FrameOrigin& origin) {
     auto decoded = decode_message(frame);
     if (!decoded.ok()) {
         std::lock_guard<std::mutex> lock(mu_);
@@ -413,6 +433,14 @@ void Replicator::receive(std::string_view frame) {
         return;
     }
     const Message& m = *decoded;
+    if (auto why = unauthorized(m, origin); !why.empty()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        // The first few in full, then every 1,000th: a flood must not flood the log too.
+        if (stats_.frames_unauthorized++ % 1000 < 5)
+            spdlog::warn("cluster: refused a {} frame from {}: {}", message_kind_name(m.kind),
+                         origin.host.empty() ? "a peer" : origin.host, why);
+        return;
+    }
     Completions done;
     // Deltas are applied without the replicator's lock: the store is
     // thread-safe and an apply waits for an fsync.

@@ -68,7 +68,8 @@ struct ReplicationStats {
     uint64_t batches_resent = 0;  // ack timeouts
     uint64_t deltas_applied = 0;
     uint64_t apply_errors = 0;
-    uint64_t frames_rejected = 0;  // undecodable frames
+    uint64_t frames_rejected = 0;      // undecodable frames
+    uint64_t frames_unauthorized = 0;  // a sender that is not who or where the frame says
     uint64_t digests_sent = 0;
     uint64_t repairs_pushed = 0;  // anti-entropy found a peer lacking something
     uint64_t repairs_pulled = 0;  // ... or this node lacking something
@@ -104,8 +105,13 @@ class Replicator {
     // Subscribes to the store, runs discovery and says hello to the peers.
     void start();
 
-    // One frame from the transport.
-    void receive(std::string_view frame);
+    // One frame from the transport, from the sender the transport proved:
+    // a frame whose sender node is not the one the origin's certificate names,
+    // or whose sender address is not on the connection's host, is dropped
+    // unread (counted in frames_unauthorized).
+    void receive(std::string_view frame, const FrameOrigin& origin);
+    // The same with nothing proved (a simulated network).
+    void receive(std::string_view frame) { receive(frame, FrameOrigin{}); }
     // Timers: heartbeats, suspicion, discovery, anti-entropy, resends, deadlines.
     void tick();
     // Pushes the sessions written locally since the last flush.
@@ -227,7 +233,6 @@ class Replicator {
     void pump_all();
     void members_changed();
     void anti_entropy_round();
-    void on_deltas(const Message& m, Completions& done);
     void on_ack(const Message& m, Completions& done);
     void on_digest(const Message& m);
     void on_summary(const Message& m);

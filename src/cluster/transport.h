@@ -2,7 +2,10 @@
 // The replication transport: frames between node addresses. The replicator
 // is written against this seam only, so a deterministic simulation drives it
 // with a simulated network and the server with real streams.
+#include <optional>
 #include <string>
+
+#include "cluster/node_identity.h"
 
 namespace assistd::cluster {
 
@@ -13,6 +16,13 @@ class Transport {
     // lost, delayed, duplicated or reordered; the replicator copes with all
     // of it. Must not block and must not call back into the replicator.
     virtual void send(const std::string& address, std::string frame) = 0;
+};
+
+// Who sent an inbound frame, as the transport established it: never what the
+// frame says about itself.
+struct FrameOrigin {
+    std::optional<NodeId> node;  // the node the sender's certificate names; none: not authenticated
+    std::string host;            // the connection's source IP ("" when unknown, as in a simulation)
 };
 
 }  // namespace assistd::cluster

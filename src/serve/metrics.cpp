@@ -173,6 +173,7 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
                                  "Live sessions stored here whose replica set includes this node");
     unacknowledged_sessions_ = gauge("assistd_replication_unacknowledged_sessions",
                                      "Sessions whose latest local changes some live replica has not acknowledged");
+    peer_links_ = gauge("assistd_peer_links", "Outgoing peer streams open (one per peer address, capped)");
     replication_lag_seconds_ = &BuildHistogram()
                                     .Name("assistd_replication_lag_seconds")
                                     .Help("Time from a batch of changes leaving for a replica to its acknowledgement")
@@ -198,6 +199,11 @@ void ServeMetrics::set_cluster_source(std::function<ClusterFigures()> source) {
     batches_resent_.counter = counter("assistd_replication_batches_resent_total", "Batches not acknowledged in time, sent again");
     write_ack_timeouts_.counter = counter("assistd_replication_ack_timeouts_total",
                                           "Changes whose replica acknowledgements did not arrive in time (503)");
+    peer_links_refused_.counter = counter("assistd_peer_links_refused_total",
+                                          "Frames dropped because the cap on outgoing peer streams was reached");
+    peer_frames_refused_.counter =
+        counter("assistd_peer_frames_refused_total",
+                "Peer frames refused: the sender's certificate names another node, or its address is not the connection's host");
     degraded_writes_.counter =
         counter("assistd_replication_degraded_writes_total",
                 "Changes acknowledged without waiting for replicas that are suspect (a partition; --degraded-writes)");
@@ -212,6 +218,7 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         sessions_local_->Set(static_cast<double>(c.sessions_held));
         sessions_replicated_->Set(static_cast<double>(c.sessions_replicated));
         unacknowledged_sessions_->Set(static_cast<double>(c.unacknowledged_sessions));
+        peer_links_->Set(static_cast<double>(c.peer_links));
         for (const auto& [seconds, operations] : c.lag) {
             replication_lag_seconds_->Observe(seconds);
             replication_lag_operations_->Observe(static_cast<double>(operations));
@@ -226,6 +233,8 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         batches_resent_.advance(c.batches_resent);
         write_ack_timeouts_.advance(c.write_ack_timeouts);
         degraded_writes_.advance(c.degraded_writes);
+        peer_links_refused_.advance(c.peer_links_refused);
+        peer_frames_refused_.advance(c.peer_frames_refused);
     }
     prefix_cache_sequences_->Set(static_cast<double>(s.prefix_cache_sequences));
     prefix_cache_blocks_->Set(static_cast<double>(s.prefix_cache_blocks));

@@ -41,6 +41,9 @@ struct ClusterFigures {
     uint64_t batches_resent = 0;
     uint64_t write_ack_timeouts = 0;
     uint64_t degraded_writes = 0;  // acknowledged with suspect replicas not waited for
+    size_t peer_links = 0;               // outgoing peer streams open
+    uint64_t peer_links_refused = 0;     // frames dropped: the cap on peer streams was reached
+    uint64_t peer_frames_refused = 0;    // frames from a sender that is not who or where it says
     // Acknowledged batches since the last scrape: seconds in flight, CRDT operations carried.
     std::vector<std::pair<double, uint64_t>> lag;
 };
@@ -103,10 +106,11 @@ private:
     prometheus::Gauge* sessions_local_ = nullptr;
     prometheus::Gauge* sessions_replicated_ = nullptr;
     prometheus::Gauge* unacknowledged_sessions_ = nullptr;
+    prometheus::Gauge* peer_links_ = nullptr;
     prometheus::Histogram* replication_lag_seconds_ = nullptr;
     prometheus::Histogram* replication_lag_operations_ = nullptr;
     TotalCounter fetches_, refreshes_, repairs_pushed_, repairs_pulled_, handoffs_, batches_resent_, write_ack_timeouts_,
-        deltas_applied_, degraded_writes_;
+        deltas_applied_, degraded_writes_, peer_links_refused_, peer_frames_refused_;
     std::mutex totals_mu_;
     TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
         prompt_tokens_prefilled_;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cluster/grpc_transport.h"
+#include "cluster/test_fleet_ca.h"
 #endif
 
 namespace assistd::cluster {
@@ -41,7 +42,12 @@ uint16_t unused_port() {
 }
 
 TEST(GrpcReconnect, APeerAwayForSecondsIsReachedWithinASecondOfComingBack) {
-    auto sender = GrpcTransport::start(GrpcTransportOptions{"127.0.0.1:0", 64});
+    const TestFleetCa ca;
+    GrpcTransportOptions so;
+    so.listen_address = "127.0.0.1:0";
+    so.max_queued_frames = 64;
+    so.tls = ca.issue("sender");
+    auto sender = GrpcTransport::start(so);
     ASSERT_TRUE(sender.ok()) << sender.error().message;
     const uint16_t port = unused_port();
     ASSERT_NE(port, 0);
@@ -56,11 +62,14 @@ TEST(GrpcReconnect, APeerAwayForSecondsIsReachedWithinASecondOfComingBack) {
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
 
-    auto receiver = GrpcTransport::start(GrpcTransportOptions{address, 64});
+    GrpcTransportOptions ro = so;
+    ro.listen_address = address;
+    ro.tls = ca.issue("receiver");
+    auto receiver = GrpcTransport::start(ro);
     ASSERT_TRUE(receiver.ok()) << receiver.error().message << " (port taken meanwhile?)";
     const auto back = Clock::now();
     std::atomic<int64_t> first_ms{-1};
-    (*receiver)->set_handler([&](std::string_view) {
+    (*receiver)->set_handler([&](std::string_view, const FrameOrigin&) {
         int64_t expected = -1;
         first_ms.compare_exchange_strong(
             expected,

@@ -21,6 +21,7 @@
 #include <set>
 #include <thread>
 
+#include "cluster/peer_certs.h"
 #include "cluster/placement.h"
 #include "local_fleet.h"
 
@@ -683,27 +684,45 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
     const std::string dir =
         (std::filesystem::temp_directory_path() / ("assistd-flags-" + std::to_string(::getpid())))
             .string();
+    // Certificates for the TLS cases: node "n1" by the fleet's CA.
+    auto tls = cluster::make_throwaway_fleet(dir + "-certs", {"n1"}, 1);
+    ASSERT_TRUE(tls.ok()) << tls.error().message;
+    const auto& files = tls->front();
+    const std::vector<std::string> base = {"--peers", "127.0.0.1:1", "--state-dir", dir,
+                                           "--listen-peer", "127.0.0.1:0"};
+    auto with = [&](std::vector<std::string> more) {
+        std::vector<std::string> args = base;
+        args.insert(args.end(), more.begin(), more.end());
+        return args;
+    };
     const std::vector<Case> cases = {
         {{"--peers", "127.0.0.1:1"}, "needs --state-dir"},
         {{"--peers", "127.0.0.1:1", "--state-dir", dir}, "give --advertise-peer"},
         {{"--peers", "nohostport", "--state-dir", dir, "--listen-peer", "127.0.0.1:0"}, "--peers"},
         {{"--peers", "127.0.0.1:1", "--state-dir", dir, "--listen-peer", "127.0.0.1:99999"},
          "--listen-peer"},
-        {{"--peers", "127.0.0.1:1", "--state-dir", dir, "--listen-peer", "127.0.0.1:0",
-          "--sync-acks", "3"},
-         "sync"},
-        {{"--peers", "127.0.0.1:1", "--state-dir", dir, "--listen-peer", "127.0.0.1:0",
-          "--degraded-writes", "maybe"},
-         "--degraded-writes"},
-        {{"--peers", "127.0.0.1:1", "--state-dir", dir, "--listen-peer", "127.0.0.1:0", "--node-id",
-          "no spaces"},
-         "--node-id"},
+        {with({"--peer-insecure", "true", "--sync-acks", "3"}), "sync"},
+        {with({"--degraded-writes", "maybe"}), "--degraded-writes"},
+        {with({"--peer-insecure", "true", "--node-id", "no spaces"}), "--node-id"},
         // The same keys from a YAML config: peers without a state dir.
         {{"--config", dir + ".yaml"}, "needs --state-dir"},
         // A state directory that belongs to another node id.
         {{"--peers", "127.0.0.1:1", "--state-dir", dir + "-owned", "--listen-peer", "127.0.0.1:0",
-          "--node-id", "b"},
+          "--node-id", "b", "--peer-insecure", "true"},
          "belongs to node 000000000000000a"},
+        // Peers that prove nothing only when asked for, and TLS files that fit.
+        {base, "give --peer-tls-cert, --peer-tls-key and --peer-tls-ca"},
+        {with({"--peer-tls-cert", files.cert_path}), "needs all three"},
+        {with({"--peer-insecure", "true", "--peer-tls-cert", files.cert_path}), "contradict"},
+        {with({"--peer-tls-cert", files.cert_path, "--peer-tls-key", files.key_path,
+               "--peer-tls-ca", files.cert_path}),
+         "does not chain to --peer-tls-ca"},
+        {with({"--peer-tls-cert", files.cert_path, "--peer-tls-key", files.key_path,
+               "--peer-tls-ca", files.ca_path, "--node-id", "n2"}),
+         "is not the node --peer-tls-cert names (n1)"},
+        {{"--peers", "127.0.0.1:1", "--state-dir", dir, "--listen-peer", "0.0.0.0:0",
+          "--advertise-peer", "node-a.example:9090", "--peer-insecure", "true"},
+         "advertised by IP address"},
     };
     std::filesystem::create_directories(dir + "-owned");
     std::ofstream(dir + "-owned/node-id") << "node_id=000000000000000a\nincarnation=1\n";
@@ -724,6 +743,7 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
     }
     std::filesystem::remove_all(dir);
     std::filesystem::remove_all(dir + "-owned");
+    std::filesystem::remove_all(dir + "-certs");
     std::filesystem::remove(dir + ".yaml");
 }
 
@@ -743,6 +763,12 @@ TEST_F(FleetTest, ClusterMetricsCountPeersLagFetchesAndSuspects) {
     ASSERT_NO_FATAL_FAILURE(start_fleet({"--replication-factor", "2"}));
     LocalFleet& f = *fleet_;
     for (int i = 0; i < 3; ++i) EXPECT_EQ(metric(f.port(i), "assistd_cluster_peers_up"), 2) << i;
+    for (int i = 0; i < 3; ++i) {
+        // One authenticated stream to each peer, none refused, no frame refused.
+        EXPECT_EQ(metric(f.port(i), "assistd_peer_links"), 2) << i;
+        EXPECT_EQ(metric(f.port(i), "assistd_peer_links_refused_total"), 0) << i;
+        EXPECT_EQ(metric(f.port(i), "assistd_peer_frames_refused_total"), 0) << i;
+    }
     constexpr int kSessions = 10;
     for (int k = 0; k < kSessions; ++k)
         ASSERT_EQ(http(f.port(0), "POST", "/v1/chat/completions",

@@ -2,7 +2,8 @@
 // A fleet of real `assistd serve` processes on loopback for the e2e tests:
 // free HTTP and peer ports, one state directory per node under a temporary
 // root, each node's stderr in a log file there; start, SIGKILL, SIGTERM and
-// restart nodes; the HTTP client of tests/serve. Every wait is bounded.
+// restart nodes; the HTTP client of tests/serve. Peers use mutual TLS with a
+// CA made for the fleet (node i is "node<i>"). Every wait is bounded.
 #include <sys/types.h>
 
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "cluster/peer_tls.h"
 #include "http_test_client.h"
 
 namespace assistd::e2e {
@@ -58,6 +60,7 @@ class LocalFleet {
     std::vector<FleetNodeProcess> nodes_;
     std::vector<std::string> extra_args_;
     std::string peers_;
+    std::vector<cluster::PeerTlsFiles> tls_;  // node i's certificate files (node name "node<i>")
 };
 
 bool model_available();

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "cluster/peer_certs.h"
 #include "local_fleet.h"
 
 namespace assistd::e2e {
@@ -60,15 +61,21 @@ LocalFleet::LocalFleet(int nodes, std::vector<std::string> extra_args)
     if (ports.size() != static_cast<size_t>(nodes) * 2)
         throw std::runtime_error("no free loopback ports");
     nodes_.resize(static_cast<size_t>(nodes));
+    std::vector<std::string> names;
     for (int i = 0; i < nodes; ++i) {
         auto& n = nodes_[static_cast<size_t>(i)];
         n.http_port = ports[static_cast<size_t>(i) * 2];
         n.peer_port = ports[static_cast<size_t>(i) * 2 + 1];
         n.state_dir = root_ / ("node" + std::to_string(i));
         n.log = root_ / ("node" + std::to_string(i) + ".log");
+        names.push_back("node" + std::to_string(i));
         if (!peers_.empty()) peers_ += ',';
         peers_ += "127.0.0.1:" + std::to_string(n.peer_port);
     }
+    // Peers authenticate each other as in production: a CA of this fleet's own.
+    auto tls = cluster::make_throwaway_fleet((root_ / "certs").string(), names, 2);
+    if (!tls.ok()) throw std::runtime_error(tls.error().message);
+    tls_ = *tls;
 }
 
 LocalFleet::~LocalFleet() {
@@ -90,7 +97,10 @@ void LocalFleet::start(int i) {
                                      "--state-dir",      n.state_dir.string(),
                                      "--peers",          peers_,
                                      "--listen-peer",    peer,
-                                     "--advertise-peer", peer};
+                                     "--advertise-peer", peer,
+                                     "--peer-tls-cert",  tls_[static_cast<size_t>(i)].cert_path,
+                                     "--peer-tls-key",   tls_[static_cast<size_t>(i)].key_path,
+                                     "--peer-tls-ca",    tls_[static_cast<size_t>(i)].ca_path};
     argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
     const pid_t pid = ::fork();
     if (pid == 0) {

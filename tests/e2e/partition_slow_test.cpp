@@ -34,6 +34,7 @@
 #include <sstream>
 #include <thread>
 
+#include "cluster/peer_certs.h"
 #include "local_fleet.h"
 
 namespace assistd::e2e {
@@ -272,10 +273,16 @@ class NamespacedFleet {
         if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
         root_ = pattern;
         pids_.assign(static_cast<size_t>(nodes), -1);
+        std::vector<std::string> names;
         for (int k = 0; k < nodes; ++k) {
             if (!peers_.empty()) peers_ += ',';
             peers_ += peer_address(k);
+            names.push_back("node" + std::to_string(k));
         }
+        // Over mutual TLS, as production runs: the partition must heal through handshakes too.
+        auto tls = cluster::make_throwaway_fleet((root_ / "certs").string(), names, 2);
+        if (!tls.ok()) throw std::runtime_error(tls.error().message);
+        tls_ = *tls;
     }
     ~NamespacedFleet() {
         for (pid_t pid : pids_) {
@@ -304,7 +311,10 @@ class NamespacedFleet {
             "--state-dir",      (root_ / ("node" + std::to_string(k))).string(),
             "--peers",          peers_,
             "--listen-peer",    peer_address(k),
-            "--advertise-peer", peer_address(k)};
+            "--advertise-peer", peer_address(k),
+            "--peer-tls-cert",  tls_[static_cast<size_t>(k)].cert_path,
+            "--peer-tls-key",   tls_[static_cast<size_t>(k)].key_path,
+            "--peer-tls-ca",    tls_[static_cast<size_t>(k)].ca_path};
         const pid_t pid = ::fork();
         if (pid == 0) {
             const int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -351,6 +361,7 @@ class NamespacedFleet {
     fs::path root_;
     std::vector<pid_t> pids_;
     std::string peers_;
+    std::vector<cluster::PeerTlsFiles> tls_;
 };
 
 // ------------------------------------------------------------ the test
