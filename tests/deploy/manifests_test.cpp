@@ -312,6 +312,64 @@ TEST(DeployManifests, PeerPortAgreesAcrossConfigContainerAndHeadlessService) {
     EXPECT_TRUE(config["state-dir"]) << "a fleet node keeps its node id in --state-dir";
 }
 
+TEST(DeployManifests, PeersUseMutualTlsWithPerPodCertificatesAndOnlyTheFleetReachesThePeerPort) {
+    const YAML::Node deployment = find_kind("Deployment", "assistd");
+    const YAML::Node main = container(deployment, "assistd");
+    const YAML::Node config = config_yaml();
+    EXPECT_FALSE(config["peer-insecure"]) << "production peers never run without TLS";
+    // The three files sit in the peer-tls volume's mount.
+    std::string mount;
+    for (const auto& m : main["volumeMounts"])
+        if (m["name"].as<std::string>() == "peer-tls") mount = m["mountPath"].as<std::string>();
+    ASSERT_FALSE(mount.empty()) << "the assistd container must mount the peer-tls volume";
+    for (const char* key : {"peer-tls-cert", "peer-tls-key", "peer-tls-ca"}) {
+        ASSERT_TRUE(config[key]) << "config.yaml must set " << key;
+        EXPECT_EQ(fs::path(config[key].as<std::string>()).parent_path(), fs::path(mount)) << key;
+    }
+    // Each pod's certificate names the node id it runs with: assistd-node:<pod name>.
+    YAML::Node attributes;
+    for (const auto& v : deployment["spec"]["template"]["spec"]["volumes"])
+        if (v["name"].as<std::string>() == "peer-tls") attributes = v["csi"]["volumeAttributes"];
+    ASSERT_TRUE(attributes) << "the peer-tls volume is cert-manager's csi-driver";
+    EXPECT_EQ(attributes["csi.cert-manager.io/uri-sans"].as<std::string>(), "assistd-node:${POD_NAME}");
+    const std::string usages = attributes["csi.cert-manager.io/key-usages"].as<std::string>();
+    EXPECT_NE(usages.find("server auth"), std::string::npos);
+    EXPECT_NE(usages.find("client auth"), std::string::npos);
+    const auto args = main["args"].as<std::vector<std::string>>();
+    EXPECT_NE(std::find(args.begin(), args.end(), "--node-id=$(POD_NAME)"), args.end());
+    // The Issuer the volume names is what overlays/peer-ca creates.
+    const std::string issuer = attributes["csi.cert-manager.io/issuer-name"].as<std::string>();
+    bool issuer_made = false;
+    for (const auto& doc : load_all(kDeploy / "k8s" / "overlays" / "peer-ca" / "peer-ca.yaml"))
+        if (doc["kind"].as<std::string>() == "Issuer" && doc["metadata"]["name"].as<std::string>() == issuer)
+            issuer_made = doc["spec"]["ca"].IsDefined();
+    EXPECT_TRUE(issuer_made) << "overlays/peer-ca must define the CA Issuer " << issuer;
+
+    // The NetworkPolicy: the peer port from the fleet's pods only; http and health from anyone.
+    const YAML::Node policy = find_kind("NetworkPolicy", "assistd");
+    const auto labels = deployment["spec"]["template"]["metadata"]["labels"];
+    EXPECT_EQ(policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as<std::string>(),
+              labels["app.kubernetes.io/name"].as<std::string>());
+    bool peer_rule = false;
+    for (const auto& rule : policy["spec"]["ingress"]) {
+        std::set<std::string> ports;
+        for (const auto& p : rule["ports"]) ports.insert(p["port"].as<std::string>());
+        if (ports.count("peer")) {
+            peer_rule = true;
+            ASSERT_TRUE(rule["from"]) << "the peer port must name who may connect";
+            for (const auto& from : rule["from"])
+                EXPECT_EQ(from["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as<std::string>(),
+                          labels["app.kubernetes.io/name"].as<std::string>());
+        } else {
+            const YAML::Node sidecar = container(deployment, "healthcheck");
+            for (const auto& port : ports)
+                EXPECT_TRUE(named_port(main, port) > 0 || named_port(sidecar, port) > 0)
+                    << "the NetworkPolicy opens port " << port << ", which no container declares";
+        }
+    }
+    EXPECT_TRUE(peer_rule);
+}
+
 TEST(DeployManifests, TerminationGraceCoversPreStopAndDrain) {
     const YAML::Node deployment = find_kind("Deployment", "assistd");
     const int grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"].as<int>();
