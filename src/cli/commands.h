@@ -13,6 +13,7 @@ void register_model(CLI::App& app, int& exit_code);
 void register_serve(CLI::App& app, int& exit_code);
 void register_apikey(CLI::App& app, int& exit_code);
 void register_dev_cluster(CLI::App& app, int& exit_code);
+void register_peer_cert(CLI::App& app, int& exit_code);
 void register_bench_prefix(CLI::App& bench, int& exit_code);
 void register_bench_engine(CLI::App& bench, int& exit_code);
 void register_bench_membw(CLI::App& bench, int& exit_code);

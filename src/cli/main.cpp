@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
 #endif
 #ifdef ASSISTD_HAVE_CLUSTER
     assistd::cli::register_dev_cluster(app, exit_code);
+    assistd::cli::register_peer_cert(app, exit_code);
 #endif
     CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
     bench->require_subcommand(1);

@@ -22,6 +22,7 @@
 #include <thread>
 
 #include "cluster/peer_certs.h"
+#include "cluster/peer_tls.h"
 #include "cluster/placement.h"
 #include "local_fleet.h"
 
@@ -745,6 +746,44 @@ TEST_F(FleetTest, BadClusterFlagsAreClearErrors) {
     std::filesystem::remove_all(dir + "-owned");
     std::filesystem::remove_all(dir + "-certs");
     std::filesystem::remove(dir + ".yaml");
+}
+
+// Runs a shell command; its exit status and output.
+std::pair<int, std::string> shell(const std::string& cmd) {
+    FILE* p = ::popen((cmd + " 2>&1").c_str(), "r");
+    if (!p) return {-1, ""};
+    std::string out;
+    char buf[512];
+    while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+    const int status = ::pclose(p);
+    return {WEXITSTATUS(status), out};
+}
+
+TEST_F(FleetTest, PeerCertMakesACaAndNodeCertificatesThatPassANodesChecks) {
+    const std::string dir =
+        (std::filesystem::temp_directory_path() / ("assistd-peercert-" + std::to_string(::getpid())))
+            .string();
+    std::filesystem::remove_all(dir);
+    const std::string bin = ASSISTD_BINARY;
+    auto [ca_rc, ca_out] = shell(bin + " peer-cert ca --out " + dir + "/ca");
+    ASSERT_EQ(ca_rc, 0) << ca_out;
+    EXPECT_EQ(std::filesystem::status(dir + "/ca/ca-key.pem").permissions() &
+                  std::filesystem::perms::others_read,
+              std::filesystem::perms::none)
+        << "the CA's key is readable by others";
+    auto [again_rc, again_out] = shell(bin + " peer-cert ca --out " + dir + "/ca");
+    EXPECT_EQ(again_rc, 2) << "a second CA over the first must be refused: " << again_out;
+    auto [rc, out] = shell(bin + " peer-cert issue --ca " + dir + "/ca --node pod-7 --out " + dir + "/n");
+    ASSERT_EQ(rc, 0) << out;
+    auto name = cluster::check_peer_tls_files({dir + "/n/node.pem", dir + "/n/node-key.pem", dir + "/n/ca.pem"});
+    ASSERT_TRUE(name.ok()) << name.error().message;
+    EXPECT_EQ(*name, "pod-7");
+    auto [bad_rc, bad_out] = shell(bin + " peer-cert issue --ca " + dir + "/ca --node 'no spaces' --out " + dir + "/m");
+    EXPECT_EQ(bad_rc, 2) << bad_out;
+    EXPECT_NE(bad_out.find("--node"), std::string::npos) << bad_out;
+    auto [noca_rc, noca_out] = shell(bin + " peer-cert issue --ca " + dir + "/none --node a --out " + dir + "/m");
+    EXPECT_EQ(noca_rc, 2) << noca_out;
+    std::filesystem::remove_all(dir);
 }
 
 // The value of an unlabelled (or fully spelled) series in a /metrics page; -1 when absent.
