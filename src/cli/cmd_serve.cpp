@@ -25,6 +25,7 @@
 #include "common/clock.h"
 #include "serve/auth.h"
 #include "serve/http_server.h"
+#include "serve/blocking_pool.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/rate_limit.h"
@@ -67,6 +68,7 @@ struct ServeOptions {
     std::string peers;                 // "host:port,..." or "dns:NAME:PORT"
     std::string listen_peer = "0.0.0.0:9090";
     std::string advertise_peer;        // empty: the --listen-peer address
+    size_t store_threads = 16;
     std::string peer_tls_cert, peer_tls_key, peer_tls_ca;
     bool peer_insecure = false;
     size_t max_peer_links = 256;
@@ -328,6 +330,9 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     }
 #endif
     RateLimiter limiter(*keys, SystemClock::instance());
+    // Session-store work (fsyncs; in a fleet, replica acks, fetches, quorum reads) waits here, not on I/O threads.
+    BlockingPool store_work(std::max<size_t>(1, o.store_threads));
+    rc.blocking = &store_work;
     OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc, session_store,
                         web ? &*web : nullptr, {&*keys, &limiter});
 
@@ -336,6 +341,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     hc.port = static_cast<uint16_t>(o.port);
     hc.io_threads = o.io_threads;
     hc.max_body_bytes = o.max_body_bytes;
+    hc.blocking = &store_work;
     if (open_files != 0) hc.max_connections = connections_for_open_file_limit(open_files);
     auto server = HttpServer::start(hc, [&routes, &node_header](const HttpRequest& r) {
         HttpResponse response = routes.handle(r);
@@ -414,6 +420,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     }
 #endif
     (*server)->stop();
+    store_work.stop();  // answers of requests the server let go of are stored before the store closes
     scheduler.stop();
     std::fprintf(stderr, "assistd serve: stopped (%zu requests cut off by the grace period)\n", left);
     return 0;
@@ -430,6 +437,10 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--host", o->host, "Address to bind")->capture_default_str();
     cmd->add_option("--port", o->port, "Port to bind (0: any free port)")->capture_default_str();
     cmd->add_option("--io-threads", o->io_threads, "HTTP I/O threads")->capture_default_str();
+    cmd->add_option("--store-threads", o->store_threads,
+                    "Threads that run requests' session-store work (fsyncs; in a fleet, waits for replicas) "
+                    "while the HTTP I/O threads go on serving")
+        ->capture_default_str();
     cmd->add_option("--max-queue", o->max_queue, "Requests waiting before new ones get 429")->capture_default_str();
     cmd->add_option("--max-running", o->max_running, "Requests decoding at once")->capture_default_str();
     cmd->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per step across prefills")->capture_default_str();

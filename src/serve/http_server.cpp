@@ -3,10 +3,12 @@
 #include "serve/http_server.h"
 
 #include "serve/asio.h"
+#include "serve/blocking_pool.h"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -37,7 +39,14 @@ public:
           handler_(std::move(handler)),
           acceptor_(ioc_),
           accept_strand_(asio::make_strand(ioc_)),
-          slot_free_(accept_strand_) {}
+          slot_free_(accept_strand_) {
+        if (!config_.blocking) {
+            own_blocking_ = std::make_unique<BlockingPool>(4);
+            blocking_ = own_blocking_.get();
+        } else {
+            blocking_ = config_.blocking;
+        }
+    }
 
     ~HttpServerImpl() override { stop(); }
 
@@ -80,6 +89,10 @@ public:
         ioc_.stop();
         for (auto& t : threads_)
             if (t.joinable()) t.join();
+        // Deferred work still running holds this io_context's executors: wait
+        // for it (a store's waits are bounded by its own timeouts).
+        std::unique_lock lk(deferred_mu_);
+        deferred_cv_.wait(lk, [&] { return deferred_running_ == 0; });
     }
 
 private:
@@ -247,6 +260,61 @@ private:
         co_return ok;
     }
 
+    static HttpResponse internal_error() {
+        HttpResponse res;
+        res.status = 500;
+        res.body = R"({"error":{"message":"internal error","type":"server_error","param":null,"code":null}})";
+        return res;
+    }
+
+    // Runs `work` on the blocking pool; the coroutine waits on a timer that
+    // the pool's thread cancels through the connection's strand, so the wake
+    // cannot come before the wait is registered.
+    asio::awaitable<HttpResponse> run_deferred(std::function<HttpResponse()> work) {
+        struct Waiting {
+            std::shared_ptr<asio::steady_timer> timer;
+            std::atomic<bool> done{false};
+            HttpResponse result;
+        };
+        auto ex = co_await asio::this_coro::executor;
+        auto w = std::make_shared<Waiting>();
+        w->timer = std::make_shared<asio::steady_timer>(ex, asio::steady_timer::time_point::max());
+        {
+            std::lock_guard lk(deferred_mu_);
+            ++deferred_running_;
+        }
+        const bool posted = blocking_->post([this, w, ex, work = std::move(work)]() mutable {
+            {
+                auto waiting = std::move(w);
+                auto strand = std::move(ex);
+                auto job = std::move(work);
+                HttpResponse r;
+                try {
+                    r = job();
+                } catch (const std::exception&) {
+                    r = internal_error();
+                }
+                r.deferred = nullptr;
+                waiting->result = std::move(r);
+                waiting->done.store(true, std::memory_order_release);
+                asio::post(strand, [waiting] { waiting->timer->cancel(); });
+            }  // nothing of the io_context is held past here
+            std::lock_guard lk(deferred_mu_);
+            if (--deferred_running_ == 0) deferred_cv_.notify_all();
+        });
+        if (!posted) {  // the pool is stopping: so is the server
+            std::lock_guard lk(deferred_mu_);
+            if (--deferred_running_ == 0) deferred_cv_.notify_all();
+            co_return internal_error();
+        }
+        while (!w->done.load(std::memory_order_acquire)) {
+            beast::error_code ec;
+            co_await w->timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            if (stopped_.load() && !w->done.load(std::memory_order_acquire)) co_return internal_error();
+        }
+        co_return std::move(w->result);
+    }
+
     asio::awaitable<void> session(std::shared_ptr<beast::tcp_stream> stream) {
         beast::flat_buffer buffer;
         for (;;) {
@@ -270,10 +338,9 @@ private:
             try {
                 res = handler_(req);
             } catch (const std::exception& e) {
-                res = HttpResponse{};
-                res.status = 500;
-                res.body = R"({"error":{"message":"internal error","type":"server_error","param":null,"code":null}})";
+                res = internal_error();
             }
+            if (res.deferred) res = co_await run_deferred(std::move(res.deferred));
             bool ok;
             if (res.async)
                 ok = co_await write_async(stream, res, version, keep_alive);
@@ -292,6 +359,11 @@ private:
 
     HttpServerConfig config_;
     HttpHandler handler_;
+    std::unique_ptr<BlockingPool> own_blocking_;  // when the config gives none
+    BlockingPool* blocking_ = nullptr;
+    std::mutex deferred_mu_;
+    std::condition_variable deferred_cv_;
+    size_t deferred_running_ = 0;  // posted to the blocking pool and not finished
     asio::io_context ioc_;
     tcp::acceptor acceptor_;
     std::vector<std::thread> threads_;

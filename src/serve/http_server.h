@@ -3,7 +3,9 @@
 // interface: no Beast or Asio in this header, so only http_server.cpp pays
 // their compile time. I/O runs on the server's own threads; a handler must
 // never block: long work (generation) returns an AsyncBody the server polls
-// when its waker fires.
+// when its waker fires, and work that waits (a session store's fsyncs and
+// replica acks) returns `deferred`, which the server runs on its blocking
+// pool while the request's coroutine is suspended.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -16,6 +18,8 @@
 #include "common/result.h"
 
 namespace assistd::serve {
+
+class BlockingPool;
 
 using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
@@ -56,6 +60,10 @@ struct HttpResponse {
     std::string body;
     std::shared_ptr<AsyncBody> async;  // set: the body comes from here
     bool stream = false;               // with async: sent chunked as it comes (SSE)
+    // Set: the response is not known yet. The server runs this on its
+    // blocking pool (never on an I/O thread) and answers with what it returns
+    // (which may have an async body; it is not deferred again).
+    std::function<HttpResponse()> deferred;
 };
 
 using HttpHandler = std::function<HttpResponse(const HttpRequest&)>;
@@ -70,6 +78,8 @@ struct HttpServerConfig {
     // until one closes (the listen backlog holds new clients meanwhile), so
     // sockets never take the descriptors the rest of the process needs.
     size_t max_connections = 0;
+    // Runs deferred responses; null: a pool of the server's own with 4 threads.
+    BlockingPool* blocking = nullptr;
 };
 
 // The connections `assistd serve` allows under an open-file limit: the limit

@@ -1,5 +1,7 @@
 #include "serve/openai_routes.h"
 
+#include "serve/blocking_pool.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -8,6 +10,7 @@
 #include <string_view>
 
 #include "serve/auth.h"
+#include "serve/blocking_pool.h"
 #include "serve/rate_limit.h"
 #include "serve/sessions.h"
 
@@ -78,12 +81,13 @@ ApiError failure_error(const GenerationUpdate& u) {
 using OnCompletionDone = std::function<void(int status, size_t completion_tokens)>;
 
 // A generation as an HTTP body: one JSON object, or SSE frames.
-class CompletionBody final : public AsyncBody {
+class CompletionBody final : public AsyncBody, public std::enable_shared_from_this<CompletionBody> {
 public:
     CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
                    std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
                    int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {},
-                   OnCompletionDone on_done = nullptr, std::shared_ptr<SessionTurns::Lease> turn = nullptr)
+                   OnCompletionDone on_done = nullptr, std::shared_ptr<SessionTurns::Lease> turn = nullptr,
+                   BlockingPool* blocking = nullptr)
         : channel_(std::move(channel)),
           chat_(chat),
           stream_(stream),
@@ -97,17 +101,32 @@ public:
           sessions_(sessions),
           session_id_(std::move(session_id)),
           on_done_(std::move(on_done)),
-          turn_(std::move(turn)) {
+          turn_(std::move(turn)),
+          blocking_(blocking) {
         if (sessions_) headers_.emplace_back("X-Session-Id", session_id_);
     }
 
-    void set_waker(std::function<void()> wake) override { channel_->set_waker(std::move(wake)); }
-    void clear_waker() override { channel_->clear_waker(); }
+    void set_waker(std::function<void()> wake) override {
+        {
+            std::lock_guard lk(wake_mu_);
+            wake_ = wake;
+        }
+        channel_->set_waker(std::move(wake));
+    }
+    void clear_waker() override {
+        {
+            std::lock_guard lk(wake_mu_);
+            wake_ = nullptr;
+        }
+        channel_->clear_waker();
+    }
     int status() const override { return status_; }
     HttpHeaders headers() const override { return headers_; }
     void cancel() override {
         channel_->cancel();
-        if (turn_) turn_->release();  // an abandoned turn stores no answer: the session is free again
+        // An abandoned turn stores no answer: the session is free again (once an answer
+        // already being stored is in, so the next turn comes after it).
+        if (turn_ && !recording_.load()) turn_->release();
         if (!counted_.exchange(true)) {
             metrics_.count_request(route_, 499);  // the client closed the request
             if (on_done_) on_done_(499, completion_seen_.load());
@@ -119,19 +138,21 @@ public:
         update_.text.clear();
         update_.tokens.clear();
         update_.piece_ends.clear();
+        if (recording_) {
+            // The generation ended; its answer is being stored on the blocking pool.
+            if (!recorded_.load(std::memory_order_acquire)) return false;
+            return stream_ ? end_stream(out) : end_object(out);
+        }
         const bool finished = channel_->take(update_);
         completion_seen_.store(update_.completion_tokens);
         text_ += update_.text;
         if (!stream_) {
             if (!finished) return false;
             if (update_.reason == FinishReason::kStop || update_.reason == FinishReason::kLength) {
-                if (auto saved = record_answer(); !saved.ok())
-                    fail(out, {500, saved.error().message, "server_error", "session_id", "session_store_error"});
-                else
-                    out += dump(final_object());
-            } else {
-                fail(out, failure_error(update_));
+                if (defer_record()) return false;
+                return end_object(out);
             }
+            fail(out, failure_error(update_));
             return finish();
         }
         const bool failed = finished && update_.reason != FinishReason::kStop && update_.reason != FinishReason::kLength;
@@ -158,9 +179,54 @@ public:
         if (failed) {
             const ApiError e = failure_error(update_);
             out += "data: " + error_json(e) + "\n\n";
-        } else if (auto saved = record_answer(); !saved.ok()) {
+            out += "data: [DONE]\n\n";
+            return finish();
+        }
+        if (defer_record()) return false;
+        return end_stream(out);
+    }
+
+private:
+    // Stores the answer on the blocking pool, when there is one and a session: true when
+    // started (poll() answers again once it is done).
+    bool defer_record() {
+        if (!sessions_ || !blocking_) {
+            record_status_ = record_answer();
+            return false;
+        }
+        recording_ = true;
+        auto self = shared_from_this();
+        const bool posted = blocking_->post([self] {
+            self->record_status_ = self->record_answer();
+            self->recorded_.store(true, std::memory_order_release);
+            if (self->turn_) self->turn_->release();  // stored: the next turn may start
+            std::function<void()> wake;
+            {
+                std::lock_guard lk(self->wake_mu_);
+                wake = self->wake_;
+            }
+            if (wake) wake();
+        });
+        if (!posted) {  // shutting down: the answer is not stored
+            record_status_ = make_error(ErrorCode::kResourceExhausted, "the server is shutting down");
+            recorded_.store(true, std::memory_order_release);
+        }
+        return true;
+    }
+
+    bool end_object(std::string& out) {
+        if (!record_status_.ok())
+            fail(out, {500, record_status_.error().message, "server_error", "session_id", "session_store_error"});
+        else
+            out += dump(final_object());
+        return finish();
+    }
+
+    bool end_stream(std::string& out) {
+        if (!record_status_.ok()) {
             out += "data: " +
-                   error_json({500, saved.error().message, "server_error", "session_id", "session_store_error"}) +
+                   error_json({500, record_status_.error().message, "server_error", "session_id",
+                               "session_store_error"}) +
                    "\n\n";
         } else {
             frame(out, chunk(chat_ ? json::object() : json(""), openai_finish_reason(update_.reason)));
@@ -175,7 +241,6 @@ public:
         return finish();
     }
 
-private:
     // A session's turn ends with the assistant's answer in the store.
     Status record_answer() {
         if (!sessions_) return {};
@@ -250,6 +315,11 @@ private:
 
     std::shared_ptr<GenerationChannel> channel_;
     bool chat_, stream_, include_usage_;
+    std::mutex wake_mu_;
+    std::function<void()> wake_;          // the server's waker, for the pool's "stored"
+    std::atomic<bool> recording_{false};  // the answer went to the blocking pool
+    std::atomic<bool> recorded_{false};   // ... and is stored (or failed): record_status_
+    Status record_status_;
     std::string id_, model_;
     int64_t created_;
     ServeMetrics& metrics_;
@@ -266,6 +336,7 @@ private:
     std::string session_id_;
     OnCompletionDone on_done_;
     std::shared_ptr<SessionTurns::Lease> turn_;  // the session's turn, held until the answer is stored
+    BlockingPool* blocking_ = nullptr;
 };
 
 json session_json(const state::Session& session) {
@@ -400,6 +471,19 @@ OpenAiRoutes::OpenAiRoutes(const engine::Model& model, Scheduler& scheduler, Ser
 }
 
 HttpResponse OpenAiRoutes::handle(const HttpRequest& request) {
+    const std::string_view path = path_of(request.target);
+    // Routes that may read or write the session store wait off the I/O threads.
+    const bool uses_store = sessions_ && (path == "/v1/chat/completions" || path == "/v1/completions" ||
+                                          path == "/v1/sessions" || path.starts_with("/v1/sessions/"));
+    if (uses_store) {
+        HttpResponse r;
+        r.deferred = [this, request] { return respond(request); };
+        return r;
+    }
+    return respond(request);
+}
+
+HttpResponse OpenAiRoutes::respond(const HttpRequest& request) {
     const std::string_view path = path_of(request.target);
     std::string route(path);
     HttpResponse r;
@@ -844,7 +928,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
                                                config_.retry_after_s, in_session ? sessions_ : nullptr, session_id,
-                                               std::move(on_done), std::move(turn));
+                                               std::move(on_done), std::move(turn), config_.blocking);
     return r;
 }
 

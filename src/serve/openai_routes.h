@@ -1,8 +1,10 @@
 #pragma once
 // The OpenAI-compatible API on top of the scheduler: request JSON in,
 // response JSON or SSE frames out. No Beast here; the HTTP server calls
-// handle() on its I/O threads and it never blocks (generations come back as
-// an AsyncBody).
+// handle() on its I/O threads and it never blocks: generations come back as
+// an AsyncBody, and routes that use the session store (whose writes wait for
+// an fsync and, in a fleet, for replicas) come back deferred, to run on the
+// blocking pool.
 //
 //   POST /v1/chat/completions   POST /v1/completions   GET /v1/models[/{id}]
 //   GET /healthz   GET /readyz   GET /metrics
@@ -48,9 +50,13 @@ struct OpenAiRoutesConfig {
     // quorum read, so a test or an operator sees what this node holds. Null:
     // the session store is local already (one node) and answers it.
     state::SessionStore* local_sessions = nullptr;
+    // Runs a finished turn's session writes (the answer, the usage) off the
+    // I/O threads; null: on the thread that polls the generation.
+    BlockingPool* blocking = nullptr;
 };
 
 class ApiKeyTable;
+class BlockingPool;
 class RateLimiter;
 
 // API keys and their rate limits (serve/auth.h, serve/rate_limit.h); both
@@ -71,6 +77,8 @@ public:
                  const StaticFiles* web = nullptr, ApiAccess access = {});
 
     HttpResponse handle(const HttpRequest& request);
+    // handle() without deferring: what a deferred response runs.
+    HttpResponse respond(const HttpRequest& request);
 
     // Draining: /readyz answers 503 and new generations get 503.
     void set_draining(bool draining) { draining_.store(draining); }

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 
@@ -93,7 +94,6 @@ void LocalFleet::start(int i) {
                                      "--threads",        "1",
                                      "--host",           "127.0.0.1",
                                      "--port",           std::to_string(n.http_port),
-                                     "--io-threads",     "2",
                                      "--state-dir",      n.state_dir.string(),
                                      "--peers",          peers_,
                                      "--listen-peer",    peer,
@@ -101,6 +101,8 @@ void LocalFleet::start(int i) {
                                      "--peer-tls-cert",  tls_[static_cast<size_t>(i)].cert_path,
                                      "--peer-tls-key",   tls_[static_cast<size_t>(i)].key_path,
                                      "--peer-tls-ca",    tls_[static_cast<size_t>(i)].ca_path};
+    if (std::find(extra_args_.begin(), extra_args_.end(), "--io-threads") == extra_args_.end())
+        argv.insert(argv.end(), {"--io-threads", "2"});
     argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
     const pid_t pid = ::fork();
     if (pid == 0) {

@@ -247,3 +247,93 @@ TEST(HttpServer, ManyConcurrentClientsWithPendingAnswersAllGetThem) {
 
 }  // namespace
 }  // namespace assistd::serve
+
+namespace assistd::serve {
+namespace {
+
+// A deferred response that waits (a session store waiting for a replica that
+// stopped answering) must not hold the I/O thread: on a server with one I/O
+// thread, probes and other requests are answered while it waits.
+TEST(HttpServer, ADeferredResponseWaitsOffTheIoThreadWhileOthersAreAnswered) {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool release = false;
+    std::atomic<int> deferred_ran{0};
+    HttpServerConfig hc;
+    hc.port = 0;
+    hc.io_threads = 1;
+    auto s = HttpServer::start(hc, [&](const HttpRequest& r) {
+        HttpResponse res;
+        if (r.target == "/wait") {
+            res.deferred = [&] {
+                ++deferred_ran;
+                std::unique_lock lk(mu);
+                cv.wait_for(lk, std::chrono::seconds(20), [&] { return release; });
+                HttpResponse done;
+                done.body = R"({"waited":true})";
+                return done;
+            };
+            return res;
+        }
+        res.body = R"({"status":"ok"})";
+        return res;
+    });
+    ASSERT_TRUE(s.ok());
+    std::thread waiter([&] {
+        const Reply r = exchange((*s)->port(), "POST", "/wait", "{}");
+        EXPECT_EQ(r.status, 200);
+        EXPECT_EQ(r.body, R"({"waited":true})");
+    });
+    const auto until = Clock::now() + std::chrono::seconds(10);
+    while (deferred_ran.load() == 0 && Clock::now() < until) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_EQ(deferred_ran.load(), 1);
+    // The one I/O thread is free: every probe is answered while /wait still waits.
+    for (int i = 0; i < 20; ++i) {
+        const Reply r = exchange((*s)->port(), "GET", "/healthz");
+        EXPECT_EQ(r.status, 200) << i;
+    }
+    {
+        std::lock_guard lk(mu);
+        EXPECT_FALSE(release) << "the probes were answered while the deferred response waited";
+        release = true;
+    }
+    cv.notify_all();
+    waiter.join();
+    (*s)->stop();
+}
+
+TEST(HttpServer, ADeferredResponseMayBeAStreamAndAThrowIsA500) {
+    auto body = std::make_shared<PendingBody>();
+    HttpServerConfig hc;
+    hc.port = 0;
+    hc.io_threads = 1;
+    auto s = HttpServer::start(hc, [&](const HttpRequest& r) {
+        HttpResponse res;
+        if (r.target == "/throw") {
+            res.deferred = []() -> HttpResponse { throw std::runtime_error("store failed"); };
+        } else {
+            res.deferred = [body] {
+                HttpResponse pending;
+                pending.async = body;
+                return pending;
+            };
+        }
+        return res;
+    });
+    ASSERT_TRUE(s.ok());
+    const Reply thrown = exchange((*s)->port(), "POST", "/throw", "{}");
+    EXPECT_EQ(thrown.status, 500);
+    EXPECT_NE(thrown.body.find("internal error"), std::string::npos) << thrown.body;
+    std::thread finisher([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        body->finish();
+    });
+    const Reply r = exchange((*s)->port(), "POST", "/pending", "{}");
+    finisher.join();
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, R"({"answer":"done"})");
+    (*s)->stop();
+}
+
+}  // namespace
+}  // namespace assistd::serve
