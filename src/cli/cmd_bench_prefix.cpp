@@ -172,7 +172,8 @@ public:
     std::string first_message(size_t tokens, std::mt19937_64& rng) const {
         const auto& tok = model_.tokenizer();
         auto count = [&](const std::string& text) {
-            return tok.encode(model_.chat_template().apply({{"user", text}}, true), tok.add_bos_default(), true).size();
+            return engine::encode_chat(tok, model_.chat_template().render({{"user", text}}, true), tok.add_bos_default())
+                .size();
         };
         // Every word is at least one token: the shortest prefix of `tokens` words that is long enough.
         const std::string all = words(rng, tokens);

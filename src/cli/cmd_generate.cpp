@@ -45,13 +45,15 @@ int run_generate(const GenerateOptions& o) {
     Model& model = *model_ptr;
     const Tokenizer& tok = model.tokenizer();
 
-    std::string text = o.prompt;
     std::vector<std::string> stops = o.stops;
+    std::vector<TokenId> prompt;
     if (o.chat) {
-        text = model.chat_template().apply({{"user", o.prompt}}, true);
+        // The prompt is the user's message: plain text inside the template's markup.
+        prompt = encode_chat(tok, model.chat_template().render({{"user", o.prompt}}, true), tok.add_bos_default());
         for (auto& s : model.chat_template().stop_strings()) stops.push_back(s);
+    } else {
+        prompt = tok.encode(o.prompt, tok.add_bos_default(), false);
     }
-    const std::vector<TokenId> prompt = tok.encode(text, tok.add_bos_default(), o.chat);
     const size_t n_ctx = model.info().n_ctx;
     if (prompt.empty()) {
         std::fprintf(stderr, "assistd generate: the prompt is empty and the model adds no BOS token; give --prompt\n");

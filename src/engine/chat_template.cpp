@@ -2,6 +2,8 @@
 // the template source, each rendered in its standard form.
 #include "engine/chat_template.h"
 
+#include <utility>
+
 namespace assistd::engine {
 
 namespace {
@@ -17,27 +19,48 @@ std::string_view trim(std::string_view s) {
     return s;
 }
 
+// Collects a rendering as segments, joining neighbouring stretches of the same kind.
+class SegmentWriter {
+public:
+    void markup(std::string_view s) { append(s, /*is_markup=*/true); }
+    void text(std::string_view s) { append(s, /*is_markup=*/false); }
+    void append(std::string_view s, bool is_markup) {
+        if (s.empty()) return;
+        if (!segments_.empty() && segments_.back().is_markup == is_markup) {
+            segments_.back().text += s;
+        } else {
+            segments_.push_back(ChatSegment{std::string(s), is_markup});
+        }
+    }
+    bool empty() const { return segments_.empty(); }
+    std::vector<ChatSegment> take() { return std::exchange(segments_, {}); }
+
+private:
+    std::vector<ChatSegment> segments_;
+};
+
 // Formats whose turns are "<open><role><after role>content<close>" with the
 // system message as an ordinary turn (ChatML, Phi-3).
 struct TaggedTurns {
     std::string_view open, after_role, close;
 };
 
-std::string render_tagged(const std::vector<ChatMessage>& messages, bool add_generation_prompt, TaggedTurns tags) {
-    std::string out;
+std::vector<ChatSegment> render_tagged(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                       TaggedTurns tags) {
+    SegmentWriter out;
     for (const ChatMessage& m : messages) {
-        out += tags.open;
-        out += m.role;
-        out += tags.after_role;
-        out += m.content;
-        out += tags.close;
+        out.markup(tags.open);
+        out.markup(m.role);
+        out.markup(tags.after_role);
+        out.text(m.content);
+        out.markup(tags.close);
     }
     if (add_generation_prompt) {
-        out += tags.open;
-        out += "assistant";
-        out += tags.after_role;
+        out.markup(tags.open);
+        out.markup("assistant");
+        out.markup(tags.after_role);
     }
-    return out;
+    return out.take();
 }
 
 constexpr TaggedTurns kChatML{"<|im_start|>", "\n", "<|im_end|>\n"};
@@ -45,107 +68,111 @@ constexpr TaggedTurns kPhi3{"<|", "|>\n", "<|end|>\n"};
 
 // Meta's Llama 2 format: the system prompt goes inside the first [INST] in
 // <<SYS>> markers; each later turn starts with BOS.
-std::string render_llama2(const std::vector<ChatMessage>& messages, std::string_view bos, std::string_view eos) {
-    std::string out = "[INST] ";
+std::vector<ChatSegment> render_llama2(const std::vector<ChatMessage>& messages, std::string_view bos,
+                                       std::string_view eos) {
+    SegmentWriter out;
+    out.markup("[INST] ");
     bool inside_turn = true;  // the first [INST] follows the BOS the tokenizer adds
     for (const ChatMessage& m : messages) {
         if (!inside_turn) {
-            out += bos;
-            out += "[INST] ";
+            out.markup(bos);
+            out.markup("[INST] ");
             inside_turn = true;
         }
         const std::string_view content = trim(m.content);
         if (m.role == "system") {
-            out += "<<SYS>>\n";
-            out += content;
-            out += "\n<</SYS>>\n\n";
+            out.markup("<<SYS>>\n");
+            out.text(content);
+            out.markup("\n<</SYS>>\n\n");
         } else if (m.role == "assistant") {
-            out += ' ';
-            out += content;
-            out += ' ';
-            out += eos;
+            out.markup(" ");
+            out.text(content);
+            out.markup(" ");
+            out.markup(eos);
             inside_turn = false;
         } else {
-            out += content;
-            out += " [/INST]";
+            out.text(content);
+            out.markup(" [/INST]");
         }
     }
-    return out;
+    return out.take();
 }
 
 // Mistral Instruct: no system role, so a system prompt leads the first user turn.
-std::string render_mistral(const std::vector<ChatMessage>& messages, std::string_view eos) {
-    std::string out;
-    std::string pending_system;
+std::vector<ChatSegment> render_mistral(const std::vector<ChatMessage>& messages, std::string_view eos) {
+    SegmentWriter out;
+    std::vector<std::string_view> pending_system;
     for (const ChatMessage& m : messages) {
         if (m.role == "system") {
-            pending_system += m.content;
-            pending_system += "\n\n";
+            pending_system.push_back(m.content);
         } else if (m.role == "assistant") {
-            out += m.content;
-            out += eos;
+            out.text(m.content);
+            out.markup(eos);
         } else {
-            out += "[INST] ";
-            out += pending_system;
+            out.markup("[INST] ");
+            for (std::string_view system : pending_system) {
+                out.text(system);
+                out.markup("\n\n");
+            }
             pending_system.clear();
-            out += m.content;
-            out += " [/INST]";
+            out.text(m.content);
+            out.markup(" [/INST]");
         }
     }
-    return out;
+    return out.take();
 }
 
-std::string render_llama3(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
-    std::string out;
+std::vector<ChatSegment> render_llama3(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
+    SegmentWriter out;
     for (const ChatMessage& m : messages) {
-        out += "<|start_header_id|>";
-        out += m.role;
-        out += "<|end_header_id|>\n\n";
-        out += trim(m.content);
-        out += "<|eot_id|>";
+        out.markup("<|start_header_id|>");
+        out.markup(m.role);
+        out.markup("<|end_header_id|>\n\n");
+        out.text(trim(m.content));
+        out.markup("<|eot_id|>");
     }
-    if (add_generation_prompt) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-    return out;
+    if (add_generation_prompt) out.markup("<|start_header_id|>assistant<|end_header_id|>\n\n");
+    return out.take();
 }
 
-std::string render_zephyr(const std::vector<ChatMessage>& messages, bool add_generation_prompt, std::string_view eos) {
-    std::string out;
+std::vector<ChatSegment> render_zephyr(const std::vector<ChatMessage>& messages, bool add_generation_prompt,
+                                       std::string_view eos) {
+    SegmentWriter out;
     for (const ChatMessage& m : messages) {
-        out += "<|";
-        out += m.role;
-        out += "|>\n";
-        out += m.content;
-        out += eos;
-        out += '\n';
+        out.markup("<|");
+        out.markup(m.role);
+        out.markup("|>\n");
+        out.text(m.content);
+        out.markup(eos);
+        out.markup("\n");
     }
-    if (add_generation_prompt) out += "<|assistant|>\n";
-    return out;
+    if (add_generation_prompt) out.markup("<|assistant|>\n");
+    return out.take();
 }
 
 // Gemma has no system role: the system prompt opens the first user turn; "assistant" is "model".
-std::string render_gemma(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
-    std::string out;
-    std::string pending_system;
+std::vector<ChatSegment> render_gemma(const std::vector<ChatMessage>& messages, bool add_generation_prompt) {
+    SegmentWriter out;
+    SegmentWriter pending_system;
     for (const ChatMessage& m : messages) {
         if (m.role == "system") {
-            if (!pending_system.empty()) pending_system += "\n\n";
-            pending_system += trim(m.content);
+            if (!pending_system.empty()) pending_system.markup("\n\n");
+            pending_system.text(trim(m.content));
             continue;
         }
         const bool is_model = m.role == "assistant" || m.role == "model";
-        out += "<start_of_turn>";
-        out += is_model ? "model" : m.role;
-        out += '\n';
+        out.markup("<start_of_turn>");
+        out.markup(is_model ? std::string_view("model") : std::string_view(m.role));
+        out.markup("\n");
         if (!is_model && !pending_system.empty()) {
-            out += pending_system;
-            out += "\n\n";
-            pending_system.clear();
+            for (const ChatSegment& segment : pending_system.take()) out.append(segment.text, segment.is_markup);
+            out.markup("\n\n");
         }
-        out += trim(m.content);
-        out += "<end_of_turn>\n";
+        out.text(trim(m.content));
+        out.markup("<end_of_turn>\n");
     }
-    if (add_generation_prompt) out += "<start_of_turn>model\n";
-    return out;
+    if (add_generation_prompt) out.markup("<start_of_turn>model\n");
+    return out.take();
 }
 
 }  // namespace
@@ -173,7 +200,8 @@ ChatTemplate ChatTemplate::detect(std::string_view source, std::string bos_text,
     return t;
 }
 
-std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+std::vector<ChatSegment> ChatTemplate::render(const std::vector<ChatMessage>& messages,
+                                              bool add_generation_prompt) const {
     const std::string_view bos = bos_text.empty() ? std::string_view("<s>") : std::string_view(bos_text);
     const std::string_view eos = eos_text.empty() ? std::string_view("</s>") : std::string_view(eos_text);
     switch (kind) {
@@ -187,6 +215,12 @@ std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages, bool a
         case ChatTemplateKind::kPhi3: return render_tagged(messages, add_generation_prompt, kPhi3);
     }
     return render_tagged(messages, add_generation_prompt, kChatML);
+}
+
+std::string ChatTemplate::apply(const std::vector<ChatMessage>& messages, bool add_generation_prompt) const {
+    std::string out;
+    for (const ChatSegment& segment : render(messages, add_generation_prompt)) out += segment.text;
+    return out;
 }
 
 std::vector<std::string> ChatTemplate::stop_strings() const {
@@ -216,6 +250,13 @@ const char* chat_template_name(ChatTemplateKind kind) {
         case ChatTemplateKind::kFallback: return "fallback";
     }
     return "unknown";
+}
+
+std::vector<TokenId> encode_chat(const Tokenizer& tokenizer, std::span<const ChatSegment> segments, bool add_bos) {
+    std::vector<TextSegment> parts;
+    parts.reserve(segments.size());
+    for (const ChatSegment& segment : segments) parts.push_back(TextSegment{segment.text, segment.is_markup});
+    return tokenizer.encode_segments(parts, add_bos);
 }
 
 }  // namespace assistd::engine

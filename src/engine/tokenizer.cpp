@@ -112,12 +112,36 @@ void TokenizerBase::split_special_tokens(std::string_view text, bool parse_speci
     }
 }
 
-std::vector<TokenId> TokenizerBase::encode(std::string_view text, bool add_bos, bool parse_special) const {
+std::vector<TokenId> TokenizerBase::encode_segments(std::span<const TextSegment> segments, bool add_bos) const {
+    // One string, so ordinary text either side of a boundary is tokenized as if unsplit.
+    std::string joined;
+    std::string_view text;
+    if (segments.size() == 1) {
+        text = segments[0].text;
+    } else {
+        for (const TextSegment& segment : segments) joined += segment.text;
+        text = joined;
+    }
+    std::vector<Fragment> fragments;
+    std::vector<Fragment> segment_fragments;
+    size_t offset = 0;
+    for (const TextSegment& segment : segments) {
+        split_special_tokens(text.substr(offset, segment.text.size()), segment.parse_special, segment_fragments);
+        offset += segment.text.size();
+        for (const Fragment& fragment : segment_fragments) {
+            // Raw text that runs on into the next segment continues the same fragment.
+            if (fragment.special < 0 && !fragments.empty() && fragments.back().special < 0) {
+                std::string_view& previous = fragments.back().text;
+                previous = std::string_view(previous.data(), previous.size() + fragment.text.size());
+            } else {
+                fragments.push_back(fragment);
+            }
+        }
+    }
+
     std::vector<TokenId> out;
     out.reserve(text.size() / 3 + 4);
     if (add_bos && vocab_.bos >= 0) out.push_back(vocab_.bos);
-    std::vector<Fragment> fragments;
-    split_special_tokens(text, parse_special, fragments);
     bool after_special = true;  // the start of the text counts as following a special token
     for (const Fragment& fragment : fragments) {
         if (fragment.special >= 0) {

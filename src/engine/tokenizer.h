@@ -22,6 +22,12 @@ using TokenId = int32_t;
 
 enum class TokenizerKind { kSentencePiece, kByteBpe };
 
+// A stretch of text to encode; special-token text counts only where parse_special.
+struct TextSegment {
+    std::string_view text;
+    bool parse_special = false;
+};
+
 class Tokenizer {
 public:
     virtual ~Tokenizer() = default;
@@ -34,8 +40,15 @@ public:
     // Encodes text. add_bos follows the caller (see add_bos_default()); with
     // add_bos, EOS is appended too when the file sets tokenizer.ggml.add_eos_token.
     // parse_special: text like "<|im_start|>" becomes the special token
-    // instead of its characters (for chat templates, never for user content).
-    virtual std::vector<TokenId> encode(std::string_view text, bool add_bos, bool parse_special) const = 0;
+    // instead of its characters (for template markup, see encode_chat; never for message content).
+    std::vector<TokenId> encode(std::string_view text, bool add_bos, bool parse_special) const {
+        const TextSegment whole{text, parse_special};
+        return encode_segments(std::span(&whole, 1), add_bos);
+    }
+    // Encodes the segments as one string would be, except that a special token is
+    // matched only inside a segment with parse_special, never across a boundary:
+    // ordinary text gives the ids of the joined string, pre-tokenized as one.
+    virtual std::vector<TokenId> encode_segments(std::span<const TextSegment> segments, bool add_bos) const = 0;
 
     // The bytes a token stands for (byte tokens give their byte; "▁" becomes a
     // space for SentencePiece; control tokens give "" unless render_special).

@@ -98,7 +98,7 @@ public:
     bool is_control(TokenId id) const override;
     bool is_special(TokenId id) const override;
     std::string decode(std::span<const TokenId> ids, bool render_special) const override;
-    std::vector<TokenId> encode(std::string_view text, bool add_bos, bool parse_special) const override;
+    std::vector<TokenId> encode_segments(std::span<const TextSegment> segments, bool add_bos) const override;
 
 protected:
     // Appends the tokens of one stretch of raw text; after_special tells whether

@@ -731,8 +731,8 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
             messages.push_back({role, std::move(*content)});
         }
         if (in_session) new_messages.assign(messages.begin() + static_cast<std::ptrdiff_t>(stored_count), messages.end());
-        const std::string text = model_.chat_template().apply(messages, true);
-        gen.prompt = tok.encode(text, tok.add_bos_default(), true);
+        // Message text stays text: only the template's markup becomes special tokens.
+        gen.prompt = engine::encode_chat(tok, model_.chat_template().render(messages, true), tok.add_bos_default());
         for (auto& s : model_.chat_template().stop_strings()) stops.push_back(s);
     } else {
         auto it = body.find("prompt");

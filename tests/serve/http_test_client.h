@@ -51,6 +51,16 @@ protected:
 std::unique_ptr<engine::Model> load_model(const std::string& path, size_t max_sequences = 16,
                                           size_t kv_cache_tokens = 0);
 
+// A random-weight "tiny-llama" written under the test's temp dir as `file_name`: its
+// synthetic vocabulary has <|im_start|> and <|im_end|> as control tokens and a ChatML
+// template, so it needs nothing from ../shared.
+std::unique_ptr<engine::Model> tiny_chatml_model(const std::string& file_name, size_t max_sequences = 4);
+
+// The ChatML prompt ids built by hand: the template's control tokens around the
+// plain-text encoding of every "role\ncontent" (what message text must become).
+std::vector<engine::TokenId> chatml_ids_with_text_content(const engine::Tokenizer& tok,
+                                                          const std::vector<engine::ChatMessage>& messages);
+
 int connect_loopback(uint16_t port);
 void send_all(int fd, const std::string& data);
 // extra_headers: complete "Name: value\r\n" lines.

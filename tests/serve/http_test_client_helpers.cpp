@@ -9,6 +9,8 @@
 
 #include "http_test_client.h"
 
+#include "engine/random_model.h"
+
 namespace assistd::serve::test_support {
 
 using engine::Precision;
@@ -24,6 +26,39 @@ std::unique_ptr<engine::Model> load_model(const std::string& path, size_t max_se
     auto m = engine::Model::load(p);
     EXPECT_TRUE(m.ok()) << (m.ok() ? "" : m.error().message);
     return m.ok() ? std::move(*m) : nullptr;
+}
+
+std::unique_ptr<engine::Model> tiny_chatml_model(const std::string& file_name, size_t max_sequences) {
+    const std::string path = ::testing::TempDir() + "/" + file_name;
+    auto spec = engine::random_model_shape("tiny-llama");
+    EXPECT_TRUE(spec.has_value());
+    if (!spec) return nullptr;
+    auto written = engine::write_random_model(*spec, path);
+    EXPECT_TRUE(written.ok()) << (written.ok() ? "" : written.error().message);
+    if (!written.ok()) return nullptr;
+    return load_model(path, max_sequences);
+}
+
+std::vector<TokenId> chatml_ids_with_text_content(const engine::Tokenizer& tok,
+                                                  const std::vector<engine::ChatMessage>& messages) {
+    const TokenId im_start = tok.find_token("<|im_start|>").value_or(-1);
+    const TokenId im_end = tok.find_token("<|im_end|>").value_or(-1);
+    EXPECT_TRUE(im_start >= 0 && im_end >= 0) << "the vocabulary has no ChatML tokens";
+    std::vector<TokenId> ids;
+    auto append_text = [&](const std::string& text) {
+        const std::vector<TokenId> part = tok.encode(text, /*add_bos=*/false, /*parse_special=*/false);
+        ids.insert(ids.end(), part.begin(), part.end());
+    };
+    if (tok.add_bos_default()) ids.push_back(tok.bos());
+    for (const engine::ChatMessage& m : messages) {
+        ids.push_back(im_start);
+        append_text(m.role + "\n" + m.content);
+        ids.push_back(im_end);
+        append_text("\n");
+    }
+    ids.push_back(im_start);
+    append_text("assistant\n");
+    return ids;
 }
 
 int connect_loopback(uint16_t port) {
