@@ -331,6 +331,43 @@ TEST_F(Tenants, ABusySessionOfOneTenantDoesNotHoldUpAnothersSameId) {
     ::close(fd);
 }
 
+// A state directory of an earlier version holds sessions under their bare id
+// with the tenant in the document: they stay their tenant's, where they are.
+TEST_F(Tenants, SessionsStoredByEarlierVersionsStayTheirTenants) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}, {"key-b", "tenant=b"}}));
+    state::SessionStore& store = s.sessions->store();
+    ASSERT_TRUE(store.create("old", "a", "from before").ok());  // as earlier versions wrote it
+    ASSERT_TRUE(store.append_message("old", {"user", "asked before the upgrade"}).ok());
+    ASSERT_TRUE(store.append_message("old", {"assistant", "answered before the upgrade"}).ok());
+
+    const Reply a = exchange(s.port(), "GET", "/v1/sessions/old", "", auth("key-a"));
+    ASSERT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.json_body()["id"], "old");
+    EXPECT_EQ(a.json_body()["messages"][0]["content"], "asked before the upgrade");
+    const Reply listed = exchange(s.port(), "GET", "/v1/sessions", "", auth("key-a"));
+    ASSERT_EQ(listed.json_body()["data"].size(), 1u) << listed.body;
+    EXPECT_EQ(listed.json_body()["data"][0]["id"], "old");
+    // b: not found, as an unused id, and a chat starts b's own.
+    const Reply b = exchange(s.port(), "GET", "/v1/sessions/old", "", auth("key-b"));
+    const Reply unused = exchange(s.port(), "GET", "/v1/sessions/new", "", auth("key-b"));
+    expect_error(b, 404, "session_not_found", "b reads a's session of an earlier version");
+    std::string b_body = b.body;
+    b_body.replace(b_body.find("old"), 3, "new");
+    EXPECT_EQ(b_body, unused.body);
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("b's own", 4, "old"), auth("key-b")).status, 200);
+
+    // a's next turn continues the old session, under its old key.
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("asked after it", 4, "old"), auth("key-a")).status, 200);
+    auto stored = store.get("old");
+    ASSERT_TRUE(stored.ok());
+    ASSERT_EQ(stored->messages.size(), 4u);
+    EXPECT_EQ(stored->messages[2].content, "asked after it");
+    const Reply b_after = exchange(s.port(), "GET", "/v1/sessions/old", "", auth("key-b"));
+    ASSERT_EQ(b_after.status, 200) << b_after.body;
+    ASSERT_EQ(b_after.json_body()["messages"].size(), 2u);
+    EXPECT_EQ(b_after.json_body()["messages"][0]["content"], "b's own");
+}
+
 TEST_F(Tenants, RequestsPerMinuteLimitAnswers429ThenRecoversWhenTheClockMoves) {
     KeyedServer s(*model_, keys_of({{"key-a", "tenant=a,requests-per-minute=2"}, {"key-b", "tenant=b"}}));
     const Reply r1 = exchange(s.port(), "POST", kChat, turn("Hi", 2), auth("key-a"));
