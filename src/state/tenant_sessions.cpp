@@ -10,8 +10,8 @@ Error no_such_session(std::string_view id) {
 }
 
 // The session under `key` if it is the tenant's; the error of the read otherwise.
-Result<TenantSession> read_owned(SessionStore& store, const std::string& key, std::string_view tenant,
-                                 std::string_view id) {
+Result<TenantSession> read_owned(SessionStore& store, const std::string& key,
+                                 std::string_view tenant, std::string_view id) {
     auto session = store.get(key);
     if (!session.ok()) {
         if (session.error().code == ErrorCode::kNotFound) return no_such_session(id);
@@ -35,7 +35,8 @@ std::string tenant_session_key(std::string_view tenant, std::string_view id) {
     return key;
 }
 
-Result<TenantSession> find_tenant_session(SessionStore& store, std::string_view tenant, std::string_view id) {
+Result<TenantSession> find_tenant_session(SessionStore& store, std::string_view tenant,
+                                          std::string_view id) {
     const std::string key = tenant_session_key(tenant, id);
     auto found = read_owned(store, key, tenant, id);
     if (found.ok() || found.error().code != ErrorCode::kNotFound || tenant.empty()) return found;
@@ -52,15 +53,17 @@ std::vector<TenantSession> list_tenant_sessions(SessionStore& store, std::string
         const size_t separator = key.find(kTenantKeySeparator);
         std::string_view id = key;
         if (separator != std::string::npos) {
-            if (std::string_view(key).substr(0, separator) != tenant) continue;  // another tenant's key
+            if (std::string_view(key).substr(0, separator) != tenant)
+                continue;  // another tenant's key
             id.remove_prefix(separator + 1);
         } else if (!tenant.empty()) {
-            // An earlier version's session under the bare id counts only while its keyed twin was never
-            // used, as in find_tenant_session.
+            // An earlier version's session under the bare id counts only while its keyed twin was
+            // never used, as in find_tenant_session.
             const std::string keyed = tenant_session_key(tenant, id);
             if (listed.count(keyed) || store.deleted(keyed)) continue;
         }
-        if (auto found = read_owned(store, key, tenant, id); found.ok()) out.push_back(std::move(found).value());
+        if (auto found = read_owned(store, key, tenant, id); found.ok())
+            out.push_back(std::move(found).value());
     }
     return out;
 }

@@ -35,7 +35,8 @@ struct TenantSession {
 // moved). Anything else -- another tenant's session, a deleted one, an id
 // nobody used -- is kNotFound "session '<id>' does not exist", word for word
 // the same. Other store errors (a fleet's replicas not answering) pass through.
-Result<TenantSession> find_tenant_session(SessionStore& store, std::string_view tenant, std::string_view id);
+Result<TenantSession> find_tenant_session(SessionStore& store, std::string_view tenant,
+                                          std::string_view id);
 
 // Every session of the tenant the store lists (SessionStore::list_by_tenant:
 // on a fleet node, the sessions this node holds), earlier versions' included;

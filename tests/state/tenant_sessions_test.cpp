@@ -1,6 +1,8 @@
 // Sessions keyed by (tenant, id): the key encoding, reads and lists that see
 // only the caller's tenant, and sessions earlier versions stored under the
 // bare id.
+#include "state/tenant_sessions.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -11,7 +13,6 @@
 
 #include "common/clock.h"
 #include "state/durable_session_store.h"
-#include "state/tenant_sessions.h"
 
 namespace assistd::state {
 namespace {
@@ -41,7 +42,8 @@ class TenantSessionsTest : public ::testing::Test {
                       const std::vector<std::string>& contents) {
         const std::string key = tenant_session_key(tenant, id);
         ASSERT_TRUE(store.create(key, tenant, contents.front()).ok()) << key;
-        for (const auto& c : contents) ASSERT_TRUE(store.append_message(key, {"user", c}).ok()) << key;
+        for (const auto& c : contents)
+            ASSERT_TRUE(store.append_message(key, {"user", c}).ok()) << key;
     }
 
     static std::vector<std::string> contents(const Session& s) {
@@ -67,13 +69,15 @@ TEST(TenantSessionKey, IsInjectiveAndKeepsTheOpenServersBareIds) {
     EXPECT_EQ(tenant_session_key("", "chat-1"), "chat-1");
     EXPECT_EQ(tenant_session_key("acme", "chat-1"), "acme:chat-1");
     // Names built from every character the two alphabets share or do not share.
-    const std::vector<std::string> tenants = {"", "a", "b", "ab", "a.b", "a-b", "a_b", "a.", ".a", "-", "_", "A"};
+    const std::vector<std::string> tenants = {"",    "a",  "b",  "ab", "a.b", "a-b",
+                                              "a_b", "a.", ".a", "-",  "_",   "A"};
     const std::vector<std::string> ids = {"a", "b", "ab", "a-b", "a_b", "b-", "-", "_", "A", "ba"};
     std::set<std::string> keys;
     for (const auto& t : tenants)
         for (const auto& id : ids) {
             const std::string key = tenant_session_key(t, id);
-            EXPECT_TRUE(keys.insert(key).second) << "(" << t << ", " << id << ") collides at " << key;
+            EXPECT_TRUE(keys.insert(key).second)
+                << "(" << t << ", " << id << ") collides at " << key;
             // The first separator ends the tenant; none means the tenant "".
             const size_t sep = key.find(kTenantKeySeparator);
             EXPECT_EQ(sep == std::string::npos ? std::string() : key.substr(0, sep), t) << key;
@@ -102,7 +106,8 @@ TEST_F(TenantSessionsTest, OneIdUnderTwoTenantsIsTwoSessions) {
     ASSERT_TRUE(s->remove(acme->key).ok());
     EXPECT_EQ(find_tenant_session(*s, "acme", "chat").error().code, ErrorCode::kNotFound);
     ASSERT_TRUE(find_tenant_session(*s, "globex", "chat").ok());
-    EXPECT_EQ(contents(find_tenant_session(*s, "globex", "chat")->session), std::vector<std::string>{"globex asks"});
+    EXPECT_EQ(contents(find_tenant_session(*s, "globex", "chat")->session),
+              std::vector<std::string>{"globex asks"});
 }
 
 TEST_F(TenantSessionsTest, AnotherTenantsSessionReadsWordForWordAsAnUnusedId) {
@@ -162,10 +167,11 @@ TEST_F(TenantSessionsTest, SessionsOfEarlierVersionsAreFoundUnderTheirBareIdByTh
     auto listed = list_tenant_sessions(*s, "acme");
     ASSERT_EQ(listed.size(), 2u);
 
-    // Once the keyed session exists (made while the old copy was out of reach), it is the one found and
-    // listed; a deleted keyed session does not bring the old copy back.
+    // Once the keyed session exists (made while the old copy was out of reach), it is the one found
+    // and listed; a deleted keyed session does not bring the old copy back.
     start(*s, "acme", "old", {"keyed"});
-    EXPECT_EQ(contents(find_tenant_session(*s, "acme", "old")->session), std::vector<std::string>{"keyed"});
+    EXPECT_EQ(contents(find_tenant_session(*s, "acme", "old")->session),
+              std::vector<std::string>{"keyed"});
     start(*s, "acme", "older", {"keyed, then deleted"});
     ASSERT_TRUE(s->remove(tenant_session_key("acme", "older")).ok());
     EXPECT_EQ(find_tenant_session(*s, "acme", "older").error().code, ErrorCode::kNotFound);
