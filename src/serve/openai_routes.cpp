@@ -13,6 +13,7 @@
 #include "serve/blocking_pool.h"
 #include "serve/rate_limit.h"
 #include "serve/sessions.h"
+#include "state/tenant_sessions.h"
 
 namespace assistd::serve {
 
@@ -85,9 +86,9 @@ class CompletionBody final : public AsyncBody, public std::enable_shared_from_th
 public:
     CompletionBody(std::shared_ptr<GenerationChannel> channel, bool chat, bool stream, bool include_usage,
                    std::string id, std::string model, int64_t created, ServeMetrics& metrics, std::string route,
-                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_id = {},
-                   OnCompletionDone on_done = nullptr, std::shared_ptr<SessionTurns::Lease> turn = nullptr,
-                   BlockingPool* blocking = nullptr)
+                   int retry_after_s, state::SessionStore* sessions = nullptr, std::string session_key = {},
+                   std::string session_id = {}, OnCompletionDone on_done = nullptr,
+                   std::shared_ptr<SessionTurns::Lease> turn = nullptr, BlockingPool* blocking = nullptr)
         : channel_(std::move(channel)),
           chat_(chat),
           stream_(stream),
@@ -99,6 +100,7 @@ public:
           route_(std::move(route)),
           retry_after_s_(retry_after_s),
           sessions_(sessions),
+          session_key_(std::move(session_key)),
           session_id_(std::move(session_id)),
           on_done_(std::move(on_done)),
           turn_(std::move(turn)),
@@ -244,12 +246,12 @@ private:
     // A session's turn ends with the assistant's answer in the store.
     Status record_answer() {
         if (!sessions_) return {};
-        auto appended = sessions_->append_message(session_id_, {"assistant", text_});
+        auto appended = sessions_->append_message(session_key_, {"assistant", text_});
         if (!appended.ok())
             return make_error(appended.error().code,
                               "the answer could not be saved to session '" + session_id_ + "': " +
                                   appended.error().message);
-        return sessions_->add_usage(session_id_, static_cast<int64_t>(update_.prompt_tokens),
+        return sessions_->add_usage(session_key_, static_cast<int64_t>(update_.prompt_tokens),
                                     static_cast<int64_t>(update_.completion_tokens));
     }
 
@@ -332,8 +334,9 @@ private:
     bool started_ = false, done_ = false;
     std::atomic<bool> counted_{false};  // cancel() may come from the stopping server's thread
     std::atomic<size_t> completion_seen_{0};  // for cancel(), which may run on another thread
-    state::SessionStore* sessions_;     // set: the answer is appended to session_id_ when it completes
-    std::string session_id_;
+    state::SessionStore* sessions_;     // set: the answer is appended to session_key_ when it completes
+    std::string session_key_;           // where the session is stored
+    std::string session_id_;            // what the client calls it
     OnCompletionDone on_done_;
     std::shared_ptr<SessionTurns::Lease> turn_;  // the session's turn, held until the answer is stored
     BlockingPool* blocking_ = nullptr;
@@ -426,17 +429,11 @@ std::optional<std::string> query_value(std::string_view target, std::string_view
     return std::nullopt;
 }
 
-// What a session of another tenant answers: the same as a session that does not exist.
-ApiError foreign_session_error(std::string_view id) {
-    return session_store_error(make_error(ErrorCode::kNotFound, "session '" + std::string(id) + "' does not exist"));
-}
-
-// A session id a chat request cannot use: deleted, or another tenant's. One answer for both.
-ApiError unusable_session_error(std::string_view id) {
+// A session id the caller deleted: ids are not reused. (Another tenant's id is the caller's own, unused.)
+ApiError deleted_session_error(std::string_view id) {
     return {404,
             "session '" + std::string(id) +
-                "' does not exist and its id cannot be used (it was deleted, or it is taken); start a new session "
-                "with a new id",
+                "' does not exist and its id cannot be used again (it was deleted); start a new session with a new id",
             "invalid_request_error", "session_id", "session_not_found"};
 }
 
@@ -569,10 +566,8 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
         if (request.method != "GET")
             return error_response({405, "use GET for /v1/sessions", "invalid_request_error", "", "method_not_allowed"});
         std::vector<state::Session> found;
-        for (const auto& session_id : sessions_->list_by_tenant(caller.tenant)) {
-            auto s = sessions_->get(session_id);
-            if (s.ok()) found.push_back(std::move(*s));  // deleted meanwhile: skipped
-        }
+        for (auto& owned : state::list_tenant_sessions(*sessions_, caller.tenant))
+            found.push_back(std::move(owned.session));
         std::sort(found.begin(), found.end(), [](const state::Session& a, const state::Session& b) {
             return a.created_at_ms != b.created_at_ms ? a.created_at_ms > b.created_at_ms : a.id < b.id;
         });
@@ -603,17 +598,16 @@ HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view
                                    "invalid_request_error", "local", "invalid_value"});
     }
     state::SessionStore& store = local && config_.local_sessions ? *config_.local_sessions : *sessions_;
-    auto session = store.get(id);
-    const bool missing = (!session.ok() && session.error().code == ErrorCode::kNotFound) ||
-                         (session.ok() && session->tenant != caller.tenant);
-    if (local && missing)  // another tenant's copy reads as no copy, as below
+    // Another tenant's session is not found: its key is not the caller's.
+    auto found = state::find_tenant_session(store, caller.tenant, id);
+    if (local && !found.ok() && found.error().code == ErrorCode::kNotFound)
         return error_response({404, "this node holds no copy of session '" + std::string(id) + "'",
                                "invalid_request_error", "session_id", "session_not_found"});
-    if (!session.ok()) return store_error_response(session.error(), config_.retry_after_s);
-    if (session->tenant != caller.tenant) return error_response(foreign_session_error(id));
-    if (request.method == "GET") return json_response(200, session_json(*session));
-    // The store tombstones any id it is asked to remove, so only existing ones get here.
-    if (auto removed = sessions_->remove(id); !removed.ok()) return store_error_response(removed.error(), config_.retry_after_s);
+    if (!found.ok()) return store_error_response(found.error(), config_.retry_after_s);
+    if (request.method == "GET") return json_response(200, session_json(found->session));
+    // The store tombstones any key it is asked to remove, so only existing sessions get here.
+    if (auto removed = sessions_->remove(found->key); !removed.ok())
+        return store_error_response(removed.error(), config_.retry_after_s);
     return json_response(200, {{"id", std::string(id)}, {"object", "session.deleted"}, {"deleted", true}});
 }
 
@@ -668,10 +662,12 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
             return error_response(
                 {400, valid.error().message, "invalid_request_error", "session_id", "invalid_session_id"});
     }
+    // Where a new session of this tenant goes; an existing one may live elsewhere (an earlier version's key).
+    std::string session_key = in_session ? state::tenant_session_key(caller.tenant, session_id) : std::string();
     // One turn per session at a time: held from reading the history to storing the answer.
     std::shared_ptr<SessionTurns::Lease> turn;
     if (in_session) {
-        turn = session_turns_.try_begin(session_id);
+        turn = session_turns_.try_begin(session_key);
         if (!turn)
             return error_response({409,
                                    "session '" + session_id +
@@ -702,12 +698,12 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
         std::vector<engine::ChatMessage> messages;
         if (in_session) {
             // The stored conversation comes first; the request carries only what is new.
-            auto stored = sessions_->get(session_id);
-            if (stored.ok() && stored->tenant != caller.tenant) {
-                return error_response(unusable_session_error(session_id));
-            } else if (stored.ok()) {
+            // Another tenant's session of this id is not found: this request starts the caller's own.
+            auto stored = state::find_tenant_session(*sessions_, caller.tenant, session_id);
+            if (stored.ok()) {
                 session_exists = true;
-                for (auto& m : stored->messages) messages.push_back({std::move(m.role), std::move(m.content)});
+                session_key = std::move(stored->key);
+                for (auto& m : stored->session.messages) messages.push_back({std::move(m.role), std::move(m.content)});
             } else if (stored.error().code != ErrorCode::kNotFound) {
                 return store_error_response(stored.error(), config_.retry_after_s);
             }
@@ -892,10 +888,13 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
                 first_user = m.content;
                 break;
             }
-        if (auto created = sessions_->create(session_id, caller.tenant, session_title(first_user)); !created.ok()) {
-            // Another request may have created it just now (for this tenant, or not); a deleted id stays gone.
-            auto now = sessions_->get(session_id);
-            if (!now.ok() || now->tenant != caller.tenant) return error_response(unusable_session_error(session_id));
+        if (auto created = sessions_->create(session_key, caller.tenant, session_title(first_user)); !created.ok()) {
+            // Another node may have created it just now for this tenant; a deleted id stays gone.
+            auto now = state::find_tenant_session(*sessions_, caller.tenant, session_id);
+            if (!now.ok() && created.error().code == ErrorCode::kInvalidArgument)
+                return error_response(deleted_session_error(session_id));
+            if (!now.ok()) return store_error_response(created.error(), config_.retry_after_s);
+            session_key = std::move(now->key);
         }
     }
 
@@ -911,7 +910,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     }
     // Only an admitted request adds to the conversation, so a retried 429 does not repeat the message.
     for (const auto& m : new_messages) {
-        if (auto appended = sessions_->append_message(session_id, {m.role, m.content}); !appended.ok()) {
+        if (auto appended = sessions_->append_message(session_key, {m.role, m.content}); !appended.ok()) {
             (*channel)->cancel();
             return store_error_response(appended.error(), config_.retry_after_s);
         }
@@ -927,8 +926,9 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
-                                               config_.retry_after_s, in_session ? sessions_ : nullptr, session_id,
-                                               std::move(on_done), std::move(turn), config_.blocking);
+                                               config_.retry_after_s, in_session ? sessions_ : nullptr,
+                                               std::move(session_key), session_id, std::move(on_done),
+                                               std::move(turn), config_.blocking);
     return r;
 }
 

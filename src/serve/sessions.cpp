@@ -5,9 +5,14 @@
 #include <cstdlib>
 #include <system_error>
 
+#include "serve/auth.h"
 #include "state/durable_session_store.h"
+#include "state/tenant_sessions.h"
 
 namespace assistd::serve {
+
+// The store key of a tenant's session is "<tenant>:<id>" (state/tenant_sessions.h): it must fit.
+static_assert(kMaxTenantNameLength + 1 + kMaxSessionIdLength <= state::kMaxSessionKeyLength);
 
 Status validate_session_id(std::string_view id) {
     if (id.empty() || id.size() > kMaxSessionIdLength)

@@ -2,8 +2,9 @@
 // Sessions over HTTP (our extension to the OpenAI API): the id rules, the
 // store the server uses (durable in --state-dir, or the same store in a
 // private temporary directory that is removed on shutdown) and the JSON
-// shapes of /v1/sessions. No tenants in this slice: every session belongs to
-// the tenant "" and every caller sees every session.
+// shapes of /v1/sessions. A session is the tenant's that created it: its
+// store key holds the tenant (state/tenant_sessions.h), so another tenant's
+// id is, to a caller, an id nobody used.
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -47,8 +48,9 @@ class SessionTurns {
         std::once_flag released_;
     };
 
-    // Null when the session is in a turn already.
-    std::shared_ptr<Lease> try_begin(std::string_view id);
+    // Null when the session is in a turn already. `key`: the tenant's store
+    // key for the id, so one tenant's busy session never holds up another's.
+    std::shared_ptr<Lease> try_begin(std::string_view key);
 
   private:
     std::mutex mu_;

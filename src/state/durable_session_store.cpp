@@ -22,7 +22,9 @@ Error io_error(const rocksdb::Status& s, const char* what) {
 }
 
 Status validate_id(std::string_view id) {
-    if (id.empty() || id.size() > 128) return make_error(ErrorCode::kInvalidArgument, "session id must be 1 to 128 characters");
+    if (id.empty() || id.size() > kMaxSessionKeyLength)
+        return make_error(ErrorCode::kInvalidArgument,
+                          "session id must be 1 to " + std::to_string(kMaxSessionKeyLength) + " characters");
     for (char c : id) {
         const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
                         c == '_' || c == '.' || c == ':';

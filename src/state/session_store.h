@@ -15,6 +15,9 @@
 
 namespace assistd::state {
 
+// A session's key in the store: room for a tenant name, ':' and a session id (tenant_sessions.h).
+inline constexpr size_t kMaxSessionKeyLength = 256;
+
 struct MessageInput {
     std::string role;     // "system", "user", "assistant", "tool"
     std::string content;

@@ -43,6 +43,14 @@ struct FleetSimResult {
 
 FleetSimResult run_fleet_simulation(const FleetSimConfig& config);
 
+// Two tenants create one session id on the two sides of a partition (the
+// first node cut off from the rest), each writing its own turns, with the
+// config's lossy network; then the partition heals. Once the fleet has
+// converged every node must hold the two as two sessions (one per tenant
+// key), each with exactly its tenant's messages. Crashes, membership changes
+// and the random workload are off.
+FleetSimResult run_tenants_across_partition_simulation(const FleetSimConfig& config);
+
 // "ASSISTD_SIM_SEED=<seed> <test binary> --gtest_filter=<test>": how to replay one seed.
 std::string replay_hint(uint64_t seed, const char* test_name);
 

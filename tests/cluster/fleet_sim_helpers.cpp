@@ -19,6 +19,7 @@
 #include "common/random.h"
 #include "fleet_sim.h"
 #include "state/durable_session_store.h"
+#include "state/tenant_sessions.h"
 
 namespace assistd::cluster::sim {
 namespace {
@@ -110,6 +111,7 @@ class Fleet {
     }
 
     FleetSimResult run();
+    FleetSimResult run_tenants_across_partition();
     void post(const std::string& from, const std::string& to, std::string bytes);
 
   private:
@@ -119,6 +121,10 @@ class Fleet {
     SimNode& add_node();
     void deliver_due();
     void tick_all();
+    // Simulated time passing with frames delivered and nodes ticked; the partition ends when due.
+    void advance(int64_t ms);
+    // Advances until converged (checked every 50 ms) or the quiesce limit; false with why otherwise.
+    bool await_convergence(std::string& why);
     void client_operation();
     void fault_step();
     std::vector<SimNode*> serving_nodes();
@@ -634,11 +640,131 @@ FleetSimResult Fleet::run() {
     return result;
 }
 
+void Fleet::advance(int64_t ms) {
+    for (int64_t i = 0; i < ms; ++i) {
+        clock_.advance_ms(1);
+        deliver_due();
+        if (now() % kTickMs == 0) tick_all();
+        if (!isolated_.empty() && now() >= isolated_until_) isolated_.clear();
+    }
+}
+
+bool Fleet::await_convergence(std::string& why) {
+    const int64_t from = now();
+    while (now() - from < c_.quiesce_limit_ms) {
+        advance(50);
+        if (converged(why)) return true;
+    }
+    return false;
+}
+
+FleetSimResult Fleet::run_tenants_across_partition() {
+    FleetSimResult result;
+    if (c_.nodes < 2) {
+        result.failure = "the scenario needs two sides: at least 2 nodes";
+        return result;
+    }
+    for (int i = 0; i < c_.nodes; ++i) add_node();
+    for (auto& n : nodes_) {
+        if (auto st = start(*n); !st.ok()) {
+            result.failure = "start failed: " + st.error().message;
+            return result;
+        }
+    }
+    advance(1000);  // the fleet finds itself
+    SimNode& cut_off = *nodes_[0];
+    SimNode& majority = *nodes_[1];
+    isolated_ = cut_off.address;
+    isolated_until_ = INT64_MAX;
+    advance(500);  // each side suspects the other
+    trace("partition: %s cut off", cut_off.address.c_str());
+
+    const std::string id = "shared";
+    struct Side {
+        SimNode& node;
+        std::string tenant;
+        std::vector<std::string> written;
+    };
+    std::vector<Side> sides = {{cut_off, "acme", {}}, {majority, "globex", {}}};
+    for (auto& side : sides) {
+        const std::string key = state::tenant_session_key(side.tenant, id);
+        if (auto st = side.node.store->create(key, side.tenant, side.tenant + "'s"); !st.ok()) {
+            result.failure = side.tenant + " could not create " + id + ": " + st.error().message;
+            return result;
+        }
+        side.node.replicator->flush();
+    }
+    for (int turn = 0; turn < 3; ++turn) {
+        for (auto& side : sides) {
+            const std::string content = side.tenant + " turn " + std::to_string(turn);
+            auto m = side.node.store->append_message(state::tenant_session_key(side.tenant, id), {"user", content});
+            if (!m.ok()) {
+                result.failure = "append for " + side.tenant + ": " + m.error().message;
+                return result;
+            }
+            side.written.push_back(content);
+            side.node.replicator->flush();
+        }
+        advance(20 + static_cast<int64_t>(rng_.below(60)));
+    }
+    // Healing.
+    lossy_ = false;
+    isolated_.clear();
+    trace("partition healed");
+    const int64_t healed_at = now();
+    std::string why;
+    if (!await_convergence(why)) {
+        result.failure = "no convergence within " + std::to_string(c_.quiesce_limit_ms) + " ms of healing: " + why;
+        if (trace_) dump();
+        return result;
+    }
+    result.converged_after_ms = now() - healed_at;
+    result.frames = frame_count_;
+    const auto members = member_ids();
+    for (auto& n : nodes_) {
+        for (const auto& side : sides) {
+            const std::string key = state::tenant_session_key(side.tenant, id);
+            const auto replicas = place_replicas(key, members, c_.replication_factor);
+            const bool replica = std::find(replicas.begin(), replicas.end(), n->identity.node_id) != replicas.end();
+            auto found = state::find_tenant_session(*n->store, side.tenant, id);
+            if (!found.ok()) {
+                if (!replica) continue;  // a node outside the replica set need not hold it
+                result.failure = "replica " + n->address + " has no session " + id + " of " + side.tenant + ": " +
+                                 found.error().message;
+                return result;
+            }
+            std::vector<std::string> contents;
+            for (const auto& m : found->session.messages) contents.push_back(m.content);
+            if (contents != side.written || found->session.tenant != side.tenant || found->key != key) {
+                std::string got;
+                for (const auto& c : contents) got += " [" + c + "]";
+                result.failure = n->address + ": " + side.tenant + "'s session " + id + " (key " + found->key +
+                                 ", tenant " + found->session.tenant + ") holds" + got;
+                return result;
+            }
+            const auto listed = state::list_tenant_sessions(*n->store, side.tenant);
+            if (listed.size() != 1 || listed[0].session.id != id) {
+                result.failure = n->address + " lists " + std::to_string(listed.size()) + " sessions of " +
+                                 side.tenant + ", not just " + id;
+                return result;
+            }
+        }
+    }
+    result.sessions_checked = static_cast<int>(sides.size());
+    result.ok = true;
+    return result;
+}
+
 }  // namespace
 
 FleetSimResult run_fleet_simulation(const FleetSimConfig& config) {
     Fleet fleet(config);
     return fleet.run();
+}
+
+FleetSimResult run_tenants_across_partition_simulation(const FleetSimConfig& config) {
+    Fleet fleet(config);
+    return fleet.run_tenants_across_partition();
 }
 
 std::string replay_hint(uint64_t seed, const char* test_name) {

@@ -2,6 +2,7 @@
 // faults, must keep every acknowledged write and converge once healed.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 
@@ -37,6 +38,23 @@ TEST(FleetSimulation, FaultsSeeds1100To1149) {
 }
 TEST(FleetSimulation, FaultsSeeds1150To1199) {
     run_seeds(faulty(), 1150, 50, "FaultsSeeds1150To1199", true);
+}
+
+// Tenants acme (on the cut-off node) and globex (on the other side) both
+// create session "shared" during a partition: once healed, two sessions.
+TEST(FleetSimulation, TwoTenantsCreatingOneIdAcrossAPartitionKeepTwoSessions) {
+    for (uint64_t seed : seeds(7000, 10)) {
+        for (int nodes : {2, 4}) {
+            FleetSimConfig c;
+            c.seed = seed;
+            c.nodes = nodes;
+            c.replication_factor = std::min(nodes, 3);
+            const auto r = run_tenants_across_partition_simulation(c);
+            ASSERT_TRUE(r.ok) << nodes << " nodes, seed " << seed << ": " << r.failure << "\n"
+                              << replay_hint(seed, "TwoTenantsCreatingOneIdAcrossAPartitionKeepTwoSessions");
+            EXPECT_EQ(r.sessions_checked, 2);
+        }
+    }
 }
 
 TEST(FleetSimulation, TwoNodesAllSessionsEverywhere) {

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include "serve/rate_limit.h"
+#include "serve/sessions.h"
+#include "state/tenant_sessions.h"
 
 namespace assistd::serve {
 namespace {
@@ -82,6 +84,15 @@ TEST(ApiKeySpec, BadEntriesSayWhatIsWrong) {
         ASSERT_FALSE(k.ok()) << spec;
         EXPECT_NE(k.error().message.find(want), std::string::npos) << spec << " -> " << k.error().message;
     }
+}
+
+// Session store keys are "<tenant>:<id>" and stay apart only while neither part can hold ':'.
+TEST(ApiKeySpec, NoTenantNameOrSessionIdCanHoldTheStoreKeySeparator) {
+    const std::string separator(1, state::kTenantKeySeparator);
+    EXPECT_FALSE(parse_api_key_spec(entry("k", "tenant=acme" + separator + "x")).ok());
+    EXPECT_FALSE(validate_session_id("chat" + separator + "1").ok());
+    EXPECT_TRUE(parse_api_key_spec(entry("k", "tenant=acme.x")).ok());
+    EXPECT_TRUE(validate_session_id("chat-1").ok());
 }
 
 TEST(ApiKeyTable, DuplicateHashesAreRefusedWithBothPositions) {

@@ -2,6 +2,8 @@
 // loopback port, a real session store, and the rate limiter on a ManualClock
 // so its windows pass only when the test says so.
 #include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -183,10 +185,17 @@ TEST_F(Tenants, ATenantSeesAndUsesOnlyItsOwnSessions) {
     EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/a-1?local=true", "", auth("key-a2")).status, 200);
     expect_error(exchange(s.port(), "DELETE", "/v1/sessions/a-1", "", auth("key-b")), 404, "session_not_found",
                  "DELETE another tenant's session");
-    expect_error(exchange(s.port(), "POST", kChat, turn("Let me in", 4, "a-1"), auth("key-b")), 404,
-                 "session_not_found", "chat in another tenant's session (body id)");
-    expect_error(exchange(s.port(), "POST", kChat, turn("Let me in", 4), auth("key-b") + "X-Session-Id: a-1\r\n"),
-                 404, "session_not_found", "chat in another tenant's session (header id)");
+    // A chat naming a's id starts b's own session of that id, as an unused id would, and continues it.
+    const Reply own = exchange(s.port(), "POST", kChat, turn("Let me in", 4, "a-1"), auth("key-b"));
+    ASSERT_EQ(own.status, 200) << own.body;
+    EXPECT_EQ(own.json_body()["session_id"], "a-1");
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("Still me", 4), auth("key-b") + "X-Session-Id: a-1\r\n").status,
+              200);
+    const Reply bs = exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-b"));
+    ASSERT_EQ(bs.status, 200) << bs.body;
+    ASSERT_EQ(bs.json_body()["messages"].size(), 4u);
+    EXPECT_EQ(bs.json_body()["messages"][0]["content"], "Let me in");
+    EXPECT_EQ(bs.json_body()["messages"][2]["content"], "Still me");
 
     // Nothing of b's reached a's session, and it is still there.
     const Reply after = exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-a"));
@@ -205,17 +214,158 @@ TEST_F(Tenants, ATenantSeesAndUsesOnlyItsOwnSessions) {
     };
     EXPECT_EQ(ids("key-a"), std::vector<std::string>{"a-1"});
     EXPECT_EQ(ids("key-a2"), std::vector<std::string>{"a-1"});
-    EXPECT_EQ(ids("key-b"), std::vector<std::string>{"b-1"});
+    EXPECT_EQ(ids("key-b"), (std::vector<std::string>{"a-1", "b-1"}));
 
     // The owner can delete it; then it is gone for both.
     EXPECT_EQ(exchange(s.port(), "DELETE", "/v1/sessions/a-1", "", auth("key-a")).status, 200);
     expect_error(exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-a")), 404, "session_not_found",
                  "GET after the owner deleted it");
     EXPECT_TRUE(ids("key-a").empty());
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions/a-1", "", auth("key-b")).json_body()["messages"].size(), 4u)
+        << "b's session of that id is b's own";
 
     const std::string m = s.metrics_text();
     EXPECT_GE(metric(m, "assistd_tenant_requests_total{status=\"200\",tenant=\"a\"}"), 5);
-    EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"404\",tenant=\"b\"}"), 7);  // 2 of them local reads
+    EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"404\",tenant=\"b\"}"), 5);  // 2 of them local reads
+}
+
+// The same id chosen by two tenants is two conversations; a third tenant
+// finds that id exactly as unused as one nobody chose.
+TEST_F(Tenants, TwoTenantsUsingOneSessionIdHaveTwoConversations) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}, {"key-b", "tenant=b"}, {"key-c", "tenant=c"}}));
+    auto chat = [&](const std::string& key, const std::string& user, const std::string& id) {
+        const Reply r = exchange(s.port(), "POST", kChat, turn(user, 4, id), auth(key));
+        EXPECT_EQ(r.status, 200) << key << " " << user << ": " << r.body;
+        if (r.status == 200) {
+            EXPECT_EQ(r.json_body()["session_id"], id);
+        }
+    };
+    chat("key-a", "Hello from a", "shared");
+    chat("key-b", "Greetings from b", "shared");
+    chat("key-a", "And a again", "shared");
+    const Reply header_turn =
+        exchange(s.port(), "POST", kChat, turn("b goes on", 4), auth("key-b") + "X-Session-Id: shared\r\n");
+    ASSERT_EQ(header_turn.status, 200) << header_turn.body;
+
+    // Each tenant reads its own conversation, whole, and nothing of the other's.
+    auto user_messages = [&](const std::string& key, const std::string& id) {
+        std::vector<std::string> out;
+        const Reply r = exchange(s.port(), "GET", "/v1/sessions/" + id, "", auth(key));
+        EXPECT_EQ(r.status, 200) << key << ": " << r.body;
+        if (r.status != 200) return out;
+        const json messages = r.json_body()["messages"];
+        for (size_t i = 0; i < messages.size(); ++i) {
+            EXPECT_EQ(messages[i]["role"], i % 2 == 0 ? "user" : "assistant") << key << " message " << i;
+            if (i % 2 == 0) out.push_back(messages[i]["content"]);
+        }
+        EXPECT_EQ(messages.size(), 2 * out.size()) << key << ": every turn has its answer";
+        return out;
+    };
+    EXPECT_EQ(user_messages("key-a", "shared"), (std::vector<std::string>{"Hello from a", "And a again"}));
+    EXPECT_EQ(user_messages("key-b", "shared"), (std::vector<std::string>{"Greetings from b", "b goes on"}));
+    for (const char* key : {"key-a", "key-b"}) {
+        const Reply list = exchange(s.port(), "GET", "/v1/sessions", "", auth(key));
+        ASSERT_EQ(list.status, 200) << list.body;
+        ASSERT_EQ(list.json_body()["data"].size(), 1u) << key << ": " << list.body;
+        EXPECT_EQ(list.json_body()["data"][0]["id"], "shared");
+        EXPECT_EQ(list.json_body()["data"][0]["message_count"], 4);
+    }
+
+    // Tenant c: "shared" (used by a and b) and "unused" (by nobody) answer alike, byte for byte.
+    auto as_unused = [](std::string body) {
+        for (size_t at = body.find("shared"); at != std::string::npos; at = body.find("shared", at))
+            body.replace(at, 6, "unused");
+        return body;
+    };
+    for (const auto& [method, suffix] : std::vector<std::pair<std::string, std::string>>{
+             {"GET", ""}, {"GET", "?local=true"}, {"DELETE", ""}}) {
+        const Reply used = exchange(s.port(), method, "/v1/sessions/shared" + suffix, "", auth("key-c"));
+        const Reply unused = exchange(s.port(), method, "/v1/sessions/unused" + suffix, "", auth("key-c"));
+        expect_error(used, 404, "session_not_found", method + " another tenant's id" + suffix);
+        EXPECT_EQ(as_unused(used.body), unused.body) << method << suffix;
+    }
+    const Reply c_list = exchange(s.port(), "GET", "/v1/sessions", "", auth("key-c"));
+    EXPECT_EQ(c_list.json_body()["data"].size(), 0u) << c_list.body;
+    // A chat with either id starts c's own session, holding only c's turn.
+    chat("key-c", "c was here", "shared");
+    chat("key-c", "c was here", "unused");
+    EXPECT_EQ(user_messages("key-c", "shared"), std::vector<std::string>{"c was here"});
+    EXPECT_EQ(user_messages("key-c", "unused"), std::vector<std::string>{"c was here"});
+    EXPECT_EQ(user_messages("key-a", "shared").size(), 2u);
+    EXPECT_EQ(user_messages("key-b", "shared").size(), 2u);
+
+    // a deletes its session: b's stays; the id stays gone for a only.
+    ASSERT_EQ(exchange(s.port(), "DELETE", "/v1/sessions/shared", "", auth("key-a")).status, 200);
+    expect_error(exchange(s.port(), "GET", "/v1/sessions/shared", "", auth("key-a")), 404, "session_not_found",
+                 "a's deleted session");
+    expect_error(exchange(s.port(), "POST", kChat, turn("Back again", 4, "shared"), auth("key-a")), 404,
+                 "session_not_found", "a chat in a's deleted session");
+    EXPECT_EQ(user_messages("key-b", "shared"), (std::vector<std::string>{"Greetings from b", "b goes on"}));
+    chat("key-b", "b still here", "shared");
+    EXPECT_EQ(user_messages("key-b", "shared").size(), 3u);
+}
+
+// One tenant's turn in progress holds up that tenant's session only: another
+// tenant's request with the same id is not told (409) that the id is in use.
+TEST_F(Tenants, ABusySessionOfOneTenantDoesNotHoldUpAnothersSameId) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}, {"key-b", "tenant=b"}}));
+    json long_turn = json::parse(turn("Tell me a story", 200, "busy"));
+    long_turn["stream"] = true;
+    long_turn["ignore_eos"] = true;  // runs for all 200 tokens
+    const int fd = connect_loopback(s.port());
+    ASSERT_GE(fd, 0);
+    send_all(fd, request_text("POST", kChat, long_turn.dump(), true, auth("key-a")));
+    std::string raw;
+    char buf[4096];
+    while (raw.find("data: {") == std::string::npos) {  // a's turn is running
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n <= 0) break;
+        raw.append(buf, static_cast<size_t>(n));
+    }
+    ASSERT_NE(raw.find("data: {"), std::string::npos) << raw;
+    expect_error(exchange(s.port(), "POST", kChat, turn("Me too", 4, "busy"), auth("key-a")), 409, "session_busy",
+                 "a's own second turn");
+    const Reply b = exchange(s.port(), "POST", kChat, turn("Not busy for me", 4, "busy"), auth("key-b"));
+    EXPECT_EQ(b.status, 200) << b.body;
+    raw += read_to_eof(fd);
+    ::close(fd);
+}
+
+// A state directory of an earlier version holds sessions under their bare id
+// with the tenant in the document: they stay their tenant's, where they are.
+TEST_F(Tenants, SessionsStoredByEarlierVersionsStayTheirTenants) {
+    KeyedServer s(*model_, keys_of({{"key-a", "tenant=a"}, {"key-b", "tenant=b"}}));
+    state::SessionStore& store = s.sessions->store();
+    ASSERT_TRUE(store.create("old", "a", "from before").ok());  // as earlier versions wrote it
+    ASSERT_TRUE(store.append_message("old", {"user", "asked before the upgrade"}).ok());
+    ASSERT_TRUE(store.append_message("old", {"assistant", "answered before the upgrade"}).ok());
+
+    const Reply a = exchange(s.port(), "GET", "/v1/sessions/old", "", auth("key-a"));
+    ASSERT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.json_body()["id"], "old");
+    EXPECT_EQ(a.json_body()["messages"][0]["content"], "asked before the upgrade");
+    const Reply listed = exchange(s.port(), "GET", "/v1/sessions", "", auth("key-a"));
+    ASSERT_EQ(listed.json_body()["data"].size(), 1u) << listed.body;
+    EXPECT_EQ(listed.json_body()["data"][0]["id"], "old");
+    // b: not found, as an unused id, and a chat starts b's own.
+    const Reply b = exchange(s.port(), "GET", "/v1/sessions/old", "", auth("key-b"));
+    const Reply unused = exchange(s.port(), "GET", "/v1/sessions/new", "", auth("key-b"));
+    expect_error(b, 404, "session_not_found", "b reads a's session of an earlier version");
+    std::string b_body = b.body;
+    b_body.replace(b_body.find("old"), 3, "new");
+    EXPECT_EQ(b_body, unused.body);
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("b's own", 4, "old"), auth("key-b")).status, 200);
+
+    // a's next turn continues the old session, under its old key.
+    ASSERT_EQ(exchange(s.port(), "POST", kChat, turn("asked after it", 4, "old"), auth("key-a")).status, 200);
+    auto stored = store.get("old");
+    ASSERT_TRUE(stored.ok());
+    ASSERT_EQ(stored->messages.size(), 4u);
+    EXPECT_EQ(stored->messages[2].content, "asked after it");
+    const Reply b_after = exchange(s.port(), "GET", "/v1/sessions/old", "", auth("key-b"));
+    ASSERT_EQ(b_after.status, 200) << b_after.body;
+    ASSERT_EQ(b_after.json_body()["messages"].size(), 2u);
+    EXPECT_EQ(b_after.json_body()["messages"][0]["content"], "b's own");
 }
 
 TEST_F(Tenants, RequestsPerMinuteLimitAnswers429ThenRecoversWhenTheClockMoves) {
