@@ -345,7 +345,16 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     if (open_files != 0) hc.max_connections = connections_for_open_file_limit(open_files);
     auto server = HttpServer::start(hc, [&routes, &node_header](const HttpRequest& r) {
         HttpResponse response = routes.handle(r);
-        if (!node_header.empty()) response.headers.emplace_back("X-Assistd-Node", node_header);
+        if (node_header.empty()) return response;
+        if (response.deferred) {  // the header goes on what the deferred work answers
+            response.deferred = [inner = std::move(response.deferred), &node_header] {
+                HttpResponse answered = inner();
+                answered.headers.emplace_back("X-Assistd-Node", node_header);
+                return answered;
+            };
+        } else {
+            response.headers.emplace_back("X-Assistd-Node", node_header);
+        }
         return response;
     });
     if (!server) {

@@ -62,7 +62,8 @@ struct HttpResponse {
     bool stream = false;               // with async: sent chunked as it comes (SSE)
     // Set: the response is not known yet. The server runs this on its
     // blocking pool (never on an I/O thread) and answers with what it returns
-    // (which may have an async body; it is not deferred again).
+    // (which may have an async body; it is not deferred again). Only what it
+    // returns is sent: status, headers and body of this one are ignored.
     std::function<HttpResponse()> deferred;
 };
 
