@@ -69,6 +69,8 @@ struct ServeOptions {
     std::string listen_peer = "0.0.0.0:9090";
     std::string advertise_peer;        // empty: the --listen-peer address
     size_t store_threads = 16;
+    std::string metrics_listen;       // host:port of a listener for /metrics alone; empty: the API port serves it
+    bool metrics_tenant_labels = true;
     std::string peer_tls_cert, peer_tls_key, peer_tls_ca;
     bool peer_insecure = false;
     size_t max_peer_links = 256;
@@ -309,7 +311,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     sc.prefix_cache = o.prefix_cache && o.prefix_cache_sequences > 0;
     sc.prefix_cache_blocks = o.prefix_cache_blocks;
     sc.prefix_cache_min_tokens = o.prefix_cache_min_tokens;
-    ServeMetrics metrics;
+    ServeMetrics metrics(o.metrics_tenant_labels);
     Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);
     scheduler.start();
 
@@ -333,6 +335,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     // Session-store work (fsyncs; in a fleet, replica acks, fetches, quorum reads) waits here, not on I/O threads.
     BlockingPool store_work(std::max<size_t>(1, o.store_threads));
     rc.blocking = &store_work;
+    rc.serve_metrics = o.metrics_listen.empty();
     OpenAiRoutes routes(*model, scheduler, metrics, SystemClock::instance(), rc, session_store,
                         web ? &*web : nullptr, {&*keys, &limiter});
 
@@ -360,6 +363,47 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     if (!server) {
         std::fprintf(stderr, "assistd serve: %s\n", server.error().message.c_str());
         return 2;
+    }
+    // /metrics on an address of its own (an operators' network), so it need not face clients.
+    std::unique_ptr<HttpServer> metrics_server;
+    if (!o.metrics_listen.empty()) {
+        HttpServerConfig mc;
+        const auto colon = o.metrics_listen.rfind(':');
+        int metrics_port = -1;
+        if (colon != std::string::npos && colon > 0) {
+            const std::string port_text = o.metrics_listen.substr(colon + 1);
+            if (!port_text.empty() && port_text.size() <= 5 &&
+                port_text.find_first_not_of("0123456789") == std::string::npos)
+                metrics_port = std::stoi(port_text);
+        }
+        if (metrics_port < 0 || metrics_port > 65535) {
+            std::fprintf(stderr, "assistd serve: --metrics-listen '%s' must be host:port\n", o.metrics_listen.c_str());
+            return 2;
+        }
+        mc.host = o.metrics_listen.substr(0, colon);
+        if (mc.host.size() >= 2 && mc.host.front() == '[') mc.host = mc.host.substr(1, mc.host.size() - 2);
+        mc.port = static_cast<uint16_t>(metrics_port);
+        mc.io_threads = 1;
+        mc.max_connections = 64;
+        auto started = HttpServer::start(mc, [&metrics, &scheduler, &node_header](const HttpRequest& r) {
+            HttpResponse res;
+            if (r.method == "GET" && r.target.substr(0, r.target.find('?')) == "/metrics") {
+                res.content_type = "text/plain; version=0.0.4";
+                res.body = metrics.render(scheduler.stats());
+            } else {
+                res.status = 404;
+                res.body = R"({"error":{"message":"this address serves GET /metrics only","type":"invalid_request_error","param":null,"code":"unknown_url"}})";
+            }
+            if (!node_header.empty()) res.headers.emplace_back("X-Assistd-Node", node_header);
+            return res;
+        });
+        if (!started) {
+            std::fprintf(stderr, "assistd serve: --metrics-listen: %s\n", started.error().message.c_str());
+            return 2;
+        }
+        metrics_server = std::move(*started);
+        std::fprintf(stderr, "assistd serve: metrics on http://%s:%u/metrics (not on the API port)\n", mc.host.c_str(),
+                     metrics_server->port());
     }
     std::fprintf(stderr, "assistd serve: model '%s' (%s, %zu ctx) on http://%s:%u  precision %s\n", rc.model_id.c_str(),
                  model->info().arch_name.c_str(), model->info().n_ctx, o.host.c_str(), (*server)->port(),
@@ -429,6 +473,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     }
 #endif
     (*server)->stop();
+    if (metrics_server) metrics_server->stop();
     store_work.stop();  // answers of requests the server let go of are stored before the store closes
     scheduler.stop();
     std::fprintf(stderr, "assistd serve: stopped (%zu requests cut off by the grace period)\n", left);
@@ -446,6 +491,12 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--host", o->host, "Address to bind")->capture_default_str();
     cmd->add_option("--port", o->port, "Port to bind (0: any free port)")->capture_default_str();
     cmd->add_option("--io-threads", o->io_threads, "HTTP I/O threads")->capture_default_str();
+    cmd->add_option("--metrics-listen", o->metrics_listen,
+                    "host:port of a listener that serves GET /metrics alone (the API port then does not); "
+                    "default: /metrics on the API port");
+    cmd->add_option("--metrics-tenant-labels", o->metrics_tenant_labels,
+                    "Label per-tenant series with the tenant's name (false: tenant=\"all\") (true/false)")
+        ->capture_default_str();
     cmd->add_option("--store-threads", o->store_threads,
                     "Threads that run requests' session-store work (fsyncs; in a fleet, waits for replicas) "
                     "while the HTTP I/O threads go on serving")

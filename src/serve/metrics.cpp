@@ -21,7 +21,8 @@ const engine::Precision kPrecisions[] = {engine::Precision::kNative, engine::Pre
                                          engine::Precision::kFP16, engine::Precision::kBF16};
 }  // namespace
 
-ServeMetrics::ServeMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
+ServeMetrics::ServeMetrics(bool tenant_labels)
+    : tenant_labels_(tenant_labels), registry_(std::make_shared<prometheus::Registry>()) {
     using namespace prometheus;
     requests_ = &BuildCounter()
                      .Name("assistd_http_requests_total")
@@ -114,21 +115,21 @@ void ServeMetrics::count_request(std::string_view route, int status) {
 
 void ServeMetrics::register_tenants(const std::vector<std::string>& tenants) {
     for (const auto& t : tenants) {
-        rate_limited_->Add({{"tenant", t}, {"limit", "requests"}});
-        rate_limited_->Add({{"tenant", t}, {"limit", "tokens"}});
+        rate_limited_->Add({{"tenant", tenant_label(t)}, {"limit", "requests"}});
+        rate_limited_->Add({{"tenant", tenant_label(t)}, {"limit", "tokens"}});
     }
 }
 
 void ServeMetrics::count_tenant_request(std::string_view tenant, int status) {
-    tenant_requests_->Add({{"tenant", std::string(tenant)}, {"status", std::to_string(status)}}).Increment();
+    tenant_requests_->Add({{"tenant", tenant_label(tenant)}, {"status", std::to_string(status)}}).Increment();
 }
 
 void ServeMetrics::count_rate_limited(std::string_view tenant, std::string_view limit) {
-    rate_limited_->Add({{"tenant", std::string(tenant)}, {"limit", std::string(limit)}}).Increment();
+    rate_limited_->Add({{"tenant", tenant_label(tenant)}, {"limit", std::string(limit)}}).Increment();
 }
 
 void ServeMetrics::count_tenant_precision(std::string_view tenant, std::string_view precision) {
-    tenant_precision_->Add({{"tenant", std::string(tenant)}, {"precision", std::string(precision)}}).Increment();
+    tenant_precision_->Add({{"tenant", tenant_label(tenant)}, {"precision", std::string(precision)}}).Increment();
 }
 
 void ServeMetrics::on_step(const StepReport& r) {

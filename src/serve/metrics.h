@@ -50,7 +50,9 @@ struct ClusterFigures {
 
 class ServeMetrics final : public SchedulerObserver {
 public:
-    ServeMetrics();
+    // tenant_labels false: the per-tenant series carry tenant="all", so a
+    // scrape does not list the tenants (who the customers are).
+    explicit ServeMetrics(bool tenant_labels = true);
     ~ServeMetrics() override;
 
     void count_request(std::string_view route, int status);
@@ -73,6 +75,9 @@ public:
     std::string render(const SchedulerStats& stats);
 
 private:
+    std::string tenant_label(std::string_view tenant) const { return tenant_labels_ ? std::string(tenant) : "all"; }
+
+    bool tenant_labels_;
     std::shared_ptr<prometheus::Registry> registry_;
     prometheus::Family<prometheus::Counter>* requests_;
     prometheus::Family<prometheus::Counter>* precision_switches_;

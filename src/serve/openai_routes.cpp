@@ -522,7 +522,7 @@ HttpResponse OpenAiRoutes::respond(const HttpRequest& request) {
             r = json_response(503, {{"status", "joining"}});
         else
             r = json_response(200, {{"status", "ready"}});
-    } else if (request.method == "GET" && path == "/metrics") {
+    } else if (config_.serve_metrics && request.method == "GET" && path == "/metrics") {
         r.content_type = "text/plain; version=0.0.4";
         r.body = metrics_.render(scheduler_.stats());
     } else if (request.method == "GET" && path == "/v1/models") {

@@ -38,6 +38,7 @@ struct OpenAiRoutesConfig {
     size_t default_max_tokens = 1024;   // when a request gives none (capped by the context)
     int64_t queue_timeout_ms = 30000;   // a request queued longer is answered 503
     int retry_after_s = 1;
+    bool serve_metrics = true;          // false: /metrics is served on its own address, not here
     size_t max_stop_strings = 16;
     uint64_t seed = 0;                  // mixed into the seeds of requests that give none
     size_t max_messages = 256;          // messages in one chat request; 0: no limit

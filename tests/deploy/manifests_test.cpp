@@ -220,6 +220,8 @@ TEST(DeployManifests, DeploymentFlagsAndConfigKeysAreFlagsOfTheBinary) {
               std::string::npos);
 }
 
+int port_of(const std::string& address);
+
 TEST(DeployManifests, ProbesPortsAndServicesAgree) {
     const YAML::Node deployment = find_kind("Deployment", "assistd");
     const YAML::Node main = container(deployment, "assistd");
@@ -250,14 +252,27 @@ TEST(DeployManifests, ProbesPortsAndServicesAgree) {
     EXPECT_TRUE(peers["spec"]["publishNotReadyAddresses"].as<bool>());
     EXPECT_TRUE(selects(find_kind("PodDisruptionBudget", "assistd")["spec"]["selector"]["matchLabels"]));
 
-    // The ServiceMonitor scrapes a named port of the client Service at /metrics.
+    // The ServiceMonitor scrapes /metrics at the metrics Service's port, which is the
+    // container port the config's metrics-listen binds; the client Service does not publish it.
     const YAML::Node monitor = find_kind("ServiceMonitor", "assistd");
     const YAML::Node endpoint = monitor["spec"]["endpoints"][0];
     EXPECT_EQ(endpoint["path"].as<std::string>(), "/metrics");
+    const YAML::Node metrics_service = find_kind("Service", "assistd-metrics");
+    for (const auto& kv : monitor["spec"]["selector"]["matchLabels"])
+        EXPECT_EQ(metrics_service["metadata"]["labels"][kv.first.as<std::string>()].as<std::string>(),
+                  kv.second.as<std::string>())
+            << "the ServiceMonitor does not select the metrics Service";
     bool port_found = false;
+    for (const auto& p : metrics_service["spec"]["ports"])
+        if (p["name"].as<std::string>() == endpoint["port"].as<std::string>()) {
+            port_found = true;
+            EXPECT_EQ(p["targetPort"].as<std::string>(), "metrics");
+        }
+    EXPECT_TRUE(port_found) << "the ServiceMonitor scrapes a port the metrics Service does not have";
+    ASSERT_TRUE(config_yaml()["metrics-listen"]) << "config.yaml must put /metrics on its own port";
+    EXPECT_EQ(named_port(main, "metrics"), port_of(config_yaml()["metrics-listen"].as<std::string>()));
     for (const auto& p : find_kind("Service", "assistd")["spec"]["ports"])
-        if (p["name"].as<std::string>() == endpoint["port"].as<std::string>()) port_found = true;
-    EXPECT_TRUE(port_found) << "the ServiceMonitor scrapes a port the Service does not have";
+        EXPECT_NE(p["targetPort"].as<std::string>(), "metrics") << "clients must not reach /metrics";
 }
 
 // "host:port" -> port (-1 when there is none).

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "http_test_client.h"
 
@@ -101,6 +102,107 @@ TEST(ServeCommand, SigtermDrainsARunningStreamThenExitsZero) {
     ::close(err_pipe[0]);
     ASSERT_TRUE(WIFEXITED(status));
     EXPECT_EQ(WEXITSTATUS(status), 0);
+}
+
+// Starts `assistd serve` with `args`; its pid and the stderr pipe. The caller reads the banner.
+struct ServeProcess {
+    pid_t pid = -1;
+    int err = -1;
+    std::string log;
+    ~ServeProcess() {
+        if (pid > 0) {
+            ::kill(pid, SIGKILL);
+            ::waitpid(pid, nullptr, 0);
+        }
+        if (err >= 0) ::close(err);
+    }
+    // Reads stderr until `marker` followed by a port and a space appeared (bounded); the port, or 0.
+    uint16_t port_after(const std::string& marker) {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        for (;;) {
+            const size_t at = log.find(marker);
+            if (at != std::string::npos && log.find(' ', at + marker.size()) != std::string::npos)
+                return static_cast<uint16_t>(std::stoi(log.substr(at + marker.size())));
+            if (std::chrono::steady_clock::now() >= until) return 0;
+            pollfd p{err, POLLIN, 0};
+            if (::poll(&p, 1, 100) <= 0) continue;
+            char buf[512];
+            const ssize_t n = ::read(err, buf, sizeof buf);
+            if (n <= 0) return 0;
+            log.append(buf, static_cast<size_t>(n));
+        }
+    }
+};
+
+void start_serve(ServeProcess& p, std::vector<std::string> args) {
+    int err_pipe[2];
+    ASSERT_EQ(::pipe(err_pipe), 0);
+    args.insert(args.begin(), {ASSISTD_BINARY, "serve"});
+    p.pid = ::fork();
+    ASSERT_GE(p.pid, 0);
+    if (p.pid == 0) {
+        ::dup2(err_pipe[1], 2);
+        ::close(err_pipe[0]);
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        ::execv(argv[0], argv.data());
+        ::_exit(127);
+    }
+    ::close(err_pipe[1]);
+    p.err = err_pipe[0];
+}
+
+TEST(ServeCommand, MetricsOnTheirOwnAddressLeaveTheApiPortAndCanHideTenantNames) {
+    if (!std::filesystem::exists(kStories)) GTEST_SKIP() << "no " << kStories;
+    // The key "test-key-1" of tenant acme-secret.
+    ServeProcess p;
+    ASSERT_NO_FATAL_FAILURE(start_serve(
+        p, {"--model", kStories, "--port", "0", "--threads", "1", "--metrics-listen", "127.0.0.1:0",
+            "--metrics-tenant-labels", "false", "--api-key",
+            "sha256=1255558df586ae279007fffa27ec17451d1507f7ac5442add9ffbc070f9f623b,tenant=acme-secret"}));
+    const uint16_t api = p.port_after("ctx) on http://127.0.0.1:");
+    const uint16_t metrics = p.port_after("metrics on http://127.0.0.1:");
+    ASSERT_NE(api, 0) << p.log;
+    ASSERT_NE(metrics, 0) << p.log;
+    ASSERT_NE(api, metrics);
+    // A request of the tenant, so its series exist.
+    const std::string body = R"({"messages":[{"role":"user","content":"Hi"}],"max_tokens":2})";
+    const int fd = connect_loopback(api);
+    ASSERT_GE(fd, 0);
+    const std::string req = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                            "Authorization: Bearer test-key-1\r\nContent-Length: " +
+                            std::to_string(body.size()) + "\r\n\r\n" + body;
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    std::string answer;
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) answer.append(buf, static_cast<size_t>(n));
+    ::close(fd);
+    ASSERT_NE(answer.find("200 OK"), std::string::npos) << answer;
+
+    EXPECT_NE(http(api, "GET", "/metrics").find("404"), std::string::npos) << "the API port must not serve /metrics";
+    const std::string page = http(metrics, "GET", "/metrics");
+    EXPECT_NE(page.find("200 OK"), std::string::npos) << page;
+    EXPECT_NE(page.find(R"(assistd_tenant_requests_total{status="200",tenant="all"} 1)"), std::string::npos) << page;
+    EXPECT_EQ(page.find("acme-secret"), std::string::npos) << "a tenant's name reached /metrics";
+    EXPECT_NE(http(metrics, "GET", "/v1/models").find("404"), std::string::npos) << "the metrics address serves the API";
+}
+
+TEST(ServeCommand, ABadMetricsAddressIsAClearErrorWithStatus2) {
+    if (!std::filesystem::exists(kStories)) GTEST_SKIP() << "no " << kStories;
+    ServeProcess p;
+    ASSERT_NO_FATAL_FAILURE(start_serve(p, {"--model", kStories, "--port", "0", "--metrics-listen", "nohostport"}));
+    int status = 0;
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+    pid_t done = 0;
+    while ((done = ::waitpid(p.pid, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_EQ(done, p.pid);
+    p.pid = -1;
+    p.port_after("never");  // collect the log
+    EXPECT_TRUE(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 2);
+    EXPECT_NE(p.log.find("--metrics-listen 'nohostport' must be host:port"), std::string::npos) << p.log;
 }
 
 }  // namespace
