@@ -81,6 +81,13 @@ std::string read_to_eof(int fd);
 Reply exchange(uint16_t port, const std::string& method, const std::string& path,
                const std::string& body = "", const std::string& extra_headers = "");
 
+// Tokens per stream so that `streams` concurrent streams of that length finish
+// within `seconds` on this machine, as the server at `port` decodes now (a
+// sanitizer build or a slow machine decodes several times slower): measured
+// with a short concurrent burst of completions, clamped to [min_tokens, max_tokens].
+size_t stream_tokens_within(uint16_t port, size_t streams, double seconds, size_t min_tokens,
+                            size_t max_tokens);
+
 // The concatenated content of an SSE chat or completion stream; checks the framing.
 std::string sse_text(const std::string& body, bool chat, nlohmann::json* usage = nullptr,
                      std::string* finish = nullptr);

@@ -7,6 +7,11 @@
 #include <cctype>
 #include <cstdlib>
 
+#include <atomic>
+#include <thread>
+#include <chrono>
+#include <algorithm>
+#include <vector>
 #include "http_test_client.h"
 
 #include "engine/random_model.h"
@@ -151,6 +156,26 @@ Reply exchange(uint16_t port, const std::string& method, const std::string& path
     Reply r;
     EXPECT_GT(parse_reply(raw, r), 0u) << raw;
     return r;
+}
+
+size_t stream_tokens_within(uint16_t port, size_t streams, double seconds, size_t min_tokens,
+                            size_t max_tokens) {
+    constexpr size_t kBurst = 8, kBurstTokens = 64;
+    const std::string body = json{{"prompt", "Once upon a time"}, {"max_tokens", kBurstTokens},
+                                  {"ignore_eos", true}}.dump();
+    std::atomic<size_t> answered{0};
+    const auto t0 = std::chrono::steady_clock::now();
+    std::vector<std::thread> burst;
+    for (size_t i = 0; i < kBurst; ++i)
+        burst.emplace_back([&] {
+            if (exchange(port, "POST", "/v1/completions", body).status == 200) ++answered;
+        });
+    for (auto& t : burst) t.join();
+    const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (answered.load() == 0 || elapsed <= 0) return min_tokens;
+    const double tokens_per_second = static_cast<double>(answered.load() * kBurstTokens) / elapsed;
+    const double fits = tokens_per_second * seconds / static_cast<double>(std::max<size_t>(1, streams));
+    return std::clamp(static_cast<size_t>(fits), min_tokens, max_tokens);
 }
 
 std::string sse_text(const std::string& body, bool chat, json* usage, std::string* finish) {
