@@ -124,6 +124,19 @@ public:
     // Prepares the weights of a precision ahead of use (conversion is
     // otherwise lazy, on the first decode at that precision).
     virtual Status prepare_precision(Precision precision) = 0;
+
+    // A sequence's computed context, portable to another instance of the same
+    // model (kv_blob.h): positions [begin, end) of `seq`, with `tokens`, their
+    // ids (the engine does not keep them), recorded for the importer to check.
+    virtual Result<std::string> export_kv(SequenceId seq, size_t begin, size_t end,
+                                          std::span<const TokenId> tokens) = 0;
+    // Appends an exported blob's positions to `seq` (whose length must be the
+    // blob's first position) and returns their token ids. A blob of another
+    // model, KV type or RoPE setting, or a damaged one, is refused and nothing
+    // is written.
+    virtual Result<std::vector<TokenId>> import_kv(SequenceId seq, std::string_view blob) = 0;
+    // What export_kv tags its blobs with: the model's weights, shapes, RoPE and KV type.
+    virtual uint64_t kv_fingerprint() const = 0;
 };
 
 struct SamplerParams {

@@ -17,6 +17,7 @@
 #include "engine/engine.h"
 #include "engine/gguf.h"
 #include "engine/kernels/kernels.h"
+#include "engine/kv_blob.h"
 #include "engine/kv_cache.h"
 #include "engine/model_loader.h"
 #include "engine/thread_pool.h"
@@ -124,6 +125,20 @@ public:
         return {};
     }
 
+    Result<std::string> export_kv(SequenceId seq, size_t begin, size_t end, std::span<const TokenId> tokens) override {
+        return encode_kv_blob(kv_, seq, begin, end, tokens, kv_fingerprint_);
+    }
+    Result<std::vector<TokenId>> import_kv(SequenceId seq, std::string_view blob) override {
+        auto view = parse_kv_blob(blob);
+        if (!view) return view.error();
+        for (TokenId t : view->tokens)
+            if (t < 0 || static_cast<size_t>(t) >= info_.n_vocab)
+                return make_error(ErrorCode::kCorrupt, fmt::format("KV blob: token id {} is not in the vocabulary", t));
+        if (auto st = append_kv_blob(kv_, seq, *view, kv_fingerprint_); !st) return st.error();
+        return std::move(view->tokens);
+    }
+    uint64_t kv_fingerprint() const override { return kv_fingerprint_; }
+
 private:
     Result<WeightSet*> weights_for(Precision p);
     Result<Matrix> convert_matrix(const GgufTensor& t, DType target, bool copy_native, WeightSet& set);
@@ -146,6 +161,7 @@ private:
     ChatTemplate chat_template_;
     std::unique_ptr<ThreadPool> pool_;
     KvCache kv_;
+    uint64_t kv_fingerprint_ = 0;
 
     // Precision sets, created on first use, evicted LRU beyond the budget.
     std::map<Precision, std::unique_ptr<WeightSet>> sets_;
@@ -230,6 +246,7 @@ Status LlamaModel::init() {
     auto kv = KvCache::create(shape);
     if (!kv) return kv.error();
     kv_ = std::move(*kv);
+    kv_fingerprint_ = engine::kv_fingerprint(*file_, info_, params_.kv_type);
 
     // Small F32 vectors.
     output_norm_ = f32_vector(tensors_.output_norm);
