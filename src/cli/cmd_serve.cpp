@@ -26,6 +26,7 @@
 #include "serve/auth.h"
 #include "serve/http_server.h"
 #include "serve/blocking_pool.h"
+#include "serve/kv_disk_tier.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/rate_limit.h"
@@ -69,6 +70,8 @@ struct ServeOptions {
     std::string listen_peer = "0.0.0.0:9090";
     std::string advertise_peer;        // empty: the --listen-peer address
     size_t store_threads = 16;
+    std::string kv_disk_dir;          // the prefix cache's disk tier; empty: none
+    size_t kv_disk_mib = 4096;
     std::string metrics_listen;       // host:port of a listener for /metrics alone; empty: the API port serves it
     bool metrics_tenant_labels = true;
     std::string peer_tls_cert, peer_tls_key, peer_tls_ca;
@@ -311,6 +314,27 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     sc.prefix_cache = o.prefix_cache && o.prefix_cache_sequences > 0;
     sc.prefix_cache_blocks = o.prefix_cache_blocks;
     sc.prefix_cache_min_tokens = o.prefix_cache_min_tokens;
+    std::unique_ptr<KvDiskTier> kv_disk;
+    if (!o.kv_disk_dir.empty()) {
+        KvDiskTierConfig kc;
+        kc.dir = o.kv_disk_dir;
+        kc.max_bytes = static_cast<uint64_t>(o.kv_disk_mib) << 20;
+        kc.min_match_tokens = o.prefix_cache_min_tokens;
+        if (!sc.prefix_cache) {
+            std::fprintf(stderr, "assistd serve: --kv-disk-dir needs the prefix cache (--prefix-cache true)\n");
+            return 2;
+        }
+        auto tier = KvDiskTier::open(kc, model->kv_fingerprint());
+        if (!tier) {
+            std::fprintf(stderr, "assistd serve: --kv-disk-dir: %s\n", tier.error().message.c_str());
+            return 2;
+        }
+        kv_disk = std::move(*tier);
+        sc.kv_disk = kv_disk.get();
+        const auto d = kv_disk->stats();
+        std::fprintf(stderr, "assistd serve: KV disk tier in %s, up to %zu MiB; %zu conversations' KV found there\n",
+                     o.kv_disk_dir.c_str(), o.kv_disk_mib, d.entries);
+    }
     ServeMetrics metrics(o.metrics_tenant_labels);
     Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);
     scheduler.start();
@@ -544,6 +568,11 @@ void register_serve(CLI::App& app, int& exit_code) {
         ->capture_default_str();
     cmd->add_option("--prefix-cache-min-tokens", o->prefix_cache_min_tokens,
                     "Shortest common prefix worth reusing")
+        ->capture_default_str();
+    cmd->add_option("--kv-disk-dir", o->kv_disk_dir,
+                    "Directory where the KV of conversations that leave the prefix cache is kept, so a returning "
+                    "conversation (or this node after a restart) reads it back instead of prefilling; none: off");
+    cmd->add_option("--kv-disk-mib", o->kv_disk_mib, "Budget of --kv-disk-dir in MiB (least recently used out first)")
         ->capture_default_str();
     cmd->add_option("--node-id", o->node_id,
                     "This node's id in a fleet: 1-16 hex digits, or a name such as the pod name (hashed); "

@@ -14,6 +14,7 @@ namespace {
 constexpr char kMagic[4] = {'A', 'K', 'V', '1'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderBytes = 4 + 4 + 8 + 4 + 4 + 4 + 4 + 8 + 8;
+static_assert(kHeaderBytes == kKvBlobHeaderBytes);
 
 void put32(std::string& out, uint32_t v) {
     char b[4];
@@ -171,6 +172,34 @@ Result<KvBlobView> parse_kv_blob(std::string_view blob) {
     v.tokens.reserve(count);
     for (uint64_t i = 0; i < count; ++i) v.tokens.push_back(static_cast<TokenId>(get32(p + kHeaderBytes + 4 * i)));
     v.rows = blob.substr(kHeaderBytes + 4 * count, blob.size() - 8 - kHeaderBytes - 4 * count);
+    return v;
+}
+
+Result<size_t> kv_blob_prefix_bytes(std::string_view header) {
+    if (header.size() < kHeaderBytes || std::memcmp(header.data(), kMagic, 4) != 0)
+        return make_error(ErrorCode::kCorrupt, "KV blob: no AKV1 header");
+    const uint64_t count = get64(header.data() + 40);
+    if (count > (uint64_t{1} << 24)) return make_error(ErrorCode::kCorrupt, "KV blob: absurd count");
+    return kHeaderBytes + 4 * static_cast<size_t>(count);
+}
+
+Result<KvBlobView> parse_kv_blob_prefix(std::string_view prefix) {
+    auto need = kv_blob_prefix_bytes(prefix);
+    if (!need) return need.error();
+    if (prefix.size() < *need) return make_error(ErrorCode::kCorrupt, "KV blob: truncated token ids");
+    const char* p = prefix.data();
+    if (get32(p + 4) != kVersion)
+        return make_error(ErrorCode::kUnsupported, fmt::format("KV blob: version {} (this build reads 1)", get32(p + 4)));
+    KvBlobView v;
+    v.fingerprint = get64(p + 8);
+    v.type = static_cast<DType>(get32(p + 16));
+    v.n_layer = get32(p + 20);
+    v.n_head_kv = get32(p + 24);
+    v.head_dim = get32(p + 28);
+    v.first = get64(p + 32);
+    const uint64_t count = get64(p + 40);
+    v.tokens.reserve(count);
+    for (uint64_t i = 0; i < count; ++i) v.tokens.push_back(static_cast<TokenId>(get32(p + kHeaderBytes + 4 * i)));
     return v;
 }
 

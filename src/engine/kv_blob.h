@@ -48,6 +48,13 @@ Result<std::string> encode_kv_blob(KvCache& kv, int32_t seq, size_t begin, size_
                                    std::span<const TokenId> tokens, uint64_t fingerprint);
 // Checks magic, version, sizes and checksum (not whether it fits a model).
 Result<KvBlobView> parse_kv_blob(std::string_view blob);
+// The bytes of a blob's header and token ids, from its header alone.
+inline constexpr size_t kKvBlobHeaderBytes = 48;
+Result<size_t> kv_blob_prefix_bytes(std::string_view header);
+// Reads the header and token ids from a blob's first kv_blob_prefix_bytes
+// bytes, without the rows or the checksum (an index of blobs on disk); the
+// returned view's rows are empty.
+Result<KvBlobView> parse_kv_blob_prefix(std::string_view prefix);
 // Appends the blob's positions to `seq`, whose length must be the blob's first
 // position, after checking it was made for this model (`fingerprint`) and this
 // cache's KV type and shape. On an error nothing is written.

@@ -100,6 +100,13 @@ ServeMetrics::ServeMetrics(bool tenant_labels)
         counter("assistd_prefix_cache_evictions_total", "Cached sequences evicted (budget or room for running ones)");
     prompt_tokens_prefilled_.counter =
         counter("assistd_prompt_tokens_prefilled_total", "Prompt tokens computed (not taken from the prefix cache)");
+    kv_disk_hits_.counter = counter("assistd_kv_disk_hits_total", "Prompts whose cached prefix came back from the KV disk tier");
+    kv_disk_tokens_.counter =
+        counter("assistd_kv_disk_reused_tokens_total", "Prompt tokens read back from the KV disk tier instead of prefilled");
+    kv_disk_refused_.counter = counter("assistd_kv_disk_refused_total",
+                                       "KV blobs from the disk tier refused (damaged, truncated, another model's): prefilled");
+    kv_disk_bytes_ = gauge("assistd_kv_disk_bytes", "Bytes of KV kept in the disk tier");
+    kv_disk_entries_ = gauge("assistd_kv_disk_entries", "Conversations' KV kept in the disk tier");
     for (auto p : kPrecisions) {
         precision_->Add({{"precision", engine::precision_name(p)}});
         precision_switches_->Add({{"to", engine::precision_name(p)}});  // zeros are exported too
@@ -246,7 +253,12 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         prefix_cache_reused_tokens_.advance(s.prefix_cache_reused_tokens);
         prefix_cache_evictions_.advance(s.prefix_cache_evictions);
         prompt_tokens_prefilled_.advance(s.prompt_tokens_prefilled);
+        kv_disk_hits_.advance(s.kv_disk_hits);
+        kv_disk_tokens_.advance(s.kv_disk_tokens);
+        kv_disk_refused_.advance(s.kv_disk_refused);
     }
+    kv_disk_bytes_->Set(static_cast<double>(s.kv_disk_bytes));
+    kv_disk_entries_->Set(static_cast<double>(s.kv_disk_entries));
     queue_depth_->Set(static_cast<double>(s.queue_depth));
     running_->Set(static_cast<double>(s.running));
     batch_size_->Set(static_cast<double>(s.last_batch_sequences));

@@ -1,8 +1,12 @@
 #include "serve/prefix_cache.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <string>
 #include <utility>
+
+#include "serve/kv_disk_tier.h"
 
 namespace assistd::serve {
 
@@ -30,8 +34,15 @@ size_t PrefixCache::blocks_for(size_t tokens) const {
     return (tokens + bt - 1) / bt;
 }
 
-void PrefixCache::evict(size_t index) {
+void PrefixCache::evict(size_t index, bool to_disk) {
     Entry& e = entries_[index];
+    if (to_disk && config_.disk && e.tokens.size() >= config_.min_match_tokens) {
+        auto blob = model_.export_kv(e.seq, 0, e.tokens.size(), e.tokens);
+        if (blob)
+            config_.disk->put(std::move(e.tokens), std::move(*blob));
+        else
+            spdlog::warn("prefix cache: an entry's KV could not be exported to disk: {}", blob.error().message);
+    }
     model_.free_sequence(e.seq);
     stats_.blocks -= e.blocks;
     if (index + 1 != entries_.size()) e = std::move(entries_.back());
@@ -46,6 +57,33 @@ size_t PrefixCache::lru_index(size_t keep) const {
     return best;
 }
 
+std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_disk(std::span<const TokenId> usable,
+                                                                    size_t better_than) {
+    auto found = config_.disk->take_longest(usable, better_than);
+    if (!found) return std::nullopt;
+    Result<SequenceId> seq = make_error(ErrorCode::kResourceExhausted, "");
+    while (!(seq = model_.create_sequence()) && seq.error().code == ErrorCode::kResourceExhausted && evict_one()) {
+    }
+    if (!seq) return std::nullopt;
+    auto tokens = model_.import_kv(*seq, found->blob);
+    // The blob must hold this prompt's tokens: a file under another conversation's name is not used.
+    const bool fits = tokens && tokens->size() >= found->match &&
+                      common_prefix(usable, *tokens) >= found->match;
+    if (!fits || !model_.truncate_sequence(*seq, found->match)) {
+        model_.free_sequence(*seq);
+        ++stats_.disk_refused;
+        config_.disk->count_refused();
+        spdlog::warn("prefix cache: a KV blob from the disk tier was refused ({}); the prompt is prefilled",
+                     tokens ? "its tokens are not the prompt's" : tokens.error().message);
+        return std::nullopt;
+    }
+    ++stats_.hits;
+    ++stats_.disk_hits;
+    stats_.reused_tokens += found->match;
+    stats_.disk_tokens += found->match;
+    return Acquired{*seq, found->match};
+}
+
 Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prompt) {
     if (enabled() && prompt.size() > 1) {
         size_t best = kNone, best_len = 0;
@@ -54,6 +92,9 @@ Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prom
             const size_t len = common_prefix(usable, entries_[i].tokens);
             if (len > best_len) best = i, best_len = len;
         }
+        if (config_.disk)
+            if (auto from_disk = acquire_from_disk(usable, best_len >= config_.min_match_tokens ? best_len : 0))
+                return *from_disk;
         if (best != kNone && best_len >= config_.min_match_tokens) {
             entries_[best].last_used = ++use_counter_;
             for (;;) {
@@ -109,7 +150,7 @@ void PrefixCache::retain(SequenceId seq, std::vector<TokenId> tokens) {
         }
     }
     for (size_t i = entries_.size(); i-- > 0;)
-        if (common_prefix(entries_[i].tokens, tokens) == entries_[i].tokens.size()) evict(i);  // superseded
+        if (common_prefix(entries_[i].tokens, tokens) == entries_[i].tokens.size()) evict(i, false);  // superseded
     entries_.push_back(Entry{seq, std::move(tokens), ++use_counter_, blocks});
     stats_.blocks += blocks;
     stats_.sequences = entries_.size();
@@ -136,7 +177,7 @@ bool PrefixCache::make_room(size_t blocks) {
 }
 
 void PrefixCache::clear() {
-    for (auto& e : entries_) model_.free_sequence(e.seq);
+    while (!entries_.empty()) evict(entries_.size() - 1);  // to the disk tier, if there is one
     entries_.clear();
     stats_.blocks = 0;
     stats_.sequences = 0;

@@ -15,6 +15,7 @@
 // reused at another, like a sequence that changes precision between steps.
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -23,9 +24,14 @@
 
 namespace assistd::serve {
 
+class KvDiskTier;
+
 struct PrefixCacheConfig {
     size_t max_blocks = 0;         // KV blocks the cached sequences may hold; 0: off
     size_t min_match_tokens = 16;  // shorter common prefixes are prefilled again
+    // Entries evicted (and those left at clear()) go here, and a prompt that
+    // finds a longer prefix there than in RAM reads it back (kv_disk_tier.h).
+    KvDiskTier* disk = nullptr;
 };
 
 struct PrefixCacheStats {
@@ -33,6 +39,9 @@ struct PrefixCacheStats {
     uint64_t misses = 0;         // requests that found none (with the cache on)
     uint64_t reused_tokens = 0;  // prompt tokens taken from the cache
     uint64_t evictions = 0;
+    uint64_t disk_hits = 0;      // requests whose prefix came back from the disk tier
+    uint64_t disk_tokens = 0;    // ... prompt tokens it gave them
+    uint64_t disk_refused = 0;   // blobs from the disk tier that did not load (the prompt was prefilled)
     size_t sequences = 0;        // cached now
     size_t blocks = 0;           // KV blocks the cached sequences span now (shared ones once per entry)
 };
@@ -79,7 +88,10 @@ private:
         size_t blocks = 0;
     };
     size_t blocks_for(size_t tokens) const;
-    void evict(size_t index);
+    // Frees entry `index`; its KV goes to the disk tier first when `to_disk`.
+    void evict(size_t index, bool to_disk = true);
+    // A sequence holding the first `match` tokens of the disk tier's best entry, when it beats `better_than`.
+    std::optional<Acquired> acquire_from_disk(std::span<const engine::TokenId> usable, size_t better_than);
     // The LRU entry other than `keep` (npos: any); npos when there is none.
     size_t lru_index(size_t keep) const;
 

@@ -1,5 +1,7 @@
 #include "serve/scheduler.h"
 
+#include "serve/kv_disk_tier.h"
+
 #include <algorithm>
 #include <chrono>
 #include <string_view>
@@ -143,6 +145,7 @@ PrefixCacheConfig prefix_cache_config(const engine::Model& model, const Schedule
     if (c.prefix_cache)
         p.max_blocks = c.prefix_cache_blocks ? c.prefix_cache_blocks : std::max<size_t>(1, model.total_kv_blocks() / 2);
     p.min_match_tokens = c.prefix_cache_min_tokens;
+    p.disk = c.prefix_cache ? c.kv_disk : nullptr;
     return p;
 }
 }  // namespace
@@ -260,6 +263,14 @@ SchedulerStats Scheduler::stats() const {
     s.prefix_cache_evictions = cache_evictions_.load();
     s.prefix_cache_sequences = cache_sequences_.load();
     s.prefix_cache_blocks = cache_blocks_.load();
+    s.kv_disk_hits = disk_hits_.load();
+    s.kv_disk_tokens = disk_tokens_.load();
+    s.kv_disk_refused = disk_refused_.load();
+    if (config_.kv_disk) {
+        const auto d = config_.kv_disk->stats();
+        s.kv_disk_bytes = d.bytes;
+        s.kv_disk_entries = d.entries;
+    }
     return s;
 }
 
@@ -592,6 +603,9 @@ void Scheduler::publish_stats() {
     cache_evictions_.store(c.evictions);
     cache_sequences_.store(c.sequences);
     cache_blocks_.store(c.blocks);
+    disk_hits_.store(c.disk_hits);
+    disk_tokens_.store(c.disk_tokens);
+    disk_refused_.store(c.disk_refused);
 }
 
 }  // namespace assistd::serve

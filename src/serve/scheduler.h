@@ -124,6 +124,7 @@ struct SchedulerConfig {
     bool prefix_cache = true;
     size_t prefix_cache_blocks = 0;       // budget in KV blocks; 0: half of the model's KV cache
     size_t prefix_cache_min_tokens = 16;  // shortest common prefix worth reusing
+    KvDiskTier* kv_disk = nullptr;        // the disk tier under the prefix cache (kv_disk_tier.h); null: none
 };
 
 // Live figures for /metrics and tests; read from any thread.
@@ -146,6 +147,11 @@ struct SchedulerStats {
     uint64_t prefix_cache_evictions = 0;
     size_t prefix_cache_sequences = 0;
     size_t prefix_cache_blocks = 0;
+    uint64_t kv_disk_hits = 0;          // prompts whose prefix came back from the disk tier
+    uint64_t kv_disk_tokens = 0;        // prompt tokens the disk tier gave (not prefilled)
+    uint64_t kv_disk_refused = 0;       // blobs that did not load (damaged, foreign): prefilled instead
+    uint64_t kv_disk_bytes = 0;         // KV kept on disk (and queued for it)
+    size_t kv_disk_entries = 0;
 };
 
 // One decode step, reported once per step (not per token) to keep the hot
@@ -246,6 +252,7 @@ private:
     std::atomic<size_t> kv_in_use_{0};
     std::atomic<uint64_t> prefilled_{0}, cache_hits_{0}, cache_misses_{0}, cache_reused_{0}, cache_evictions_{0};
     std::atomic<size_t> cache_sequences_{0}, cache_blocks_{0};
+    std::atomic<uint64_t> disk_hits_{0}, disk_tokens_{0}, disk_refused_{0};
     std::atomic<int> precision_{static_cast<int>(engine::Precision::kBF16)};
 };
 
