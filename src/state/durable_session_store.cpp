@@ -3,6 +3,7 @@
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
 
 #include <algorithm>
 #include <chrono>
@@ -60,7 +61,7 @@ DurableSessionStore::~DurableSessionStore() {
     sync_cv_.notify_all();
     if (syncer_.joinable()) syncer_.join();
     if (db_) {
-        (void)db_->SyncWAL();
+        if (check_writable().ok()) (void)sync_log();
         (void)db_->Close();
     }
 }
@@ -147,13 +148,34 @@ bool DurableSessionStore::is_deleted(std::string_view id) const {
     return deleted_.count(std::string(id)) > 0;
 }
 
+Status DurableSessionStore::check_writable() {
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    if (write_failure_.ok()) return {};
+    return make_error(ErrorCode::kIo, "session store: takes no more writes since a write to disk failed (" +
+                                          write_failure_.error().message +
+                                          "); reopen the store (restart the server) to write again; reads still work");
+}
+
+Error DurableSessionStore::stop_writes(const Error& cause) {
+    std::lock_guard<std::mutex> lock(sync_mu_);
+    if (write_failure_.ok()) {
+        write_failure_ = cause;
+        spdlog::error("{}; the store at '{}' takes no more writes until it is reopened (reads still work)",
+                      cause.message, options_.path);
+    }
+    sync_cv_.notify_all();
+    return make_error(cause.code, cause.message + "; the write is not saved and the store takes no more writes "
+                                                  "until it is reopened (restart the server)");
+}
+
 Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
+    if (auto st = check_writable(); !st.ok()) return st.error();
     auto* batch = static_cast<rocksdb::WriteBatch*>(batch_ptr);
     rocksdb::WriteOptions wo;
     const bool group = options_.durability == DurableSessionStoreOptions::Durability::kGroupCommit;
     wo.sync = !group;
     auto s = db_->Write(wo, batch);
-    if (!s.ok()) return io_error(s, "write");
+    if (!s.ok()) return stop_writes(io_error(s, group ? "write to the write-ahead log" : "synced write"));
     if (!group) return uint64_t{0};
     std::lock_guard<std::mutex> lock(sync_mu_);
     const uint64_t ticket = ++written_;
@@ -164,8 +186,13 @@ Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
 Status DurableSessionStore::wait_synced(uint64_t ticket) {
     if (ticket == 0) return {};
     std::unique_lock<std::mutex> lock(sync_mu_);
-    sync_cv_.wait(lock, [&] { return synced_ >= ticket || stopping_ || !sync_error_.ok(); });
-    if (!sync_error_.ok()) return sync_error_;
+    sync_cv_.wait(lock, [&] { return synced_ >= ticket || stopping_ || !write_failure_.ok(); });
+    // Even a ticket a later sync covered is refused: that sync cannot vouch for pages an earlier failure dropped.
+    if (!write_failure_.ok()) {
+        return make_error(ErrorCode::kIo, write_failure_.error().message +
+                                              "; the write is not saved and the store takes no more writes until "
+                                              "it is reopened (restart the server)");
+    }
     if (synced_ < ticket) return make_error(ErrorCode::kIo, "session store: closed before the write was synced");
     return {};
 }
@@ -174,6 +201,18 @@ Status DurableSessionStore::write_durably(void* batch) {
     auto ticket = write_batch(batch);
     if (!ticket.ok()) return ticket.error();
     return wait_synced(*ticket);
+}
+
+// An empty synced write rather than SyncWAL(): it waits in RocksDB's write
+// queue behind the writes it covers, and that queue never touches a log after
+// a failed write, where SyncWAL() may (RocksDB's assertion build aborts then).
+Status DurableSessionStore::sync_log() {
+    rocksdb::WriteBatch empty;
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    auto s = db_->Write(wo, &empty);
+    if (!s.ok()) return io_error(s, "fsync of the write-ahead log");
+    return {};
 }
 
 void DurableSessionStore::group_commit_loop() {
@@ -192,19 +231,24 @@ void DurableSessionStore::group_commit_loop() {
             lock.lock();
         }
         const uint64_t target = written_;  // every ticket <= target has finished its Write()
-        lock.unlock();
-        last_sync = std::chrono::steady_clock::now();
-        auto s = db_->SyncWAL();
-        lock.lock();
-        if (!s.ok()) sync_error_ = io_error(s, "fsync of the write-ahead log");
+        // After a failure no sync can vouch for anything: the waiters are answered with the failure.
+        if (write_failure_.ok()) {
+            lock.unlock();
+            last_sync = std::chrono::steady_clock::now();
+            auto st = sync_log();
+            if (!st.ok()) (void)stop_writes(st.error());
+            lock.lock();
+        }
         synced_ = target;
         sync_cv_.notify_all();
     }
     // Final sync so nobody waits forever on shutdown.
-    lock.unlock();
-    auto s = db_->SyncWAL();
-    lock.lock();
-    if (s.ok()) synced_ = written_;
+    if (write_failure_.ok()) {
+        lock.unlock();
+        auto st = sync_log();
+        lock.lock();
+        if (st.ok()) synced_ = written_;
+    }
     sync_cv_.notify_all();
 }
 
@@ -240,6 +284,7 @@ Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crd
 
 template <typename Fn>
 Status DurableSessionStore::mutate(std::string_view id, Fn&& fn) {
+    if (auto st = check_writable(); !st.ok()) return st;
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::unique_lock<std::mutex> lock(entry->mu);
@@ -255,6 +300,7 @@ Status DurableSessionStore::mutate(std::string_view id, Fn&& fn) {
 
 Status DurableSessionStore::create(std::string_view id, std::string_view tenant, std::string_view title) {
     if (auto st = validate_id(id); !st.ok()) return st;
+    if (auto st = check_writable(); !st.ok()) return st;
     auto doc = SessionDocument::create(options_.replica_id, tenant, title, clock_.now_unix_ms());
     if (!doc.ok()) return doc.error();
     auto entry = std::make_shared<Entry>();
@@ -311,6 +357,7 @@ Status DurableSessionStore::set_summary(std::string_view id, std::string_view su
 
 Status DurableSessionStore::remove(std::string_view id) {
     if (auto st = validate_id(id); !st.ok()) return st;
+    if (auto st = check_writable(); !st.ok()) return st;
     std::shared_ptr<Entry> entry;
     {
         std::unique_lock<std::shared_mutex> map_lock(map_mu_);
@@ -374,6 +421,7 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
     if (delta.empty() || (delta[0] != kEnvelopeDelta && delta[0] != kEnvelopeTombstone)) {
         return make_error(ErrorCode::kCorrupt, "session store: not a session delta");
     }
+    if (auto st = check_writable(); !st.ok()) return st;
     if (delta[0] == kEnvelopeTombstone) return remove(id);  // synced (and notified) itself
     if (is_deleted(id)) return {};  // deleted for good: late changes are dropped
     delta.remove_prefix(1);
