@@ -809,6 +809,9 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
                 break;
             }
         if (auto created = sessions_->create(session_id, caller.tenant, session_title(first_user)); !created.ok()) {
+            // The store failed (e.g. it takes no more writes): say so, not that the id is unusable.
+            if (created.error().code == ErrorCode::kIo)
+                return store_error_response(created.error(), config_.retry_after_s);
             // Another request may have created it just now (for this tenant, or not); a deleted id stays gone.
             auto now = sessions_->get(session_id);
             if (!now.ok() || now->tenant != caller.tenant) return error_response(unusable_session_error(session_id));
