@@ -255,6 +255,9 @@ protected:
             messages_checked_ += verify_and_settle(*store, models);
             ASSERT_FALSE(HasFailure()) << "after cut " << cut << "; what the cut dropped:\n" << losses;
         }
+        // The store that came back from the last cut takes writes too.
+        ASSERT_TRUE(store->create("after-the-cuts", kTenant, "").ok());
+        EXPECT_TRUE(store->append_message("after-the-cuts", {"user", "still writable"}).ok());
         store.reset();
         std::filesystem::remove_all(dir_);
         dir_.clear();
