@@ -151,21 +151,25 @@ bool DurableSessionStore::is_deleted(std::string_view id) const {
 Status DurableSessionStore::check_writable() {
     std::lock_guard<std::mutex> lock(sync_mu_);
     if (write_failure_.ok()) return {};
-    return make_error(ErrorCode::kIo, "session store: takes no more writes since a write to disk failed (" +
-                                          write_failure_.error().message +
-                                          "); reopen the store (restart the server) to write again; reads still work");
+    return make_error(
+        ErrorCode::kIo,
+        "session store: takes no more writes since a write to disk failed (" +
+            write_failure_.error().message +
+            "); reopen the store (restart the server) to write again; reads still work");
 }
 
 Error DurableSessionStore::stop_writes(const Error& cause) {
     std::lock_guard<std::mutex> lock(sync_mu_);
     if (write_failure_.ok()) {
         write_failure_ = cause;
-        spdlog::error("{}; the store at '{}' takes no more writes until it is reopened (reads still work)",
-                      cause.message, options_.path);
+        spdlog::error(
+            "{}; the store at '{}' takes no more writes until it is reopened (reads still work)",
+            cause.message, options_.path);
     }
     sync_cv_.notify_all();
-    return make_error(cause.code, cause.message + "; the write is not saved and the store takes no more writes "
-                                                  "until it is reopened (restart the server)");
+    return make_error(cause.code, cause.message +
+                                      "; the write is not saved and the store takes no more writes "
+                                      "until it is reopened (restart the server)");
 }
 
 Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
@@ -175,7 +179,8 @@ Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
     const bool group = options_.durability == DurableSessionStoreOptions::Durability::kGroupCommit;
     wo.sync = !group;
     auto s = db_->Write(wo, batch);
-    if (!s.ok()) return stop_writes(io_error(s, group ? "write to the write-ahead log" : "synced write"));
+    if (!s.ok())
+        return stop_writes(io_error(s, group ? "write to the write-ahead log" : "synced write"));
     if (!group) return uint64_t{0};
     std::lock_guard<std::mutex> lock(sync_mu_);
     const uint64_t ticket = ++written_;
@@ -187,11 +192,12 @@ Status DurableSessionStore::wait_synced(uint64_t ticket) {
     if (ticket == 0) return {};
     std::unique_lock<std::mutex> lock(sync_mu_);
     sync_cv_.wait(lock, [&] { return synced_ >= ticket || stopping_ || !write_failure_.ok(); });
-    // Even a ticket a later sync covered is refused: that sync cannot vouch for pages an earlier failure dropped.
+    // Refused even if a later sync covered it: that sync cannot vouch for pages a failure dropped.
     if (!write_failure_.ok()) {
-        return make_error(ErrorCode::kIo, write_failure_.error().message +
-                                              "; the write is not saved and the store takes no more writes until "
-                                              "it is reopened (restart the server)");
+        return make_error(ErrorCode::kIo,
+                          write_failure_.error().message +
+                              "; the write is not saved and the store takes no more writes until "
+                              "it is reopened (restart the server)");
     }
     if (synced_ < ticket) return make_error(ErrorCode::kIo, "session store: closed before the write was synced");
     return {};
@@ -231,7 +237,7 @@ void DurableSessionStore::group_commit_loop() {
             lock.lock();
         }
         const uint64_t target = written_;  // every ticket <= target has finished its Write()
-        // After a failure no sync can vouch for anything: the waiters are answered with the failure.
+        // After a failure no sync can vouch for anything: the waiters get the failure.
         if (write_failure_.ok()) {
             lock.unlock();
             last_sync = std::chrono::steady_clock::now();

@@ -25,17 +25,21 @@ std::string parent_of(const std::string& normal_path) {
 }
 
 bool ends_with(const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-IOStatus powered_off_error() { return IOStatus::IOError("power cut: the machine is off, nothing is written"); }
+IOStatus powered_off_error() {
+    return IOStatus::IOError("power cut: the machine is off, nothing is written");
+}
 
 }  // namespace
 
 // Records every write and sync of one file in the file system's model.
 class TrackedWritableFile final : public rocksdb::FSWritableFileOwnerWrapper {
-public:
-    TrackedWritableFile(std::unique_ptr<rocksdb::FSWritableFile> file, PowerCutFileSystem& fs, std::string path)
+  public:
+    TrackedWritableFile(std::unique_ptr<rocksdb::FSWritableFile> file, PowerCutFileSystem& fs,
+                        std::string path)
         : FSWritableFileOwnerWrapper(std::move(file)), fs_(fs), path_(std::move(path)) {}
 
     IOStatus Append(const Slice& data, const IOOptions& options, IODebugContext* dbg) override {
@@ -45,8 +49,8 @@ public:
         if (s.ok()) fs_.record_written(path_, std::nullopt, data.size());
         return s;
     }
-    IOStatus Append(const Slice& data, const IOOptions& options, const rocksdb::DataVerificationInfo& info,
-                    IODebugContext* dbg) override {
+    IOStatus Append(const Slice& data, const IOOptions& options,
+                    const rocksdb::DataVerificationInfo& info, IODebugContext* dbg) override {
         PowerCutFileSystem::Change change(fs_);
         if (!change.status().ok()) return change.status();
         auto s = target()->Append(data, options, info, dbg);
@@ -62,7 +66,8 @@ public:
         return s;
     }
     IOStatus PositionedAppend(const Slice& data, uint64_t offset, const IOOptions& options,
-                              const rocksdb::DataVerificationInfo& info, IODebugContext* dbg) override {
+                              const rocksdb::DataVerificationInfo& info,
+                              IODebugContext* dbg) override {
         PowerCutFileSystem::Change change(fs_);
         if (!change.status().ok()) return change.status();
         auto s = target()->PositionedAppend(data, offset, options, info, dbg);
@@ -80,11 +85,12 @@ public:
     // real fsyncs would only slow the rounds down.
     IOStatus Sync(const IOOptions&, IODebugContext*) override { return sync(std::nullopt); }
     IOStatus Fsync(const IOOptions&, IODebugContext*) override { return sync(std::nullopt); }
-    IOStatus RangeSync(uint64_t offset, uint64_t nbytes, const IOOptions&, IODebugContext*) override {
+    IOStatus RangeSync(uint64_t offset, uint64_t nbytes, const IOOptions&,
+                       IODebugContext*) override {
         return sync(offset + nbytes);
     }
 
-private:
+  private:
     IOStatus sync(std::optional<uint64_t> up_to) {
         PowerCutFileSystem::Change change(fs_);
         if (!change.status().ok()) return change.status();
@@ -97,16 +103,18 @@ private:
 
 // A directory whose sync makes the names of the files in it durable.
 class TrackedDirectory final : public rocksdb::FSDirectoryWrapper {
-public:
-    TrackedDirectory(std::unique_ptr<rocksdb::FSDirectory> dir, PowerCutFileSystem& fs, std::string path)
+  public:
+    TrackedDirectory(std::unique_ptr<rocksdb::FSDirectory> dir, PowerCutFileSystem& fs,
+                     std::string path)
         : FSDirectoryWrapper(std::move(dir)), fs_(fs), path_(std::move(path)) {}
 
     IOStatus Fsync(const IOOptions&, IODebugContext*) override { return sync(); }
-    IOStatus FsyncWithDirOptions(const IOOptions&, IODebugContext*, const rocksdb::DirFsyncOptions&) override {
+    IOStatus FsyncWithDirOptions(const IOOptions&, IODebugContext*,
+                                 const rocksdb::DirFsyncOptions&) override {
         return sync();
     }
 
-private:
+  private:
     IOStatus sync() {
         PowerCutFileSystem::Change change(fs_);
         if (!change.status().ok()) return change.status();
@@ -121,7 +129,8 @@ private:
 PowerCutFileSystem::Change::Change(PowerCutFileSystem& fs) {
     const uint64_t n = fs.changes_.fetch_add(1) + 1;
     uint64_t cut_at = fs.cut_at_change_.load();
-    if (cut_at != 0 && n >= cut_at && fs.cut_at_change_.compare_exchange_strong(cut_at, 0)) fs.cut_power();
+    if (cut_at != 0 && n >= cut_at && fs.cut_at_change_.compare_exchange_strong(cut_at, 0))
+        fs.cut_power();
     cut_lock_ = std::shared_lock<std::shared_mutex>(fs.cut_mu_);
     if (!fs.powered_.load()) status_ = powered_off_error();
 }
@@ -174,13 +183,15 @@ std::string PowerCutFileSystem::describe_pending_losses() const {
     std::string out;
     for (const auto& [path, file] : files_) {
         if (file.name_durable && file.size == file.durable_size && !file.sync_failed) continue;
-        out += path + ": written " + std::to_string(file.size) + ", durable " + std::to_string(file.durable_size) +
-               (file.name_durable ? "" : ", name not durable") + (file.sync_failed ? ", a sync failed" : "") + "\n";
+        out += path + ": written " + std::to_string(file.size) + ", durable " +
+               std::to_string(file.durable_size) + (file.name_durable ? "" : ", name not durable") +
+               (file.sync_failed ? ", a sync failed" : "") + "\n";
     }
     return out;
 }
 
-void PowerCutFileSystem::record_written(const std::string& path, std::optional<uint64_t> offset, uint64_t bytes) {
+void PowerCutFileSystem::record_written(const std::string& path, std::optional<uint64_t> offset,
+                                        uint64_t bytes) {
     std::lock_guard<std::mutex> lock(state_mu_);
     auto it = files_.find(path);
     if (it == files_.end()) return;  // renamed or deleted while open: nothing to keep
@@ -196,7 +207,8 @@ void PowerCutFileSystem::record_truncated(const std::string& path, uint64_t size
     it->second.durable_size = std::min(it->second.durable_size, size);
 }
 
-rocksdb::IOStatus PowerCutFileSystem::record_sync(const std::string& path, std::optional<uint64_t> up_to) {
+rocksdb::IOStatus PowerCutFileSystem::record_sync(const std::string& path,
+                                                  std::optional<uint64_t> up_to) {
     std::lock_guard<std::mutex> lock(state_mu_);
     auto it = files_.find(path);
     if (syncs_to_fail_ > 0 && ends_with(path, fail_suffix_)) {
@@ -207,7 +219,8 @@ rocksdb::IOStatus PowerCutFileSystem::record_sync(const std::string& path, std::
     }
     if (it == files_.end()) return IOStatus::OK();
     FileState& f = it->second;
-    if (!f.sync_failed) f.durable_size = std::max(f.durable_size, up_to ? std::min(f.size, *up_to) : f.size);
+    if (!f.sync_failed)
+        f.durable_size = std::max(f.durable_size, up_to ? std::min(f.size, *up_to) : f.size);
     return IOStatus::OK();
 }
 
@@ -231,7 +244,7 @@ PowerCutFileSystem::FileState& PowerCutFileSystem::track_existing(const std::str
     return it->second;
 }
 
-// Rewritten rather than truncated: not every base file system implements Truncate (the POSIX one does not).
+// Rewritten rather than truncated: the POSIX file system does not implement Truncate.
 rocksdb::IOStatus PowerCutFileSystem::keep_prefix(const std::string& path, uint64_t bytes) {
     std::string content;
     auto s = rocksdb::ReadFileToString(target_.get(), path, &content);
@@ -251,7 +264,8 @@ std::optional<std::string> PowerCutFileSystem::read_durable_content(const std::s
     return content;
 }
 
-IOStatus PowerCutFileSystem::NewWritableFile(const std::string& path, const rocksdb::FileOptions& options,
+IOStatus PowerCutFileSystem::NewWritableFile(const std::string& path,
+                                             const rocksdb::FileOptions& options,
                                              std::unique_ptr<rocksdb::FSWritableFile>* result,
                                              IODebugContext* dbg) {
     Change change(*this);
@@ -274,7 +288,8 @@ IOStatus PowerCutFileSystem::NewWritableFile(const std::string& path, const rock
     return s;
 }
 
-IOStatus PowerCutFileSystem::ReopenWritableFile(const std::string& path, const rocksdb::FileOptions& options,
+IOStatus PowerCutFileSystem::ReopenWritableFile(const std::string& path,
+                                                const rocksdb::FileOptions& options,
                                                 std::unique_ptr<rocksdb::FSWritableFile>* result,
                                                 IODebugContext* dbg) {
     Change change(*this);
@@ -291,12 +306,15 @@ IOStatus PowerCutFileSystem::ReopenWritableFile(const std::string& path, const r
     return s;
 }
 
-IOStatus PowerCutFileSystem::ReuseWritableFile(const std::string&, const std::string&, const rocksdb::FileOptions&,
-                                               std::unique_ptr<rocksdb::FSWritableFile>*, IODebugContext*) {
+IOStatus PowerCutFileSystem::ReuseWritableFile(const std::string&, const std::string&,
+                                               const rocksdb::FileOptions&,
+                                               std::unique_ptr<rocksdb::FSWritableFile>*,
+                                               IODebugContext*) {
     return IOStatus::NotSupported("PowerCutFileSystem does not model recycled log files");
 }
 
-IOStatus PowerCutFileSystem::NewRandomRWFile(const std::string& path, const rocksdb::FileOptions& options,
+IOStatus PowerCutFileSystem::NewRandomRWFile(const std::string& path,
+                                             const rocksdb::FileOptions& options,
                                              std::unique_ptr<rocksdb::FSRandomRWFile>* result,
                                              IODebugContext* dbg) {
     // The session store never opens one; refusing keeps unmodelled writes out.
@@ -305,7 +323,8 @@ IOStatus PowerCutFileSystem::NewRandomRWFile(const std::string& path, const rock
 }
 
 IOStatus PowerCutFileSystem::NewDirectory(const std::string& path, const IOOptions& options,
-                                          std::unique_ptr<rocksdb::FSDirectory>* result, IODebugContext* dbg) {
+                                          std::unique_ptr<rocksdb::FSDirectory>* result,
+                                          IODebugContext* dbg) {
     std::unique_ptr<rocksdb::FSDirectory> dir;
     auto s = target_->NewDirectory(path, options, &dir, dbg);
     if (!s.ok()) return s;
@@ -314,7 +333,8 @@ IOStatus PowerCutFileSystem::NewDirectory(const std::string& path, const IOOptio
 }
 
 // A deletion counts as durable at once: a file that a real cut would bring back is not modelled.
-IOStatus PowerCutFileSystem::DeleteFile(const std::string& path, const IOOptions& options, IODebugContext* dbg) {
+IOStatus PowerCutFileSystem::DeleteFile(const std::string& path, const IOOptions& options,
+                                        IODebugContext* dbg) {
     Change change(*this);
     if (!change.status().ok()) return change.status();
     auto s = target_->DeleteFile(path, options, dbg);
@@ -325,8 +345,8 @@ IOStatus PowerCutFileSystem::DeleteFile(const std::string& path, const IOOptions
     return s;
 }
 
-IOStatus PowerCutFileSystem::Truncate(const std::string& path, size_t size, const IOOptions& options,
-                                      IODebugContext* dbg) {
+IOStatus PowerCutFileSystem::Truncate(const std::string& path, size_t size,
+                                      const IOOptions& options, IODebugContext* dbg) {
     Change change(*this);
     if (!change.status().ok()) return change.status();
     const std::string p = normal(path);
@@ -341,8 +361,8 @@ IOStatus PowerCutFileSystem::Truncate(const std::string& path, size_t size, cons
 
 // The new name is durable after a sync of its directory; until then a cut
 // brings back what the name held before (the old name is not brought back).
-IOStatus PowerCutFileSystem::RenameFile(const std::string& from, const std::string& to, const IOOptions& options,
-                                        IODebugContext* dbg) {
+IOStatus PowerCutFileSystem::RenameFile(const std::string& from, const std::string& to,
+                                        const IOOptions& options, IODebugContext* dbg) {
     Change change(*this);
     if (!change.status().ok()) return change.status();
     const std::string f = normal(from), t = normal(to);
@@ -358,8 +378,8 @@ IOStatus PowerCutFileSystem::RenameFile(const std::string& from, const std::stri
     return s;
 }
 
-IOStatus PowerCutFileSystem::LinkFile(const std::string& from, const std::string& to, const IOOptions& options,
-                                      IODebugContext* dbg) {
+IOStatus PowerCutFileSystem::LinkFile(const std::string& from, const std::string& to,
+                                      const IOOptions& options, IODebugContext* dbg) {
     Change change(*this);
     if (!change.status().ok()) return change.status();
     const std::string f = normal(from), t = normal(to);
@@ -373,8 +393,9 @@ IOStatus PowerCutFileSystem::LinkFile(const std::string& from, const std::string
     return s;
 }
 
-// Directories themselves count as durable once made: the store creates its one directory before its files.
-IOStatus PowerCutFileSystem::CreateDir(const std::string& path, const IOOptions& options, IODebugContext* dbg) {
+// Directories count as durable once made: the store makes its one directory before its files.
+IOStatus PowerCutFileSystem::CreateDir(const std::string& path, const IOOptions& options,
+                                       IODebugContext* dbg) {
     Change change(*this);
     if (!change.status().ok()) return change.status();
     return target_->CreateDir(path, options, dbg);
@@ -387,7 +408,8 @@ IOStatus PowerCutFileSystem::CreateDirIfMissing(const std::string& path, const I
     return target_->CreateDirIfMissing(path, options, dbg);
 }
 
-IOStatus PowerCutFileSystem::DeleteDir(const std::string& path, const IOOptions& options, IODebugContext* dbg) {
+IOStatus PowerCutFileSystem::DeleteDir(const std::string& path, const IOOptions& options,
+                                       IODebugContext* dbg) {
     Change change(*this);
     if (!change.status().ok()) return change.status();
     return target_->DeleteDir(path, options, dbg);
@@ -400,7 +422,7 @@ namespace {
 constexpr int kLongestSleepMicros = 10'000;
 
 class ShortSleepClock final : public rocksdb::SystemClockWrapper {
-public:
+  public:
     ShortSleepClock() : SystemClockWrapper(rocksdb::SystemClock::Default()) {}
     const char* Name() const override { return "ShortSleepClock"; }
     void SleepForMicroseconds(int micros) override {
@@ -410,7 +432,7 @@ public:
 
 // RocksDB's own threads and the power-cut file system, with short sleeps.
 class PowerCutEnvironment final : public rocksdb::EnvWrapper {
-public:
+  public:
     explicit PowerCutEnvironment(const std::shared_ptr<PowerCutFileSystem>& fs)
         : EnvWrapper(rocksdb::NewCompositeEnv(fs)) {
         file_system_ = fs;

@@ -19,8 +19,9 @@
 namespace assistd::state::test_support {
 
 class PowerCutFileSystem final : public rocksdb::FileSystemWrapper {
-public:
-    explicit PowerCutFileSystem(std::shared_ptr<rocksdb::FileSystem> base = rocksdb::FileSystem::Default());
+  public:
+    explicit PowerCutFileSystem(
+        std::shared_ptr<rocksdb::FileSystem> base = rocksdb::FileSystem::Default());
     const char* Name() const override { return "PowerCutFileSystem"; }
 
     // The cut: what is durable now is all that will survive; every change from
@@ -48,7 +49,8 @@ public:
     rocksdb::IOStatus NewWritableFile(const std::string& path, const rocksdb::FileOptions& options,
                                       std::unique_ptr<rocksdb::FSWritableFile>* result,
                                       rocksdb::IODebugContext* dbg) override;
-    rocksdb::IOStatus ReopenWritableFile(const std::string& path, const rocksdb::FileOptions& options,
+    rocksdb::IOStatus ReopenWritableFile(const std::string& path,
+                                         const rocksdb::FileOptions& options,
                                          std::unique_ptr<rocksdb::FSWritableFile>* result,
                                          rocksdb::IODebugContext* dbg) override;
     rocksdb::IOStatus ReuseWritableFile(const std::string& path, const std::string& old_path,
@@ -63,12 +65,15 @@ public:
                                    rocksdb::IODebugContext* dbg) override;
     rocksdb::IOStatus DeleteFile(const std::string& path, const rocksdb::IOOptions& options,
                                  rocksdb::IODebugContext* dbg) override;
-    rocksdb::IOStatus Truncate(const std::string& path, size_t size, const rocksdb::IOOptions& options,
+    rocksdb::IOStatus Truncate(const std::string& path, size_t size,
+                               const rocksdb::IOOptions& options,
                                rocksdb::IODebugContext* dbg) override;
     rocksdb::IOStatus RenameFile(const std::string& from, const std::string& to,
-                                 const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override;
+                                 const rocksdb::IOOptions& options,
+                                 rocksdb::IODebugContext* dbg) override;
     rocksdb::IOStatus LinkFile(const std::string& from, const std::string& to,
-                               const rocksdb::IOOptions& options, rocksdb::IODebugContext* dbg) override;
+                               const rocksdb::IOOptions& options,
+                               rocksdb::IODebugContext* dbg) override;
     rocksdb::IOStatus CreateDir(const std::string& path, const rocksdb::IOOptions& options,
                                 rocksdb::IODebugContext* dbg) override;
     rocksdb::IOStatus CreateDirIfMissing(const std::string& path, const rocksdb::IOOptions& options,
@@ -76,27 +81,27 @@ public:
     rocksdb::IOStatus DeleteDir(const std::string& path, const rocksdb::IOOptions& options,
                                 rocksdb::IODebugContext* dbg) override;
 
-private:
+  private:
     friend class TrackedWritableFile;
     friend class TrackedDirectory;
 
     // What a power cut would leave of one file written since the last power_on().
     struct FileState {
-        uint64_t size = 0;           // bytes written
-        uint64_t durable_size = 0;   // bytes a sync made durable
-        bool sync_failed = false;    // an EIO: durable_size never grows again
-        bool name_durable = false;   // a sync of its directory since it got this name
+        uint64_t size = 0;          // bytes written
+        uint64_t durable_size = 0;  // bytes a sync made durable
+        bool sync_failed = false;   // an EIO: durable_size never grows again
+        bool name_durable = false;  // a sync of its directory since it got this name
         // A rename replaced a file with a durable name: what that name holds if the rename is lost.
         std::optional<std::string> replaced_content;
     };
 
     // Counts a change and checks the power; holds the cut off until the change is recorded.
     class Change {
-    public:
+      public:
         explicit Change(PowerCutFileSystem& fs);
         const rocksdb::IOStatus& status() const { return status_; }
 
-    private:
+      private:
         std::shared_lock<std::shared_mutex> cut_lock_;
         rocksdb::IOStatus status_;
     };
@@ -106,7 +111,7 @@ private:
     void record_truncated(const std::string& path, uint64_t size);
     rocksdb::IOStatus record_sync(const std::string& path, std::optional<uint64_t> up_to);
     void record_directory_synced(const std::string& directory);
-    // The state of a file opened for writing: a new one, or what is on disk now if it is not tracked.
+    // The state of a file opened for writing: a new one, or what is on disk if untracked.
     FileState& track_existing(const std::string& path);
     // Cuts `path` down to its first `bytes` bytes on the base file system.
     rocksdb::IOStatus keep_prefix(const std::string& path, uint64_t bytes);

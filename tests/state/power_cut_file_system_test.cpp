@@ -16,7 +16,7 @@ namespace {
 using rocksdb::IOOptions;
 
 class PowerCutFileSystemTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         dir_ = (std::filesystem::temp_directory_path() /
                 ("assistd_powercut_fs_" + std::to_string(getpid()) + "_" +
@@ -29,7 +29,8 @@ protected:
 
     std::unique_ptr<rocksdb::FSWritableFile> create(const std::string& name) {
         std::unique_ptr<rocksdb::FSWritableFile> f;
-        EXPECT_TRUE(fs_.NewWritableFile(dir_ + "/" + name, rocksdb::FileOptions(), &f, nullptr).ok());
+        EXPECT_TRUE(
+            fs_.NewWritableFile(dir_ + "/" + name, rocksdb::FileOptions(), &f, nullptr).ok());
         return f;
     }
     void sync_directory() {
@@ -73,7 +74,8 @@ TEST_F(PowerCutFileSystemTest, AFileWhoseNameWasNeverSyncedDisappears) {
     ASSERT_TRUE(unnamed->Fsync(IOOptions(), nullptr).ok());
     unnamed.reset();
     cut_and_restore();
-    EXPECT_EQ(content("unnamed"), std::nullopt) << "its data was synced, its directory entry never was";
+    EXPECT_EQ(content("unnamed"), std::nullopt)
+        << "its data was synced, its directory entry never was";
 
     auto named = create("named");
     ASSERT_TRUE(named->Append("data", IOOptions(), nullptr).ok());
@@ -90,7 +92,8 @@ TEST_F(PowerCutFileSystemTest, ARenameNotMadeDurableBringsBackWhatTheNameHeld) {
     ASSERT_TRUE(tmp->Append("new", IOOptions(), nullptr).ok());
     ASSERT_TRUE(tmp->Sync(IOOptions(), nullptr).ok());
     tmp.reset();
-    ASSERT_TRUE(fs_.RenameFile(dir_ + "/CURRENT.tmp", dir_ + "/CURRENT", IOOptions(), nullptr).ok());
+    ASSERT_TRUE(
+        fs_.RenameFile(dir_ + "/CURRENT.tmp", dir_ + "/CURRENT", IOOptions(), nullptr).ok());
     EXPECT_EQ(content("CURRENT"), "new");
     cut_and_restore();
     EXPECT_EQ(content("CURRENT"), "old");
@@ -99,7 +102,8 @@ TEST_F(PowerCutFileSystemTest, ARenameNotMadeDurableBringsBackWhatTheNameHeld) {
     ASSERT_TRUE(tmp->Append("new", IOOptions(), nullptr).ok());
     ASSERT_TRUE(tmp->Sync(IOOptions(), nullptr).ok());
     tmp.reset();
-    ASSERT_TRUE(fs_.RenameFile(dir_ + "/CURRENT.tmp", dir_ + "/CURRENT", IOOptions(), nullptr).ok());
+    ASSERT_TRUE(
+        fs_.RenameFile(dir_ + "/CURRENT.tmp", dir_ + "/CURRENT", IOOptions(), nullptr).ok());
     sync_directory();
     cut_and_restore();
     EXPECT_EQ(content("CURRENT"), "new");
@@ -116,13 +120,15 @@ TEST_F(PowerCutFileSystemTest, AScheduledCutHappensInsideTheNthChangeAndLaterCha
     EXPECT_FALSE(fs_.powered());
     EXPECT_FALSE(f->Sync(IOOptions(), nullptr).ok());
     std::unique_ptr<rocksdb::FSWritableFile> other;
-    EXPECT_FALSE(fs_.NewWritableFile(dir_ + "/other", rocksdb::FileOptions(), &other, nullptr).ok());
+    EXPECT_FALSE(
+        fs_.NewWritableFile(dir_ + "/other", rocksdb::FileOptions(), &other, nullptr).ok());
     f.reset();
     ASSERT_TRUE(fs_.power_on().ok());
     EXPECT_EQ(content("wal"), "1");
     EXPECT_EQ(content("other"), std::nullopt);
     auto again = create("wal2");
-    EXPECT_TRUE(again->Append("x", IOOptions(), nullptr).ok()) << "changes are taken again after power_on";
+    EXPECT_TRUE(again->Append("x", IOOptions(), nullptr).ok())
+        << "changes are taken again after power_on";
 }
 
 TEST_F(PowerCutFileSystemTest, AnInjectedEioFailsTheSyncAndItsBytesNeverBecomeDurable) {
@@ -140,7 +146,8 @@ TEST_F(PowerCutFileSystemTest, AnInjectedEioFailsTheSyncAndItsBytesNeverBecomeDu
     f.reset();
     EXPECT_NE(fs_.describe_pending_losses().find("a sync failed"), std::string::npos);
     cut_and_restore();
-    EXPECT_EQ(content("000001.log"), "durable|") << "a later sync does not bring back what a failed one lost";
+    EXPECT_EQ(content("000001.log"), "durable|")
+        << "a later sync does not bring back what a failed one lost";
 }
 
 }  // namespace

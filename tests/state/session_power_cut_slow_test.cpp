@@ -33,10 +33,10 @@ using test_support::PowerCutEnv;
 
 constexpr int kRoundsPerMode = 50;
 constexpr int kCutsPerRound = 3;
-constexpr int kMaxOpsPerWriter = 60;                           // per writer, between two cuts
-constexpr auto kModeBudget = std::chrono::seconds(15);         // no new round after this
-constexpr auto kPhaseDeadline = std::chrono::seconds(5);       // writers stop by then, cut or not
-constexpr int kMaxReopens = 4;                                 // a reopen cut short is retried this often
+constexpr int kMaxOpsPerWriter = 60;                      // per writer, between two cuts
+constexpr auto kModeBudget = std::chrono::seconds(15);    // no new round after this
+constexpr auto kPhaseDeadline = std::chrono::seconds(5);  // writers stop by then, cut or not
+constexpr int kMaxReopens = 4;  // a reopen cut short is retried this often
 const std::string kTenant = "tenant";
 
 // What one writer knows of a session: what was acknowledged, and the one
@@ -58,7 +58,7 @@ struct WriterModel {
     std::string unexpected_failure;  // a write refused while the power was on
 };
 
-// "w<writer>" built by appending: GCC 12 warns falsely (-Wrestrict) on a short literal + std::to_string.
+// Built by appending: GCC 12 warns falsely (-Wrestrict) on "w" + std::to_string(...).
 std::string writer_name(int writer) {
     std::string s = "w";
     s += std::to_string(writer);
@@ -73,8 +73,8 @@ std::string message_content(int writer, uint64_t n, std::mt19937_64& rng) {
 }
 
 // One writer between two cuts: stops at its first failed call (the cut).
-void run_writer(DurableSessionStore& store, test_support::PowerCutFileSystem& fs, int writer, uint64_t seed,
-                WriterModel& model) {
+void run_writer(DurableSessionStore& store, test_support::PowerCutFileSystem& fs, int writer,
+                uint64_t seed, WriterModel& model) {
     std::mt19937_64 rng(seed);
     const auto deadline = std::chrono::steady_clock::now() + kPhaseDeadline;
     for (int op = 0; op < kMaxOpsPerWriter && std::chrono::steady_clock::now() < deadline; ++op) {
@@ -121,13 +121,16 @@ size_t verify_and_settle(DurableSessionStore& store, std::vector<WriterModel>& w
         for (auto& s : w.sessions) {
             auto got = store.get(s.id);
             if (s.removed) {
-                EXPECT_FALSE(got.ok()) << "session " << s.id << ": its acknowledged deletion was lost";
-                EXPECT_TRUE(store.deleted(s.id)) << "session " << s.id << ": the tombstone was lost";
+                EXPECT_FALSE(got.ok())
+                    << "session " << s.id << ": its acknowledged deletion was lost";
+                EXPECT_TRUE(store.deleted(s.id))
+                    << "session " << s.id << ": the tombstone was lost";
                 continue;
             }
             if (s.remove_in_doubt) {
                 if (!got.ok()) {
-                    EXPECT_TRUE(store.deleted(s.id)) << "session " << s.id << ": gone without a tombstone";
+                    EXPECT_TRUE(store.deleted(s.id))
+                        << "session " << s.id << ": gone without a tombstone";
                     s.removed = true;
                     s.remove_in_doubt = false;
                     continue;
@@ -141,8 +144,8 @@ size_t verify_and_settle(DurableSessionStore& store, std::vector<WriterModel>& w
             }
             if (!s.created) continue;
             if (!got.ok()) {
-                ADD_FAILURE() << "session " << s.id << ": its acknowledged creation was lost: "
-                              << got.error().message;
+                ADD_FAILURE() << "session " << s.id
+                              << ": its acknowledged creation was lost: " << got.error().message;
                 continue;
             }
             expected_listed.insert(s.id);
@@ -150,10 +153,13 @@ size_t verify_and_settle(DurableSessionStore& store, std::vector<WriterModel>& w
             const auto& found = got->messages;
             const size_t acked = s.messages.size();
             const size_t most = acked + (s.message_in_doubt ? 1 : 0);
-            EXPECT_GE(found.size(), acked) << "session " << s.id << ": acknowledged messages were lost";
-            EXPECT_LE(found.size(), most) << "session " << s.id << ": messages appeared that were never written";
+            EXPECT_GE(found.size(), acked)
+                << "session " << s.id << ": acknowledged messages were lost";
+            EXPECT_LE(found.size(), most)
+                << "session " << s.id << ": messages appeared that were never written";
             for (size_t i = 0; i < std::min(found.size(), acked); ++i)
-                EXPECT_EQ(found[i].content, s.messages[i]) << "session " << s.id << " message " << i;
+                EXPECT_EQ(found[i].content, s.messages[i])
+                    << "session " << s.id << " message " << i;
             checked += acked;
             if (found.size() == acked + 1 && s.message_in_doubt) {
                 EXPECT_EQ(found[acked].content, *s.message_in_doubt) << "session " << s.id;
@@ -174,12 +180,13 @@ uint64_t round_seed_from_env() {
 }
 
 class SessionPowerCut : public ::testing::Test {
-protected:
+  protected:
     void TearDown() override {
         if (!dir_.empty()) std::filesystem::remove_all(dir_);
     }
 
-    Result<std::unique_ptr<DurableSessionStore>> open(PowerCutEnv& env, const DurableSessionStoreOptions& base) {
+    Result<std::unique_ptr<DurableSessionStore>> open(PowerCutEnv& env,
+                                                      const DurableSessionStoreOptions& base) {
         DurableSessionStoreOptions o = base;
         o.env = env.env.get();
         return DurableSessionStore::open(o, clock_);
@@ -187,7 +194,8 @@ protected:
 
     // Reopens after a cut; with `cut_during_open`, the power goes again
     // part-way through the first attempt (recovery must survive that too).
-    std::unique_ptr<DurableSessionStore> reopen(PowerCutEnv& env, const DurableSessionStoreOptions& o,
+    std::unique_ptr<DurableSessionStore> reopen(PowerCutEnv& env,
+                                                const DurableSessionStoreOptions& o,
                                                 std::optional<uint64_t> cut_during_open) {
         for (int attempt = 0; attempt < kMaxReopens; ++attempt) {
             if (attempt == 0 && cut_during_open) env.fs->cut_power_after(*cut_during_open);
@@ -195,9 +203,10 @@ protected:
             env.fs->cut_power_after(0);
             if (store.ok() && env.fs->powered()) return std::move(store).value();
             ++cuts_during_reopen_;
-            EXPECT_TRUE(store.ok() || !env.fs->powered()) << "reopening with the power on failed: "
-                                                          << store.error().message;
-            if (store.ok()) store.value().reset();  // the cut came after open returned: close on the dead disk
+            EXPECT_TRUE(store.ok() || !env.fs->powered())
+                << "reopening with the power on failed: " << store.error().message;
+            if (store.ok())
+                store.value().reset();  // the cut came after open returned: close on the dead disk
             auto restored = env.fs->power_on();
             EXPECT_TRUE(restored.ok()) << restored.ToString();
         }
@@ -213,7 +222,8 @@ protected:
                 ("assistd_powercut_" + std::to_string(getpid()) + "_" + std::to_string(seed)))
                    .string();
         std::filesystem::remove_all(dir_);
-        std::filesystem::create_directories(dir_);  // the store makes only its own directory through an env
+        std::filesystem::create_directories(
+            dir_);  // the store makes only its own directory through an env
         PowerCutEnv env = make_power_cut_env();
         DurableSessionStoreOptions o;
         o.path = dir_ + "/db";
@@ -228,7 +238,8 @@ protected:
         std::unique_ptr<DurableSessionStore> store = std::move(opened).value();
         std::vector<WriterModel> models(static_cast<size_t>(writers));
         // About two file changes per write (append, sync) and some for deletions' flushes.
-        const uint64_t changes_per_phase = static_cast<uint64_t>(writers) * kMaxOpsPerWriter * 5 / 2;
+        const uint64_t changes_per_phase =
+            static_cast<uint64_t>(writers) * kMaxOpsPerWriter * 5 / 2;
         for (int cut = 0; cut < kCutsPerRound; ++cut) {
             env.fs->cut_power_after(1 + rng() % changes_per_phase);
             std::vector<std::thread> threads;
@@ -238,7 +249,8 @@ protected:
             }
             for (auto& t : threads) t.join();
             for (const auto& m : models)
-                EXPECT_EQ(m.unexpected_failure, "") << "a write failed with the power on (cut " << cut << ")";
+                EXPECT_EQ(m.unexpected_failure, "")
+                    << "a write failed with the power on (cut " << cut << ")";
             env.fs->cut_power_after(0);
             if (env.fs->powered())
                 env.fs->cut_power();  // the writers ran out before the scheduled cut
@@ -253,7 +265,8 @@ protected:
             store = reopen(env, o, cut_during_open);
             ASSERT_NE(store, nullptr);
             messages_checked_ += verify_and_settle(*store, models);
-            ASSERT_FALSE(HasFailure()) << "after cut " << cut << "; what the cut dropped:\n" << losses;
+            ASSERT_FALSE(HasFailure()) << "after cut " << cut << "; what the cut dropped:\n"
+                                       << losses;
         }
         // The store that came back from the last cut takes writes too.
         ASSERT_TRUE(store->create("after-the-cuts", kTenant, "").ok());
@@ -272,20 +285,26 @@ protected:
         const uint64_t base = (std::random_device{}() ^ mode_salt) & 0xFFFFFFFFull;
         const auto start = std::chrono::steady_clock::now();
         int rounds = 0;
-        for (; rounds < kRoundsPerMode && std::chrono::steady_clock::now() - start < kModeBudget; ++rounds) {
-            // Even seeds run one writer (an exact replay), odd ones several; never 0 (0: no replay).
+        for (; rounds < kRoundsPerMode && std::chrono::steady_clock::now() - start < kModeBudget;
+             ++rounds) {
+            // Even seeds run one writer (an exact replay), odd ones several; never 0 (no replay).
             const uint64_t seed =
-                ((base + static_cast<uint64_t>(rounds)) << 1 | static_cast<uint64_t>(rounds & 1)) + (1ull << 40);
+                ((base + static_cast<uint64_t>(rounds)) << 1 | static_cast<uint64_t>(rounds & 1)) +
+                (1ull << 40);
             run_round(durability, seed, seed % 2 == 0 ? 1 : max_writers);
             if (HasFailure()) return;
         }
-        const auto ms =
-            std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start).count();
-        std::printf("%d rounds, %d power cuts (%d amid writes, the rest after them; %d more amid a reopen), "
-                    "%zu acknowledged messages checked, %lld ms\n",
-                    rounds, rounds * kCutsPerRound, cuts_during_writes_, cuts_during_reopen_, messages_checked_,
-                    static_cast<long long>(ms));
-        EXPECT_GE(rounds, kRoundsPerMode / 4) << "too few rounds ran inside the time budget to mean much";
+        const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                            std::chrono::steady_clock::now() - start)
+                            .count();
+        std::printf(
+            "%d rounds, %d power cuts (%d amid writes, the rest after them; %d more amid a "
+            "reopen), "
+            "%zu acknowledged messages checked, %lld ms\n",
+            rounds, rounds * kCutsPerRound, cuts_during_writes_, cuts_during_reopen_,
+            messages_checked_, static_cast<long long>(ms));
+        EXPECT_GE(rounds, kRoundsPerMode / 4)
+            << "too few rounds ran inside the time budget to mean much";
     }
 
     ManualClock clock_;

@@ -22,7 +22,7 @@ namespace {
 
 using Durability = DurableSessionStoreOptions::Durability;
 
-// "w<writer>" built by appending: GCC 12 warns falsely (-Wrestrict) on a short literal + std::to_string.
+// Built by appending: GCC 12 warns falsely (-Wrestrict) on "w" + std::to_string(...).
 std::string writer_name(int writer) {
     std::string s = "w";
     s += std::to_string(writer);
@@ -31,13 +31,15 @@ std::string writer_name(int writer) {
 
 size_t count_of(const std::string& haystack, const std::string& needle) {
     size_t n = 0;
-    for (size_t at = haystack.find(needle); at != std::string::npos; at = haystack.find(needle, at + 1)) ++n;
+    for (size_t at = haystack.find(needle); at != std::string::npos;
+         at = haystack.find(needle, at + 1))
+        ++n;
     return n;
 }
 
 // Sends spdlog's default logger to a string for the test's lifetime.
 class CapturedLog {
-public:
+  public:
     CapturedLog() : previous_(spdlog::default_logger()) {
         auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out_);
         spdlog::set_default_logger(std::make_shared<spdlog::logger>("captured", sink));
@@ -45,20 +47,21 @@ public:
     ~CapturedLog() { spdlog::set_default_logger(previous_); }
     std::string text() const { return out_.str(); }
 
-private:
+  private:
     std::ostringstream out_;
     std::shared_ptr<spdlog::logger> previous_;
 };
 
 class SessionWriteFailure : public ::testing::TestWithParam<Durability> {
-protected:
+  protected:
     void SetUp() override {
         dir_ = (std::filesystem::temp_directory_path() /
                 ("assistd_write_failure_" + std::to_string(getpid()) + "_" +
                  std::to_string(static_cast<int>(GetParam()))))
                    .string();
         std::filesystem::remove_all(dir_);
-        std::filesystem::create_directories(dir_);  // the store makes only its own directory through an env
+        std::filesystem::create_directories(
+            dir_);  // the store makes only its own directory through an env
     }
     void TearDown() override { std::filesystem::remove_all(dir_); }
 
@@ -90,8 +93,10 @@ TEST_P(SessionWriteFailure, AFailedFsyncIsNotAcknowledgedAndStopsWritesUntilReop
     auto during = store->append_message("s1", {"user", "during"});
     ASSERT_FALSE(during.ok()) << "a write whose fsync failed was acknowledged";
     EXPECT_EQ(during.error().code, ErrorCode::kIo);
-    EXPECT_NE(during.error().message.find("injected EIO"), std::string::npos) << during.error().message;
-    EXPECT_NE(during.error().message.find("takes no more writes"), std::string::npos) << during.error().message;
+    EXPECT_NE(during.error().message.find("injected EIO"), std::string::npos)
+        << during.error().message;
+    EXPECT_NE(during.error().message.find("takes no more writes"), std::string::npos)
+        << during.error().message;
     EXPECT_EQ(env_.fs->failed_syncs(), 1);
 
     // Every later write is refused by the store itself, before it reaches the disk.
@@ -99,15 +104,18 @@ TEST_P(SessionWriteFailure, AFailedFsyncIsNotAcknowledgedAndStopsWritesUntilReop
     auto after = store->append_message("s1", {"user", "after"});
     ASSERT_FALSE(after.ok());
     EXPECT_EQ(after.error().code, ErrorCode::kIo);
-    EXPECT_NE(after.error().message.find("takes no more writes since a write to disk failed"), std::string::npos)
+    EXPECT_NE(after.error().message.find("takes no more writes since a write to disk failed"),
+              std::string::npos)
         << after.error().message;
-    EXPECT_NE(after.error().message.find("injected EIO"), std::string::npos) << "the refusal names the cause";
+    EXPECT_NE(after.error().message.find("injected EIO"), std::string::npos)
+        << "the refusal names the cause";
     const Status refused[] = {store->create("s2", "t", "other"), store->remove("s1"),
                               store->update_metadata("s1", "k", "v"), store->add_usage("s1", 1, 2),
                               store->set_summary("s1", "summary")};
     for (const auto& st : refused) {
         ASSERT_FALSE(st.ok());
-        EXPECT_NE(st.error().message.find("takes no more writes"), std::string::npos) << st.error().message;
+        EXPECT_NE(st.error().message.find("takes no more writes"), std::string::npos)
+            << st.error().message;
     }
     EXPECT_EQ(env_.fs->changes(), changes_before) << "a refused write still touched the disk";
     EXPECT_FALSE(store->deleted("s1")) << "a refused deletion changed the store";
@@ -167,7 +175,8 @@ TEST_P(SessionWriteFailure, ConcurrentWritersAroundAFailedFsyncAreAllRefusedOnce
         auto got = store->get(writer_name(w));
         ASSERT_TRUE(got.ok()) << got.error().message;
         const auto& acked = acknowledged[static_cast<size_t>(w)];
-        ASSERT_GE(got->messages.size(), acked.size()) << "writer " << w << ": an acknowledged write was lost";
+        ASSERT_GE(got->messages.size(), acked.size())
+            << "writer " << w << ": an acknowledged write was lost";
         for (size_t i = 0; i < acked.size(); ++i) EXPECT_EQ(got->messages[i].content, acked[i]);
     }
 }
@@ -175,8 +184,9 @@ TEST_P(SessionWriteFailure, ConcurrentWritersAroundAFailedFsyncAreAllRefusedOnce
 INSTANTIATE_TEST_SUITE_P(BothModes, SessionWriteFailure,
                          ::testing::Values(Durability::kSyncEachWrite, Durability::kGroupCommit),
                          [](const ::testing::TestParamInfo<Durability>& info) {
-                             return info.param == Durability::kSyncEachWrite ? std::string("SyncEachWrite")
-                                                                             : std::string("GroupCommit");
+                             return info.param == Durability::kSyncEachWrite
+                                        ? std::string("SyncEachWrite")
+                                        : std::string("GroupCommit");
                          });
 
 }  // namespace
