@@ -122,6 +122,8 @@ private:
     std::set<std::string> deleted_;
     std::map<std::string, std::set<std::string>, std::less<>> by_tenant_;
 
+    std::mutex compact_mu_;  // remove()'s compactions, one at a time
+
     std::mutex sub_mu_;
     std::map<uint64_t, Subscriber> subscribers_;
     uint64_t next_subscription_ = 1;
