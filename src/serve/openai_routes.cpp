@@ -889,6 +889,9 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
                 break;
             }
         if (auto created = sessions_->create(session_key, caller.tenant, session_title(first_user)); !created.ok()) {
+            // The store failed (e.g. it takes no more writes): say so, not that the id is unusable.
+            if (created.error().code == ErrorCode::kIo)
+                return store_error_response(created.error(), config_.retry_after_s);
             // Another node may have created it just now for this tenant; a deleted id stays gone.
             auto now = state::find_tenant_session(*sessions_, caller.tenant, session_id);
             if (!now.ok() && created.error().code == ErrorCode::kInvalidArgument)

@@ -12,6 +12,11 @@
 // A snapshot is written every `snapshot_every` changes of a session, in the
 // same atomic batch that drops the log entries it covers. Start-up loads each
 // snapshot and replays the log over it.
+// A failed write or fsync is not acknowledged, and from then on the store
+// refuses every write until it is reopened: after a failed fsync the kernel
+// may have dropped the unsynced pages, so no later sync can be trusted to
+// cover them. Reads go on (a failed write may still show: its fate on disk is
+// unknown until the restart).
 #include <atomic>
 #include <condition_variable>
 #include <map>
@@ -96,8 +101,13 @@ private:
     enum class Applied { kNothing, kCreated, kChanged };
     Status apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket, Applied& applied);
     Status write_durably(void* batch);
+    // Ok, or why the store takes no more writes.
+    Status check_writable();
+    // The first failure stops every later write (and is logged once); returns it for the caller.
+    Error stop_writes(const Error& cause);
     Result<uint64_t> write_batch(void* batch);  // a group-commit ticket (0: already synced)
     Status wait_synced(uint64_t ticket);
+    Status sync_log();  // the group commit's fsync of everything written so far
     void group_commit_loop();
     void notify(SessionEvent::Kind kind, std::string_view id, bool remote);
     template <typename Fn>
@@ -112,6 +122,8 @@ private:
     std::set<std::string> deleted_;
     std::map<std::string, std::set<std::string>, std::less<>> by_tenant_;
 
+    std::mutex compact_mu_;  // remove()'s compactions, one at a time
+
     std::mutex sub_mu_;
     std::map<uint64_t, Subscriber> subscribers_;
     uint64_t next_subscription_ = 1;
@@ -122,7 +134,7 @@ private:
     std::condition_variable sync_cv_;
     uint64_t written_ = 0;
     uint64_t synced_ = 0;
-    Status sync_error_;
+    Status write_failure_;  // the first failed write or fsync: no write is taken after it
     bool stopping_ = false;
     std::thread syncer_;
 };
