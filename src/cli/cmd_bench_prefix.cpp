@@ -22,6 +22,7 @@
 #include "cli/model_options.h"
 #include "common/clock.h"
 #include "serve/http_server.h"
+#include "serve/kv_disk_tier.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/scheduler.h"
@@ -189,11 +190,22 @@ public:
         return all.substr(0, ends[lo - 1]);
     }
 
-    // One mode (cache on or off): its own scheduler and server on the same model.
-    Result<std::vector<Point>> run(bool prefix_cache, Clk::time_point deadline) {
+    // One mode: reuse from RAM, from the disk tier (RAM holds no finished
+    // conversation, so every turn's KV goes to disk and back), or no reuse;
+    // its own scheduler and server on the same model.
+    enum class Mode { kRam, kDisk, kOff };
+    Result<std::vector<Point>> run(Mode mode, Clk::time_point deadline) {
         using namespace assistd::serve;
+        const bool prefix_cache = mode != Mode::kOff;
         auto sessions = ServerSessionStore::open("", SystemClock::instance());
         if (!sessions) return sessions.error();
+        std::unique_ptr<KvDiskTier> disk;
+        if (mode == Mode::kDisk) {
+            auto tier = KvDiskTier::open({(*sessions)->path().string() + "/kv", uint64_t{16} << 30, 16},
+                                         model_.kv_fingerprint());
+            if (!tier) return tier.error();
+            disk = std::move(*tier);
+        }
         SchedulerConfig sc;
         sc.max_running = 4;
         sc.max_batch_tokens = o_.model.batch_tokens;
@@ -201,6 +213,10 @@ public:
         auto precision = engine::precision_from_name(o_.model.precision);
         if (precision) sc.fixed_precision = *precision;
         sc.prefix_cache = prefix_cache;
+        if (disk) {
+            sc.prefix_cache_blocks = 1;
+            sc.kv_disk = disk.get();
+        }
         ServeMetrics metrics;
         Scheduler scheduler(model_, sc, SystemClock::instance(), &metrics);
         scheduler.start();
@@ -220,7 +236,8 @@ public:
         for (size_t target : o_.histories) {
             Point point{target, {}};
             for (size_t r = 0; r < o_.repeats && Clk::now() < deadline && failure.message.empty(); ++r) {
-                const std::string id = std::string(prefix_cache ? "reuse-" : "full-") + std::to_string(target) +
+                const std::string id = std::string(mode == Mode::kRam ? "reuse-" : mode == Mode::kDisk ? "disk-" : "full-") +
+                                       std::to_string(target) +
                                        "-" + std::to_string(r);
                 const size_t first_tokens = target > o_.answer_tokens ? target - o_.answer_tokens : 1;
                 const json turn1 = {{"messages", {{{"role", "user"}, {"content", first_message(first_tokens, rng)}}}},
@@ -316,18 +333,22 @@ int run_prefix_bench(const PrefixBenchOptions& o) {
     out["threads"] = model->n_threads();
     out["message_words"] = o.message_words;
     out["answer_tokens"] = o.answer_tokens;
-    std::vector<Point> modes[2];
-    for (int cached = 1; cached >= 0; --cached) {
-        auto points = bench.run(cached == 1, deadline);
+    // modes[0]: no reuse, [1]: reuse from RAM, [2]: reuse from the disk tier.
+    std::vector<Point> modes[3];
+    const PrefixBench::Mode order[3] = {PrefixBench::Mode::kOff, PrefixBench::Mode::kRam, PrefixBench::Mode::kDisk};
+    for (int m : {1, 2, 0}) {
+        auto points = bench.run(order[m], deadline);
         if (!points) {
             std::fprintf(stderr, "assistd bench prefix: %s\n", points.error().message.c_str());
             return 1;
         }
-        modes[cached] = std::move(*points);
+        modes[m] = std::move(*points);
     }
     out["with_reuse"] = json::array();
+    out["from_disk"] = json::array();
     out["without_reuse"] = json::array();
     for (const auto& p : modes[1]) out["with_reuse"].push_back(point_json(p));
+    for (const auto& p : modes[2]) out["from_disk"].push_back(point_json(p));
     for (const auto& p : modes[0]) out["without_reuse"].push_back(point_json(p));
     if (o.json) {
         std::printf("%s\n", out.dump().c_str());
@@ -336,21 +357,23 @@ int run_prefix_bench(const PrefixBenchOptions& o) {
     std::printf("model %s (%s), precision %s, %d threads; next turn: %zu new words, max_tokens %zu; median of %zu sessions\n",
                 o.model.path.c_str(), model->info().arch_name.c_str(), o.model.precision.c_str(), model->n_threads(),
                 o.message_words, o.answer_tokens, o.repeats);
-    std::printf("%15s %14s %16s %18s %14s\n", "history tokens", "prompt tokens", "cached (reuse)",
-                "TTFT reuse (ms)", "TTFT full (ms)");
+    std::printf("%15s %14s %16s %18s %17s %14s\n", "history tokens", "prompt tokens", "cached (reuse)",
+                "TTFT reuse (ms)", "TTFT disk (ms)", "TTFT full (ms)");
     auto cell = [](const json& j, const char* key, const char* format) {
         if (j.is_null()) return std::string("-");
         char b[32];
         std::snprintf(b, sizeof b, format, j[key].get<double>());
         return std::string(b);
     };
-    for (size_t i = 0; i < std::max(modes[0].size(), modes[1].size()); ++i) {
+    for (size_t i = 0; i < std::max({modes[0].size(), modes[1].size(), modes[2].size()}); ++i) {
         const json r = i < modes[1].size() ? point_json(modes[1][i]) : json();
+        const json d = i < modes[2].size() ? point_json(modes[2][i]) : json();
         const json f = i < modes[0].size() ? point_json(modes[0][i]) : json();
         const json& any = r.is_null() ? f : r;
-        std::printf("%15s %14s %16s %18s %14s\n", cell(any, "history_tokens", "%.0f").c_str(),
+        std::printf("%15s %14s %16s %18s %17s %14s\n", cell(any, "history_tokens", "%.0f").c_str(),
                     cell(any, "prompt_tokens", "%.0f").c_str(), cell(r, "cached_tokens", "%.0f").c_str(),
-                    cell(r, "ttft_ms_median", "%.1f").c_str(), cell(f, "ttft_ms_median", "%.1f").c_str());
+                    cell(r, "ttft_ms_median", "%.1f").c_str(), cell(d, "ttft_ms_median", "%.1f").c_str(),
+                    cell(f, "ttft_ms_median", "%.1f").c_str());
     }
     return 0;
 }

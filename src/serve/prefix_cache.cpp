@@ -138,8 +138,15 @@ Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prom
 
 void PrefixCache::retain(SequenceId seq, std::vector<TokenId> tokens) {
     const size_t blocks = blocks_for(tokens.size());
-    if (!enabled() || tokens.empty() || blocks > config_.max_blocks) {
+    if (!enabled() || tokens.empty()) {
         model_.free_sequence(seq);
+        return;
+    }
+    if (blocks > config_.max_blocks) {  // too large for RAM alone: straight to the disk tier, if any
+        entries_.push_back(Entry{seq, std::move(tokens), ++use_counter_, blocks});
+        stats_.blocks += blocks;
+        evict(entries_.size() - 1);
+        ++stats_.evictions;
         return;
     }
     for (auto& e : entries_) {
