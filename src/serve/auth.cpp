@@ -155,6 +155,24 @@ std::optional<std::string_view> bearer_token(std::string_view authorization) {
     return token;
 }
 
+AuthorizationFields authorization_fields(
+    const std::vector<std::pair<std::string, std::string>>& headers) {
+    constexpr std::string_view kName = "authorization";
+    AuthorizationFields found;
+    for (const auto& [name, value] : headers) {
+        if (name.size() != kName.size()) continue;
+        bool same = true;
+        for (size_t i = 0; i < kName.size() && same; ++i) {
+            const char c = name[i];
+            same = (c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c) == kName[i];
+        }
+        if (!same) continue;
+        if (++found.count == 1) found.value = value;
+    }
+    if (found.count != 1) found.value = {};
+    return found;
+}
+
 Result<ApiKeyTable> ApiKeyTable::create(std::vector<ApiKeyConfig> keys) {
     for (size_t i = 0; i < keys.size(); ++i)
         for (size_t j = 0; j < i; ++j)

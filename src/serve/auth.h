@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -42,6 +43,17 @@ Result<ApiKeyConfig> parse_api_key_spec(std::string_view spec);
 // "Authorization: Bearer <key>" → the key; nullopt when the header is absent
 // or not of that form.
 std::optional<std::string_view> bearer_token(std::string_view authorization);
+
+// A request's Authorization fields (names compare case-insensitively): none,
+// one (its value), or several. Several are refused, never authenticated by
+// whichever one a reader happens to take: the request says two things about
+// who it is.
+struct AuthorizationFields {
+    size_t count = 0;
+    std::string_view value;  // the only one's value when count == 1
+};
+AuthorizationFields authorization_fields(
+    const std::vector<std::pair<std::string, std::string>>& headers);
 
 // The configured keys. Lookup hashes the presented key and compares it with
 // every configured hash in constant time, so timing tells nothing about

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -23,6 +24,133 @@ using tcp = asio::ip::tcp;
 namespace {
 
 constexpr auto kWriteTimeout = std::chrono::seconds(30);
+// After answering a request it did not read to its end, the server reads and drops
+// what the client still sends, this long or this much at most, before closing:
+// closing on unread bytes sends a reset, which can destroy the answer in flight.
+constexpr auto kLingerTime = std::chrono::seconds(2);
+constexpr size_t kLingerBytes = size_t{8} << 20;
+
+using RequestParser = http::request_parser<http::string_body>;
+
+// How reading one request ended.
+struct RequestRead {
+    bool gone = false;       // closed, reset or idle between requests: nothing to answer
+    bool too_large = false;  // the body is over max_body_bytes: the handler answers (413)
+    int status = 0;          // nonzero: the request cannot be read; answer this and close
+    std::string message;
+    std::string code;
+};
+
+RequestRead client_gone() {
+    RequestRead r;
+    r.gone = true;
+    return r;
+}
+
+RequestRead body_over_limit() {
+    RequestRead r;
+    r.too_large = true;
+    return r;
+}
+
+RequestRead refused(int status, std::string message, std::string code) {
+    RequestRead r;
+    r.status = status;
+    r.message = std::move(message);
+    r.code = std::move(code);
+    return r;
+}
+
+std::string json_escaped(std::string_view text) {
+    std::string out;
+    for (const char c : text) {
+        if (c == '"' || c == '\\') out += '\\';
+        if (static_cast<unsigned char>(c) >= 0x20) out += c;
+    }
+    return out;
+}
+
+// The OpenAI error shape, as the routes answer.
+std::string error_body(std::string_view message, std::string_view code) {
+    return R"({"error":{"message":")" + json_escaped(message) +
+           R"(","type":"invalid_request_error","param":null,"code":")" + std::string(code) +
+           R"("}})";
+}
+
+// A read that failed: what to answer, or nothing when the client is gone.
+RequestRead unreadable(const beast::error_code& ec, const HttpServerConfig& config) {
+    if (ec.category() != beast::error_code(http::error::bad_method).category() ||
+        ec == http::error::end_of_stream || ec == http::error::partial_message)
+        return client_gone();
+    switch (static_cast<http::error>(ec.value())) {
+        case http::error::header_limit:
+            return refused(431,
+                           "the request header is larger than " +
+                               std::to_string(config.max_header_bytes) +
+                               " bytes; send fewer or shorter header fields",
+                           "request_header_too_large");
+        case http::error::bad_method:
+        case http::error::bad_target:
+        case http::error::bad_version:
+            return refused(400, "the request line is malformed; send 'METHOD /path HTTP/1.1'",
+                           "invalid_request_line");
+        case http::error::bad_chunk:
+        case http::error::bad_chunk_extension:
+            return refused(400,
+                           "the chunked request body is malformed; send each chunk as its size in "
+                           "hex, CRLF, the data and CRLF, and end with a chunk of size 0",
+                           "invalid_chunked_body");
+        case http::error::bad_content_length:
+        case http::error::bad_transfer_encoding:
+            return refused(
+                400,
+                "the request's body length is ambiguous; send one Content-Length or "
+                "Transfer-Encoding: chunked, never both, two of either or two different lengths",
+                "ambiguous_body_length");
+        default:
+            return refused(
+                400,
+                "the request is not valid HTTP/1.1 (" + ec.message() + "); check its header fields",
+                "invalid_request");
+    }
+}
+
+std::string_view trimmed(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+// Beast decodes chunked only: a request whose transfer codings do not end with
+// a lone chunked has no body length the server can trust (RFC 9112 6.1, 6.3).
+std::optional<RequestRead> transfer_coding_error(const RequestParser& parser) {
+    std::vector<std::string_view> codings;
+    for (const auto& f : parser.get()) {
+        if (f.name() != http::field::transfer_encoding) continue;
+        std::string_view v(f.value().data(), f.value().size());
+        while (!v.empty()) {
+            const size_t comma = v.find(',');
+            const std::string_view coding = trimmed(v.substr(0, comma));
+            if (!coding.empty()) codings.push_back(coding);
+            v = comma == std::string_view::npos ? std::string_view() : v.substr(comma + 1);
+        }
+    }
+    const auto names_chunked = [](std::string_view c) {
+        return beast::iequals(beast::string_view(c.data(), c.size()), "chunked");
+    };
+    if (codings.empty() && !parser.chunked()) return std::nullopt;
+    if (codings.empty() || !names_chunked(codings.back()) || !parser.chunked())
+        return refused(400,
+                       "the request's Transfer-Encoding does not end with chunked, so its body "
+                       "length is unknown; send the body chunked or with a Content-Length",
+                       "invalid_transfer_encoding");
+    if (codings.size() > 1)
+        return refused(
+            501,
+            "only the chunked transfer coding is supported; send the body without other codings",
+            "unsupported_transfer_encoding");
+    return std::nullopt;
+}
 
 // Shared by a session and its disconnect watcher (both on the connection's strand).
 struct Pending {
@@ -315,23 +443,104 @@ private:
         co_return std::move(w->result);
     }
 
+    // Reads a request's header by config_.header_timeout_ms. The deadline is a
+    // timer of its own that cancels the read, not the stream's expiry (which
+    // closes the socket), so a 408 can still be sent. ec: the read's error.
+    asio::awaitable<bool> read_header_by_deadline(std::shared_ptr<beast::tcp_stream> stream,
+                                                  beast::flat_buffer& buffer, RequestParser& parser,
+                                                  beast::error_code& ec) {
+        struct Deadline {
+            // False once the read is over: a late expiry must not cancel what follows.
+            bool armed = true;
+            bool passed = false;
+        };
+        auto deadline = std::make_shared<Deadline>();
+        asio::steady_timer timer(co_await asio::this_coro::executor,
+                                 std::chrono::milliseconds(std::max(1, config_.header_timeout_ms)));
+        timer.async_wait([deadline, stream](const beast::error_code& e) {
+            if (e || !deadline->armed) return;
+            deadline->passed = true;
+            beast::error_code ignored;
+            stream->socket().cancel(ignored);
+        });
+        stream->expires_never();
+        co_await http::async_read_header(*stream, buffer, parser,
+                                         asio::redirect_error(asio::use_awaitable, ec));
+        deadline->armed = false;
+        timer.cancel();
+        co_return ec && deadline->passed;
+    }
+
+    asio::awaitable<RequestRead> read_request(std::shared_ptr<beast::tcp_stream> stream,
+                                              beast::flat_buffer& buffer, RequestParser& parser,
+                                              bool first_request) {
+        beast::error_code ec;
+        // Between keep-alive requests a connection may idle; the header deadline
+        // starts with the next request's first byte (a new connection's at accept).
+        if (!first_request && buffer.size() == 0) {
+            stream->expires_after(std::chrono::seconds(config_.idle_timeout_s));
+            const size_t n = co_await stream->async_read_some(
+                buffer.prepare(4096), asio::redirect_error(asio::use_awaitable, ec));
+            if (ec) co_return client_gone();
+            buffer.commit(n);
+        }
+        const bool timed_out = co_await read_header_by_deadline(stream, buffer, parser, ec);
+        if (timed_out) {
+            if (buffer.size() == 0 && !parser.got_some())
+                co_return client_gone();  // never said a word
+            co_return refused(408,
+                              "the request header did not arrive within " +
+                                  std::to_string(config_.header_timeout_ms) +
+                                  " ms; send the whole header at once",
+                              "request_timeout");
+        }
+        // A Content-Length over the limit fails the header read already.
+        if (ec == http::error::body_limit) co_return body_over_limit();
+        if (ec) co_return unreadable(ec, config_);
+        if (auto bad = transfer_coding_error(parser)) co_return std::move(*bad);
+        if (parser.is_done()) co_return RequestRead{};
+        stream->expires_after(std::chrono::seconds(config_.idle_timeout_s));
+        co_await http::async_read(*stream, buffer, parser,
+                                  asio::redirect_error(asio::use_awaitable, ec));
+        if (ec == http::error::body_limit) co_return body_over_limit();
+        if (ec) co_return unreadable(ec, config_);
+        co_return RequestRead{};
+    }
+
+    // Stops sending and drops what the client still sends (bounded), so the
+    // answer to a request left unread is not destroyed by a reset on close.
+    static asio::awaitable<void> linger(beast::tcp_stream& stream) {
+        beast::error_code ec;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+        stream.expires_after(kLingerTime);
+        char sink[4096];
+        size_t dropped = 0;
+        while (!ec && dropped < kLingerBytes)
+            dropped += co_await stream.async_read_some(
+                asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
+    }
+
     asio::awaitable<void> session(std::shared_ptr<beast::tcp_stream> stream) {
         beast::flat_buffer buffer;
-        for (;;) {
-            http::request_parser<http::string_body> parser;
+        bool unread_input = false;  // closing with bytes of a request not read: linger first
+        for (bool first = true;; first = false) {
+            RequestParser parser;
             parser.body_limit(config_.max_body_bytes);
-            parser.header_limit(64 * 1024);
-            stream->expires_after(std::chrono::seconds(config_.idle_timeout_s));
-            beast::error_code ec;
-            co_await http::async_read(*stream, buffer, parser, asio::redirect_error(asio::use_awaitable, ec));
-            bool too_large = ec == http::error::body_limit;
-            if (ec && !too_large) break;
-            if (stopped_.load()) break;
+            parser.header_limit(
+                static_cast<std::uint32_t>(std::min<size_t>(config_.max_header_bytes, UINT32_MAX)));
+            const RequestRead got = co_await read_request(stream, buffer, parser, first);
+            if (got.gone || stopped_.load()) break;
+            if (got.status != 0) {
+                co_await write_full(*stream, got.status, "application/json", {},
+                                    error_body(got.message, got.code), 11, false);
+                unread_input = true;
+                break;
+            }
             HttpRequest req = to_request(parser.get());
-            req.body_too_large = too_large;
-            if (too_large) req.body.clear();
+            req.body_too_large = got.too_large;
+            if (got.too_large) req.body.clear();
             const unsigned version = parser.get().version();
-            const bool keep_alive = parser.get().keep_alive() && !too_large;
+            const bool keep_alive = parser.get().keep_alive() && !got.too_large;
 
             active_.fetch_add(1);
             HttpResponse res;
@@ -348,9 +557,11 @@ private:
                 ok = co_await write_full(*stream, res.status, res.content_type, res.headers, std::move(res.body),
                                          version, keep_alive);
             active_.fetch_sub(1);
+            unread_input = got.too_large;
             if (!ok || !keep_alive) break;
         }
         beast::error_code ec;
+        if (unread_input && !stopped_.load()) co_await linger(*stream);
         stream->socket().shutdown(tcp::socket::shutdown_send, ec);
         stream->socket().close(ec);  // now, not when the watcher lets go of the stream: the count is of descriptors
         connections_.fetch_sub(1);

@@ -73,8 +73,13 @@ struct HttpServerConfig {
     std::string host = "127.0.0.1";
     uint16_t port = 8080;  // 0: an ephemeral port (see HttpServer::port())
     int io_threads = 1;
-    size_t max_body_bytes = size_t{1} << 20;
-    int idle_timeout_s = 60;  // keep-alive connections idle this long are closed
+    size_t max_body_bytes = size_t{1} << 20;     // a larger body: the handler sees body_too_large
+    size_t max_header_bytes = size_t{64} << 10;  // request line and fields; larger: 431 and close
+    int idle_timeout_s = 60;  // keep-alive connections idle this long between requests are closed
+    // A request's header must be complete this long after its first byte (a new
+    // connection's first request: after accept), else 408 and close: a client
+    // that trickles its header (slowloris) holds a connection no longer.
+    int header_timeout_ms = 10'000;
     // Open connections at most (0: no cap). At the cap the server stops accepting
     // until one closes (the listen backlog holds new clients meanwhile), so
     // sockets never take the descriptors the rest of the process needs.

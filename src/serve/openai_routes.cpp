@@ -488,7 +488,17 @@ HttpResponse OpenAiRoutes::respond(const HttpRequest& request) {
     const bool api = path.starts_with("/v1/");
     Caller caller;
     if (api && keys_) {
-        const std::string_view header = request.header("Authorization");
+        const AuthorizationFields authorization = authorization_fields(request.headers);
+        if (authorization.count > 1) {
+            r = error_response(
+                {400,
+                 "the request has " + std::to_string(authorization.count) +
+                     " Authorization headers; send exactly one ('Authorization: Bearer <key>')",
+                 "invalid_request_error", "", "duplicate_authorization"});
+            metrics_.count_request("unauthenticated", r.status);
+            return r;
+        }
+        const std::string_view header = authorization.value;
         const auto token = bearer_token(header);
         const auto key = token ? keys_->find(*token) : std::nullopt;
         if (!key) {

@@ -124,6 +124,19 @@ TEST(BearerToken, TakesOnlyWellFormedHeaders) {
         EXPECT_EQ(bearer_token(bad), std::nullopt) << "'" << bad << "'";
 }
 
+TEST(AuthorizationFields, CountsEveryAuthorizationFieldInAnyCase) {
+    using Headers = std::vector<std::pair<std::string, std::string>>;
+    EXPECT_EQ(authorization_fields(Headers{{"Host", "x"}}).count, 0u);
+    const auto one = authorization_fields(Headers{{"Host", "x"}, {"authorization", "Bearer sk-1"}});
+    EXPECT_EQ(one.count, 1u);
+    EXPECT_EQ(one.value, "Bearer sk-1");
+    const auto two = authorization_fields(
+        Headers{{"Authorization", "Bearer sk-1"}, {"AUTHORIZATION", "Bearer sk-2"}});
+    EXPECT_EQ(two.count, 2u);
+    EXPECT_EQ(two.value, "") << "no value is offered when there are several";
+    EXPECT_EQ(authorization_fields(Headers{{"Authorizations", "Bearer sk-1"}}).count, 0u);
+}
+
 TEST(TokenBucket, StartsFullRefillsPerMinuteAndCapsAtCapacity) {
     const int64_t s = 1'000'000'000;
     TokenBucket b(60, 0);  // one per second
