@@ -70,6 +70,8 @@ struct ServeOptions {
     std::string listen_peer = "0.0.0.0:9090";
     std::string advertise_peer;        // empty: the --listen-peer address
     size_t store_threads = 16;
+    size_t max_header_bytes = 64 * 1024;
+    int header_timeout_ms = 10000;
     std::string kv_disk_dir;          // the prefix cache's disk tier; empty: none
     size_t kv_disk_mib = 4096;
     std::string metrics_listen;       // host:port of a listener for /metrics alone; empty: the API port serves it
@@ -368,6 +370,8 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     hc.port = static_cast<uint16_t>(o.port);
     hc.io_threads = o.io_threads;
     hc.max_body_bytes = o.max_body_bytes;
+    hc.max_header_bytes = o.max_header_bytes;
+    hc.header_timeout_ms = o.header_timeout_ms;
     hc.blocking = &store_work;
     if (open_files != 0) hc.max_connections = connections_for_open_file_limit(open_files);
     auto server = HttpServer::start(hc, [&routes, &node_header](const HttpRequest& r) {
@@ -529,6 +533,11 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--max-running", o->max_running, "Requests decoding at once")->capture_default_str();
     cmd->add_option("--prefill-chunk", o->prefill_chunk, "Prompt tokens per step across prefills")->capture_default_str();
     cmd->add_option("--max-body-bytes", o->max_body_bytes, "Larger request bodies get 413")->capture_default_str();
+    cmd->add_option("--max-header-bytes", o->max_header_bytes, "Larger request headers get 431")->capture_default_str();
+    cmd->add_option("--header-timeout-ms", o->header_timeout_ms,
+                    "A request's headers must arrive within this long (slow clients get 408)")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 3600000));
     cmd->add_option("--queue-timeout-ms", o->queue_timeout_ms, "Queued longer than this: 503")->capture_default_str();
     cmd->add_option("--drain-grace-s", o->drain_grace_s, "Seconds running streams get on SIGTERM")->capture_default_str();
     cmd->add_option("--model-id", o->model_id, "Model name clients use (default: the file name)");
