@@ -12,10 +12,6 @@ namespace {
 
 using state::crdt::VersionVector;
 
-// A pull with this id asks for the peer's state as an answer besides what is
-// missing (a refresh counts answers); older pulls (id 0) get only what is missing.
-constexpr uint64_t kAnswerEvenIfCurrent = 1;
-
 // CRDT operations `to` holds beyond `from`: the lamport distance per writer
 // (exact while one replica writes a session; an upper bound otherwise).
 uint64_t operations_between(const SessionState& from, const SessionState& to) {
@@ -74,7 +70,7 @@ std::string host_of(const std::string& address) {
 }
 
 // Why a decoded frame may not be taken from this origin ("" when it may).
-std::string unauthorized(const Message& m, const FrameOrigin& origin) {
+std::string unauthorized(const MessageHeader& m, const FrameOrigin& origin) {
     if (origin.node && m.from != *origin.node)
         return "it claims node " + format_node_id(m.from) + " but the certificate names node " +
                format_node_id(*origin.node);
@@ -268,8 +264,9 @@ size_t Replicator::bucket_of(const std::string& session_id) const {
 }
 
 void Replicator::send_to(const std::string& address, Message message) {
-    message.from = identity_.node_id;
-    message.from_address = self_address_;
+    MessageHeader& header = header_of(message);
+    header.from = identity_.node_id;
+    header.from_address = self_address_;
     transport_.send(address, encode_message(message));
 }
 
@@ -285,8 +282,7 @@ void Replicator::leave() {
 }
 
 void Replicator::send_leave(NodeId peer) {
-    Message m;
-    m.kind = MessageKind::kLeave;
+    Leave m;
     m.id = identity_.incarnation;
     send(peer, std::move(m));
 }
@@ -304,8 +300,7 @@ void Replicator::announce_departure() {
     }
     // Peers whose id is not known yet hear it too: they learn the id from the header.
     for (const auto& a : membership_.peer_addresses()) {
-        Message m;
-        m.kind = MessageKind::kLeave;
+        Leave m;
         m.id = identity_.incarnation;
         send_to(a, std::move(m));
     }
@@ -388,8 +383,7 @@ void Replicator::pump(NodeId peer, PeerLink& link) {
     const int64_t now = now_ms();
     while (!link.pending.empty() && link.inflight.size() < options_.max_inflight_batches &&
            link.inflight_bytes < options_.max_inflight_bytes) {
-        Message batch;
-        batch.kind = MessageKind::kDeltas;
+        Deltas batch;
         InFlight f;
         f.sent_ms = now;
         size_t bytes = 0;
@@ -409,10 +403,10 @@ void Replicator::pump(NodeId peer, PeerLink& link) {
             if (!delta.ok()) continue;  // deleted or dropped meanwhile; the next round sees it
             bytes += s.size() + delta->size() + 8;
             f.operations += operations_between(since, mine);
-            batch.deltas.push_back(DeltaItem{s, std::move(delta).value()});
+            batch.items.push_back(DeltaItem{s, std::move(delta).value()});
             f.sent.push_back(std::move(mine));
         }
-        if (batch.deltas.empty()) break;
+        if (batch.items.empty()) break;
         batch.id = next_batch_++;
         f.bytes = bytes;
         link.inflight_bytes += bytes;
@@ -432,12 +426,13 @@ void Replicator::receive(std::string_view frame, const FrameOrigin& origin) {
         spdlog::debug("cluster: dropped a frame: {}", decoded.error().message);
         return;
     }
-    const Message& m = *decoded;
+    const Message& message = *decoded;
+    const MessageHeader& m = header_of(message);
     if (auto why = unauthorized(m, origin); !why.empty()) {
         std::lock_guard<std::mutex> lock(mu_);
         // The first few in full, then every 1,000th: a flood must not flood the log too.
         if (stats_.frames_unauthorized++ % 1000 < 5)
-            spdlog::warn("cluster: refused a {} frame from {}: {}", message_kind_name(m.kind),
+            spdlog::warn("cluster: refused a {} frame from {}: {}", message_kind_name(kind_of(message)),
                          origin.host.empty() ? "a peer" : origin.host, why);
         return;
     }
@@ -446,15 +441,15 @@ void Replicator::receive(std::string_view frame, const FrameOrigin& origin) {
     // thread-safe and an apply waits for an fsync.
     // A whole batch is made durable together (one group commit, not one per session).
     std::vector<Status> applied;
-    if (m.kind == MessageKind::kDeltas) {
+    if (const auto* deltas = std::get_if<Deltas>(&message)) {
         std::vector<std::pair<std::string_view, std::string_view>> items;
         std::vector<size_t> at;
-        for (size_t i = 0; i < m.deltas.size(); ++i) {
-            if (m.deltas[i].delta.empty()) continue;
-            items.emplace_back(m.deltas[i].session_id, m.deltas[i].delta);
+        for (size_t i = 0; i < deltas->items.size(); ++i) {
+            if (deltas->items[i].delta.empty()) continue;
+            items.emplace_back(deltas->items[i].session_id, deltas->items[i].delta);
             at.push_back(i);
         }
-        applied.assign(m.deltas.size(), Status{});
+        applied.assign(deltas->items.size(), Status{});
         auto results = store_.apply_all(items);
         for (size_t k = 0; k < at.size(); ++k) applied[at[k]] = std::move(results[k]);
     }
@@ -466,19 +461,18 @@ void Replicator::receive(std::string_view frame, const FrameOrigin& origin) {
                 members_changed();
             return;
         }
-        const uint64_t hello = m.kind == MessageKind::kHeartbeat ? m.id : 0;
+        const uint64_t hello = std::holds_alternative<Heartbeat>(message) ? m.id : 0;
         if (membership_.heard(m.from_address, m.from, now_ms(), changed, hello)) {
             reconnected_.insert(m.from);
             spdlog::info("cluster: peer {:016x} at {} is live", m.from, m.from_address);
         }
         if (changed) members_changed();
-        switch (m.kind) {
+        switch (kind_of(message)) {
             case MessageKind::kHeartbeat:
                 break;
             case MessageKind::kLeave: {
                 on_departure(m.from, m.id, done);
-                Message ack;
-                ack.kind = MessageKind::kLeaveAck;
+                LeaveAck ack;
                 ack.id = m.id;
                 send_to(m.from_address, std::move(ack));
                 break;
@@ -487,11 +481,11 @@ void Replicator::receive(std::string_view frame, const FrameOrigin& origin) {
                 if (m.id == identity_.incarnation) departure_pending_.erase(m.from);
                 break;
             case MessageKind::kDeltas: {
-                Message ack;
-                ack.kind = MessageKind::kAck;
+                const auto& items = std::get<Deltas>(message).items;
+                Ack ack;
                 ack.id = m.id;
-                for (size_t i = 0; i < m.deltas.size(); ++i) {
-                    const auto& d = m.deltas[i];
+                for (size_t i = 0; i < items.size(); ++i) {
+                    const auto& d = items[i];
                     // A push is no answer to a refresh by itself (it may have left before the
                     // pull arrived): the reply with the peer's state is, once covered here.
                     if (d.delta.empty()) {  // the peer does not hold it: an answer to a fetch
@@ -515,16 +509,16 @@ void Replicator::receive(std::string_view frame, const FrameOrigin& origin) {
                 break;
             }
             case MessageKind::kAck:
-                on_ack(m, done);
+                on_ack(std::get<Ack>(message), done);
                 break;
             case MessageKind::kDigest:
-                on_digest(m);
+                on_digest(std::get<Digest>(message));
                 break;
             case MessageKind::kSummary:
-                on_summary(m);
+                on_summary(std::get<Summary>(message));
                 break;
             case MessageKind::kPull:
-                on_pull(m);
+                on_pull(std::get<Pull>(message));
                 break;
         }
         auto link = links_.find(m.from);
@@ -554,7 +548,7 @@ void Replicator::note_peer_state(NodeId peer, const SessionState& state, Complet
     }
 }
 
-void Replicator::on_ack(const Message& m, Completions& done) {
+void Replicator::on_ack(const Ack& m, Completions& done) {
     auto& link = links_[m.from];
     std::map<std::string, SessionState> sent;
     auto f = link.inflight.find(m.id);
@@ -643,10 +637,9 @@ void Replicator::anti_entropy_round() {
         if (p != identity_.node_id && membership_.is_live(p)) live.push_back(p);
     }
     if (live.empty()) return;
-    std::map<NodeId, Message> digests;
+    std::map<NodeId, Digest> digests;
     for (NodeId p : live) {
         auto& d = digests[p];
-        d.kind = MessageKind::kDigest;
         d.id = round_;
         d.buckets.assign(kBuckets, 0);
     }
@@ -669,8 +662,8 @@ void Replicator::anti_entropy_round() {
             auto& handed = links_[p].handed_off;
             auto it = handed.find(s.session_id);
             if (it != handed.end() && covers(it->second, s)) continue;
-            if (d->second.states.size() < options_.max_offers_per_digest)
-                d->second.states.push_back(s);
+            if (d->second.offers.size() < options_.max_offers_per_digest)
+                d->second.offers.push_back(s);
         }
     }
     for (auto& [p, d] : digests) {
@@ -679,7 +672,7 @@ void Replicator::anti_entropy_round() {
     }
 }
 
-void Replicator::on_digest(const Message& m) {
+void Replicator::on_digest(const Digest& m) {
     std::vector<uint64_t> mine(kBuckets, 0);
     std::map<size_t, std::vector<SessionState>> by_bucket;
     for (auto& v : store_.list_versions()) {
@@ -692,8 +685,7 @@ void Replicator::on_digest(const Message& m) {
         mine[b] += state_hash(s);
         by_bucket[b].push_back(std::move(s));
     }
-    Message summary;
-    summary.kind = MessageKind::kSummary;
+    Summary summary;
     summary.id = m.id;
     for (size_t b = 0; b < kBuckets; ++b) {
         if (m.buckets.size() == kBuckets && m.buckets[b] == mine[b]) continue;
@@ -703,12 +695,12 @@ void Replicator::on_digest(const Message& m) {
             for (auto& s : it->second) summary.states.push_back(std::move(s));
         }
     }
-    for (const auto& offer : m.states) summary.replies.push_back(local_state(offer.session_id));
+    for (const auto& offer : m.offers) summary.replies.push_back(local_state(offer.session_id));
     if (summary.buckets.empty() && summary.replies.empty()) return;
     send_to(m.from_address, std::move(summary));
 }
 
-void Replicator::on_summary(const Message& m) {
+void Replicator::on_summary(const Summary& m) {
     auto& link = links_[m.from];
     std::set<size_t> buckets(m.buckets.begin(), m.buckets.end());
     std::map<std::string, SessionState> theirs;
@@ -732,8 +724,7 @@ void Replicator::on_summary(const Message& m) {
         for (const auto& s : f.sent) on_the_way.insert(s.session_id);
     }
     const auto in_flight = in_flight_states(link.inflight);
-    Message pull;
-    pull.kind = MessageKind::kPull;
+    Pull pull;
     for (const auto& [id, mine] : ours) {
         auto t = theirs.find(id);
         const SessionState other =
@@ -765,17 +756,15 @@ void Replicator::on_summary(const Message& m) {
     if (!pull.states.empty()) send_to(m.from_address, std::move(pull));
 }
 
-void Replicator::on_pull(const Message& m) {
+void Replicator::on_pull(const Pull& m) {
     auto& link = links_[m.from];
     const auto on_the_way = in_flight_states(link.inflight);
-    Message direct;
-    direct.kind = MessageKind::kDeltas;  // id 0: not acknowledged
-    Message up_to_date;                  // a refresh's answer: this node's states
-    up_to_date.kind = MessageKind::kAck;  // id 0: no batch
+    Deltas direct;   // id 0: not acknowledged
+    Ack up_to_date;  // id 0, no batch: a refresh's answer, this node's states
     for (const auto& want : m.states) {
         const SessionState mine = local_state(want.session_id);
         if (mine.kind == SessionState::Kind::kMissing) {
-            direct.deltas.push_back(DeltaItem{want.session_id, ""});  // "not here"
+            direct.items.push_back(DeltaItem{want.session_id, ""});  // "not here"
             continue;
         }
         // A refresh's pull (a read waits for it): the answer is this node's
@@ -783,13 +772,13 @@ void Replicator::on_pull(const Message& m) {
         // through the batches, which back-pressure may hold up for an ack
         // timeout (a peer that just restarted has batches of its old life in
         // flight). The puller counts the answer once it holds that state.
-        if (m.id == kAnswerEvenIfCurrent) {
+        if (m.id == kPullAnswerEvenIfCurrent) {
             up_to_date.states.push_back(mine);
             if (covers(want, mine)) continue;
             auto delta = store_.changes_since(want.session_id, want.kind == SessionState::Kind::kLive
                                                                    ? want.version
                                                                    : VersionVector{});
-            if (delta.ok()) direct.deltas.push_back(DeltaItem{want.session_id, std::move(delta).value()});
+            if (delta.ok()) direct.items.push_back(DeltaItem{want.session_id, std::move(delta).value()});
         }
         // The acknowledged path too (it retries when a frame is lost), unless
         // already on its way in full (a join pulls everything while the first
@@ -801,7 +790,7 @@ void Replicator::on_pull(const Message& m) {
         link.pending.insert(want.session_id);
     }
     // The deltas first: the state that follows is then covered on arrival.
-    if (!direct.deltas.empty()) send_to(m.from_address, std::move(direct));
+    if (!direct.items.empty()) send_to(m.from_address, std::move(direct));
     if (!up_to_date.states.empty()) send_to(m.from_address, std::move(up_to_date));
 }
 
@@ -833,8 +822,7 @@ void Replicator::tick() {
         if (now >= next_heartbeat_ms_) {
             next_heartbeat_ms_ = now + options_.heartbeat_interval_ms;
             for (const auto& a : membership_.peer_addresses()) {
-                Message hb;
-                hb.kind = MessageKind::kHeartbeat;
+                Heartbeat hb;
                 hb.id = identity_.incarnation;  // a departed node's next life is back
                 send_to(a, std::move(hb));
             }
@@ -1079,14 +1067,13 @@ void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, size_t
         }
         // Each replica pushes what this node lacks, or says it has nothing newer.
         const SessionState here = local_state(w.session_id);
-        wait_for_pulls(std::move(w), here, kAnswerEvenIfCurrent, std::move(done), completions);
+        wait_for_pulls(std::move(w), here, kPullAnswerEvenIfCurrent, std::move(done), completions);
     }
     for (auto& f : completions) f();
 }
 
 void Replicator::send_pull(NodeId peer, const SessionState& here, uint64_t pull_id) {
-    Message pull;
-    pull.kind = MessageKind::kPull;
+    Pull pull;
     pull.id = pull_id;
     pull.states.push_back(here);
     send(peer, std::move(pull));

@@ -233,10 +233,10 @@ class Replicator {
     void pump_all();
     void members_changed();
     void anti_entropy_round();
-    void on_ack(const Message& m, Completions& done);
-    void on_digest(const Message& m);
-    void on_summary(const Message& m);
-    void on_pull(const Message& m);
+    void on_ack(const Ack& m, Completions& done);
+    void on_digest(const Digest& m);
+    void on_summary(const Summary& m);
+    void on_pull(const Pull& m);
     void on_departure(NodeId node, uint64_t incarnation, Completions& done);
     void send_leave(NodeId peer);
     void note_peer_state(NodeId peer, const SessionState& state, Completions& done);
