@@ -113,9 +113,13 @@ void write_body(Writer& w, const Deltas& m) {
     }
 }
 
-void write_body(Writer& w, const Ack& m) { write_states(w, m.states); }
+void write_body(Writer& w, const Ack& m) {
+    write_states(w, m.states);
+}
 
-void write_body(Writer& w, const Pull& m) { write_states(w, m.states); }
+void write_body(Writer& w, const Pull& m) {
+    write_states(w, m.states);
+}
 
 void write_buckets(Writer& w, const std::vector<uint64_t>& buckets) {
     w.varint(buckets.size());
@@ -133,7 +137,9 @@ void write_body(Writer& w, const Summary& m) {
     write_states(w, m.replies);
 }
 
-bool read_body(Reader&, MessageHeader&) { return true; }
+bool read_body(Reader&, MessageHeader&) {
+    return true;
+}
 
 bool read_body(Reader& r, Deltas& m) {
     uint64_t n;
@@ -148,9 +154,13 @@ bool read_body(Reader& r, Deltas& m) {
     return true;
 }
 
-bool read_body(Reader& r, Ack& m) { return read_states(r, m.states); }
+bool read_body(Reader& r, Ack& m) {
+    return read_states(r, m.states);
+}
 
-bool read_body(Reader& r, Pull& m) { return read_states(r, m.states); }
+bool read_body(Reader& r, Pull& m) {
+    return read_states(r, m.states);
+}
 
 bool read_buckets(Reader& r, std::vector<uint64_t>& buckets) {
     uint64_t n;
@@ -162,7 +172,9 @@ bool read_buckets(Reader& r, std::vector<uint64_t>& buckets) {
     return true;
 }
 
-bool read_body(Reader& r, Digest& m) { return read_buckets(r, m.buckets) && read_states(r, m.offers); }
+bool read_body(Reader& r, Digest& m) {
+    return read_buckets(r, m.buckets) && read_states(r, m.offers);
+}
 
 bool read_body(Reader& r, Summary& m) {
     return read_buckets(r, m.buckets) && read_states(r, m.states) && read_states(r, m.replies);

@@ -87,8 +87,8 @@ struct Ack : MessageHeader {
 };
 struct Digest : MessageHeader {
     static constexpr MessageKind kKind = MessageKind::kDigest;
-    std::vector<uint64_t> buckets;      // one hash per bucket
-    std::vector<SessionState> offers;   // sessions handed off to the receiver
+    std::vector<uint64_t> buckets;     // one hash per bucket
+    std::vector<SessionState> offers;  // sessions handed off to the receiver
     friend bool operator==(const Digest&, const Digest&) = default;
 };
 struct Summary : MessageHeader {

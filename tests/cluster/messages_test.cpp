@@ -23,7 +23,9 @@ MessageHeader header(NodeId from, const std::string& address, uint64_t id) {
     return h;
 }
 
-MessageHeader from_n7(uint64_t id = 0) { return header(7, "10.0.0.1:7000", id); }
+MessageHeader from_n7(uint64_t id = 0) {
+    return header(7, "10.0.0.1:7000", id);
+}
 
 std::vector<Message> samples() {
     std::vector<Message> out;
@@ -33,8 +35,8 @@ std::vector<Message> samples() {
                       {{"s1", SessionState::Kind::kLive, vv({{3, 9}, {12, 1}})},
                        {"s2", SessionState::Kind::kDeleted, {}},
                        {"s3", SessionState::Kind::kMissing, {}}}});
-    out.push_back(
-        Digest{from_n7(5), {0, 1, ~0ull, 77}, {{"offered", SessionState::Kind::kLive, vv({{1, 1}})}}});
+    out.push_back(Digest{
+        from_n7(5), {0, 1, ~0ull, 77}, {{"offered", SessionState::Kind::kLive, vv({{1, 1}})}}});
     out.push_back(Summary{from_n7(5),
                           {3, 200},
                           {{"offered", SessionState::Kind::kLive, vv({{1, 1}})}},
