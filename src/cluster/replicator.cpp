@@ -2,8 +2,6 @@
 
 #include <spdlog/spdlog.h>
 
-#include <algorithm>
-
 #include "cluster/placement.h"
 #include "cluster/replicator_anti_entropy.h"
 #include "cluster/replicator_departure.h"
