@@ -1,5 +1,7 @@
 #include "cluster/messages.h"
 
+#include <type_traits>
+
 #include "state/crdt/encoding.h"
 
 namespace assistd::cluster {
@@ -86,44 +88,133 @@ const char* message_kind_name(MessageKind kind) {
     return "unknown";
 }
 
-size_t delta_bytes(const std::vector<DeltaItem>& items) {
-    size_t n = 0;
-    for (const auto& d : items) n += d.session_id.size() + d.delta.size() + 8;
-    return n;
+MessageKind kind_of(const Message& message) {
+    return std::visit([](const auto& m) { return std::decay_t<decltype(m)>::kKind; }, message);
 }
 
-std::string encode_message(const Message& m) {
+const MessageHeader& header_of(const Message& message) {
+    return std::visit([](const auto& m) -> const MessageHeader& { return m; }, message);
+}
+
+MessageHeader& header_of(Message& message) {
+    return std::visit([](auto& m) -> MessageHeader& { return m; }, message);
+}
+
+namespace {
+
+// The body after the header, one overload per kind (heartbeat, leave and leave-ack have none).
+void write_body(Writer&, const MessageHeader&) {}
+
+void write_body(Writer& w, const Deltas& m) {
+    w.varint(m.items.size());
+    for (const auto& d : m.items) {
+        w.bytes(d.session_id);
+        w.bytes(d.delta);
+    }
+}
+
+void write_body(Writer& w, const Ack& m) {
+    write_states(w, m.states);
+}
+
+void write_body(Writer& w, const Pull& m) {
+    write_states(w, m.states);
+}
+
+void write_buckets(Writer& w, const std::vector<uint64_t>& buckets) {
+    w.varint(buckets.size());
+    for (uint64_t b : buckets) w.varint(b);
+}
+
+void write_body(Writer& w, const Digest& m) {
+    write_buckets(w, m.buckets);
+    write_states(w, m.offers);
+}
+
+void write_body(Writer& w, const Summary& m) {
+    write_buckets(w, m.buckets);
+    write_states(w, m.states);
+    write_states(w, m.replies);
+}
+
+bool read_body(Reader&, MessageHeader&) {
+    return true;
+}
+
+bool read_body(Reader& r, Deltas& m) {
+    uint64_t n;
+    if (!r.varint(n) || n > r.remaining() / 2) return false;
+    m.items.resize(n);
+    for (auto& d : m.items) {
+        std::string_view id, delta;
+        if (!r.bytes(id) || !r.bytes(delta)) return false;
+        d.session_id.assign(id);
+        d.delta.assign(delta);
+    }
+    return true;
+}
+
+bool read_body(Reader& r, Ack& m) {
+    return read_states(r, m.states);
+}
+
+bool read_body(Reader& r, Pull& m) {
+    return read_states(r, m.states);
+}
+
+bool read_buckets(Reader& r, std::vector<uint64_t>& buckets) {
+    uint64_t n;
+    if (!r.varint(n) || n > kMaxBuckets || n > r.remaining()) return false;
+    buckets.resize(n);
+    for (auto& b : buckets) {
+        if (!r.varint(b)) return false;
+    }
+    return true;
+}
+
+bool read_body(Reader& r, Digest& m) {
+    return read_buckets(r, m.buckets) && read_states(r, m.offers);
+}
+
+bool read_body(Reader& r, Summary& m) {
+    return read_buckets(r, m.buckets) && read_states(r, m.states) && read_states(r, m.replies);
+}
+
+// An empty message of the kind the wire byte names (1..8, checked by the caller).
+Message empty_message(MessageKind kind) {
+    switch (kind) {
+        case MessageKind::kHeartbeat:
+            return Heartbeat{};
+        case MessageKind::kDeltas:
+            return Deltas{};
+        case MessageKind::kAck:
+            return Ack{};
+        case MessageKind::kDigest:
+            return Digest{};
+        case MessageKind::kSummary:
+            return Summary{};
+        case MessageKind::kPull:
+            return Pull{};
+        case MessageKind::kLeave:
+            return Leave{};
+        case MessageKind::kLeaveAck:
+            return LeaveAck{};
+    }
+    return Heartbeat{};
+}
+
+}  // namespace
+
+std::string encode_message(const Message& message) {
     Writer w;
+    const MessageHeader& h = header_of(message);
     w.u8(kMagic);
     w.u8(kVersion);
-    w.u8(static_cast<uint8_t>(m.kind));
-    w.varint(m.from);
-    w.bytes(m.from_address);
-    w.varint(m.id);
-    switch (m.kind) {
-        case MessageKind::kHeartbeat:
-        case MessageKind::kLeave:
-        case MessageKind::kLeaveAck:
-            break;
-        case MessageKind::kDeltas:
-            w.varint(m.deltas.size());
-            for (const auto& d : m.deltas) {
-                w.bytes(d.session_id);
-                w.bytes(d.delta);
-            }
-            break;
-        case MessageKind::kAck:
-        case MessageKind::kPull:
-            write_states(w, m.states);
-            break;
-        case MessageKind::kDigest:
-        case MessageKind::kSummary:
-            w.varint(m.buckets.size());
-            for (uint64_t b : m.buckets) w.varint(b);
-            write_states(w, m.states);
-            if (m.kind == MessageKind::kSummary) write_states(w, m.replies);
-            break;
-    }
+    w.u8(static_cast<uint8_t>(kind_of(message)));
+    w.varint(h.from);
+    w.bytes(h.from_address);
+    w.varint(h.id);
+    std::visit([&w](const auto& m) { write_body(w, m); }, message);
     return w.take();
 }
 
@@ -138,56 +229,14 @@ Result<Message> decode_message(std::string_view bytes) {
                               " is not supported (this build speaks 1); upgrade the older node");
     }
     if (!r.u8(kind) || kind < 1 || kind > 8) return corrupt("unknown message kind");
-    Message m;
-    m.kind = static_cast<MessageKind>(kind);
+    Message m = empty_message(static_cast<MessageKind>(kind));
+    MessageHeader& h = header_of(m);
     std::string_view addr;
-    if (!r.varint(m.from) || m.from == 0 || !r.bytes(addr) || !r.varint(m.id))
+    if (!r.varint(h.from) || h.from == 0 || !r.bytes(addr) || !r.varint(h.id))
         return corrupt("truncated header");
-    m.from_address.assign(addr);
-    bool ok = true;
-    switch (m.kind) {
-        case MessageKind::kHeartbeat:
-        case MessageKind::kLeave:
-        case MessageKind::kLeaveAck:
-            break;
-        case MessageKind::kDeltas: {
-            uint64_t n;
-            ok = r.varint(n) && n <= r.remaining() / 2;
-            if (!ok) break;
-            m.deltas.resize(n);
-            for (auto& d : m.deltas) {
-                std::string_view id, delta;
-                if (!r.bytes(id) || !r.bytes(delta)) {
-                    ok = false;
-                    break;
-                }
-                d.session_id.assign(id);
-                d.delta.assign(delta);
-            }
-            break;
-        }
-        case MessageKind::kAck:
-        case MessageKind::kPull:
-            ok = read_states(r, m.states);
-            break;
-        case MessageKind::kDigest:
-        case MessageKind::kSummary: {
-            uint64_t n;
-            ok = r.varint(n) && n <= kMaxBuckets && n <= r.remaining();
-            if (!ok) break;
-            m.buckets.resize(n);
-            for (auto& b : m.buckets) {
-                if (!r.varint(b)) {
-                    ok = false;
-                    break;
-                }
-            }
-            ok = ok && read_states(r, m.states);
-            if (ok && m.kind == MessageKind::kSummary) ok = read_states(r, m.replies);
-            break;
-        }
-    }
-    if (!ok) return corrupt(std::string("malformed ") + message_kind_name(m.kind) + " body");
+    h.from_address.assign(addr);
+    if (!std::visit([&r](auto& body) { return read_body(r, body); }, m))
+        return corrupt(std::string("malformed ") + message_kind_name(kind_of(m)) + " body");
     if (!r.done()) return corrupt("trailing bytes after the message");
     return m;
 }

@@ -21,6 +21,10 @@
 //    replicas until they confirm holding them: the hand-off.
 //  * Failure detection: heartbeats; a peer not heard from in
 //    suspect_after_ms is suspect, pushes to it wait until it is back.
+//
+// This class is the façade: it owns the membership, the per-peer links and
+// the lock, and routes each decoded frame to one sub-protocol
+// (replicator_push, _anti_entropy, _reads, _departure; docs/cluster.md).
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -39,6 +43,15 @@
 #include "state/session_store.h"
 
 namespace assistd::cluster {
+
+// The sub-protocols behind the façade (replicator_*.h, private to src/cluster).
+namespace replication {
+struct SharedState;
+class Reads;
+class Push;
+class AntiEntropy;
+class Departure;
+}  // namespace replication
 
 struct ReplicationOptions {
     int replication_factor = 3;  // R: replicas per session (all nodes when fewer)
@@ -180,121 +193,35 @@ class Replicator {
     // The lag samples since the last call (at most kMaxLagSamples are kept between calls).
     std::vector<ReplicationLagSample> take_lag_samples();
     static constexpr size_t kMaxLagSamples = 4096;
-    NodeId node_id() const { return identity_.node_id; }
-    const std::string& address() const { return self_address_; }
+    NodeId node_id() const;
+    const std::string& address() const;
 
   private:
-    struct InFlight {
-        int64_t sent_ms = 0;
-        size_t bytes = 0;
-        uint64_t operations = 0;
-        std::vector<SessionState> sent;  // what each session was at when sent
-    };
-    struct PeerLink {
-        std::map<std::string, SessionState> known;  // the peer's last reported state per session
-        std::map<std::string, SessionState> acked;  // ... as reported by an ack (durable there)
-        std::set<std::string> pending;              // sessions to push
-        std::map<uint64_t, InFlight> inflight;      // by batch id
-        size_t inflight_bytes = 0;
-        std::map<std::string, SessionState>
-            handed_off;  // offers the peer confirmed, at our state then
-    };
-    struct AckWaiter {
-        std::string session_id;
-        state::crdt::VersionVector target;
-        bool deleted = false;  // waiting for the tombstone to replicate
-        size_t needed = 0;     // lowered while replicas are suspect (degraded writes)
-        size_t wanted = 0;     // what sync_acks asks for
-        std::set<NodeId> acked;
-        int64_t deadline_ms = 0;
-        Callback done;
-    };
-    struct FetchWaiter {
-        std::string session_id;
-        bool refresh = false;       // refresh(): wait for every asked replica
-        size_t quorum = 0;          // refresh(): enough answers (0: every live one)
-        std::set<NodeId> answered;  // refresh(): replicas that lack the session (nothing to give)
-        // refresh(): each replica's state as it answered this node's pull; it
-        // counts once the copy here covers it (its push of the difference came)
-        std::map<NodeId, SessionState> replies;
-        std::set<NodeId> asked;
-        std::set<NodeId> missing;
-        int64_t deadline_ms = 0;
-        Callback done;
-    };
-    using Completions = std::vector<std::function<void()>>;
+    // The membership part of a frame: the sender is heard (a reconnect starts
+    // anti-entropy with it). False for this node's own frame.
+    bool note_sender(const Message& message);
+    // Hands the decoded frame to the one sub-protocol of its kind.
+    void route(const Message& message, const std::vector<Status>& applied,
+               std::vector<std::function<void()>>& done);
+    void send_heartbeats(int64_t now);
 
-    int64_t now_ms() const;
-    SessionState local_state(const std::string& session_id);
-    bool owns(const std::vector<NodeId>& replicas, NodeId node) const;
-    void send(NodeId to, Message message);
-    void send_to(const std::string& address, Message message);
-    void pump(NodeId peer, PeerLink& link);
-    void pump_all();
-    void members_changed();
-    void anti_entropy_round();
-    void on_ack(const Message& m, Completions& done);
-    void on_digest(const Message& m);
-    void on_summary(const Message& m);
-    void on_pull(const Message& m);
-    void on_departure(NodeId node, uint64_t incarnation, Completions& done);
-    void send_leave(NodeId peer);
-    void note_peer_state(NodeId peer, const SessionState& state, Completions& done);
-    void check_fetch(const std::string& session_id, Completions& done);
-    // A pull of `here` (id 0, or kAnswerEvenIfCurrent for a refresh). Under mu_.
-    void send_pull(NodeId peer, const SessionState& here, uint64_t pull_id);
-    // Sends each asked replica a pull of `here`, registers the waiter and
-    // checks it at once. Under mu_.
-    void wait_for_pulls(FetchWaiter w, const SessionState& here, uint64_t pull_id, Callback done,
-                        Completions& completions);
-    bool expire_waiters(int64_t now, Completions& done);
-    size_t acks_needed(const std::string& session_id) const;
-    // acks_needed less the session's suspect replicas when degraded writes are on.
-    size_t acks_reachable(const std::string& session_id) const;
-    // Degraded writes, fetch-on-miss: this node is one of the session's
-    // replicas and every other replica either said it lacks the session
-    // (`missing`) or is suspect (at least one). Such a replica would hold any
-    // acknowledged change of the session but the last moment's, so the fetch
-    // ends "not found" and the session may be created here (docs/cluster.md,
-    // "Partitions").
-    bool cut_off_replica(const std::string& session_id, const std::set<NodeId>& missing) const;
-    Error taken_as_new(const std::string& session_id) const;
-    // Completes the waiters whose (lowered) need is met.
-    void check_ack_waiters(Completions& done);
-    size_t bucket_of(const std::string& session_id) const;
-
-    NodeIdentity identity_;
-    std::string self_address_;
-    ReplicationOptions options_;
-    state::SessionStore& store_;
-    Transport& transport_;
     Discovery& discovery_;
-    Clock& clock_;
-    uint64_t rng_;
-
+    // One lock for the shared state and every sub-protocol: a frame's handler
+    // reaches across them (a delta answers a read, an ack completes writes and
+    // reads), so finer locks would need an order and could reorder sends.
     mutable std::mutex mu_;
-    Membership membership_;
-    std::vector<NodeId> members_;
-    std::map<NodeId, PeerLink> links_;
-    std::vector<AckWaiter> ack_waiters_;
-    std::vector<FetchWaiter> fetch_waiters_;
-    uint64_t next_batch_ = 1;
-    uint64_t round_ = 0;
+    std::unique_ptr<replication::SharedState> state_;
+    std::unique_ptr<replication::Reads> reads_;
+    std::unique_ptr<replication::Push> push_;
+    std::unique_ptr<replication::AntiEntropy> anti_entropy_;
+    std::unique_ptr<replication::Departure> departure_;
     int64_t next_heartbeat_ms_ = 0;
-    int64_t next_anti_entropy_ms_ = 0;
     int64_t next_discovery_ms_ = 0;
-    std::set<NodeId> reconnected_;  // peers to send a digest to at the next tick
-    bool departure_announced_ = false;
-    std::set<NodeId> departure_pending_;  // peers yet to acknowledge the Leave
-    int64_t next_leave_ms_ = 0;
-    ReplicationStats stats_;
-    std::vector<ReplicationLagSample> lag_samples_;
 
     std::mutex dirty_mu_;
     std::set<std::string> dirty_;
     std::function<void()> wakeup_;
     uint64_t subscription_ = 0;
-    bool started_ = false;
 };
 
 }  // namespace assistd::cluster

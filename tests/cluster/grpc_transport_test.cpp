@@ -229,19 +229,17 @@ std::string forged_deltas_frame(NodeId claimed, const std::string& from_address,
     EXPECT_TRUE(store.ok());
     EXPECT_TRUE((*store)->create(session_id, "victim-tenant", "forged").ok());
     EXPECT_TRUE((*store)->append_message(session_id, {"user", "forged text"}).ok());
-    Message m;
-    m.kind = MessageKind::kDeltas;
+    Deltas m;
     m.from = claimed;
     m.from_address = from_address;
     m.id = 1;
-    m.deltas.push_back({session_id, (*store)->changes_since(session_id, {}).value()});
+    m.items.push_back({session_id, (*store)->changes_since(session_id, {}).value()});
     return encode_message(m);
 }
 
 std::string pull_frame(NodeId claimed, const std::string& from_address,
                        const std::string& session_id) {
-    Message m;
-    m.kind = MessageKind::kPull;
+    Pull m;
     m.from = claimed;
     m.from_address = from_address;
     m.states.push_back({session_id, SessionState::Kind::kMissing, {}});

@@ -95,7 +95,7 @@ class ReplicatorTest : public ::testing::Test {
         size_t n = 0;
         for (const auto& s : queue_) {
             auto m = decode_message(s.bytes);
-            if (m.ok() && m->kind == kind && s.to == to) ++n;
+            if (m.ok() && kind_of(*m) == kind && s.to == to) ++n;
         }
         return n;
     }
@@ -710,12 +710,11 @@ TEST_F(ReplicatorTest, GarbageFramesAreCountedAndIgnored) {
     EXPECT_EQ(nodes_[0]->replicator->stats().frames_rejected, 2u);
     // A well-formed delta that is not a session delta is rejected by the store, and still
     // acknowledged.
-    Message m;
-    m.kind = MessageKind::kDeltas;
+    Deltas m;
     m.from = 101;
     m.from_address = nodes_[1]->address;
     m.id = 9;
-    m.deltas = {{"s1", "not a delta"}};
+    m.items = {{"s1", "not a delta"}};
     nodes_[0]->replicator->receive(encode_message(m));
     EXPECT_EQ(nodes_[0]->replicator->stats().apply_errors, 1u);
     EXPECT_EQ(count_frames(MessageKind::kAck, nodes_[1]->address), 1u);
