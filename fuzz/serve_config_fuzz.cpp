@@ -1,8 +1,8 @@
 // libFuzzer: the YAML config of `assistd serve` (serve/serve_config.h). Any
 // text gives entries or an error naming what is wrong (and the line). Entries
 // come in file order with lines inside the text; a value is option text or
-// says why it cannot be; and the entries, written back as plain YAML (one
-// key per line, every string double-quoted), read back the same.
+// says why it cannot be; and the entries, written back as plain YAML (every
+// string double-quoted, each key on a line of its own), read back the same.
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -45,7 +45,8 @@ std::string write_back(const std::vector<ServeConfigEntry>& entries) {
     if (entries.empty()) return "{}\n";  // an empty text is no mapping at all
     std::string yaml;
     for (const ServeConfigEntry& e : entries) {
-        yaml += quoted(e.key) + ": ";
+        // Explicit keys ("? key"): an implicit one may hold at most 1024 characters.
+        yaml += "? " + quoted(e.key) + "\n: ";
         if (e.is_list) {
             yaml += '[';
             for (size_t i = 0; i < e.values.size(); ++i)
@@ -92,7 +93,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         const ServeConfigEntry& a = clean[i];
         const ServeConfigEntry& b = (*again)[i];
         check(b.key == a.key && b.is_list == a.is_list && b.values == a.values);
-        check(b.value_error.empty() && b.line == i + 1);
+        check(b.value_error.empty() && b.line == 2 * i + 1);
     }
     return 0;
 }
