@@ -8,15 +8,16 @@
 // are replicated to their replicas over gRPC, every response names the node
 // (X-Assistd-Node) and the drain also hands this node's changes to its peers.
 #include <sys/resource.h>
-#include <yaml-cpp/yaml.h>
 
 #include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <optional>
+#include <sstream>
 #include <thread>
 #include <vector>
 
@@ -31,6 +32,7 @@
 #include "serve/openai_routes.h"
 #include "serve/rate_limit.h"
 #include "serve/scheduler.h"
+#include "serve/serve_config.h"
 #include "serve/sessions.h"
 #include "serve/static_files.h"
 #if ASSISTD_HAVE_CLUSTER
@@ -106,32 +108,28 @@ std::filesystem::path default_web_dir() {
     return serve::StaticFiles::find_root(candidates);
 }
 
-// One value of a YAML key as option text: a scalar as written, a mapping as "name=value,...".
-std::string config_value_text(const YAML::Node& node) {
-    if (!node.IsMap()) return node.as<std::string>();
-    std::string text;
-    for (const auto& field : node) {
-        if (!text.empty()) text += ',';
-        text += field.first.as<std::string>() + "=" + field.second.as<std::string>();
-    }
-    return text;
-}
-
 // Applies the YAML file's keys to options not given on the command line.
 bool apply_config(CLI::App& cmd, const std::string& path) {
-    YAML::Node root;
-    try {
-        root = YAML::LoadFile(path);
-    } catch (const std::exception& e) {
-        std::fprintf(stderr, "assistd serve: cannot read --config %s: %s\n", path.c_str(), e.what());
+    std::ifstream file(path, std::ios::binary);
+    std::stringstream text;
+    text << file.rdbuf();
+    if (!file.is_open() || file.bad()) {
+        // The words yaml-cpp's LoadFile used, which this message has always carried.
+        std::fprintf(stderr, "assistd serve: cannot read --config %s: bad file: %s\n", path.c_str(), path.c_str());
         return false;
     }
-    if (!root.IsMap()) {
-        std::fprintf(stderr, "assistd serve: %s must be a YAML mapping of option names to values\n", path.c_str());
+    auto entries = serve::parse_serve_config(text.str());
+    if (!entries.ok()) {
+        if (entries.error().code == ErrorCode::kInvalidArgument) {
+            std::fprintf(stderr, "assistd serve: %s must be a YAML mapping of option names to values\n", path.c_str());
+        } else {
+            std::fprintf(stderr, "assistd serve: cannot read --config %s: %s\n", path.c_str(),
+                         entries.error().message.c_str());
+        }
         return false;
     }
-    for (const auto& kv : root) {
-        const std::string key = kv.first.as<std::string>();
+    for (const serve::ServeConfigEntry& entry : *entries) {
+        const std::string& key = entry.key;
         CLI::Option* opt = nullptr;
         try {
             opt = cmd.get_option("--" + key);
@@ -143,17 +141,17 @@ bool apply_config(CLI::App& cmd, const std::string& path) {
             return false;
         }
         if (opt->count() > 0) continue;  // the command line wins
+        if (entry.is_list && opt->get_expected_max() <= 1) {
+            std::fprintf(stderr, "assistd serve: '%s' in %s takes one value, not a list\n", key.c_str(), path.c_str());
+            return false;
+        }
+        if (!entry.value_error.empty()) {
+            std::fprintf(stderr, "assistd serve: bad value for '%s' in %s: %s\n", key.c_str(), path.c_str(),
+                         entry.value_error.c_str());
+            return false;
+        }
         try {
-            if (kv.second.IsSequence()) {
-                if (opt->get_expected_max() <= 1) {
-                    std::fprintf(stderr, "assistd serve: '%s' in %s takes one value, not a list\n", key.c_str(),
-                                 path.c_str());
-                    return false;
-                }
-                for (const auto& item : kv.second) opt->add_result(config_value_text(item));
-            } else {
-                opt->add_result(config_value_text(kv.second));
-            }
+            for (const std::string& value : entry.values) opt->add_result(value);
             opt->run_callback();
         } catch (const std::exception& e) {
             std::fprintf(stderr, "assistd serve: bad value for '%s' in %s: %s\n", key.c_str(), path.c_str(), e.what());

@@ -181,7 +181,9 @@ Status validate_random_model_spec(const RandomModelSpec& s) {
     if (!s.tensor_types.empty()) {
         const std::vector<TensorPlan> plan = plan_tensors(s);
         for (const auto& [name, type] : s.tensor_types) {
-            auto t = std::find_if(plan.begin(), plan.end(), [&](const TensorPlan& p) { return p.name == name; });
+            // Named in the capture: clang 14 (the fuzz build) cannot capture a structured binding.
+            auto t = std::find_if(plan.begin(), plan.end(),
+                                  [&wanted = name](const TensorPlan& p) { return p.name == wanted; });
             if (t == plan.end()) return bad(fmt::format("tensor_types names '{}', which this model does not have", name));
             if (t->dims.size() < 2) return bad(fmt::format("'{}' is a vector: it stays F32", name));
             if (t->dims[0] % dtype_block_elems(type) != 0)
