@@ -1,6 +1,7 @@
 // libFuzzer: the cluster frame decoder, which reads every frame a peer sends.
 // Hostile bytes are kCorrupt or kUnsupported, never a crash. A frame that
-// decodes holds only what its kind carries, and re-encodes to the canonical
+// decodes names its sender, its kind is the alternative it holds (typed
+// messages carry only their kind's fields), and it re-encodes to the canonical
 // frame: no longer than the input (varints may have been padded), decoding to
 // the same message, and rejected when cut short by a byte or followed by one.
 #include <cstddef>
@@ -8,6 +9,8 @@
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <variant>
 
 #include "cluster/messages.h"
 
@@ -40,15 +43,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         return 0;
     }
     const Message& m = *decoded;
-    check(m.from != 0);
-    const bool has_states = m.kind == MessageKind::kAck || m.kind == MessageKind::kPull ||
-                            m.kind == MessageKind::kDigest || m.kind == MessageKind::kSummary;
-    const bool has_buckets = m.kind == MessageKind::kDigest || m.kind == MessageKind::kSummary;
-    check(m.kind == MessageKind::kDeltas || m.deltas.empty());
-    check(has_states || m.states.empty());
-    check(has_buckets || m.buckets.empty());
-    check(m.kind == MessageKind::kSummary || m.replies.empty());
-    check(states_well_formed(m.states) && states_well_formed(m.replies));
+    check(cluster::header_of(m).from != 0);
+    const MessageKind kind = cluster::kind_of(m);
+    std::visit([&](const auto& typed) { check(std::decay_t<decltype(typed)>::kKind == kind); }, m);
+    if (const auto* a = std::get_if<cluster::Ack>(&m)) check(states_well_formed(a->states));
+    if (const auto* p = std::get_if<cluster::Pull>(&m)) check(states_well_formed(p->states));
+    if (const auto* d = std::get_if<cluster::Digest>(&m)) check(states_well_formed(d->offers));
+    if (const auto* s = std::get_if<cluster::Summary>(&m))
+        check(states_well_formed(s->states) && states_well_formed(s->replies));
 
     const std::string canonical = cluster::encode_message(m);
     check(canonical.size() <= bytes.size());
