@@ -296,7 +296,7 @@ Status DurableSessionStore::mutate(std::string_view id, Fn&& fn) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::unique_lock<std::mutex> lock(entry->mu);
-    if (!entry->doc) return not_found(id);  // removed meanwhile
+    if (!entry->doc || entry->orphaned) return not_found(id);  // removed meanwhile
     const crdt::VersionVector before = entry->doc->doc().version();
     auto st = fn(*entry->doc);
     if (!st.ok()) return st;
@@ -335,7 +335,7 @@ Result<Session> DurableSessionStore::get(std::string_view id) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::lock_guard<std::mutex> lock(entry->mu);
-    if (!entry->doc) return not_found(id);
+    if (!entry->doc || entry->orphaned) return not_found(id);
     return entry->doc->read(id);
 }
 
@@ -417,7 +417,7 @@ Result<crdt::VersionVector> DurableSessionStore::version(std::string_view id) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::lock_guard<std::mutex> lock(entry->mu);
-    if (!entry->doc) return not_found(id);
+    if (!entry->doc || entry->orphaned) return not_found(id);
     return entry->doc->doc().version();
 }
 
@@ -426,6 +426,7 @@ Result<std::string> DurableSessionStore::changes_since(std::string_view id, cons
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::lock_guard<std::mutex> lock(entry->mu);
+    if (entry->orphaned) return not_found(id);
     if (!entry->doc) return std::string(1, static_cast<char>(kEnvelopeTombstone));
     return std::string(1, static_cast<char>(kEnvelopeDelta)) + entry->doc->doc().changes_since(since);
 }
@@ -442,24 +443,43 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
     if (delta[0] == kEnvelopeTombstone) return remove(id);  // synced (and notified) itself
     if (is_deleted(id)) return {};  // deleted for good: late changes are dropped
     delta.remove_prefix(1);
-    std::shared_ptr<Entry> entry = find(id);
+    std::shared_ptr<Entry> entry;
+    std::unique_lock<std::mutex> lock;
     bool created = false;
-    if (!entry) {
-        auto fresh = std::make_shared<Entry>();
-        fresh->doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
-        std::unique_lock<std::shared_mutex> map_lock(map_mu_);
-        if (deleted_.count(std::string(id))) return {};
-        auto [it, inserted] = sessions_.emplace(std::string(id), fresh);
-        entry = it->second;
-        created = inserted;
+    // A concurrent apply() may orphan the entry found here (below): then look again.
+    for (int attempt = 0; attempt < 8; ++attempt) {
+        entry = find(id);
+        created = false;
+        if (!entry) {
+            auto fresh = std::make_shared<Entry>();
+            fresh->doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+            std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+            if (deleted_.count(std::string(id))) return {};
+            auto [it, inserted] = sessions_.emplace(std::string(id), fresh);
+            entry = it->second;
+            created = inserted;
+        }
+        lock = std::unique_lock<std::mutex>(entry->mu);
+        if (!entry->orphaned) break;
+        lock.unlock();
     }
-    std::unique_lock<std::mutex> lock(entry->mu);
+    if (entry->orphaned) return make_error(ErrorCode::kResourceExhausted, "session store: the session is busy; retry");
     if (!entry->doc) return {};
     crdt::Document& doc = entry->doc->doc();
     const crdt::VersionVector before = doc.version();
     auto st = doc.apply(delta);
-    if (!st.ok()) return st;
-    if (doc.version() == before) return {};  // nothing new (duplicate or still buffered)
+    if (!st.ok() || doc.version() == before) {
+        // An entry made for this delta that holds nothing goes again, so the id
+        // reads, lists and can be created as one nobody holds (its buffered part
+        // comes again with the sender's next push).
+        if (created && before.empty()) {
+            std::unique_lock<std::shared_mutex> map_lock(map_mu_);
+            auto it = sessions_.find(std::string(id));
+            if (it != sessions_.end() && it->second == entry) sessions_.erase(it);
+            entry->orphaned = true;
+        }
+        return st;  // rejected, or nothing new (duplicate or still buffered)
+    }
     if (entry->tenant.empty()) {
         entry->tenant = entry->doc->tenant();
         if (!entry->tenant.empty()) {

@@ -85,6 +85,9 @@ private:
         std::string tenant;
         uint64_t next_seq = 1;       // next log sequence number
         uint64_t since_snapshot = 0;
+        // Taken out of the map again: an apply() made it for a delta that added
+        // nothing (rejected, or buffered for missing history); look the id up anew.
+        bool orphaned = false;
     };
 
     DurableSessionStore(DurableSessionStoreOptions options, Clock& clock);

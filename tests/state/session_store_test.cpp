@@ -132,6 +132,30 @@ TEST_F(SessionStoreTest, ReplicatesConcurrentAppendsBetweenStores) {
     EXPECT_EQ(b->list_by_tenant("acme"), std::vector<std::string>{"s1"});
 }
 
+// A delta that adds nothing to a session this store does not hold (its
+// history is missing, so it is only buffered, or it is rejected) leaves no
+// trace: the id reads, lists and can be created as one nobody holds. The
+// decoder fuzzer found an empty session left behind.
+TEST_F(SessionStoreTest, ADeltaThatAddsNothingToAnUnheldSessionLeavesNoEmptySession) {
+    auto a = open("a", 1);
+    auto b = open("b", 2);
+    ASSERT_TRUE(a->create("s1", "acme", "t").ok());
+    const auto after_create = a->version("s1").value();
+    ASSERT_TRUE(a->append_message("s1", {"user", "later"}).ok());
+    const std::string continuation = a->changes_since("s1", after_create).value();  // lacks the creation
+    ASSERT_TRUE(b->apply("s2", continuation).ok());
+    EXPECT_EQ(b->get("s2").error().code, ErrorCode::kNotFound);
+    EXPECT_EQ(b->version("s2").error().code, ErrorCode::kNotFound);
+    EXPECT_TRUE(b->list_versions().empty());
+    EXPECT_FALSE(b->apply("s3", std::string("\x01garbage")).ok());
+    EXPECT_TRUE(b->list_versions().empty());
+    ASSERT_TRUE(b->create("s2", "acme", "mine").ok()) << "the id is free";
+    EXPECT_EQ(b->get("s2")->messages.size(), 0u);
+    // A whole delta of s1 still creates it.
+    ASSERT_TRUE(b->apply("s1", a->changes_since("s1", {}).value()).ok());
+    EXPECT_EQ(b->get("s1")->messages.size(), 1u);
+}
+
 // Two nodes may create one session id without seeing each other: a client
 // retries a session's first turn on another node after the first node died
 // before its create reached anyone (the chaos test does this). Both creates
