@@ -1,5 +1,7 @@
 #include "cluster/peer_certs.h"
 
+#include "cluster/openssl_ptr.h"
+
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -16,17 +18,10 @@
 namespace assistd::cluster {
 namespace {
 
-struct X509Free {
-    void operator()(X509* x) const { X509_free(x); }
-};
-struct KeyFree {
-    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
-struct BioFree {
-    void operator()(BIO* b) const { BIO_free(b); }
-};
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-using KeyPtr = std::unique_ptr<EVP_PKEY, KeyFree>;
+using ossl::BioPtr;
+using ossl::KeyPtr;
+using ossl::memory_bio;
+using ossl::X509Ptr;
 
 Error openssl_error(const std::string& what) {
     const unsigned long code = ERR_get_error();
@@ -43,13 +38,13 @@ std::string bio_text(BIO* bio) {
 }
 
 Result<std::string> cert_pem(X509* cert) {
-    std::unique_ptr<BIO, BioFree> bio(BIO_new(BIO_s_mem()));
+    BioPtr bio(BIO_new(BIO_s_mem()));
     if (PEM_write_bio_X509(bio.get(), cert) != 1) return openssl_error("writing a certificate");
     return bio_text(bio.get());
 }
 
 Result<std::string> key_pem(EVP_PKEY* key) {
-    std::unique_ptr<BIO, BioFree> bio(BIO_new(BIO_s_mem()));
+    BioPtr bio(BIO_new(BIO_s_mem()));
     if (PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1)
         return openssl_error("writing a private key");
     return bio_text(bio.get());
@@ -135,11 +130,9 @@ Result<PemCredentials> make_peer_ca(std::string_view common_name, int valid_days
 Result<PemCredentials> make_peer_certificate(const PemCredentials& ca, std::string_view node_name,
                                              int valid_days) {
     if (auto id = node_id_from_name(std::string(node_name)); !id.ok()) return id.error();
-    std::unique_ptr<BIO, BioFree> ca_cert_bio(
-        BIO_new_mem_buf(ca.cert.data(), static_cast<int>(ca.cert.size())));
+    auto ca_cert_bio = memory_bio(ca.cert);
     X509Ptr ca_cert(PEM_read_bio_X509(ca_cert_bio.get(), nullptr, nullptr, nullptr));
-    std::unique_ptr<BIO, BioFree> ca_key_bio(
-        BIO_new_mem_buf(ca.key.data(), static_cast<int>(ca.key.size())));
+    auto ca_key_bio = memory_bio(ca.key);
     KeyPtr ca_key(PEM_read_bio_PrivateKey(ca_key_bio.get(), nullptr, nullptr, nullptr));
     if (!ca_cert || !ca_key) return openssl_error("reading the CA");
 

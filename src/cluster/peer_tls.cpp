@@ -1,5 +1,7 @@
 #include "cluster/peer_tls.h"
 
+#include "cluster/openssl_ptr.h"
+
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -13,15 +15,10 @@
 namespace assistd::cluster {
 namespace {
 
-struct BioFree {
-    void operator()(BIO* b) const { BIO_free(b); }
-};
-struct X509Free {
-    void operator()(X509* x) const { X509_free(x); }
-};
-struct KeyFree {
-    void operator()(EVP_PKEY* k) const { EVP_PKEY_free(k); }
-};
+using ossl::KeyPtr;
+using ossl::memory_bio;
+using ossl::X509Ptr;
+
 struct StoreFree {
     void operator()(X509_STORE* s) const { X509_STORE_free(s); }
 };
@@ -31,11 +28,6 @@ struct StoreCtxFree {
 struct NamesFree {
     void operator()(GENERAL_NAMES* n) const { GENERAL_NAMES_free(n); }
 };
-using X509Ptr = std::unique_ptr<X509, X509Free>;
-
-std::unique_ptr<BIO, BioFree> memory_bio(std::string_view pem) {
-    return std::unique_ptr<BIO, BioFree>(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-}
 
 // Every certificate in a PEM text, in order.
 std::vector<X509Ptr> read_certificates(std::string_view pem) {
@@ -106,8 +98,7 @@ Result<std::string> check_peer_tls_files(const PeerTlsFiles& files) {
         return make_error(ErrorCode::kCorrupt,
                           "--peer-tls-ca " + files.ca_path + " holds no PEM certificate");
     auto key_bio = memory_bio(*key_pem);
-    std::unique_ptr<EVP_PKEY, KeyFree> key(
-        PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
+    KeyPtr key(PEM_read_bio_PrivateKey(key_bio.get(), nullptr, nullptr, nullptr));
     ERR_clear_error();
     if (!key)
         return make_error(ErrorCode::kCorrupt, "--peer-tls-key " + files.key_path +
