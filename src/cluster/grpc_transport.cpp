@@ -166,7 +166,22 @@ struct GrpcTransport::Impl {
         bool stopping = false;
         grpc::ClientContext* context = nullptr;  // the live stream's, to cancel it on shutdown
         std::thread thread;
+        std::atomic<int64_t> last_send_ms{0};  // steady clock
+        std::atomic<bool> exited{false};       // run() returned: the thread joins at once
     };
+
+    static int64_t steady_ms() {
+        return std::chrono::duration_cast<std::chrono::milliseconds>(
+                   std::chrono::steady_clock::now().time_since_epoch())
+            .count();
+    }
+
+    // Asks an outbox's thread to end (it is joined later, from `retired`). Under o.mu.
+    static void stop_outbox(Outbox& o) {
+        o.stopping = true;
+        if (o.context) o.context->TryCancel();
+        o.cv.notify_all();
+    }
 
     GrpcTransportOptions options;
     Service service{*this};
@@ -176,7 +191,40 @@ struct GrpcTransport::Impl {
     FrameHandler handler;
     mutable std::mutex outbox_mu;
     std::map<std::string, std::unique_ptr<Outbox>> outboxes;
+    // Outboxes of addresses nobody sent to for link_idle_ms, ended to make room
+    // (peers that went away: a pod's next life has another IP). Under outbox_mu.
+    std::vector<std::unique_ptr<Outbox>> retired;
     bool closed = false;  // under outbox_mu: no new outboxes once shutdown began
+
+    // At the cap: ends the outbox idle longest, if one is idle long enough. Under outbox_mu.
+    bool retire_idle_outbox() {
+        for (auto it = retired.begin(); it != retired.end();) {  // join those that are done
+            if ((*it)->exited.load()) {
+                (*it)->thread.join();
+                it = retired.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        const int64_t now = steady_ms();
+        auto idlest = outboxes.end();
+        for (auto it = outboxes.begin(); it != outboxes.end(); ++it) {
+            if (!it->second) continue;
+            if (idlest == outboxes.end() ||
+                it->second->last_send_ms.load() < idlest->second->last_send_ms.load())
+                idlest = it;
+        }
+        if (idlest == outboxes.end() ||
+            now - idlest->second->last_send_ms.load() < static_cast<int64_t>(options.link_idle_ms))
+            return false;
+        {
+            std::lock_guard<std::mutex> lock(idlest->second->mu);
+            stop_outbox(*idlest->second);
+        }
+        retired.push_back(std::move(idlest->second));
+        outboxes.erase(idlest);
+        return true;
+    }
     std::atomic<uint64_t> dropped{0};
     std::atomic<uint64_t> links_refused{0};
     std::shared_ptr<grpc::experimental::CertificateProviderInterface> certificates;
@@ -321,17 +369,18 @@ GrpcTransport::~GrpcTransport() {
     impl_->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(200));
     impl_->server->Wait();
     std::map<std::string, std::unique_ptr<Impl::Outbox>> outboxes;
+    std::vector<std::unique_ptr<Impl::Outbox>> retired;
     {
         std::lock_guard<std::mutex> lock(impl_->outbox_mu);
         outboxes.swap(impl_->outboxes);
+        retired.swap(impl_->retired);
     }
     for (auto& [address, o] : outboxes) {
         std::lock_guard<std::mutex> lock(o->mu);
-        o->stopping = true;
-        if (o->context) o->context->TryCancel();
-        o->cv.notify_all();
+        Impl::stop_outbox(*o);
     }
     for (auto& [address, o] : outboxes) o->thread.join();
+    for (auto& o : retired) o->thread.join();
 }
 
 void GrpcTransport::set_handler(FrameHandler handler) {
@@ -346,7 +395,7 @@ void GrpcTransport::send(const std::string& address, std::string frame) {
         if (impl_->closed) return;
         auto found = impl_->outboxes.find(address);
         if (found == impl_->outboxes.end()) {
-            if (impl_->outboxes.size() >= impl_->options.max_links) {
+            if (impl_->outboxes.size() >= impl_->options.max_links && !impl_->retire_idle_outbox()) {
                 ++impl_->links_refused;  // best effort, as a full queue
                 return;
             }
@@ -358,9 +407,13 @@ void GrpcTransport::send(const std::string& address, std::string frame) {
             slot->address = address;
             Impl* impl = impl_.get();
             Impl::Outbox* raw = slot.get();
-            slot->thread = std::thread([impl, raw] { impl->run(*raw); });
+            slot->thread = std::thread([impl, raw] {
+                impl->run(*raw);
+                raw->exited = true;
+            });
         }
         o = slot.get();
+        o->last_send_ms = Impl::steady_ms();
     }
     {
         std::lock_guard<std::mutex> lock(o->mu);

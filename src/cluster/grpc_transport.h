@@ -26,8 +26,11 @@ struct GrpcTransportOptions {
     bool insecure = false;
     unsigned tls_refresh_s = 60;  // the files are re-read this often (rotation without a restart)
     // Outgoing streams, one per peer address (each a thread and a channel):
-    // frames for a further address are dropped and counted.
+    // at the cap, the stream idle longest goes if nothing was sent on it for
+    // link_idle_ms (a peer that left: its next life has another address),
+    // else frames for a further address are dropped and counted.
     size_t max_links = 256;
+    int64_t link_idle_ms = 30000;
 };
 
 class GrpcTransport final : public Transport {

@@ -365,6 +365,26 @@ TEST(GrpcTransportErrors, TheLinkCapBoundsOutgoingStreams) {
     EXPECT_EQ((*t)->links_refused(), 46u);
 }
 
+TEST(GrpcTransportErrors, AtTheLinkCapAnIdleLinkMakesRoomForANewPeer) {
+    GrpcTransportOptions o;
+    o.listen_address = "127.0.0.1:0";
+    o.insecure = true;
+    o.max_links = 4;
+    o.link_idle_ms = 200;
+    auto t = GrpcTransport::start(o);
+    ASSERT_TRUE(t.ok());
+    for (int port = 1; port <= 4; ++port) (*t)->send(fmt::format("127.0.0.1:{}", port), "x");
+    (*t)->send("127.0.0.1:5", "x");  // none idle yet: refused
+    EXPECT_EQ((*t)->links_refused(), 1u);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    (*t)->send("127.0.0.1:4", "x");  // still in use
+    for (int port = 5; port <= 7; ++port) (*t)->send(fmt::format("127.0.0.1:{}", port), "x");
+    EXPECT_EQ((*t)->links(), 4u);
+    EXPECT_EQ((*t)->links_refused(), 1u) << "the three idle links made room for three new peers";
+    (*t)->send("127.0.0.1:8", "x");  // the rest were just used: refused again
+    EXPECT_EQ((*t)->links_refused(), 2u);
+}
+
 TEST(GrpcTransportErrors, TlsFilesThatDoNotFitAreClearErrors) {
     const TestFleetCa ca;
     const TestFleetCa other("other");
