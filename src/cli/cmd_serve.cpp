@@ -473,6 +473,11 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     while ((scheduler.in_flight() > 0 || (*server)->active_requests() > 0) && std::chrono::steady_clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
     const size_t left = scheduler.in_flight();
+    // No request touches the store after this: the answers of requests cut off by
+    // the grace are stored (or dropped) before the node hands its sessions over.
+    (*server)->stop();
+    if (metrics_server) metrics_server->stop();
+    store_work.stop();
 #if ASSISTD_HAVE_CLUSTER
     if (fleet) {
         // Every answer is stored now: hand this node's sessions to the others
@@ -498,9 +503,6 @@ int run_serve(const ServeOptions& o, bool precision_given) {
                          unaware);
     }
 #endif
-    (*server)->stop();
-    if (metrics_server) metrics_server->stop();
-    store_work.stop();  // answers of requests the server let go of are stored before the store closes
     scheduler.stop();
     std::fprintf(stderr, "assistd serve: stopped (%zu requests cut off by the grace period)\n", left);
     return 0;

@@ -271,6 +271,7 @@ struct GrpcTransport::Impl {
             context.set_wait_for_ready(true);
             {
                 std::lock_guard<std::mutex> lock(o.mu);
+                if (o.stopping) return;  // stopped before there was a stream to cancel
                 o.context = &context;
             }
             auto stream = stub->Stream(&context);

@@ -1,5 +1,6 @@
 #include "cluster/replicator.h"
 
+#include <arpa/inet.h>
 #include <spdlog/spdlog.h>
 
 #include "cluster/placement.h"
@@ -15,6 +16,15 @@ namespace {
 using replication::Completions;
 using replication::holds;
 
+// An IP in one spelling ("FD00::0001" and "fd00::1" are one address); other text as it is.
+std::string canonical_ip(const std::string& host) {
+    unsigned char bytes[16];
+    char text[INET6_ADDRSTRLEN];
+    if (::inet_pton(AF_INET, host.c_str(), bytes) == 1) return ::inet_ntop(AF_INET, bytes, text, sizeof text);
+    if (::inet_pton(AF_INET6, host.c_str(), bytes) == 1) return ::inet_ntop(AF_INET6, bytes, text, sizeof text);
+    return host;
+}
+
 // "10.0.0.7:9090" -> "10.0.0.7", "[::1]:9090" -> "::1".
 std::string host_of(const std::string& address) {
     if (!address.empty() && address.front() == '[') {
@@ -29,7 +39,7 @@ std::string unauthorized(const MessageHeader& m, const FrameOrigin& origin) {
     if (origin.node && m.from != *origin.node)
         return "it claims node " + format_node_id(m.from) + " but the certificate names node " +
                format_node_id(*origin.node);
-    if (!origin.host.empty() && host_of(m.from_address) != origin.host)
+    if (!origin.host.empty() && canonical_ip(host_of(m.from_address)) != canonical_ip(origin.host))
         return "it claims the address " + m.from_address + ", not on the connection's host " +
                origin.host;
     return {};

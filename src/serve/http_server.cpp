@@ -455,19 +455,30 @@ private:
             bool passed = false;
         };
         auto deadline = std::make_shared<Deadline>();
-        asio::steady_timer timer(co_await asio::this_coro::executor,
-                                 std::chrono::milliseconds(std::max(1, config_.header_timeout_ms)));
-        timer.async_wait([deadline, stream](const beast::error_code& e) {
-            if (e || !deadline->armed) return;
-            deadline->passed = true;
-            beast::error_code ignored;
-            stream->socket().cancel(ignored);
-        });
+        auto timer = std::make_shared<asio::steady_timer>(
+            co_await asio::this_coro::executor, std::chrono::milliseconds(std::max(1, config_.header_timeout_ms)));
+        // The header read is a composed operation: a cancel that lands between two of its
+        // reads cancels nothing, so once the deadline passed the cancel repeats every 50 ms
+        // until the read is over.
+        struct Canceller {
+            std::shared_ptr<Deadline> deadline;
+            std::shared_ptr<asio::steady_timer> timer;
+            std::shared_ptr<beast::tcp_stream> stream;
+            void operator()(const beast::error_code& e) const {
+                if (e || !deadline->armed) return;
+                deadline->passed = true;
+                beast::error_code ignored;
+                stream->socket().cancel(ignored);
+                timer->expires_after(std::chrono::milliseconds(50));
+                timer->async_wait(*this);
+            }
+        };
+        timer->async_wait(Canceller{deadline, timer, stream});
         stream->expires_never();
         co_await http::async_read_header(*stream, buffer, parser,
                                          asio::redirect_error(asio::use_awaitable, ec));
         deadline->armed = false;
-        timer.cancel();
+        timer->cancel();
         co_return ec && deadline->passed;
     }
 

@@ -4,7 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <filesystem>
+#include <random>
 #include <fstream>
 
 #include "engine/kv_blob.h"
@@ -44,6 +46,8 @@ Result<std::unique_ptr<KvDiskTier>> KvDiskTier::open(const KvDiskTierConfig& con
     fs::create_directories(config.dir, ec);
     if (ec) return make_error(ErrorCode::kIo, "cannot create the KV disk directory " + config.dir + ": " + ec.message());
     std::unique_ptr<KvDiskTier> tier(new KvDiskTier(config, fingerprint));
+    tier->nonce_ = (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}() ^
+                   static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
     size_t foreign = 0;
     for (const auto& f : fs::directory_iterator(config.dir, ec)) {
         const std::string path = f.path().string();
@@ -95,12 +99,14 @@ void KvDiskTier::put(std::vector<TokenId> tokens, std::string blob) {
     for (size_t i = entries_.size(); i-- > 0;)
         if (common_prefix(entries_[i].tokens, tokens) == entries_[i].tokens.size()) remove_entry(i);  // superseded
     auto bytes = std::make_shared<std::string>(std::move(blob));
-    const std::string path = (fs::path(config_.dir) / fmt::format("{:016x}-{}.akv", fingerprint_, ++serial_)).string();
+    // A name of this life of the tier (nonce) and this entry (serial): never one a file of an earlier life has.
+    const std::string path =
+        (fs::path(config_.dir) / fmt::format("{:016x}-{:016x}-{}.akv", fingerprint_, nonce_, ++serial_)).string();
     entries_.push_back(Entry{std::move(tokens), path, bytes->size(), ++use_counter_, bytes});
     bytes_ += bytes->size();
     queue_.emplace_back(path, bytes);
     enforce_budget();
-    cv_.notify_one();
+    cv_.notify_all();  // the writer and flush() wait on it
 }
 
 std::optional<KvDiskTier::Found> KvDiskTier::take_longest(std::span<const TokenId> usable, size_t better_than) {
@@ -163,7 +169,10 @@ void KvDiskTier::writer_loop() {
         auto named = [&] {
             return std::any_of(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.path == path; });
         };
-        if (!named()) continue;
+        if (!named()) {
+            cv_.notify_all();  // flush() may be waiting for this last item
+            continue;
+        }
         ++writing_;
         lk.unlock();
         const std::string tmp = path + ".tmp";

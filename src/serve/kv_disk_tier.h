@@ -87,7 +87,7 @@ private:
     std::deque<std::pair<std::string, std::shared_ptr<std::string>>> queue_;  // path, blob
     size_t writing_ = 0;
     bool stopping_ = false;
-    uint64_t use_counter_ = 0, bytes_ = 0, serial_ = 0;
+    uint64_t use_counter_ = 0, bytes_ = 0, serial_ = 0, nonce_ = 0;
     std::atomic<uint64_t> hits_{0}, writes_{0}, refused_{0}, evictions_{0};
     std::thread writer_;
 };

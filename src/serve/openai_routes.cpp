@@ -202,16 +202,14 @@ private:
             self->record_status_ = self->record_answer();
             self->recorded_.store(true, std::memory_order_release);
             if (self->turn_) self->turn_->release();  // stored: the next turn may start
-            std::function<void()> wake;
-            {
-                std::lock_guard lk(self->wake_mu_);
-                wake = self->wake_;
-            }
-            if (wake) wake();
+            // Under the lock: once clear_waker() returned, no wake may come (it only posts).
+            std::lock_guard lk(self->wake_mu_);
+            if (self->wake_) self->wake_();
         });
-        if (!posted) {  // shutting down: the answer is not stored
+        if (!posted) {  // shutting down: the answer is not stored; poll() answers now
+            recording_ = false;
             record_status_ = make_error(ErrorCode::kResourceExhausted, "the server is shutting down");
-            recorded_.store(true, std::memory_order_release);
+            return false;
         }
         return true;
     }

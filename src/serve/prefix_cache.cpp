@@ -92,9 +92,16 @@ Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prom
             const size_t len = common_prefix(usable, entries_[i].tokens);
             if (len > best_len) best = i, best_len = len;
         }
-        if (config_.disk)
+        if (config_.disk) {
             if (auto from_disk = acquire_from_disk(usable, best_len >= config_.min_match_tokens ? best_len : 0))
                 return *from_disk;
+            // It may have evicted entries to make a slot: look for the best one again.
+            best = kNone, best_len = 0;
+            for (size_t i = 0; i < entries_.size(); ++i) {
+                const size_t len = common_prefix(usable, entries_[i].tokens);
+                if (len > best_len) best = i, best_len = len;
+            }
+        }
         if (best != kNone && best_len >= config_.min_match_tokens) {
             entries_[best].last_used = ++use_counter_;
             for (;;) {

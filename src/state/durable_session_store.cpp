@@ -541,7 +541,7 @@ std::vector<SessionVersion> DurableSessionStore::list_versions() {
     }
     for (auto& [id, entry] : live) {
         std::lock_guard<std::mutex> lock(entry->mu);
-        if (entry->doc) out.push_back(SessionVersion{id, entry->doc->doc().version(), false});
+        if (entry->doc && !entry->orphaned) out.push_back(SessionVersion{id, entry->doc->doc().version(), false});
     }
     std::sort(out.begin(), out.end(), [](const SessionVersion& a, const SessionVersion& b) { return a.id < b.id; });
     return out;
