@@ -45,11 +45,11 @@ class KvDiskTierTest : public ::testing::Test {
         EXPECT_TRUE(engine::write_random_model(*spec, path).ok());
         return path;
     }
-    static std::unique_ptr<Model> load(const std::string& path) {
+    static std::unique_ptr<Model> load(const std::string& path, size_t max_sequences = 4) {
         engine::ModelParams p;
         p.path = path;
         p.n_threads = 1;
-        p.max_sequences = 4;
+        p.max_sequences = max_sequences;
         p.kv_cache_tokens = 4096;
         auto m = Model::load(p);
         EXPECT_TRUE(m.ok());
@@ -232,6 +232,45 @@ TEST_F(KvDiskTierTest, DamagedOrForeignFilesAreRefusedAndThePromptIsPrefilled) {
     ASSERT_TRUE(other_tier.ok());
     EXPECT_EQ((*other_tier)->stats().entries, 0u);
     EXPECT_FALSE(KvDiskTier::open({(dir_ / "kv").string(), 0, 16}, 1).ok()) << "a zero budget is a usage error";
+}
+
+// A disk-tier candidate that needs a sequence slot evicts RAM entries for it;
+// when its blob then fails to load, the RAM match found before may have moved
+// or gone: the prompt must not fork whatever entry took its place.
+TEST_F(KvDiskTierTest, AFailedDiskHitThatEvictedForASlotNeverForksAnotherConversation) {
+    model_ = load(model_path_, 2);  // two sequence slots
+    ASSERT_TRUE(model_);
+    auto tier = open_tier();
+    PrefixCache cache(*model_, {1024, 16, tier.get()});
+    const auto prompt = tokens(120, 30);
+    // In RAM, both slots: A shares 40 tokens with the prompt (older), B none (newer).
+    auto a = std::vector<TokenId>(prompt.begin(), prompt.begin() + 40);
+    const auto rest = tokens(30, 31);
+    a.insert(a.end(), rest.begin(), rest.end());
+    ASSERT_NO_FATAL_FAILURE(finish_turn(cache, a));
+    ASSERT_NO_FATAL_FAILURE(finish_turn(cache, tokens(70, 32)));
+    // On disk: the longest match (100 tokens of the prompt), computed by another
+    // instance of the model (no slot is free here), then damaged.
+    {
+        auto other = load(model_path_, 1);
+        ASSERT_TRUE(other);
+        const std::vector<TokenId> d(prompt.begin(), prompt.begin() + 100);
+        const auto seq = *other->create_sequence();
+        const engine::BatchEntry e{seq, std::span<const TokenId>(d), false};
+        ASSERT_TRUE(other->decode(std::span<const engine::BatchEntry>(&e, 1), engine::Precision::kFP32).ok());
+        auto blob = other->export_kv(seq, 0, d.size(), d);
+        ASSERT_TRUE(blob.ok());
+        std::string damaged = *blob;
+        damaged[damaged.size() / 2] ^= 0x5a;
+        tier->put(d, std::move(damaged));
+        tier->flush();
+    }
+    auto got = cache.acquire(prompt);
+    ASSERT_TRUE(got.ok()) << got.error().message;
+    EXPECT_EQ(cache.stats().disk_refused, 1u);
+    // A was evicted for the slot; B shares nothing: nothing may be reused.
+    EXPECT_EQ(got->reused, 0u);
+    model_->free_sequence(got->seq);
 }
 
 }  // namespace
