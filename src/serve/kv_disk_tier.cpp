@@ -10,18 +10,13 @@
 #include <fstream>
 
 #include "engine/kv_blob.h"
+#include "serve/token_prefix.h"
 
 namespace assistd::serve {
 namespace fs = std::filesystem;
 using engine::TokenId;
 
 namespace {
-
-size_t common_prefix(std::span<const TokenId> a, std::span<const TokenId> b) {
-    const size_t n = std::min(a.size(), b.size());
-    return static_cast<size_t>(std::mismatch(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(n), b.begin()).first -
-                               a.begin());
-}
 
 bool read_file(const std::string& path, std::string& out, size_t limit = static_cast<size_t>(-1)) {
     std::ifstream in(path, std::ios::binary);

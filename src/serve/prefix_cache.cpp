@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "serve/kv_disk_tier.h"
+#include "serve/token_prefix.h"
 
 namespace assistd::serve {
 
@@ -15,13 +17,16 @@ using engine::TokenId;
 
 namespace {
 constexpr size_t kNone = static_cast<size_t>(-1);
-
-size_t common_prefix(std::span<const TokenId> a, std::span<const TokenId> b) {
-    const size_t n = std::min(a.size(), b.size());
-    return static_cast<size_t>(std::mismatch(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(n), b.begin()).first -
-                               a.begin());
-}
 }  // namespace
+
+std::pair<size_t, size_t> PrefixCache::longest_entry(std::span<const TokenId> usable) const {
+    size_t best = kNone, best_len = 0;
+    for (size_t i = 0; i < entries_.size(); ++i) {
+        const size_t len = common_prefix(usable, entries_[i].tokens);
+        if (len > best_len) best = i, best_len = len;
+    }
+    return {best, best_len};
+}
 
 PrefixCache::PrefixCache(engine::Model& model, const PrefixCacheConfig& config) : model_(model), config_(config) {
     config_.min_match_tokens = std::max<size_t>(1, config_.min_match_tokens);
@@ -86,21 +91,13 @@ std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_disk(std::span<co
 
 Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prompt) {
     if (enabled() && prompt.size() > 1) {
-        size_t best = kNone, best_len = 0;
         const auto usable = prompt.first(prompt.size() - 1);
-        for (size_t i = 0; i < entries_.size(); ++i) {
-            const size_t len = common_prefix(usable, entries_[i].tokens);
-            if (len > best_len) best = i, best_len = len;
-        }
+        auto [best, best_len] = longest_entry(usable);
         if (config_.disk) {
             if (auto from_disk = acquire_from_disk(usable, best_len >= config_.min_match_tokens ? best_len : 0))
                 return *from_disk;
             // It may have evicted entries to make a slot: look for the best one again.
-            best = kNone, best_len = 0;
-            for (size_t i = 0; i < entries_.size(); ++i) {
-                const size_t len = common_prefix(usable, entries_[i].tokens);
-                if (len > best_len) best = i, best_len = len;
-            }
+            std::tie(best, best_len) = longest_entry(usable);
         }
         if (best != kNone && best_len >= config_.min_match_tokens) {
             entries_[best].last_used = ++use_counter_;

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "common/result.h"
@@ -92,6 +93,8 @@ private:
     void evict(size_t index, bool to_disk = true);
     // A sequence holding the first `match` tokens of the disk tier's best entry, when it beats `better_than`.
     std::optional<Acquired> acquire_from_disk(std::span<const engine::TokenId> usable, size_t better_than);
+    // The entry sharing the longest prefix with `usable` (npos: none) and that length.
+    std::pair<size_t, size_t> longest_entry(std::span<const engine::TokenId> usable) const;
     // The LRU entry other than `keep` (npos: any); npos when there is none.
     size_t lru_index(size_t keep) const;
 
