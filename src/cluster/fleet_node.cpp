@@ -1,13 +1,12 @@
 #include "cluster/fleet_node.h"
 
-#include <arpa/inet.h>
-
 #include <algorithm>
 #include <chrono>
 #include <random>
 #include <thread>
 
 #include "cluster/driver.h"
+#include "cluster/peer_address.h"
 #include "cluster/grpc_transport.h"
 #include "cluster/replicated_session_store.h"
 #include "state/durable_session_store.h"
@@ -53,11 +52,7 @@ bool wildcard_host(const std::string& address) {
 // Peers take a frame only from the host its sender address names (the
 // connection's source IP), so the address a node advertises must be an IP.
 bool ip_literal_host(const std::string& address) {
-    std::string host = address.substr(0, address.rfind(':'));
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']')
-        host = host.substr(1, host.size() - 2);
-    unsigned char buf[16];
-    return ::inet_pton(AF_INET, host.c_str(), buf) == 1 || ::inet_pton(AF_INET6, host.c_str(), buf) == 1;
+    return canonical_ip(address_host(address)).has_value();
 }
 
 // Mutual TLS or an explicit --peer-insecure; with TLS the node's id is its

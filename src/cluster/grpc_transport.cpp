@@ -13,6 +13,7 @@
 #include <mutex>
 #include <thread>
 
+#include "cluster/peer_address.h"
 #include "peer.grpc.pb.h"
 
 namespace assistd::cluster {
@@ -99,12 +100,7 @@ std::string peer_host(const std::string& peer) {
     for (const auto& [from, to] : {std::pair{"%5B", "["}, std::pair{"%5D", "]"}}) {
         for (size_t at; (at = rest.find(from)) != std::string::npos;) rest.replace(at, 3, to);
     }
-    std::string host;
-    if (!rest.empty() && rest.front() == '[') {
-        host = rest.substr(1, rest.find(']') - 1);
-    } else {
-        host = rest.substr(0, rest.rfind(':'));
-    }
+    std::string host = address_host(rest);
     if (host.rfind("::ffff:", 0) == 0 && host.find('.') != std::string::npos)
         host = host.substr(7);  // an IPv4 peer on a dual-stack socket
     return host;

@@ -1,8 +1,8 @@
 #include "cluster/replicator.h"
 
-#include <arpa/inet.h>
 #include <spdlog/spdlog.h>
 
+#include "cluster/peer_address.h"
 #include "cluster/placement.h"
 #include "cluster/replicator_anti_entropy.h"
 #include "cluster/replicator_departure.h"
@@ -16,30 +16,15 @@ namespace {
 using replication::Completions;
 using replication::holds;
 
-// An IP in one spelling ("FD00::0001" and "fd00::1" are one address); other text as it is.
-std::string canonical_ip(const std::string& host) {
-    unsigned char bytes[16];
-    char text[INET6_ADDRSTRLEN];
-    if (::inet_pton(AF_INET, host.c_str(), bytes) == 1) return ::inet_ntop(AF_INET, bytes, text, sizeof text);
-    if (::inet_pton(AF_INET6, host.c_str(), bytes) == 1) return ::inet_ntop(AF_INET6, bytes, text, sizeof text);
-    return host;
-}
-
-// "10.0.0.7:9090" -> "10.0.0.7", "[::1]:9090" -> "::1".
-std::string host_of(const std::string& address) {
-    if (!address.empty() && address.front() == '[') {
-        const auto close = address.find(']');
-        return close == std::string::npos ? std::string() : address.substr(1, close - 1);
-    }
-    return address.substr(0, address.rfind(':'));
-}
 
 // Why a decoded frame may not be taken from this origin ("" when it may).
 std::string unauthorized(const MessageHeader& m, const FrameOrigin& origin) {
     if (origin.node && m.from != *origin.node)
         return "it claims node " + format_node_id(m.from) + " but the certificate names node " +
                format_node_id(*origin.node);
-    if (!origin.host.empty() && canonical_ip(host_of(m.from_address)) != canonical_ip(origin.host))
+    // Compared as IPs: "FD00::0001" is "fd00::1".
+    auto as_ip = [](const std::string& host) { return canonical_ip(host).value_or(host); };
+    if (!origin.host.empty() && as_ip(address_host(m.from_address)) != as_ip(origin.host))
         return "it claims the address " + m.from_address + ", not on the connection's host " +
                origin.host;
     return {};
