@@ -438,7 +438,6 @@ private:
         while (!w->done.load(std::memory_order_acquire)) {
             beast::error_code ec;
             co_await w->timer->async_wait(asio::redirect_error(asio::use_awaitable, ec));
-            if (stopped_.load() && !w->done.load(std::memory_order_acquire)) co_return internal_error();
         }
         co_return std::move(w->result);
     }
