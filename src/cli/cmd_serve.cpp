@@ -28,6 +28,7 @@
 #include "serve/http_server.h"
 #include "serve/blocking_pool.h"
 #include "serve/kv_disk_tier.h"
+#include "serve/kv_standby.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/rate_limit.h"
@@ -76,6 +77,9 @@ struct ServeOptions {
     int header_timeout_ms = 10000;
     std::string kv_disk_dir;          // the prefix cache's disk tier; empty: none
     size_t kv_disk_mib = 4096;
+    size_t kv_standby_copies = 2;     // in a fleet: replicas that get each session's new KV after a turn
+    size_t kv_standby_mib = 1024;     // peers' standby KV held here at most
+    size_t kv_standby_queue_mib = 256;  // standby KV waiting for one peer's stream at most
     std::string metrics_listen;       // host:port of a listener for /metrics alone; empty: the API port serves it
     bool metrics_tenant_labels = true;
     std::string peer_tls_cert, peer_tls_key, peer_tls_ca;
@@ -270,6 +274,8 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         fo.write_ack_timeout_ms = o.replication_ack_timeout_ms;
         fo.fetch_timeout_ms = o.fetch_timeout_ms;
         fo.join_wait_ms = o.join_wait_ms;
+        fo.kv_standby.copies = o.prefix_cache ? o.kv_standby_copies : 0;
+        fo.kv_standby.max_queued_bytes = o.kv_standby_queue_mib << 20;
         auto node = cluster::FleetNode::start(fo, SystemClock::instance());
         if (!node) {
             std::fprintf(stderr, "assistd serve: %s\n", node.error().message.c_str());
@@ -335,6 +341,28 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         std::fprintf(stderr, "assistd serve: KV disk tier in %s, up to %zu MiB; %zu conversations' KV found there\n",
                      o.kv_disk_dir.c_str(), o.kv_disk_mib, d.entries);
     }
+    // Standby KV (a fleet): each session turn's new KV goes to the session's
+    // standby replicas, and theirs comes here, so a turn after a failover
+    // imports the history instead of prefilling it.
+    std::unique_ptr<KvStandbyStore> kv_standby_store;
+    std::unique_ptr<KvStandbyShipper> kv_standby_shipper;
+#if ASSISTD_HAVE_CLUSTER
+    if (fleet && sc.prefix_cache && o.kv_standby_copies > 0) {
+        KvStandbyStoreConfig kc;
+        kc.max_bytes = static_cast<uint64_t>(o.kv_standby_mib) << 20;
+        kc.min_match_tokens = o.prefix_cache_min_tokens;
+        kv_standby_store = std::make_unique<KvStandbyStore>(kc, model->kv_fingerprint());
+        kv_standby_shipper = std::make_unique<KvStandbyShipper>(
+            KvStandbyShipperConfig{}, [node = fleet.get()](std::string_view key, std::string payload) {
+                return node->send_standby_kv(key, payload);
+            });
+        fleet->set_standby_kv_handler([store = kv_standby_store.get()](std::string_view payload, cluster::NodeId) {
+            (void)store->receive(payload);  // refusals are counted and logged there
+        });
+        sc.kv_standby_store = kv_standby_store.get();
+        sc.kv_standby_shipper = kv_standby_shipper.get();
+    }
+#endif
     ServeMetrics metrics(o.metrics_tenant_labels);
     Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);
     scheduler.start();
@@ -582,6 +610,17 @@ void register_serve(CLI::App& app, int& exit_code) {
                     "Directory where the KV of conversations that leave the prefix cache is kept, so a returning "
                     "conversation (or this node after a restart) reads it back instead of prefilling; none: off");
     cmd->add_option("--kv-disk-mib", o->kv_disk_mib, "Budget of --kv-disk-dir in MiB (least recently used out first)")
+        ->capture_default_str();
+    cmd->add_option("--kv-standby-copies", o->kv_standby_copies,
+                    "In a fleet: replicas of each session that receive its new KV after every turn, so the "
+                    "node that takes the session over imports the history instead of prefilling it; 0: off")
+        ->capture_default_str();
+    cmd->add_option("--kv-standby-mib", o->kv_standby_mib,
+                    "Peers' standby KV this node keeps in RAM at most, in MiB (sessions updated longest ago go first)")
+        ->capture_default_str();
+    cmd->add_option("--kv-standby-queue-mib", o->kv_standby_queue_mib,
+                    "Standby KV waiting to be sent to one peer at most, in MiB (beyond it a session is resent in "
+                    "full after its next turn)")
         ->capture_default_str();
     cmd->add_option("--node-id", o->node_id,
                     "This node's id in a fleet: 1-16 hex digits, or a name such as the pod name (hashed); "

@@ -24,6 +24,7 @@ struct FleetNode::Parts {
     std::unique_ptr<state::DurableSessionStore> local;
     std::unique_ptr<GrpcTransport> transport;
     std::unique_ptr<Replicator> replicator;
+    std::unique_ptr<KvStandbyLink> kv_standby;
     std::unique_ptr<ReplicationDriver> driver;
     std::unique_ptr<ReplicatedSessionStore> store;
 };
@@ -166,8 +167,15 @@ Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, C
         parts->identity, parts->advertise, o.replication, *parts->local, *parts->transport,
         *parts->discovery, clock, parts->identity.replica_id);
     Replicator* r = parts->replicator.get();
-    parts->transport->set_handler(
-        [r](std::string_view frame, const FrameOrigin& origin) { r->receive(frame, origin); });
+    parts->kv_standby =
+        std::make_unique<KvStandbyLink>(parts->identity, *parts->replicator, *parts->transport, o.kv_standby);
+    KvStandbyLink* kv = parts->kv_standby.get();
+    parts->transport->set_handler([r, kv](std::string_view frame, const FrameOrigin& origin) {
+        if (KvStandbyLink::is_kv_frame(frame))
+            kv->receive(frame, origin);
+        else
+            r->receive(frame, origin);
+    });
     parts->replicator->start();
     parts->driver = std::make_unique<ReplicationDriver>(*parts->replicator);
     parts->store = std::make_unique<ReplicatedSessionStore>(
@@ -185,8 +193,19 @@ FleetNode::~FleetNode() {
     parts_->driver.reset();
     parts_->transport->set_handler(nullptr);
     parts_->transport.reset();
+    parts_->kv_standby.reset();
     parts_->replicator.reset();
     parts_->local.reset();
+}
+
+bool FleetNode::send_standby_kv(std::string_view session_key, std::string_view payload) {
+    return parts_->kv_standby->send(session_key, payload);
+}
+void FleetNode::set_standby_kv_handler(KvStandbyLink::Handler handler) {
+    parts_->kv_standby->set_handler(std::move(handler));
+}
+KvStandbyLinkStats FleetNode::standby_kv_stats() const {
+    return parts_->kv_standby->stats();
 }
 
 state::SessionStore& FleetNode::store() {

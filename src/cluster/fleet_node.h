@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "cluster/kv_standby_link.h"
 #include "cluster/membership.h"
 #include "cluster/node_identity.h"
 #include "cluster/peer_tls.h"
@@ -36,6 +37,7 @@ struct FleetNodeOptions {
     // Not ready until every discovered peer was heard from, or this long after start
     // (a lone first node, or a peer that is down, must not keep the node unready).
     int64_t join_wait_ms = 3000;
+    KvStandbyLinkOptions kv_standby;      // where sessions' standby KV goes (kv_standby_link.h)
 };
 
 // The store of a node of a fleet: the durable store under it.
@@ -80,6 +82,11 @@ class FleetNode {
         bool authenticated = false;  // mutual TLS
     };
     LinkFigures links() const;
+    // Standby KV: runs of a session's KV to its standby replicas, and those
+    // peers send here (to `handler`, on the transport's threads).
+    bool send_standby_kv(std::string_view session_key, std::string_view payload);
+    void set_standby_kv_handler(KvStandbyLink::Handler handler);
+    KvStandbyLinkStats standby_kv_stats() const;
     std::vector<ReplicationLagSample> take_lag_samples();
     std::vector<PeerInfo> peers() const;
     size_t unacknowledged() const;

@@ -159,6 +159,7 @@ struct GrpcTransport::Impl {
         std::mutex mu;
         std::condition_variable cv;
         std::deque<std::string> queue;
+        size_t queued_bytes = 0;
         bool stopping = false;
         grpc::ClientContext* context = nullptr;  // the live stream's, to cancel it on shutdown
         std::thread thread;
@@ -279,6 +280,7 @@ struct GrpcTransport::Impl {
                     std::unique_lock<std::mutex> lock(o.mu);
                     o.cv.wait(lock, [&] { return o.stopping || !o.queue.empty(); });
                     if (o.stopping) break;
+                    o.queued_bytes -= o.queue.front().size();
                     frame.set_payload(std::move(o.queue.front()));
                     o.queue.pop_front();
                 }
@@ -386,17 +388,26 @@ void GrpcTransport::set_handler(FrameHandler handler) {
 }
 
 void GrpcTransport::send(const std::string& address, std::string frame) {
+    (void)enqueue(address, address, std::move(frame), static_cast<size_t>(-1));
+}
+
+bool GrpcTransport::send_bulk(const std::string& address, std::string frame, size_t max_queued_bytes) {
+    return enqueue("bulk|" + address, address, std::move(frame), max_queued_bytes);
+}
+
+bool GrpcTransport::enqueue(const std::string& key, const std::string& address, std::string frame,
+                            size_t max_queued_bytes) {
     Impl::Outbox* o;
     {
         std::lock_guard<std::mutex> lock(impl_->outbox_mu);
-        if (impl_->closed) return;
-        auto found = impl_->outboxes.find(address);
+        if (impl_->closed) return false;
+        auto found = impl_->outboxes.find(key);
         if (found == impl_->outboxes.end()) {
             if (impl_->outboxes.size() >= impl_->options.max_links && !impl_->retire_idle_outbox()) {
                 ++impl_->links_refused;  // best effort, as a full queue
-                return;
+                return false;
             }
-            found = impl_->outboxes.emplace(address, nullptr).first;
+            found = impl_->outboxes.emplace(key, nullptr).first;
         }
         auto& slot = found->second;
         if (!slot) {
@@ -414,13 +425,16 @@ void GrpcTransport::send(const std::string& address, std::string frame) {
     }
     {
         std::lock_guard<std::mutex> lock(o->mu);
-        if (o->queue.size() >= impl_->options.max_queued_frames) {
+        if (o->queue.size() >= impl_->options.max_queued_frames ||
+            (!o->queue.empty() && o->queued_bytes + frame.size() > max_queued_bytes)) {
             ++impl_->dropped;  // best effort: the replicator resends what is not acknowledged
-            return;
+            return false;
         }
+        o->queued_bytes += frame.size();
         o->queue.push_back(std::move(frame));
     }
     o->cv.notify_one();
+    return true;
 }
 
 int GrpcTransport::port() const {

@@ -44,6 +44,7 @@ class GrpcTransport final : public Transport {
 
     void set_handler(FrameHandler handler);
     void send(const std::string& address, std::string frame) override;
+    bool send_bulk(const std::string& address, std::string frame, size_t max_queued_bytes) override;
     int port() const;  // the port actually bound
     uint64_t frames_dropped() const;
     size_t links() const;            // outgoing streams open (at most max_links)
@@ -54,6 +55,8 @@ class GrpcTransport final : public Transport {
 
   private:
     explicit GrpcTransport(std::unique_ptr<Impl> impl);
+    // Queues on the outbox `key` (the address, or its bulk stream's key) that streams to `address`.
+    bool enqueue(const std::string& key, const std::string& address, std::string frame, size_t max_queued_bytes);
     std::unique_ptr<Impl> impl_;
 };
 

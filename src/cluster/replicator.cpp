@@ -325,6 +325,17 @@ std::vector<NodeId> Replicator::replicas(std::string_view session_id) const {
     return state_->replicas_of(session_id);
 }
 
+std::vector<std::string> Replicator::standby_addresses(std::string_view session_id, size_t copies) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::vector<std::string> out;
+    for (NodeId n : state_->replicas_of(session_id)) {
+        if (out.size() >= copies) break;
+        if (n == state_->identity.node_id || !state_->membership.is_live(n)) continue;
+        if (auto address = state_->membership.address_of(n)) out.push_back(std::move(*address));
+    }
+    return out;
+}
+
 NodeId Replicator::primary(std::string_view session_id) const {
     std::lock_guard<std::mutex> lock(mu_);
     const auto r = state_->replicas_of(session_id);

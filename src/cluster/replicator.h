@@ -171,6 +171,10 @@ class Replicator {
     size_t departure_unconfirmed() const;
 
     std::vector<NodeId> replicas(std::string_view session_id) const;
+    // Where a session's standby KV goes: the addresses of up to `copies` live
+    // replicas other than this node, in placement order (the first is the node
+    // that serves the session if this one dies).
+    std::vector<std::string> standby_addresses(std::string_view session_id, size_t copies) const;
     // The first live replica: where a session is best served.
     NodeId primary(std::string_view session_id) const;
     std::vector<NodeId> members() const;

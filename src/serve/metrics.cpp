@@ -107,6 +107,23 @@ ServeMetrics::ServeMetrics(bool tenant_labels)
                                        "KV blobs from the disk tier refused (damaged, truncated, another model's): prefilled");
     kv_disk_bytes_ = gauge("assistd_kv_disk_bytes", "Bytes of KV kept in the disk tier");
     kv_disk_entries_ = gauge("assistd_kv_disk_entries", "Conversations' KV kept in the disk tier");
+    kv_standby_hits_.counter =
+        counter("assistd_kv_standby_hits_total", "Prompts whose prefix came from a standby KV copy a peer sent");
+    kv_standby_tokens_.counter =
+        counter("assistd_kv_standby_reused_tokens_total", "Prompt tokens imported from standby KV instead of prefilled");
+    kv_standby_refused_.counter = counter("assistd_kv_standby_refused_total",
+                                          "Standby KV runs refused (damaged, another model's) or copies that did not load");
+    kv_standby_gaps_.counter = counter("assistd_kv_standby_gaps_total",
+                                       "Standby KV runs dropped because they continued a prefix this node lacks");
+    kv_standby_sent_bytes_.counter = counter("assistd_kv_standby_sent_bytes_total", "Standby KV bytes sent to peers");
+    kv_standby_sent_tokens_.counter =
+        counter("assistd_kv_standby_sent_tokens_total", "Positions of KV sent to peers as standby copies");
+    kv_standby_send_dropped_.counter = counter("assistd_kv_standby_send_dropped_total",
+                                               "Standby KV runs not sent (peer link over budget, no live replica)");
+    kv_standby_received_bytes_.counter =
+        counter("assistd_kv_standby_received_bytes_total", "Standby KV bytes received from peers");
+    kv_standby_bytes_ = gauge("assistd_kv_standby_bytes", "Bytes of peers' standby KV held in RAM");
+    kv_standby_sessions_ = gauge("assistd_kv_standby_sessions", "Sessions whose standby KV this node holds");
     for (auto p : kPrecisions) {
         precision_->Add({{"precision", engine::precision_name(p)}});
         precision_switches_->Add({{"to", engine::precision_name(p)}});  // zeros are exported too
@@ -256,7 +273,17 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         kv_disk_hits_.advance(s.kv_disk_hits);
         kv_disk_tokens_.advance(s.kv_disk_tokens);
         kv_disk_refused_.advance(s.kv_disk_refused);
+        kv_standby_hits_.advance(s.kv_standby_hits);
+        kv_standby_tokens_.advance(s.kv_standby_tokens);
+        kv_standby_refused_.advance(s.kv_standby_refused);
+        kv_standby_gaps_.advance(s.kv_standby_gaps);
+        kv_standby_sent_bytes_.advance(s.kv_standby_sent_bytes);
+        kv_standby_sent_tokens_.advance(s.kv_standby_sent_tokens);
+        kv_standby_send_dropped_.advance(s.kv_standby_send_dropped);
+        kv_standby_received_bytes_.advance(s.kv_standby_received_bytes);
     }
+    kv_standby_bytes_->Set(static_cast<double>(s.kv_standby_bytes));
+    kv_standby_sessions_->Set(static_cast<double>(s.kv_standby_sessions));
     kv_disk_bytes_->Set(static_cast<double>(s.kv_disk_bytes));
     kv_disk_entries_->Set(static_cast<double>(s.kv_disk_entries));
     queue_depth_->Set(static_cast<double>(s.queue_depth));

@@ -118,7 +118,11 @@ private:
         deltas_applied_, degraded_writes_, peer_links_refused_, peer_frames_refused_;
     std::mutex totals_mu_;
     TotalCounter prefix_cache_hits_, prefix_cache_misses_, prefix_cache_reused_tokens_, prefix_cache_evictions_,
-        prompt_tokens_prefilled_, kv_disk_hits_, kv_disk_tokens_, kv_disk_refused_;
+        prompt_tokens_prefilled_, kv_disk_hits_, kv_disk_tokens_, kv_disk_refused_, kv_standby_hits_,
+        kv_standby_tokens_, kv_standby_refused_, kv_standby_gaps_, kv_standby_sent_bytes_, kv_standby_sent_tokens_,
+        kv_standby_send_dropped_, kv_standby_received_bytes_;
+    prometheus::Gauge* kv_standby_bytes_ = nullptr;
+    prometheus::Gauge* kv_standby_sessions_ = nullptr;
     prometheus::Gauge* kv_disk_bytes_ = nullptr;
     prometheus::Gauge* kv_disk_entries_ = nullptr;
 };

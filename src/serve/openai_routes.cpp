@@ -858,6 +858,7 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     gen.sampling.seed = seed ? static_cast<uint64_t>(*seed) : splitmix(config_.seed ^ number);
     gen.stops = std::move(stops);
     gen.deadline_mono_ns = clock_.now_mono_ns() + config_.queue_timeout_ms * 1'000'000;
+    if (in_session) gen.kv_key = session_key;  // its standby KV copies live under it
 
     // The key's rate limits: one request and the prompt's tokens now, the completion's when it ends.
     HttpHeaders rate_headers;

@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "serve/kv_disk_tier.h"
+#include "serve/kv_standby.h"
 #include "serve/token_prefix.h"
 
 namespace assistd::serve {
@@ -62,13 +63,19 @@ size_t PrefixCache::lru_index(size_t keep) const {
     return best;
 }
 
+std::optional<SequenceId> PrefixCache::free_slot() {
+    Result<SequenceId> seq = make_error(ErrorCode::kResourceExhausted, "");
+    while (!(seq = model_.create_sequence()) && seq.error().code == ErrorCode::kResourceExhausted && evict_one()) {
+    }
+    if (!seq) return std::nullopt;
+    return *seq;
+}
+
 std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_disk(std::span<const TokenId> usable,
                                                                     size_t better_than) {
     auto found = config_.disk->take_longest(usable, better_than);
     if (!found) return std::nullopt;
-    Result<SequenceId> seq = make_error(ErrorCode::kResourceExhausted, "");
-    while (!(seq = model_.create_sequence()) && seq.error().code == ErrorCode::kResourceExhausted && evict_one()) {
-    }
+    auto seq = free_slot();
     if (!seq) return std::nullopt;
     auto tokens = model_.import_kv(*seq, found->blob);
     // The blob must hold this prompt's tokens: a file under another conversation's name is not used.
@@ -89,10 +96,59 @@ std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_disk(std::span<co
     return Acquired{*seq, found->match};
 }
 
-Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prompt) {
+std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_standby(std::string_view key,
+                                                                       std::span<const TokenId> usable,
+                                                                       size_t better_than) {
+    auto found = config_.standby->take(key, usable, better_than);
+    if (!found) return std::nullopt;
+    auto seq = free_slot();
+    if (!seq) return std::nullopt;
+    // Run after run from position 0; each is cut where the session's next run begins.
+    std::string why;
+    size_t held = 0;
+    for (const auto& part : found->parts) {
+        auto tokens = model_.import_kv(*seq, part.blob);
+        if (!tokens) {
+            why = tokens.error().message;
+            break;
+        }
+        if (common_prefix(usable.subspan(std::min(held, usable.size())), *tokens) <
+            std::min(part.end, found->match) - held) {
+            why = "its tokens are not the prompt's";
+            break;
+        }
+        held = std::min(part.end, found->match);
+        if (auto cut = model_.truncate_sequence(*seq, held); !cut) {
+            why = cut.error().message;
+            break;
+        }
+        if (held >= found->match) break;
+    }
+    if (why.empty() && held < found->match) why = "its runs end before the prefix they claim";
+    if (!why.empty()) {
+        model_.free_sequence(*seq);
+        ++stats_.standby_refused;
+        config_.standby->count_refused();
+        spdlog::warn("prefix cache: a standby KV copy was refused ({}); the prompt is prefilled", why);
+        return std::nullopt;
+    }
+    ++stats_.hits;
+    ++stats_.standby_hits;
+    stats_.reused_tokens += found->match;
+    stats_.standby_tokens += found->match;
+    return Acquired{*seq, found->match};
+}
+
+Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prompt, std::string_view session_key) {
     if (enabled() && prompt.size() > 1) {
         const auto usable = prompt.first(prompt.size() - 1);
         auto [best, best_len] = longest_entry(usable);
+        if (config_.standby && !session_key.empty()) {
+            if (auto standby =
+                    acquire_from_standby(session_key, usable, best_len >= config_.min_match_tokens ? best_len : 0))
+                return *standby;
+            std::tie(best, best_len) = longest_entry(usable);
+        }
         if (config_.disk) {
             if (auto from_disk = acquire_from_disk(usable, best_len >= config_.min_match_tokens ? best_len : 0))
                 return *from_disk;

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -26,6 +27,7 @@
 namespace assistd::serve {
 
 class KvDiskTier;
+class KvStandbyStore;
 
 struct PrefixCacheConfig {
     size_t max_blocks = 0;         // KV blocks the cached sequences may hold; 0: off
@@ -33,6 +35,9 @@ struct PrefixCacheConfig {
     // Entries evicted (and those left at clear()) go here, and a prompt that
     // finds a longer prefix there than in RAM reads it back (kv_disk_tier.h).
     KvDiskTier* disk = nullptr;
+    // Peers' standby copies of sessions' KV (kv_standby.h): a prompt of a
+    // session held there imports its prefix when that beats RAM and disk.
+    KvStandbyStore* standby = nullptr;
 };
 
 struct PrefixCacheStats {
@@ -43,6 +48,9 @@ struct PrefixCacheStats {
     uint64_t disk_hits = 0;      // requests whose prefix came back from the disk tier
     uint64_t disk_tokens = 0;    // ... prompt tokens it gave them
     uint64_t disk_refused = 0;   // blobs from the disk tier that did not load (the prompt was prefilled)
+    uint64_t standby_hits = 0;   // requests whose prefix came from a peer's standby copy
+    uint64_t standby_tokens = 0; // ... prompt tokens it gave them
+    uint64_t standby_refused = 0;
     size_t sequences = 0;        // cached now
     size_t blocks = 0;           // KV blocks the cached sequences span now (shared ones once per entry)
 };
@@ -64,7 +72,8 @@ public:
     // longest prefix (at most prompt.size() - 1 tokens, so the last token is
     // computed and gives logits), else a fresh one. Evicts entries when no
     // sequence slot is free; kResourceExhausted when none is, even then.
-    Result<Acquired> acquire(std::span<const engine::TokenId> prompt);
+    // `session_key` (may be empty) finds the session's standby copy.
+    Result<Acquired> acquire(std::span<const engine::TokenId> prompt, std::string_view session_key = {});
 
     // Takes `seq` whose KV holds exactly `tokens`. Entries that are a prefix
     // of `tokens` go (this one answers every request they would); `seq` is
@@ -93,6 +102,11 @@ private:
     void evict(size_t index, bool to_disk = true);
     // A sequence holding the first `match` tokens of the disk tier's best entry, when it beats `better_than`.
     std::optional<Acquired> acquire_from_disk(std::span<const engine::TokenId> usable, size_t better_than);
+    // ... of the session's standby copy.
+    std::optional<Acquired> acquire_from_standby(std::string_view key, std::span<const engine::TokenId> usable,
+                                                 size_t better_than);
+    // A free sequence slot, evicting entries for it; none when every slot runs a request.
+    std::optional<engine::SequenceId> free_slot();
     // The entry sharing the longest prefix with `usable` (npos: none) and that length.
     std::pair<size_t, size_t> longest_entry(std::span<const engine::TokenId> usable) const;
     // The LRU entry other than `keep` (npos: any); npos when there is none.

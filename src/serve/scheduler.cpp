@@ -1,6 +1,7 @@
 #include "serve/scheduler.h"
 
 #include "serve/kv_disk_tier.h"
+#include "serve/kv_standby.h"
 
 #include <algorithm>
 #include <chrono>
@@ -146,6 +147,7 @@ PrefixCacheConfig prefix_cache_config(const engine::Model& model, const Schedule
         p.max_blocks = c.prefix_cache_blocks ? c.prefix_cache_blocks : std::max<size_t>(1, model.total_kv_blocks() / 2);
     p.min_match_tokens = c.prefix_cache_min_tokens;
     p.disk = c.prefix_cache ? c.kv_disk : nullptr;
+    p.standby = c.prefix_cache ? c.kv_standby_store : nullptr;
     return p;
 }
 }  // namespace
@@ -271,6 +273,23 @@ SchedulerStats Scheduler::stats() const {
         s.kv_disk_bytes = d.bytes;
         s.kv_disk_entries = d.entries;
     }
+    s.kv_standby_hits = standby_hits_.load();
+    s.kv_standby_tokens = standby_tokens_.load();
+    s.kv_standby_refused = standby_refused_.load();
+    s.kv_standby_sent_runs = shipped_runs_.load();
+    s.kv_standby_sent_bytes = shipped_bytes_.load();
+    s.kv_standby_sent_tokens = shipped_tokens_.load();
+    s.kv_standby_send_dropped = ship_dropped_.load();
+    s.kv_standby_export_seconds = static_cast<double>(ship_ns_.load()) / 1e9;
+    if (config_.kv_standby_store) {
+        const auto k = config_.kv_standby_store->stats();
+        s.kv_standby_received_runs = k.runs;
+        s.kv_standby_received_bytes = k.bytes_in;
+        s.kv_standby_refused = k.refused;  // counts refusals at use too
+        s.kv_standby_gaps = k.gaps;
+        s.kv_standby_bytes = k.bytes;
+        s.kv_standby_sessions = k.sessions;
+    }
     return s;
 }
 
@@ -320,7 +339,7 @@ void Scheduler::admit(int64_t now) {
             const size_t need = kv_blocks_needed(queue_.front()->req);
             if (!running_.empty() && kv_reserved_ + need > model_.total_kv_blocks()) break;
             // A sequence holding the longest cached prefix of the prompt, or a fresh one.
-            auto seq = prefix_cache_.acquire(queue_.front()->req.prompt);
+            auto seq = prefix_cache_.acquire(queue_.front()->req.prompt, queue_.front()->req.kv_key);
             if (!seq) {
                 if (!running_.empty()) break;  // wait for a running request to free its slot
                 auto a = std::move(queue_.front());
@@ -558,6 +577,12 @@ void Scheduler::release_sequence(Active& a, FinishReason reason) {
         const size_t held = model_.sequence_length(seq);
         if (held > 0 && held <= a.history.size()) {
             a.history.resize(held);
+            if (config_.kv_standby_shipper && !a.req.kv_key.empty()) {
+                // Before retain(), which may free the sequence: the new KV goes to the standby copies.
+                config_.kv_standby_shipper->turn_finished(a.req.kv_key, a.history, [&](size_t begin, size_t end) {
+                    return model_.export_kv(seq, begin, end, std::span(a.history).subspan(begin, end - begin));
+                });
+            }
             prefix_cache_.retain(seq, std::move(a.history));
             return;
         }
@@ -606,6 +631,17 @@ void Scheduler::publish_stats() {
     disk_hits_.store(c.disk_hits);
     disk_tokens_.store(c.disk_tokens);
     disk_refused_.store(c.disk_refused);
+    standby_hits_.store(c.standby_hits);
+    standby_tokens_.store(c.standby_tokens);
+    standby_refused_.store(c.standby_refused);
+    if (config_.kv_standby_shipper) {
+        const auto& k = config_.kv_standby_shipper->stats();
+        shipped_runs_.store(k.runs);
+        shipped_bytes_.store(k.bytes);
+        shipped_tokens_.store(k.tokens);
+        ship_dropped_.store(k.dropped);
+        ship_ns_.store(static_cast<uint64_t>(k.export_seconds * 1e9));
+    }
 }
 
 }  // namespace assistd::serve

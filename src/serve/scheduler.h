@@ -30,6 +30,8 @@
 
 namespace assistd::serve {
 
+class KvStandbyShipper;
+
 enum class FinishReason {
     kNone,             // still running
     kStop,             // end-of-generation token or a stop string
@@ -48,6 +50,9 @@ struct GenerationRequest {
     std::optional<engine::Precision> precision;  // pinned; otherwise the policy decides
     int64_t deadline_mono_ns = 0;                // 0: none; checked while queued
     bool ignore_eos = false;
+    // The session's store key: its standby copies (kv_standby.h) are found and
+    // updated under it. Empty: not a session's turn.
+    std::string kv_key;
 };
 
 // What a consumer takes from a channel: new output since the last take.
@@ -125,6 +130,10 @@ struct SchedulerConfig {
     size_t prefix_cache_blocks = 0;       // budget in KV blocks; 0: half of the model's KV cache
     size_t prefix_cache_min_tokens = 16;  // shortest common prefix worth reusing
     KvDiskTier* kv_disk = nullptr;        // the disk tier under the prefix cache (kv_disk_tier.h); null: none
+    // Standby KV (kv_standby.h): finished session turns ship their new KV
+    // through the shipper; session prompts look in the store. Null: none.
+    KvStandbyShipper* kv_standby_shipper = nullptr;
+    KvStandbyStore* kv_standby_store = nullptr;
 };
 
 // Live figures for /metrics and tests; read from any thread.
@@ -152,6 +161,19 @@ struct SchedulerStats {
     uint64_t kv_disk_refused = 0;       // blobs that did not load (damaged, foreign): prefilled instead
     uint64_t kv_disk_bytes = 0;         // KV kept on disk (and queued for it)
     size_t kv_disk_entries = 0;
+    uint64_t kv_standby_hits = 0;        // prompts whose prefix came from a peer's standby copy
+    uint64_t kv_standby_tokens = 0;      // ... prompt tokens it gave (not prefilled)
+    uint64_t kv_standby_refused = 0;     // copies that did not load at use, or runs refused on arrival
+    uint64_t kv_standby_sent_runs = 0;   // runs shipped to standby copies
+    uint64_t kv_standby_sent_bytes = 0;
+    uint64_t kv_standby_sent_tokens = 0;
+    uint64_t kv_standby_send_dropped = 0;  // runs the peer link refused (budget, no replica)
+    double kv_standby_export_seconds = 0;  // scheduler time spent exporting them
+    uint64_t kv_standby_received_runs = 0;
+    uint64_t kv_standby_received_bytes = 0;
+    uint64_t kv_standby_gaps = 0;        // received runs that continued a prefix this node lacks
+    uint64_t kv_standby_bytes = 0;       // standby KV held for peers now
+    size_t kv_standby_sessions = 0;
 };
 
 // One decode step, reported once per step (not per token) to keep the hot
@@ -253,6 +275,8 @@ private:
     std::atomic<uint64_t> prefilled_{0}, cache_hits_{0}, cache_misses_{0}, cache_reused_{0}, cache_evictions_{0};
     std::atomic<size_t> cache_sequences_{0}, cache_blocks_{0};
     std::atomic<uint64_t> disk_hits_{0}, disk_tokens_{0}, disk_refused_{0};
+    std::atomic<uint64_t> standby_hits_{0}, standby_tokens_{0}, standby_refused_{0};
+    std::atomic<uint64_t> shipped_runs_{0}, shipped_bytes_{0}, shipped_tokens_{0}, ship_dropped_{0}, ship_ns_{0};
     std::atomic<int> precision_{static_cast<int>(engine::Precision::kBF16)};
 };
 

@@ -417,6 +417,130 @@ TEST_F(FleetTest, Kill9MidStreamLosesNothingAndTheNextTurnIsAnsweredElsewhere) {
         percentile(completion, 1.0));
 }
 
+// Standby KV: after a turn, the session's KV goes to its other replicas; the
+// node killed after its turn is replaced by one that imports the history
+// instead of prefilling it, and answers exactly what the dead node would
+// have (greedy, one precision).
+TEST_F(FleetTest, AfterAKillTheNextTurnImportsTheStandbyKvAndAnswersAsTheDeadNodeWould) {
+    ASSERT_NO_FATAL_FAILURE(start_fleet({"--precision", "fp32"}));
+    LocalFleet& f = *fleet_;
+    std::string story;
+    for (int i = 0; i < 12; ++i) story += "Once upon a time there was a little girl named Lily who loved the park. ";
+    auto turn = [&](int node, const std::string& session, const std::string& text) {
+        const Reply r = http(f.port(node), "POST", "/v1/chat/completions",
+                             json{{"session_id", session},
+                                  {"messages", json::array({{{"role", "user"}, {"content", text}}})},
+                                  {"max_tokens", 12},
+                                  {"temperature", 0}}
+                                 .dump());
+        EXPECT_EQ(r.status, 200) << r.body;
+        return r.status == 200 ? r.json_body() : json();
+    };
+    // The control: the same two turns on a node that never fails (session "a").
+    const json a1 = turn(0, "kv-a", story);
+    ASSERT_TRUE(a1.is_object());
+    const size_t history = a1["usage"]["prompt_tokens"].get<size_t>() + a1["usage"]["completion_tokens"].get<size_t>();
+    ASSERT_GT(history, 150u) << "a history long enough to tell a prefill from an import";
+    const json a2 = turn(0, "kv-a", "What did Lily see?");
+
+    // Session "b": its first turn on node 0, which dies right after it.
+    const json b1 = turn(0, "kv-b", story);
+    ASSERT_TRUE(b1.is_object());
+    for (int i : {1, 2})
+        EXPECT_TRUE(eventually([&] { return metric(f.port(i), "assistd_kv_standby_sessions") == 2; }))
+            << "node " << i << " holds both sessions' standby KV";
+    EXPECT_GE(metric(f.port(0), "assistd_kv_standby_sent_tokens_total"), 2.0 * (history - 1));
+    EXPECT_EQ(metric(f.port(0), "assistd_kv_standby_send_dropped_total"), 0);
+    f.kill9(0);
+    const json b2 = turn(1, "kv-b", "What did Lily see?");
+    ASSERT_TRUE(b2.is_object());
+    const size_t cached = b2["usage"]["prompt_tokens_details"]["cached_tokens"].get<size_t>();
+    EXPECT_GE(cached, history - 16) << "the history came from the standby copy";
+    EXPECT_EQ(metric(f.port(1), "assistd_kv_standby_hits_total"), 1);
+    EXPECT_GE(metric(f.port(1), "assistd_kv_standby_reused_tokens_total"), static_cast<double>(cached));
+    EXPECT_EQ(metric(f.port(1), "assistd_kv_standby_refused_total"), 0);
+    EXPECT_EQ(b2["choices"][0]["message"]["content"], a2["choices"][0]["message"]["content"])
+        << "the answer after the failover is the one the control got without one";
+    EXPECT_EQ(b1["choices"][0]["message"]["content"], a1["choices"][0]["message"]["content"]);
+}
+
+// Failover of a long conversation (issue 14's figure; bench/failover_kv.sh runs
+// it on a larger model with more trials): per trial a session's first turn
+// carries ~ASSISTD_KV_FAILOVER_HISTORY tokens on node v; its second turn on v
+// is the warm control; v is SIGKILLed right after it, and the third turn goes
+// to the next node. Prints the warm and failover first-token times; asserts
+// only that the failover turn imported the history (cached tokens).
+TEST_F(FleetTest, ALongConversationsFailoverImportsItsHistory) {
+    int trials = 1;
+    size_t target = 300;  // stories260K's context is 512
+    if (const char* env = std::getenv("ASSISTD_KV_FAILOVER_TRIALS")) trials = std::max(1, std::atoi(env));
+    if (const char* env = std::getenv("ASSISTD_KV_FAILOVER_HISTORY"))
+        target = static_cast<size_t>(std::max(32, std::atoi(env)));
+    ASSERT_NO_FATAL_FAILURE(start_fleet());
+    LocalFleet& f = *fleet_;
+    const std::string sentence = "The little robot walked to the old park and saw a red kite in the tall tree. ";
+    // Tokens per sentence, measured (no session): the history is sized in tokens.
+    const Reply probe = http(f.port(0), "POST", "/v1/chat/completions",
+                             json{{"messages", json::array({{{"role", "user"}, {"content", sentence + sentence}}})},
+                                  {"max_tokens", 1}}
+                                 .dump());
+    ASSERT_EQ(probe.status, 200) << probe.body;
+    const Reply probe1 = http(f.port(0), "POST", "/v1/chat/completions",
+                              json{{"messages", json::array({{{"role", "user"}, {"content", sentence}}})},
+                                   {"max_tokens", 1}}
+                                  .dump());
+    ASSERT_EQ(probe1.status, 200);
+    const size_t per = std::max<size_t>(1, probe.json_body()["usage"]["prompt_tokens"].get<size_t>() -
+                                               probe1.json_body()["usage"]["prompt_tokens"].get<size_t>());
+    std::string history_text;
+    for (size_t n = 0; n + per <= target; n += per) history_text += sentence;
+
+    auto body = [](const std::string& session, const std::string& text, bool stream) {
+        json b{{"session_id", session},
+               {"messages", json::array({{{"role", "user"}, {"content", text}}})},
+               {"max_tokens", 8},
+               {"temperature", 0},
+               {"stream", stream}};
+        if (stream) b["stream_options"] = {{"include_usage", true}};
+        return b.dump();
+    };
+    std::vector<double> warm, failover;
+    size_t history_tokens = 0;
+    for (int trial = 0; trial < trials; ++trial) {
+        const int victim = trial % 3, next = (trial + 1) % 3;
+        const std::string id = "long-" + std::to_string(trial);
+        const Reply first = http(f.port(victim), "POST", "/v1/chat/completions", body(id, history_text, false));
+        ASSERT_EQ(first.status, 200) << first.body;
+        const json u = first.json_body()["usage"];
+        history_tokens = u["prompt_tokens"].get<size_t>() + u["completion_tokens"].get<size_t>();
+        const auto t0 = Clock::now();
+        const StreamedTurn control = stream_turn(f.port(victim), body(id, "What did the robot see?", true), t0);
+        ASSERT_EQ(control.status, 200);
+        ASSERT_TRUE(control.done);
+        warm.push_back(control.first_token_ms);
+        f.kill9(victim);  // right after its turn: the last turn's KV may still be on the way
+        const auto t1 = Clock::now();
+        const StreamedTurn after = stream_turn(f.port(next), body(id, "And then?", true), t1);
+        ASSERT_EQ(after.status, 200) << after.raw;
+        ASSERT_TRUE(after.done);
+        failover.push_back(after.first_token_ms);
+        const size_t cached = [&] {
+            const size_t at = after.raw.rfind("\"cached_tokens\":");
+            return at == std::string::npos ? 0 : static_cast<size_t>(std::atoll(after.raw.c_str() + at + 16));
+        }();
+        EXPECT_GE(cached, history_tokens - 32) << "trial " << trial << ": the history was prefilled again";
+        EXPECT_GE(metric(f.port(next), "assistd_kv_standby_hits_total"), 1) << "trial " << trial;
+        f.start(victim);
+        ASSERT_TRUE(f.wait_ready(victim)) << f.log(victim);
+    }
+    std::printf("failover of a conversation of %zu tokens (3 nodes, kill -9 after its turn -> next turn on another "
+                "node), %d trials:\n"
+                "  first token, same turn without failure: p50 %.1f ms  p99 %.1f ms\n"
+                "  first token after the failover:          p50 %.1f ms  p99 %.1f ms  (p50 ratio %.2fx)\n",
+                history_tokens, trials, percentile(warm, 0.5), percentile(warm, 0.99), percentile(failover, 0.5),
+                percentile(failover, 0.99), percentile(failover, 0.5) / std::max(1e-9, percentile(warm, 0.5)));
+}
+
 // A node whose turns wait for a replica that stopped answering (SIGSTOP: its
 // connections stay open, nothing comes back) keeps answering its probes: the
 // waits run off its one HTTP I/O thread.

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -45,7 +46,11 @@ std::vector<uint16_t> free_ports(size_t count) {
 }  // namespace
 
 const std::string& model_path() {
-    static const std::string path = std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+    // ASSISTD_E2E_MODEL: another model for a benchmark run (bench/failover_kv.sh).
+    static const std::string path = [] {
+        const char* other = std::getenv("ASSISTD_E2E_MODEL");
+        return other && *other ? std::string(other) : std::string(ASSISTD_SHARED_DIR) + "/models/stories260K.gguf";
+    }();
     return path;
 }
 

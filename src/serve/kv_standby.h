@@ -1,0 +1,159 @@
+#pragma once
+// Standby KV: after each turn of a session, the KV of the tokens its standby
+// copies lack is sent as runs (engine/kv_blob.h) to other nodes, which keep
+// them per session; when the session's next turn lands on such a node (its
+// server died, restarted or was drained), the prompt's prefix is imported
+// from there instead of prefilled.
+//
+// A run is used only where it is exactly right: it carries the hash of the
+// token ids before its first position, and the receiver appends it only to a
+// chain whose tokens hash the same there; at use, the chain's tokens must be
+// the prompt's own prefix, and the blob's model fingerprint (weights, shapes,
+// RoPE, KV type) this model's. The KV of a position depends on nothing but
+// the model and the tokens up to it, so a changed history or a restarted
+// sender can make a chain shorter, never wrong.
+//
+// The transport is not here: the shipper hands encoded runs to a send
+// function (cli wires the cluster's peer streams), and the store takes what
+// arrives.
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "common/result.h"
+#include "engine/tokenizer.h"
+
+namespace assistd::serve {
+
+// A hash of token ids that extends: token_hash(a + b) == token_hash(b, token_hash(a)).
+uint64_t token_hash(std::span<const engine::TokenId> tokens, uint64_t seed = 0xcbf29ce484222325ull);
+
+// One run of a session's KV on the wire: "KVR1" | u64 prefix hash | u32 key
+// length | key | blob. `prefix_hash` is token_hash of the tokens before the
+// blob's first position.
+std::string encode_kv_run(std::string_view key, uint64_t prefix_hash, std::string_view blob);
+struct KvRunView {
+    std::string_view key;
+    uint64_t prefix_hash = 0;
+    std::string_view blob;
+};
+Result<KvRunView> decode_kv_run(std::string_view payload);
+
+// The sending side, on the scheduler thread.
+struct KvStandbyShipperConfig {
+    size_t run_tokens = 256;       // positions per run (a frame): bounds a frame's size
+    size_t max_sessions = 65536;   // sessions whose shipped prefix is remembered (the oldest are forgotten)
+};
+struct KvStandbyShipperStats {
+    uint64_t runs = 0;           // runs handed to the send function
+    uint64_t bytes = 0;          // ... their bytes
+    uint64_t tokens = 0;         // ... positions they carried
+    uint64_t dropped = 0;        // runs the send function refused (over budget, no replica): resent in full next turn
+    uint64_t export_errors = 0;
+    double export_seconds = 0;   // scheduler time spent exporting and encoding
+};
+
+class KvStandbyShipper {
+public:
+    // Sends one encoded run for `key` to its standby copies; false: not sent
+    // (the shipper then forgets what it sent for `key`). Must not block.
+    using Send = std::function<bool(std::string_view key, std::string payload)>;
+    // The KV blob of positions [begin, end) of the finished sequence.
+    using Export = std::function<Result<std::string>(size_t begin, size_t end)>;
+
+    KvStandbyShipper(KvStandbyShipperConfig config, Send send);
+
+    // A turn of `key` finished and its sequence holds `tokens`: ships what
+    // the standby copies lack (from where their tokens and these part).
+    void turn_finished(std::string_view key, std::span<const engine::TokenId> tokens, const Export& export_run);
+    // The leading tokens of `tokens` that `key`'s copies were sent already.
+    size_t shipped(std::string_view key, std::span<const engine::TokenId> tokens) const;
+
+    const KvStandbyShipperStats& stats() const { return stats_; }
+
+private:
+    static constexpr size_t kCheckpoint = 32;  // the shipped prefix is known at every this many tokens
+    struct Record {
+        std::vector<uint64_t> checkpoints;  // token_hash of the first (i + 1) * kCheckpoint tokens
+        size_t length = 0;                  // tokens shipped
+        uint64_t hash = 0;                  // token_hash of all of them
+        uint64_t last_used = 0;
+    };
+    void forget_oldest();
+
+    KvStandbyShipperConfig config_;
+    Send send_;
+    std::unordered_map<std::string, Record> records_;
+    uint64_t use_counter_ = 0;
+    KvStandbyShipperStats stats_;
+};
+
+// The receiving side: runs from peers, kept per session in RAM within a byte
+// budget (the sessions updated longest ago go first). Thread-safe.
+struct KvStandbyStoreConfig {
+    uint64_t max_bytes = 1ull << 30;
+    size_t min_match_tokens = 16;
+};
+struct KvStandbyStoreStats {
+    uint64_t runs = 0;        // runs taken in
+    uint64_t bytes_in = 0;    // ... their bytes
+    uint64_t refused = 0;     // damaged, another model's, or not loadable at use
+    uint64_t gaps = 0;        // runs that did not continue the chain they name (a run was lost): dropped
+    uint64_t evictions = 0;   // sessions dropped for the budget
+    size_t sessions = 0;
+    uint64_t bytes = 0;       // held now
+};
+
+class KvStandbyStore {
+public:
+    KvStandbyStore(KvStandbyStoreConfig config, uint64_t fingerprint);
+
+    // One encoded run from a peer. Errors say why it was not taken (counted).
+    Status receive(std::string_view payload);
+
+    struct Part {
+        std::string blob;
+        size_t end = 0;  // positions past this one are not the session's now: truncate after importing
+    };
+    struct Found {
+        std::vector<Part> parts;  // in order, from position 0
+        size_t match = 0;         // leading tokens of the prompt they hold
+    };
+    // `key`'s chain when it shares at least min_match_tokens (and more than
+    // `better_than`) leading tokens with `usable`; removed from the store:
+    // the caller holds it now.
+    std::optional<Found> take(std::string_view key, std::span<const engine::TokenId> usable, size_t better_than);
+    // A chain take() returned did not load.
+    void count_refused();
+
+    KvStandbyStoreStats stats() const;
+
+private:
+    struct Run {
+        size_t first = 0;
+        std::string blob;
+    };
+    struct Chain {
+        std::vector<Run> runs;
+        std::vector<engine::TokenId> tokens;  // the session's, as far as the runs reach
+        uint64_t bytes = 0;
+        uint64_t last_used = 0;
+    };
+    void enforce_budget();  // under mu_
+
+    KvStandbyStoreConfig config_;
+    uint64_t fingerprint_;
+    mutable std::mutex mu_;
+    std::unordered_map<std::string, Chain> chains_;
+    uint64_t use_counter_ = 0;
+    KvStandbyStoreStats stats_;
+};
+
+}  // namespace assistd::serve
