@@ -30,9 +30,9 @@ trap 'rm -f "$out"' EXIT
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p') ($(nproc) cores); model $model" >&2
 if ASSISTD_E2E_MODEL="$model" ASSISTD_KV_FAILOVER_TRIALS="$trials" ASSISTD_KV_FAILOVER_HISTORY="$history" \
    timeout 1800 "$exe" --gtest_filter='FleetTest.ALongConversationsFailover*' >"$out" 2>&1; then
-  grep -E -A2 '^failover of a conversation' "$out"
+  grep -E -A5 '^failover of a conversation' "$out"
 else
-  grep -v -E '^(assistd serve|--- node)' "$out" | tail -60 >&2
+  grep -v -E '^(assistd serve|--- node|\[20)' "$out" | tail -60 >&2
   echo "the failover run failed (above)" >&2
   exit 1
 fi

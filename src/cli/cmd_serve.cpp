@@ -29,6 +29,7 @@
 #include "serve/blocking_pool.h"
 #include "serve/kv_disk_tier.h"
 #include "serve/kv_standby.h"
+#include "serve/kv_standby_store.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/rate_limit.h"
@@ -320,6 +321,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     sc.prefix_cache = o.prefix_cache && o.prefix_cache_sequences > 0;
     sc.prefix_cache_blocks = o.prefix_cache_blocks;
     sc.prefix_cache_min_tokens = o.prefix_cache_min_tokens;
+    sc.prepare_weights_at_start = true;
     std::unique_ptr<KvDiskTier> kv_disk;
     if (!o.kv_disk_dir.empty()) {
         KvDiskTierConfig kc;
@@ -341,28 +343,53 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         std::fprintf(stderr, "assistd serve: KV disk tier in %s, up to %zu MiB; %zu conversations' KV found there\n",
                      o.kv_disk_dir.c_str(), o.kv_disk_mib, d.entries);
     }
-    // Standby KV (a fleet): each session turn's new KV goes to the session's
-    // standby replicas, and theirs comes here, so a turn after a failover
-    // imports the history instead of prefilling it.
+    // Standby KV: each session turn's new KV goes to the session's standby
+    // replicas (a fleet), and theirs comes here, so a turn after a failover
+    // imports the history instead of prefilling it; with --kv-disk-dir the
+    // node's own sessions' KV is written through to disk as well, so a
+    // restart (even after a SIGKILL) finds it.
     std::unique_ptr<KvStandbyStore> kv_standby_store;
     std::unique_ptr<KvStandbyShipper> kv_standby_shipper;
+    bool to_peers = false;
 #if ASSISTD_HAVE_CLUSTER
-    if (fleet && sc.prefix_cache && o.kv_standby_copies > 0) {
+    to_peers = fleet && o.kv_standby_copies > 0;
+#endif
+    if (sc.prefix_cache && (to_peers || !o.kv_disk_dir.empty())) {
         KvStandbyStoreConfig kc;
         kc.max_bytes = static_cast<uint64_t>(o.kv_standby_mib) << 20;
         kc.min_match_tokens = o.prefix_cache_min_tokens;
-        kv_standby_store = std::make_unique<KvStandbyStore>(kc, model->kv_fingerprint());
-        kv_standby_shipper = std::make_unique<KvStandbyShipper>(
-            KvStandbyShipperConfig{}, [node = fleet.get()](std::string_view key, std::string payload) {
-                return node->send_standby_kv(key, payload);
+        if (!o.kv_disk_dir.empty()) kc.dir = (std::filesystem::path(o.kv_disk_dir) / "sessions").string();
+        auto opened = KvStandbyStore::open(kc, model->kv_fingerprint());
+        if (!opened) {
+            std::fprintf(stderr, "assistd serve: --kv-disk-dir: %s\n", opened.error().message.c_str());
+            return 2;
+        }
+        kv_standby_store = std::move(*opened);
+        KvStandbyStore* local = kc.dir.empty() ? nullptr : kv_standby_store.get();
+        std::function<bool(std::string_view, std::string_view, std::string_view)> peers;
+#if ASSISTD_HAVE_CLUSTER
+        if (to_peers)
+            peers = [node = fleet.get()](std::string_view key, std::string_view head, std::string_view blob) {
+                return node->send_standby_kv(key, head, blob);
+            };
+        if (to_peers)
+            fleet->set_standby_kv_handler([store = kv_standby_store.get()](std::string_view payload, cluster::NodeId) {
+                (void)store->receive(payload);  // refusals are counted and logged there
             });
-        fleet->set_standby_kv_handler([store = kv_standby_store.get()](std::string_view payload, cluster::NodeId) {
-            (void)store->receive(payload);  // refusals are counted and logged there
-        });
+#endif
+        kv_standby_shipper = std::make_unique<KvStandbyShipper>(
+            KvStandbyShipperConfig{}, [local, peers](std::string_view key, uint64_t prefix_hash, std::string blob) {
+                bool ok = true;
+                if (peers) ok = peers(key, encode_kv_run_header(key, prefix_hash), blob);
+                if (local) ok = local->keep_own(key, prefix_hash, std::move(blob)).ok() && ok;
+                return ok;
+            });
         sc.kv_standby_store = kv_standby_store.get();
         sc.kv_standby_shipper = kv_standby_shipper.get();
+        if (local)
+            std::fprintf(stderr, "assistd serve: sessions' KV written through to %s, up to %zu MiB; %zu sessions' KV found there\n",
+                         kc.dir.c_str(), o.kv_standby_mib, kv_standby_store->stats().sessions);
     }
-#endif
     ServeMetrics metrics(o.metrics_tenant_labels);
     Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);
     scheduler.start();
@@ -616,7 +643,8 @@ void register_serve(CLI::App& app, int& exit_code) {
                     "node that takes the session over imports the history instead of prefilling it; 0: off")
         ->capture_default_str();
     cmd->add_option("--kv-standby-mib", o->kv_standby_mib,
-                    "Peers' standby KV this node keeps in RAM at most, in MiB (sessions updated longest ago go first)")
+                    "Sessions' standby KV this node keeps at most, in MiB: peers' in RAM, or with --kv-disk-dir "
+                    "peers' and its own on disk (sessions updated longest ago go first)")
         ->capture_default_str();
     cmd->add_option("--kv-standby-queue-mib", o->kv_standby_queue_mib,
                     "Standby KV waiting to be sent to one peer at most, in MiB (beyond it a session is resent in "

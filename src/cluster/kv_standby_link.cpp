@@ -30,7 +30,7 @@ bool KvStandbyLink::is_kv_frame(std::string_view frame) {
     return !frame.empty() && static_cast<unsigned char>(frame[0]) == kMagic;
 }
 
-bool KvStandbyLink::send(std::string_view session_key, std::string_view payload) {
+bool KvStandbyLink::send(std::string_view session_key, std::string_view head, std::string_view body) {
     if (options_.copies == 0) return false;
     const auto targets = replicator_.standby_addresses(session_key, options_.copies);
     if (targets.empty()) {
@@ -38,12 +38,13 @@ bool KvStandbyLink::send(std::string_view session_key, std::string_view payload)
         return false;
     }
     std::string frame;
-    frame.reserve(kHeaderBytes + payload.size());
+    frame.reserve(kHeaderBytes + head.size() + body.size());
     frame.push_back(static_cast<char>(kMagic));
     frame.push_back(static_cast<char>(kVersion));
     put_u64(frame, self_.node_id);
     put_u64(frame, self_.incarnation);
-    frame.append(payload);
+    frame.append(head);
+    frame.append(body);
     bool all = true;
     for (size_t i = 0; i < targets.size(); ++i) {
         const size_t bytes = frame.size();

@@ -45,9 +45,11 @@ public:
     KvStandbyLink(const NodeIdentity& self, Replicator& replicator, Transport& transport,
                   KvStandbyLinkOptions options);
 
-    // One run of `session_key`'s KV to its standby replicas; true when every
-    // one of them took it (else the sender starts the session over next time).
-    bool send(std::string_view session_key, std::string_view payload);
+    // One run of `session_key`'s KV (the payload is `head` then `body`, kept
+    // apart so that megabytes are copied once) to its standby replicas; true
+    // when every one of them took it (else the sender starts the session over
+    // next time).
+    bool send(std::string_view session_key, std::string_view head, std::string_view body);
 
     // Whether a frame is this link's (the transport's handler dispatches on it).
     static bool is_kv_frame(std::string_view frame);

@@ -1,5 +1,7 @@
 #include "engine/kv_cache.h"
 
+#include <sys/mman.h>
+
 #include <fmt/format.h>
 
 #include <cstring>
@@ -21,6 +23,15 @@ Result<KvCache> KvCache::create(const KvCacheShape& shape) {
         return make_error(ErrorCode::kResourceExhausted,
                           fmt::format("cannot allocate {} MiB for the KV cache", total >> 20));
     c.storage_bytes_ = total;
+    // Huge pages where the kernel gives them on request: a sequence's KV filled
+    // at once (a prefill, or KV imported from a peer or disk) then faults 2 MiB
+    // at a time instead of 4 KiB (an import of 46 MB spent more time in page
+    // faults than in copying).
+    {
+        const auto begin = (reinterpret_cast<uintptr_t>(c.storage_.get()) + (2u << 20) - 1) & ~uintptr_t{(2u << 20) - 1};
+        const auto end = (reinterpret_cast<uintptr_t>(c.storage_.get()) + total) & ~uintptr_t{(2u << 20) - 1};
+        if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+    }
     c.refcount_.assign(shape.n_blocks, 0);
     c.free_.reserve(shape.n_blocks);
     for (size_t b = shape.n_blocks; b-- > 0;) c.free_.push_back(static_cast<int32_t>(b));

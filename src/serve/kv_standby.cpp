@@ -6,8 +6,6 @@
 #include <chrono>
 #include <cstring>
 
-#include "engine/kv_blob.h"
-#include "serve/token_prefix.h"
 
 namespace assistd::serve {
 
@@ -42,13 +40,18 @@ uint64_t token_hash(std::span<const TokenId> tokens, uint64_t seed) {
     return h;
 }
 
-std::string encode_kv_run(std::string_view key, uint64_t prefix_hash, std::string_view blob) {
+std::string encode_kv_run_header(std::string_view key, uint64_t prefix_hash) {
     std::string out;
-    out.reserve(20 + key.size() + blob.size());
+    out.reserve(16 + key.size());
     out.append(kRunMagic, 4);
     put_u64(out, prefix_hash);
     put_u32(out, static_cast<uint32_t>(key.size()));
     out.append(key);
+    return out;
+}
+
+std::string encode_kv_run(std::string_view key, uint64_t prefix_hash, std::string_view blob) {
+    std::string out = encode_kv_run_header(key, prefix_hash);
     out.append(blob);
     return out;
 }
@@ -117,9 +120,8 @@ void KvStandbyShipper::turn_finished(std::string_view key, std::span<const Token
             ok = false;
             break;
         }
-        std::string payload = encode_kv_run(key, prefix, *blob);
-        const size_t bytes = payload.size();
-        if (!send_(key, std::move(payload))) {
+        const size_t bytes = blob->size();
+        if (!send_(key, prefix, std::move(*blob))) {
             ++stats_.dropped;
             ok = false;
             break;
@@ -147,100 +149,6 @@ void KvStandbyShipper::turn_finished(std::string_view key, std::span<const Token
         r.checkpoints.push_back(h);
     }
     r.last_used = ++use_counter_;
-}
-
-// ---- the store ----
-
-KvStandbyStore::KvStandbyStore(KvStandbyStoreConfig config, uint64_t fingerprint)
-    : config_(config), fingerprint_(fingerprint) {
-    config_.min_match_tokens = std::max<size_t>(1, config_.min_match_tokens);
-}
-
-Status KvStandbyStore::receive(std::string_view payload) {
-    auto refuse = [&](std::string why) -> Status {
-        std::lock_guard lk(mu_);
-        if (stats_.refused++ % 1000 < 5) spdlog::warn("standby KV: a run from a peer was refused: {}", why);
-        return make_error(ErrorCode::kCorrupt, std::move(why));
-    };
-    auto run = decode_kv_run(payload);
-    if (!run) return refuse(run.error().message);
-    auto blob = engine::parse_kv_blob(run->blob);
-    if (!blob) return refuse(blob.error().message);
-    if (blob->fingerprint != fingerprint_)
-        return refuse("it was computed by another model, KV type or RoPE setting");
-    if (blob->tokens.empty()) return refuse("it holds no positions");
-
-    std::lock_guard lk(mu_);
-    auto [it, fresh] = chains_.try_emplace(std::string(run->key));
-    Chain& c = it->second;
-    const size_t first = blob->first;
-    if (first > 0 && (c.tokens.size() < first || token_hash(std::span(c.tokens).first(first)) != run->prefix_hash)) {
-        // It continues a prefix this node does not hold (a run was lost on the
-        // way, or this node started after it was sent): the chain stays as it
-        // is, shorter; the sender starts over after a loss it saw.
-        ++stats_.gaps;
-        if (fresh) chains_.erase(it);
-        return make_error(ErrorCode::kNotFound, "the run continues a prefix this node does not hold");
-    }
-    // The session's tokens from `first` on are the run's now. A run whose
-    // tail was cut this way still weighs its whole blob.
-    stats_.bytes -= c.bytes;
-    while (!c.runs.empty() && c.runs.back().first >= first) {
-        c.bytes -= c.runs.back().blob.size();
-        c.runs.pop_back();
-    }
-    c.tokens.resize(first);
-    c.tokens.insert(c.tokens.end(), blob->tokens.begin(), blob->tokens.end());
-    c.runs.push_back(Run{first, std::string(run->blob)});
-    c.bytes += run->blob.size();
-    stats_.bytes += c.bytes;
-    c.last_used = ++use_counter_;
-    ++stats_.runs;
-    stats_.bytes_in += payload.size();
-    enforce_budget();
-    stats_.sessions = chains_.size();
-    return {};
-}
-
-void KvStandbyStore::enforce_budget() {
-    while (stats_.bytes > config_.max_bytes && !chains_.empty()) {
-        auto oldest = chains_.begin();
-        for (auto it = chains_.begin(); it != chains_.end(); ++it)
-            if (it->second.last_used < oldest->second.last_used) oldest = it;
-        stats_.bytes -= oldest->second.bytes;
-        chains_.erase(oldest);
-        ++stats_.evictions;
-    }
-}
-
-std::optional<KvStandbyStore::Found> KvStandbyStore::take(std::string_view key, std::span<const TokenId> usable,
-                                                          size_t better_than) {
-    std::lock_guard lk(mu_);
-    auto it = chains_.find(std::string(key));
-    if (it == chains_.end()) return std::nullopt;
-    Chain& c = it->second;
-    const size_t match = common_prefix(usable, c.tokens);
-    if (match < config_.min_match_tokens || match <= better_than) return std::nullopt;
-    Found found;
-    found.match = match;
-    for (size_t i = 0; i < c.runs.size() && c.runs[i].first < match; ++i) {
-        const size_t end = i + 1 < c.runs.size() ? c.runs[i + 1].first : c.tokens.size();
-        found.parts.push_back(Part{std::move(c.runs[i].blob), end});
-    }
-    stats_.bytes -= c.bytes;
-    chains_.erase(it);
-    stats_.sessions = chains_.size();
-    return found;
-}
-
-void KvStandbyStore::count_refused() {
-    std::lock_guard lk(mu_);
-    ++stats_.refused;
-}
-
-KvStandbyStoreStats KvStandbyStore::stats() const {
-    std::lock_guard lk(mu_);
-    return stats_;
 }
 
 }  // namespace assistd::serve

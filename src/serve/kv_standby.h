@@ -14,12 +14,12 @@
 // sender can make a chain shorter, never wrong.
 //
 // The transport is not here: the shipper hands encoded runs to a send
-// function (cli wires the cluster's peer streams), and the store takes what
+// function (cli wires the cluster's peer streams, and the node's own store
+// when it keeps KV on disk), and the store (kv_standby_store.h) takes what
 // arrives.
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -39,6 +39,8 @@ uint64_t token_hash(std::span<const engine::TokenId> tokens, uint64_t seed = 0xc
 // length | key | blob. `prefix_hash` is token_hash of the tokens before the
 // blob's first position.
 std::string encode_kv_run(std::string_view key, uint64_t prefix_hash, std::string_view blob);
+// The part before the blob: encode_kv_run(k, h, b) == encode_kv_run_header(k, h) + b.
+std::string encode_kv_run_header(std::string_view key, uint64_t prefix_hash);
 struct KvRunView {
     std::string_view key;
     uint64_t prefix_hash = 0;
@@ -62,9 +64,10 @@ struct KvStandbyShipperStats {
 
 class KvStandbyShipper {
 public:
-    // Sends one encoded run for `key` to its standby copies; false: not sent
-    // (the shipper then forgets what it sent for `key`). Must not block.
-    using Send = std::function<bool(std::string_view key, std::string payload)>;
+    // Sends one run of `key` (its blob, and the hash of the tokens before it)
+    // to the standby copies; false: not sent (the shipper then forgets what it
+    // sent for `key`). Must not block.
+    using Send = std::function<bool(std::string_view key, uint64_t prefix_hash, std::string blob)>;
     // The KV blob of positions [begin, end) of the finished sequence.
     using Export = std::function<Result<std::string>(size_t begin, size_t end)>;
 
@@ -93,67 +96,6 @@ private:
     std::unordered_map<std::string, Record> records_;
     uint64_t use_counter_ = 0;
     KvStandbyShipperStats stats_;
-};
-
-// The receiving side: runs from peers, kept per session in RAM within a byte
-// budget (the sessions updated longest ago go first). Thread-safe.
-struct KvStandbyStoreConfig {
-    uint64_t max_bytes = 1ull << 30;
-    size_t min_match_tokens = 16;
-};
-struct KvStandbyStoreStats {
-    uint64_t runs = 0;        // runs taken in
-    uint64_t bytes_in = 0;    // ... their bytes
-    uint64_t refused = 0;     // damaged, another model's, or not loadable at use
-    uint64_t gaps = 0;        // runs that did not continue the chain they name (a run was lost): dropped
-    uint64_t evictions = 0;   // sessions dropped for the budget
-    size_t sessions = 0;
-    uint64_t bytes = 0;       // held now
-};
-
-class KvStandbyStore {
-public:
-    KvStandbyStore(KvStandbyStoreConfig config, uint64_t fingerprint);
-
-    // One encoded run from a peer. Errors say why it was not taken (counted).
-    Status receive(std::string_view payload);
-
-    struct Part {
-        std::string blob;
-        size_t end = 0;  // positions past this one are not the session's now: truncate after importing
-    };
-    struct Found {
-        std::vector<Part> parts;  // in order, from position 0
-        size_t match = 0;         // leading tokens of the prompt they hold
-    };
-    // `key`'s chain when it shares at least min_match_tokens (and more than
-    // `better_than`) leading tokens with `usable`; removed from the store:
-    // the caller holds it now.
-    std::optional<Found> take(std::string_view key, std::span<const engine::TokenId> usable, size_t better_than);
-    // A chain take() returned did not load.
-    void count_refused();
-
-    KvStandbyStoreStats stats() const;
-
-private:
-    struct Run {
-        size_t first = 0;
-        std::string blob;
-    };
-    struct Chain {
-        std::vector<Run> runs;
-        std::vector<engine::TokenId> tokens;  // the session's, as far as the runs reach
-        uint64_t bytes = 0;
-        uint64_t last_used = 0;
-    };
-    void enforce_budget();  // under mu_
-
-    KvStandbyStoreConfig config_;
-    uint64_t fingerprint_;
-    mutable std::mutex mu_;
-    std::unordered_map<std::string, Chain> chains_;
-    uint64_t use_counter_ = 0;
-    KvStandbyStoreStats stats_;
 };
 
 }  // namespace assistd::serve

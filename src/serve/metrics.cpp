@@ -63,6 +63,13 @@ ServeMetrics::ServeMetrics(bool tenant_labels)
                  .Help("Time from submission to the first generated token")
                  .Register(*registry_)
                  .Add({}, kLatencyBuckets);
+    auto& recovery = BuildHistogram()
+                         .Name("assistd_kv_recovery_time_to_first_token_seconds")
+                         .Help("Time to the first token of requests whose prefix was imported instead of prefilled "
+                               "(tier: standby, a peer's copy after a failover; disk, the KV disk tier)")
+                         .Register(*registry_);
+    recovery_ttft_standby_ = &recovery.Add({{"tier", "standby"}}, kLatencyBuckets);
+    recovery_ttft_disk_ = &recovery.Add({{"tier", "disk"}}, kLatencyBuckets);
     inter_token_ = &BuildHistogram()
                         .Name("assistd_inter_token_seconds")
                         .Help("Time between consecutive tokens of one request")
@@ -160,6 +167,8 @@ void ServeMetrics::on_step(const StepReport& r) {
     steps_by_precision_->Add({{"precision", engine::precision_name(r.precision)}}).Increment();
     step_seconds_->Observe(r.seconds);
     for (double s : r.time_to_first_token_s) ttft_->Observe(s);
+    for (double s : r.standby_time_to_first_token_s) recovery_ttft_standby_->Observe(s);
+    for (double s : r.disk_time_to_first_token_s) recovery_ttft_disk_->Observe(s);
     for (double s : r.inter_token_s) inter_token_->Observe(s);
     tokens_generated_->Increment(static_cast<double>(r.tokens_generated));
 }

@@ -88,6 +88,8 @@ private:
     prometheus::Family<prometheus::Gauge>* precision_;
     prometheus::Histogram* inference_latency_;
     prometheus::Histogram* ttft_;
+    prometheus::Histogram* recovery_ttft_standby_;
+    prometheus::Histogram* recovery_ttft_disk_;
     prometheus::Histogram* inter_token_;
     prometheus::Histogram* step_seconds_;
     prometheus::Counter* tokens_generated_;

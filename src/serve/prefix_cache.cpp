@@ -3,12 +3,13 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 #include <tuple>
 #include <utility>
 
 #include "serve/kv_disk_tier.h"
-#include "serve/kv_standby.h"
+#include "serve/kv_standby_store.h"
 #include "serve/token_prefix.h"
 
 namespace assistd::serve {
@@ -93,14 +94,16 @@ std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_disk(std::span<co
     ++stats_.disk_hits;
     stats_.reused_tokens += found->match;
     stats_.disk_tokens += found->match;
-    return Acquired{*seq, found->match};
+    return Acquired{*seq, found->match, Source::kDisk};
 }
 
 std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_standby(std::string_view key,
                                                                        std::span<const TokenId> usable,
                                                                        size_t better_than) {
+    const auto t0 = std::chrono::steady_clock::now();
     auto found = config_.standby->take(key, usable, better_than);
     if (!found) return std::nullopt;
+    const auto t1 = std::chrono::steady_clock::now();
     auto seq = free_slot();
     if (!seq) return std::nullopt;
     // Run after run from position 0; each is cut where the session's next run begins.
@@ -132,11 +135,14 @@ std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_standby(std::stri
         spdlog::warn("prefix cache: a standby KV copy was refused ({}); the prompt is prefilled", why);
         return std::nullopt;
     }
+    spdlog::debug("prefix cache: {} tokens of standby KV taken in {:.1f} ms, imported in {:.1f} ms", found->match,
+                  std::chrono::duration<double, std::milli>(t1 - t0).count(),
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t1).count());
     ++stats_.hits;
     ++stats_.standby_hits;
     stats_.reused_tokens += found->match;
     stats_.standby_tokens += found->match;
-    return Acquired{*seq, found->match};
+    return Acquired{*seq, found->match, Source::kStandby};
 }
 
 Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prompt, std::string_view session_key) {
@@ -162,7 +168,7 @@ Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prom
                 if (forked) {
                     ++stats_.hits;
                     stats_.reused_tokens += best_len;
-                    return Acquired{*forked, best_len};
+                    return Acquired{*forked, best_len, Source::kRam};
                 }
                 if (forked.error().code != ErrorCode::kResourceExhausted) return forked.error();
                 // No free sequence slot: older entries make way for this one.
@@ -185,7 +191,7 @@ Result<PrefixCache::Acquired> PrefixCache::acquire(std::span<const TokenId> prom
             }
             ++stats_.hits;
             stats_.reused_tokens += best_len;
-            return Acquired{seq, best_len};
+            return Acquired{seq, best_len, Source::kRam};
         }
     }
     if (enabled()) ++stats_.misses;

@@ -35,7 +35,7 @@ struct PrefixCacheConfig {
     // Entries evicted (and those left at clear()) go here, and a prompt that
     // finds a longer prefix there than in RAM reads it back (kv_disk_tier.h).
     KvDiskTier* disk = nullptr;
-    // Peers' standby copies of sessions' KV (kv_standby.h): a prompt of a
+    // Peers' standby copies of sessions' KV (kv_standby_store.h): a prompt of a
     // session held there imports its prefix when that beats RAM and disk.
     KvStandbyStore* standby = nullptr;
 };
@@ -64,9 +64,12 @@ public:
 
     bool enabled() const { return config_.max_blocks > 0; }
 
+    // Where a reused prefix came from: a recovery when not from RAM.
+    enum class Source { kNone, kRam, kDisk, kStandby };
     struct Acquired {
         engine::SequenceId seq = -1;
         size_t reused = 0;  // leading prompt tokens the sequence already holds
+        Source source = Source::kNone;
     };
     // A sequence for `prompt`: forked from the cached sequence sharing the
     // longest prefix (at most prompt.size() - 1 tokens, so the last token is

@@ -1,7 +1,10 @@
 #include "serve/scheduler.h"
 
+#include <spdlog/spdlog.h>
+
 #include "serve/kv_disk_tier.h"
 #include "serve/kv_standby.h"
+#include "serve/kv_standby_store.h"
 
 #include <algorithm>
 #include <chrono>
@@ -122,6 +125,7 @@ struct Scheduler::Active {
     engine::SequenceId seq = -1;
     size_t prefilled = 0;      // prompt tokens already in the KV cache
     size_t cached = 0;         // of which taken from the prefix cache
+    PrefixCache::Source cached_from = PrefixCache::Source::kNone;
     size_t pending = 0;        // tokens of this request in the current decode
     std::vector<TokenId> history;
     std::optional<engine::Sampler> sampler;
@@ -299,6 +303,15 @@ size_t Scheduler::in_flight() const {
 }
 
 void Scheduler::run() {
+    // The weights of the precision the first requests will use are prepared
+    // now, not on the first request: a node that takes sessions over after a
+    // failover (or restarts) has not served before, and the conversion would
+    // land on the first recovered turn. Requests that arrive meanwhile queue.
+    if (config_.prepare_weights_at_start) {
+        if (auto st = model_.prepare_precision(static_cast<Precision>(precision_.load())); !st)
+            spdlog::warn("scheduler: preparing the weights failed ({}); the first request prepares them",
+                         st.error().message);
+    }
     for (;;) {
         {
             std::unique_lock lk(mu_);
@@ -351,6 +364,7 @@ void Scheduler::admit(int64_t now) {
             queue_.pop_front();
             a->seq = seq->seq;
             a->prefilled = a->cached = seq->reused;
+            a->cached_from = seq->source;
             a->channel->set_cached_tokens(seq->reused);
             a->kv_reserved = need;
             kv_reserved_ += need;
@@ -394,6 +408,8 @@ void Scheduler::step() {
     size_t prefill_budget = std::min(config_.prefill_chunk_tokens, config_.max_batch_tokens - decoding);
 
     ttft_.clear();
+    standby_ttft_.clear();
+    disk_ttft_.clear();
     inter_token_.clear();
     size_t step_sequences = 0, step_tokens = 0, step_generated = 0, step_prefilled = 0;
     double step_seconds = 0;
@@ -463,6 +479,9 @@ void Scheduler::step() {
                 const size_t before = a.generated;
                 deliver(a, t, t1);
                 step_generated += a.generated - before;
+                // The prompt's KV goes to the standby copies now, while the answer
+                // is decoded (after the first token: it does not wait for this).
+                if (was_prefilling && !a.done && a.seq >= 0) ship_standby(a, a.seq, a.req.prompt);
             }
             break;
         }
@@ -489,6 +508,8 @@ void Scheduler::step() {
         r.seconds = step_seconds;
         r.precision = step_precision;
         r.time_to_first_token_s = ttft_;
+        r.standby_time_to_first_token_s = standby_ttft_;
+        r.disk_time_to_first_token_s = disk_ttft_;
         r.inter_token_s = inter_token_;
         r.tokens_generated = step_generated;
         observer_->on_step(r);
@@ -496,8 +517,11 @@ void Scheduler::step() {
 }
 
 void Scheduler::deliver(Active& a, TokenId token, int64_t now) {
-    if (a.generated == 0 && a.last_token_ns == 0)
+    if (a.generated == 0 && a.last_token_ns == 0) {
         ttft_.push_back(static_cast<double>(now - a.submitted_ns) / 1e9);
+        if (a.cached_from == PrefixCache::Source::kStandby) standby_ttft_.push_back(ttft_.back());
+        if (a.cached_from == PrefixCache::Source::kDisk) disk_ttft_.push_back(ttft_.back());
+    }
     else
         inter_token_.push_back(static_cast<double>(now - a.last_token_ns) / 1e9);
     a.last_token_ns = now;
@@ -543,10 +567,11 @@ void Scheduler::deliver(Active& a, TokenId token, int64_t now) {
 void Scheduler::finish(Active& a, FinishReason reason, Error error) {
     if (a.done) return;
     a.done = true;
+    // The consumer hears first: releasing may export KV for the standby copies.
+    a.channel->finish(reason, std::move(error));
     release_sequence(a, reason);
     kv_reserved_ -= a.kv_reserved;
     a.kv_reserved = 0;
-    a.channel->finish(reason, std::move(error));
     const int64_t now = clock_.now_mono_ns();
     if (finish_times_.size() < kFinishRing) {
         finish_times_.push_back(now);
@@ -577,17 +602,19 @@ void Scheduler::release_sequence(Active& a, FinishReason reason) {
         const size_t held = model_.sequence_length(seq);
         if (held > 0 && held <= a.history.size()) {
             a.history.resize(held);
-            if (config_.kv_standby_shipper && !a.req.kv_key.empty()) {
-                // Before retain(), which may free the sequence: the new KV goes to the standby copies.
-                config_.kv_standby_shipper->turn_finished(a.req.kv_key, a.history, [&](size_t begin, size_t end) {
-                    return model_.export_kv(seq, begin, end, std::span(a.history).subspan(begin, end - begin));
-                });
-            }
+            ship_standby(a, seq, a.history);  // before retain(), which may free the sequence
             prefix_cache_.retain(seq, std::move(a.history));
             return;
         }
     }
     model_.free_sequence(seq);
+}
+
+void Scheduler::ship_standby(const Active& a, engine::SequenceId seq, std::span<const TokenId> tokens) {
+    if (!config_.kv_standby_shipper || a.req.kv_key.empty()) return;
+    config_.kv_standby_shipper->turn_finished(a.req.kv_key, tokens, [&](size_t begin, size_t end) {
+        return model_.export_kv(seq, begin, end, tokens.subspan(begin, end - begin));
+    });
 }
 
 size_t Scheduler::kv_blocks_needed(const GenerationRequest& r) const {

@@ -134,6 +134,10 @@ struct SchedulerConfig {
     // through the shipper; session prompts look in the store. Null: none.
     KvStandbyShipper* kv_standby_shipper = nullptr;
     KvStandbyStore* kv_standby_store = nullptr;
+    // The scheduler thread prepares the first precision's weights before its
+    // first request (else the first request pays the conversion). Off where
+    // something else decodes with the model until the first request (tests).
+    bool prepare_weights_at_start = false;
 };
 
 // Live figures for /metrics and tests; read from any thread.
@@ -184,6 +188,9 @@ struct StepReport {
     double seconds = 0;
     engine::Precision precision = engine::Precision::kBF16;
     std::span<const double> time_to_first_token_s;
+    // ... of requests whose prefix was imported (a recovery): from peers' standby KV, from the disk tier
+    std::span<const double> standby_time_to_first_token_s;
+    std::span<const double> disk_time_to_first_token_s;
     std::span<const double> inter_token_s;
     size_t tokens_generated = 0;
 };
@@ -237,6 +244,8 @@ private:
     void finish(Active& a, FinishReason reason, Error error = {});
     void maybe_evaluate_policy(int64_t now);
     size_t kv_blocks_needed(const GenerationRequest& r) const;
+    // Sends the KV of `tokens` (held by `seq`) that the standby copies of a's session lack.
+    void ship_standby(const Active& a, engine::SequenceId seq, std::span<const engine::TokenId> tokens);
     engine::Precision precision_for(const Active& a) const;
     void publish_stats();
     void release_sequence(Active& a, FinishReason reason);
@@ -258,7 +267,7 @@ private:
     std::vector<std::unique_ptr<Active>> running_;
     std::vector<engine::BatchEntry> entries_;
     std::vector<Active*> entry_owner_;
-    std::vector<double> ttft_;
+    std::vector<double> ttft_, standby_ttft_, disk_ttft_;
     std::vector<double> inter_token_;
     std::vector<double> step_latency_window_;   // ring of recent step latencies
     std::vector<int64_t> finish_times_;          // ring of recent finish times

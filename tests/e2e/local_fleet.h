@@ -30,7 +30,8 @@ struct FleetNodeProcess {
 
 class LocalFleet {
   public:
-    // Picks ports and directories for `nodes` nodes; starts none.
+    // Picks ports and directories for `nodes` nodes; starts none. In
+    // `extra_args`, "@STATE@" stands for each node's state directory.
     LocalFleet(int nodes, std::vector<std::string> extra_args = {});
     ~LocalFleet();  // SIGKILLs what still runs, removes the directories
     LocalFleet(const LocalFleet&) = delete;

@@ -108,7 +108,11 @@ void LocalFleet::start(int i) {
                                      "--peer-tls-ca",    tls_[static_cast<size_t>(i)].ca_path};
     if (std::find(extra_args_.begin(), extra_args_.end(), "--io-threads") == extra_args_.end())
         argv.insert(argv.end(), {"--io-threads", "2"});
-    argv.insert(argv.end(), extra_args_.begin(), extra_args_.end());
+    for (std::string a : extra_args_) {
+        // "@STATE@" is the node's own state directory (a per-node path in flags every node gets).
+        if (const size_t at = a.find("@STATE@"); at != std::string::npos) a.replace(at, 7, n.state_dir.string());
+        argv.push_back(std::move(a));
+    }
     const pid_t pid = ::fork();
     if (pid == 0) {
         const int fd = ::open(n.log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);

@@ -4,12 +4,14 @@
 // lost run leaves a shorter chain, never a wrong one; damaged and foreign
 // runs are refused; the byte budget holds.
 #include "serve/kv_standby.h"
+#include "serve/kv_standby_store.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <random>
 
 #include "engine/engine.h"
@@ -123,12 +125,15 @@ struct Wire {
     std::vector<std::string> sent{};
     size_t drop_run = static_cast<size_t>(-1);  // this run (0-based, over the whole test) is lost on the way
     bool refuse = false;                        // the link refuses (over budget)
+    bool own = false;                           // the node's own runs (keep_own), not a peer's
     KvStandbyShipper::Send send() {
-        return [this](std::string_view, std::string payload) {
+        return [this](std::string_view key, uint64_t prefix_hash, std::string blob) {
             if (refuse) return false;
+            std::string payload = encode_kv_run(key, prefix_hash, blob);
             const size_t n = sent.size();
             sent.push_back(payload);
-            if (n != drop_run && store) (void)store->receive(payload);
+            if (n != drop_run && store)
+                (void)(own ? store->keep_own(key, prefix_hash, std::move(blob)) : store->receive(payload));
             return true;
         };
     }
@@ -324,6 +329,107 @@ TEST_F(KvStandbyTest, TheByteBudgetDropsTheSessionsUpdatedLongestAgo) {
         EXPECT_EQ(a->reused, k >= 2 ? 100u : 0u) << k;
         receiver_->free_sequence(a->seq);
     }
+}
+
+// With a directory, runs live in files: a node restarted over it (after a
+// SIGKILL: nothing drained) finds its sessions' KV; damaged files are refused.
+TEST_F(KvStandbyTest, ARestartedNodeFindsItsSessionsKvInItsDirectory) {
+    KvStandbyStoreConfig config{64u << 20, 16, (dir_ / "sessions").string()};
+    const auto turn1 = tokens(300, 1);
+    const auto turn2 = concat(turn1, tokens(40, 2));
+    {
+        auto store = KvStandbyStore::open(config, sender_->kv_fingerprint());
+        ASSERT_TRUE(store.ok()) << store.error().message;
+        Wire wire{store->get()};
+        wire.own = true;  // a node's write-through of its own sessions
+        KvStandbyShipper shipper({128, 1024}, wire.send());
+        PrefixCache cache(*sender_, {512, 16, nullptr, store->get()});
+        ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn1));
+        ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn2));
+        ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "other", tokens(100, 9)));
+        EXPECT_EQ(cache.stats().standby_hits, 0u) << "RAM held it: the node's own copy was not taken";
+        (*store)->flush();
+        EXPECT_EQ((*store)->stats().writes, 5u) << "3 + 1 runs of k, 1 of other";
+        // A crash: the model and the cache go without a drain (nothing leaves RAM for disk).
+    }
+    size_t files = 0;
+    for (const auto& f : fs::directory_iterator(dir_ / "sessions")) files += f.path().extension() == ".kvr";
+    EXPECT_EQ(files, 5u);
+
+    auto store = KvStandbyStore::open(config, receiver_->kv_fingerprint());
+    ASSERT_TRUE(store.ok());
+    EXPECT_EQ((*store)->stats().sessions, 2u);
+    EXPECT_EQ((*store)->stats().refused, 0u);
+    const auto next = concat(turn2, tokens(8, 3));
+    PrefixCache cache(*receiver_, {512, 16, nullptr, store->get()});
+    auto a = cache.acquire(next, "k");
+    ASSERT_TRUE(a.ok());
+    EXPECT_EQ(a->reused, turn2.size()) << "the whole history came back from the directory";
+    const auto imported = answer(*receiver_, a->seq, next, a->reused, 12);
+    receiver_->free_sequence(a->seq);
+    EXPECT_EQ(imported, computed_answer(next, 12));
+    files = 0;
+    for (const auto& f : fs::directory_iterator(dir_ / "sessions")) files += f.path().extension() == ".kvr";
+    EXPECT_EQ(files, 1u) << "taken runs leave the disk: RAM holds them now";
+
+    // A damaged file: refused at use, the prompt is prefilled, the file goes.
+    for (const auto& f : fs::directory_iterator(dir_ / "sessions")) {
+        std::fstream io(f.path(), std::ios::in | std::ios::out | std::ios::binary);
+        io.seekp(static_cast<std::streamoff>(fs::file_size(f.path()) / 2));
+        io.put('\x5a');
+    }
+    auto b = cache.acquire(concat(tokens(100, 9), {4}), "other");
+    ASSERT_TRUE(b.ok());
+    EXPECT_EQ(b->reused, 0u);
+    EXPECT_EQ(cache.stats().standby_refused, 1u);
+    receiver_->free_sequence(b->seq);
+    EXPECT_TRUE(fs::is_empty(dir_ / "sessions"));
+}
+
+TEST_F(KvStandbyTest, UnreadableFilesInTheDirectoryAreRemovedAtOpen) {
+    const fs::path d = dir_ / "sessions";
+    fs::create_directories(d);
+    {
+        std::ofstream(d / "0000000000000001-00000001.kvr") << "garbage";
+        std::ofstream(d / "0000000000000001-00000002.kvr") << std::string("KVR1") + std::string(20, '\0');
+        std::ofstream(d / "0000000000000001-00000003.kvr.tmp") << "a write a crash cut short";
+    }
+    auto store = KvStandbyStore::open({1u << 20, 16, d.string()}, receiver_->kv_fingerprint());
+    ASSERT_TRUE(store.ok());
+    EXPECT_EQ((*store)->stats().sessions, 0u);
+    EXPECT_EQ((*store)->stats().refused, 2u);
+    EXPECT_TRUE(fs::is_empty(d));
+    auto bad = KvStandbyStore::open({1u << 20, 16, "/proc/assistd-cannot-be-here"}, receiver_->kv_fingerprint());
+    EXPECT_FALSE(bad.ok());
+}
+
+TEST_F(KvStandbyTest, OnDiskTheBudgetRemovesTheFilesOfTheSessionsUpdatedLongestAgo) {
+    KvStandbyStoreConfig config{64u << 20, 16, (dir_ / "sessions").string()};
+    uint64_t one = 0;
+    {
+        auto probe = KvStandbyStore::open(config, sender_->kv_fingerprint());
+        ASSERT_TRUE(probe.ok());
+        Wire wire{probe->get()};
+        KvStandbyShipper shipper({400, 1024}, wire.send());
+        PrefixCache cache(*sender_, {512, 16});
+        ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "probe", tokens(100, 50)));
+        one = (*probe)->stats().bytes;
+    }
+    fs::remove_all(dir_ / "sessions");
+    config.max_bytes = one * 2 + one / 2;
+    auto store = KvStandbyStore::open(config, sender_->kv_fingerprint());
+    ASSERT_TRUE(store.ok());
+    Wire wire{store->get()};
+    KvStandbyShipper shipper({400, 1024}, wire.send());
+    PrefixCache cache(*sender_, {4096, 16});
+    for (uint32_t k = 0; k < 4; ++k)
+        ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, session_name(k), tokens(100, 20 + k)));
+    (*store)->flush();
+    EXPECT_EQ((*store)->stats().sessions, 2u);
+    EXPECT_EQ((*store)->stats().evictions, 2u);
+    size_t files = 0;
+    for (const auto& f : fs::directory_iterator(dir_ / "sessions")) files += f.path().extension() == ".kvr";
+    EXPECT_EQ(files, 2u);
 }
 
 TEST(KvStandbyHash, ExtendsAndTellsSequencesApart) {
