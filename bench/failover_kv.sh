@@ -2,10 +2,12 @@
 # Failover of a long conversation with standby KV (issue 14): a three-node
 # fleet of real `assistd serve` processes on loopback (R=3, mutual TLS, one
 # thread each), a random smollm2-135m BF16 (made here once with `assistd model
-# random`). Per trial: a session's first turn carries ~HISTORY tokens on node
-# v, its second turn on v is the control (no failure), v is SIGKILLed right
-# after it and the third turn goes to the next node. Prints the first-token
-# times of both (p50/p99) and their ratio; never fails on time.
+# random`). Per trial: a session's history of ~HISTORY tokens is written on
+# node v in turns of at most 400 tokens, its next turn on v is the control
+# (no failure), v is SIGKILLed right after it and the next turn goes to
+# another node; then the same with v restarted over its directories and the
+# turn sent to v. Prints the first-token times (p50/p99) and their ratios;
+# never fails on time.
 #
 # It is the e2e test FleetTest.ALongConversationsFailoverImportsItsHistory
 # with a larger model and more trials.

@@ -250,6 +250,10 @@ int run_serve(const ServeOptions& o, bool precision_given) {
                             std::max<size_t>(1, o.max_running) + (o.prefix_cache ? o.prefix_cache_sequences : 0));
     if (!model) return 2;
 
+    // Declared before the fleet so that they outlive it: peers' frames reach
+    // the store until the fleet's transport is gone.
+    std::unique_ptr<KvStandbyStore> kv_standby_store;
+    std::unique_ptr<KvStandbyShipper> kv_standby_shipper;
     // One node (a local store) or a node of a fleet (the replicated store).
     std::unique_ptr<ServerSessionStore> single;
     state::SessionStore* session_store = nullptr;
@@ -348,8 +352,6 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     // imports the history instead of prefilling it; with --kv-disk-dir the
     // node's own sessions' KV is written through to disk as well, so a
     // restart (even after a SIGKILL) finds it.
-    std::unique_ptr<KvStandbyStore> kv_standby_store;
-    std::unique_ptr<KvStandbyShipper> kv_standby_shipper;
     bool to_peers = false;
 #if ASSISTD_HAVE_CLUSTER
     to_peers = fleet && o.kv_standby_copies > 0;
@@ -366,24 +368,31 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         }
         kv_standby_store = std::move(*opened);
         KvStandbyStore* local = kc.dir.empty() ? nullptr : kv_standby_store.get();
-        std::function<bool(std::string_view, std::string_view, std::string_view)> peers;
+        std::vector<KvStandbyShipper::Send> destinations;
 #if ASSISTD_HAVE_CLUSTER
-        if (to_peers)
-            peers = [node = fleet.get()](std::string_view key, std::string_view head, std::string_view blob) {
-                return node->send_standby_kv(key, head, blob);
-            };
-        if (to_peers)
+        if (to_peers) {
+            destinations.push_back([node = fleet.get()](std::string_view key, uint64_t prefix_hash,
+                                                        std::string_view blob) {
+                switch (node->send_standby_kv(key, encode_kv_run_header(key, prefix_hash), blob)) {
+                    case cluster::KvStandbyLink::SendOutcome::kSent: return KvSendResult::kSent;
+                    case cluster::KvStandbyLink::SendOutcome::kNoTarget: return KvSendResult::kNoTarget;
+                    default: return KvSendResult::kDropped;
+                }
+            });
             fleet->set_standby_kv_handler([store = kv_standby_store.get()](std::string_view payload, cluster::NodeId) {
                 (void)store->receive(payload);  // refusals are counted and logged there
             });
+        }
 #endif
-        kv_standby_shipper = std::make_unique<KvStandbyShipper>(
-            KvStandbyShipperConfig{}, [local, peers](std::string_view key, uint64_t prefix_hash, std::string blob) {
-                bool ok = true;
-                if (peers) ok = peers(key, encode_kv_run_header(key, prefix_hash), blob);
-                if (local) ok = local->keep_own(key, prefix_hash, std::move(blob)).ok() && ok;
-                return ok;
+        if (local)
+            destinations.push_back([local](std::string_view key, uint64_t prefix_hash, std::string_view blob) {
+                return local->keep_own(key, prefix_hash, std::string(blob)).ok() ? KvSendResult::kSent
+                                                                                 : KvSendResult::kDropped;
             });
+        KvStandbyShipperConfig shipping;
+        const auto& mi = model->info();
+        shipping.bytes_per_token = 2 * mi.n_layer * mi.n_head_kv * mi.head_dim * (o.model.kv_type == "f32" ? 4 : 2);
+        kv_standby_shipper = std::make_unique<KvStandbyShipper>(shipping, std::move(destinations));
         sc.kv_standby_store = kv_standby_store.get();
         sc.kv_standby_shipper = kv_standby_shipper.get();
         if (local)

@@ -198,7 +198,8 @@ FleetNode::~FleetNode() {
     parts_->local.reset();
 }
 
-bool FleetNode::send_standby_kv(std::string_view session_key, std::string_view head, std::string_view body) {
+KvStandbyLink::SendOutcome FleetNode::send_standby_kv(std::string_view session_key, std::string_view head,
+                                                      std::string_view body) {
     return parts_->kv_standby->send(session_key, head, body);
 }
 void FleetNode::set_standby_kv_handler(KvStandbyLink::Handler handler) {

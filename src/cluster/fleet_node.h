@@ -84,7 +84,8 @@ class FleetNode {
     LinkFigures links() const;
     // Standby KV: runs of a session's KV to its standby replicas, and those
     // peers send here (to `handler`, on the transport's threads).
-    bool send_standby_kv(std::string_view session_key, std::string_view head, std::string_view body);
+    KvStandbyLink::SendOutcome send_standby_kv(std::string_view session_key, std::string_view head,
+                                               std::string_view body);
     void set_standby_kv_handler(KvStandbyLink::Handler handler);
     KvStandbyLinkStats standby_kv_stats() const;
     std::vector<ReplicationLagSample> take_lag_samples();

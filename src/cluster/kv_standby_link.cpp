@@ -30,12 +30,13 @@ bool KvStandbyLink::is_kv_frame(std::string_view frame) {
     return !frame.empty() && static_cast<unsigned char>(frame[0]) == kMagic;
 }
 
-bool KvStandbyLink::send(std::string_view session_key, std::string_view head, std::string_view body) {
-    if (options_.copies == 0) return false;
+KvStandbyLink::SendOutcome KvStandbyLink::send(std::string_view session_key, std::string_view head,
+                                               std::string_view body) {
+    if (options_.copies == 0) return SendOutcome::kNoTarget;
     const auto targets = replicator_.standby_addresses(session_key, options_.copies);
     if (targets.empty()) {
         no_replica_.fetch_add(1);
-        return false;
+        return SendOutcome::kNoTarget;
     }
     std::string frame;
     frame.reserve(kHeaderBytes + head.size() + body.size());
@@ -58,7 +59,7 @@ bool KvStandbyLink::send(std::string_view session_key, std::string_view head, st
             all = false;
         }
     }
-    return all;
+    return all ? SendOutcome::kSent : SendOutcome::kDropped;
 }
 
 void KvStandbyLink::receive(std::string_view frame, const FrameOrigin& origin) {

@@ -40,16 +40,18 @@ struct KvStandbyLinkStats {
 
 class KvStandbyLink {
 public:
+    enum class SendOutcome { kSent, kNoTarget, kDropped };
     using Handler = std::function<void(std::string_view payload, NodeId from)>;
 
     KvStandbyLink(const NodeIdentity& self, Replicator& replicator, Transport& transport,
                   KvStandbyLinkOptions options);
 
     // One run of `session_key`'s KV (the payload is `head` then `body`, kept
-    // apart so that megabytes are copied once) to its standby replicas; true
-    // when every one of them took it (else the sender starts the session over
-    // next time).
-    bool send(std::string_view session_key, std::string_view head, std::string_view body);
+    // apart so that megabytes are copied once) to its standby replicas:
+    // kSent when every one of them took it, kNoTarget when none is live,
+    // kDropped when one refused it (over budget: the sender starts the
+    // session over next time).
+    SendOutcome send(std::string_view session_key, std::string_view head, std::string_view body);
 
     // Whether a frame is this link's (the transport's handler dispatches on it).
     static bool is_kv_frame(std::string_view frame);

@@ -71,15 +71,19 @@ Result<KvRunView> decode_kv_run(std::string_view payload) {
 
 // ---- the shipper ----
 
-KvStandbyShipper::KvStandbyShipper(KvStandbyShipperConfig config, Send send)
-    : config_(config), send_(std::move(send)) {
-    config_.run_tokens = std::max<size_t>(1, config_.run_tokens);
+KvStandbyShipper::KvStandbyShipper(KvStandbyShipperConfig config, std::vector<Send> destinations)
+    : config_(config) {
     config_.max_sessions = std::max<size_t>(1, config_.max_sessions);
+    run_tokens_ = std::max<size_t>(1, config_.run_tokens);
+    if (config_.bytes_per_token > 0)
+        run_tokens_ = std::clamp<size_t>(config_.max_run_bytes / config_.bytes_per_token, 1, run_tokens_);
+    for (auto& send : destinations) destinations_.push_back(Destination{std::move(send), {}});
 }
 
-size_t KvStandbyShipper::shipped(std::string_view key, std::span<const TokenId> tokens) const {
-    auto it = records_.find(std::string(key));
-    if (it == records_.end()) return 0;
+size_t KvStandbyShipper::shipped(size_t d, std::string_view key, std::span<const TokenId> tokens) const {
+    const auto& records = destinations_[d].records;
+    auto it = records.find(std::string(key));
+    if (it == records.end()) return 0;
     const Record& r = it->second;
     if (r.length <= tokens.size() && token_hash(tokens.first(r.length)) == r.hash) return r.length;
     // Where the two part: the last checkpoint both agree on.
@@ -93,53 +97,19 @@ size_t KvStandbyShipper::shipped(std::string_view key, std::span<const TokenId> 
     return agreed;
 }
 
-void KvStandbyShipper::forget_oldest() {
+void KvStandbyShipper::forget_oldest(Destination& d) {
     // Amortized: drop the oldest eighth at once.
     std::vector<std::pair<uint64_t, std::string>> ages;
-    ages.reserve(records_.size());
-    for (const auto& [key, r] : records_) ages.emplace_back(r.last_used, key);
+    ages.reserve(d.records.size());
+    for (const auto& [key, r] : d.records) ages.emplace_back(r.last_used, key);
     const size_t drop = std::max<size_t>(1, ages.size() / 8);
     std::nth_element(ages.begin(), ages.begin() + static_cast<std::ptrdiff_t>(drop - 1), ages.end());
-    for (size_t i = 0; i < drop; ++i) records_.erase(ages[i].second);
+    for (size_t i = 0; i < drop; ++i) d.records.erase(ages[i].second);
 }
 
-void KvStandbyShipper::turn_finished(std::string_view key, std::span<const TokenId> tokens,
-                                     const Export& export_run) {
-    if (key.empty() || tokens.empty()) return;
-    const auto started = std::chrono::steady_clock::now();
-    const size_t first = shipped(key, tokens);
-    if (first >= tokens.size()) return;
-    bool ok = true;
-    uint64_t prefix = token_hash(tokens.first(first));
-    for (size_t begin = first; begin < tokens.size() && ok; begin += config_.run_tokens) {
-        const size_t end = std::min(tokens.size(), begin + config_.run_tokens);
-        auto blob = export_run(begin, end);
-        if (!blob) {
-            ++stats_.export_errors;
-            spdlog::warn("standby KV: a run could not be exported: {}", blob.error().message);
-            ok = false;
-            break;
-        }
-        const size_t bytes = blob->size();
-        if (!send_(key, prefix, std::move(*blob))) {
-            ++stats_.dropped;
-            ok = false;
-            break;
-        }
-        ++stats_.runs;
-        stats_.bytes += bytes;
-        stats_.tokens += end - begin;
-        prefix = token_hash(tokens.subspan(begin, end - begin), prefix);
-    }
-    stats_.export_seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-    std::string k(key);
-    if (!ok) {
-        records_.erase(k);  // the copies may have a gap now: the next turn sends everything
-        return;
-    }
-    if (records_.size() >= config_.max_sessions && !records_.count(k)) forget_oldest();
-    Record& r = records_[k];
+void KvStandbyShipper::remember(Destination& d, const std::string& key, std::span<const TokenId> tokens) {
+    if (d.records.size() >= config_.max_sessions && !d.records.count(key)) forget_oldest(d);
+    Record& r = d.records[key];
     r.length = tokens.size();
     r.hash = token_hash(tokens);
     r.checkpoints.clear();
@@ -149,6 +119,50 @@ void KvStandbyShipper::turn_finished(std::string_view key, std::span<const Token
         r.checkpoints.push_back(h);
     }
     r.last_used = ++use_counter_;
+}
+
+void KvStandbyShipper::turn_finished(std::string_view key, std::span<const TokenId> tokens,
+                                     const Export& export_run) {
+    if (key.empty() || tokens.empty() || destinations_.empty()) return;
+    const auto started = std::chrono::steady_clock::now();
+    // Exported once, from where the destination that lacks most begins; each
+    // destination takes the runs from its own starting point's run on.
+    std::vector<size_t> from(destinations_.size());
+    size_t first = tokens.size();
+    for (size_t d = 0; d < destinations_.size(); ++d) first = std::min(first, from[d] = shipped(d, key, tokens));
+    if (first >= tokens.size()) return;
+    const std::string k(key);
+    std::vector<bool> live(destinations_.size(), true);
+    for (size_t d = 0; d < destinations_.size(); ++d) live[d] = from[d] < tokens.size();
+    uint64_t prefix = token_hash(tokens.first(first));
+    for (size_t begin = first; begin < tokens.size(); begin += run_tokens_) {
+        if (std::none_of(live.begin(), live.end(), [](bool b) { return b; })) break;
+        const size_t end = std::min(tokens.size(), begin + run_tokens_);
+        auto blob = export_run(begin, end);
+        if (!blob) {
+            ++stats_.export_errors;
+            spdlog::warn("standby KV: a run could not be exported: {}", blob.error().message);
+            for (size_t d = 0; d < destinations_.size(); ++d)
+                if (live[d]) destinations_[d].records.erase(k);  // what they hold may have a hole now
+            std::fill(live.begin(), live.end(), false);
+            break;
+        }
+        ++stats_.runs;
+        stats_.bytes += blob->size();
+        stats_.tokens += end - begin;
+        for (size_t d = 0; d < destinations_.size(); ++d) {
+            if (!live[d] || end <= from[d]) continue;  // this destination holds this run already
+            const KvSendResult sent = destinations_[d].send(key, prefix, *blob);
+            if (sent == KvSendResult::kSent) continue;
+            if (sent == KvSendResult::kDropped) ++stats_.dropped;
+            destinations_[d].records.erase(k);  // its copy may have a gap: everything again next turn
+            live[d] = false;
+        }
+        prefix = token_hash(tokens.subspan(begin, end - begin), prefix);
+    }
+    for (size_t d = 0; d < destinations_.size(); ++d)
+        if (live[d]) remember(destinations_[d], k, tokens);
+    stats_.export_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 
 }  // namespace assistd::serve

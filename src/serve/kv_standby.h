@@ -50,34 +50,45 @@ Result<KvRunView> decode_kv_run(std::string_view payload);
 
 // The sending side, on the scheduler thread.
 struct KvStandbyShipperConfig {
-    size_t run_tokens = 256;       // positions per run (a frame): bounds a frame's size
-    size_t max_sessions = 65536;   // sessions whose shipped prefix is remembered (the oldest are forgotten)
+    size_t run_tokens = 256;       // positions per run (a frame) at most...
+    size_t max_run_bytes = size_t{16} << 20;  // ... and bytes (a frame stays far under the peers' 64 MiB limit)
+    size_t bytes_per_token = 0;    // KV bytes of one position (all layers, K and V); 0: runs by run_tokens alone
+    size_t max_sessions = 65536;   // sessions whose shipped prefix is remembered, per destination (oldest forgotten)
 };
 struct KvStandbyShipperStats {
-    uint64_t runs = 0;           // runs handed to the send function
+    uint64_t runs = 0;           // runs exported
     uint64_t bytes = 0;          // ... their bytes
     uint64_t tokens = 0;         // ... positions they carried
-    uint64_t dropped = 0;        // runs the send function refused (over budget, no replica): resent in full next turn
+    uint64_t dropped = 0;        // runs a destination refused (over budget): that destination gets all again next turn
     uint64_t export_errors = 0;
-    double export_seconds = 0;   // scheduler time spent exporting and encoding
+    double export_seconds = 0;   // scheduler time spent exporting
+};
+
+// What a destination did with a run.
+enum class KvSendResult {
+    kSent,      // queued for every standby copy
+    kNoTarget,  // nowhere to send it now (no live replica): not a loss
+    kDropped,   // refused (over budget, a gap): the destination starts the session over
 };
 
 class KvStandbyShipper {
 public:
     // Sends one run of `key` (its blob, and the hash of the tokens before it)
-    // to the standby copies; false: not sent (the shipper then forgets what it
-    // sent for `key`). Must not block.
-    using Send = std::function<bool(std::string_view key, uint64_t prefix_hash, std::string blob)>;
+    // to one destination's standby copies. Must not block.
+    using Send = std::function<KvSendResult(std::string_view key, uint64_t prefix_hash, std::string_view blob)>;
     // The KV blob of positions [begin, end) of the finished sequence.
     using Export = std::function<Result<std::string>(size_t begin, size_t end)>;
 
-    KvStandbyShipper(KvStandbyShipperConfig config, Send send);
+    // Destinations (e.g. the peers, this node's own disk) are independent:
+    // each remembers what it was sent, and one failing never stops another.
+    KvStandbyShipper(KvStandbyShipperConfig config, std::vector<Send> destinations);
 
     // A turn of `key` finished and its sequence holds `tokens`: ships what
-    // the standby copies lack (from where their tokens and these part).
+    // each destination lacks (from where their tokens and these part).
     void turn_finished(std::string_view key, std::span<const engine::TokenId> tokens, const Export& export_run);
-    // The leading tokens of `tokens` that `key`'s copies were sent already.
-    size_t shipped(std::string_view key, std::span<const engine::TokenId> tokens) const;
+    // The leading tokens of `tokens` that destination `d` was sent for `key`.
+    size_t shipped(size_t d, std::string_view key, std::span<const engine::TokenId> tokens) const;
+    size_t run_tokens() const { return run_tokens_; }
 
     const KvStandbyShipperStats& stats() const { return stats_; }
 
@@ -89,11 +100,16 @@ private:
         uint64_t hash = 0;                  // token_hash of all of them
         uint64_t last_used = 0;
     };
-    void forget_oldest();
+    struct Destination {
+        Send send;
+        std::unordered_map<std::string, Record> records;
+    };
+    void remember(Destination& d, const std::string& key, std::span<const engine::TokenId> tokens);
+    void forget_oldest(Destination& d);
 
     KvStandbyShipperConfig config_;
-    Send send_;
-    std::unordered_map<std::string, Record> records_;
+    size_t run_tokens_ = 1;
+    std::vector<Destination> destinations_;
     uint64_t use_counter_ = 0;
     KvStandbyShipperStats stats_;
 };

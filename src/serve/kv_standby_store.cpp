@@ -134,6 +134,11 @@ Result<std::unique_ptr<KvStandbyStore>> KvStandbyStore::open(const KvStandbyStor
             fs::remove(path, ec);
             continue;
         }
+        if (index->blob.tokens.empty()) {
+            ++store->stats_.refused;
+            fs::remove(path, ec);
+            continue;
+        }
         if (index->blob.fingerprint != fingerprint) {
             ++foreign;
             continue;
@@ -174,6 +179,10 @@ void KvStandbyStore::drop_run(Run& run) {
     if (!run.pending || run.pending->written) {
         std::error_code ec;
         fs::remove(run.path, ec);
+    } else if (!run.pending->writing) {
+        // Queued: the writer skips it; its bytes go now, not when the queue reaches it.
+        std::string().swap(run.pending->head);
+        std::string().swap(run.pending->blob);
     }
 }
 
@@ -216,7 +225,7 @@ Status KvStandbyStore::receive(std::string_view payload) {
     if (blob->tokens.empty()) return refuse("it holds no positions");
     // Copied before the lock: megabytes.
     return take_in(run->key, run->prefix_hash, std::string(payload.substr(0, payload.size() - run->blob.size())),
-                   std::string(run->blob), blob->first, blob->tokens, payload.size());
+                   std::string(run->blob), blob->first, blob->tokens, payload.size(), false);
 }
 
 Status KvStandbyStore::keep_own(std::string_view key, uint64_t prefix_hash, std::string blob) {
@@ -225,11 +234,11 @@ Status KvStandbyStore::keep_own(std::string_view key, uint64_t prefix_hash, std:
         return make_error(ErrorCode::kInvalidArgument, "not a run of this model's KV");
     std::string head = encode_kv_run_header(key, prefix_hash);
     const size_t bytes = head.size() + blob.size();
-    return take_in(key, prefix_hash, std::move(head), std::move(blob), view->first, view->tokens, bytes);
+    return take_in(key, prefix_hash, std::move(head), std::move(blob), view->first, view->tokens, bytes, true);
 }
 
 Status KvStandbyStore::take_in(std::string_view key, uint64_t prefix_hash, std::string head, std::string blob,
-                               size_t first, std::span<const TokenId> tokens, size_t payload_bytes) {
+                               size_t first, std::span<const TokenId> tokens, size_t payload_bytes, bool own) {
     Run r;
     r.first = first;
     if (on_disk()) {
@@ -253,8 +262,12 @@ Status KvStandbyStore::take_in(std::string_view key, uint64_t prefix_hash, std::
         queue_.emplace_back(path, std::move(pending));
         cv_.notify_all();
     }
-    ++stats_.runs;
-    stats_.bytes_in += payload_bytes;
+    if (own) {
+        ++stats_.own_runs;
+    } else {
+        ++stats_.runs;
+        stats_.bytes_in += payload_bytes;
+    }
     enforce_budget();
     stats_.sessions = chains_.size();
     return {};
@@ -349,6 +362,7 @@ void KvStandbyStore::writer_loop() {
             continue;
         }
         ++writing_;
+        bytes->writing = true;
         lk.unlock();
         const std::string tmp = path + ".tmp";
         bool ok;
@@ -360,6 +374,7 @@ void KvStandbyStore::writer_loop() {
         std::error_code ec;
         lk.lock();
         --writing_;
+        bytes->writing = false;
         if (ok && live_paths_.count(path)) {
             fs::rename(tmp, path, ec);
             ok = !ec;

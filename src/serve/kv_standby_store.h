@@ -33,8 +33,9 @@ struct KvStandbyStoreConfig {
     std::string dir{};                // set: runs live in files here; created if missing
 };
 struct KvStandbyStoreStats {
-    uint64_t runs = 0;        // runs taken in
+    uint64_t runs = 0;        // runs taken in from peers
     uint64_t bytes_in = 0;    // ... their bytes
+    uint64_t own_runs = 0;    // runs of this node's own sessions kept (disk mode)
     uint64_t refused = 0;     // damaged, another model's, or not loadable at use
     uint64_t gaps = 0;        // runs that did not continue the chain they name (a run was lost): dropped
     uint64_t evictions = 0;   // sessions dropped for the budget
@@ -86,6 +87,7 @@ private:
     struct Pending {
         std::string head, blob;
         bool written = false;
+        bool writing = false;  // the writer reads head and blob outside the lock
     };
     struct Run {
         size_t first = 0;
@@ -102,7 +104,7 @@ private:
     };
     // Takes a checked run: links it, queues its file. Errors: a gap.
     Status take_in(std::string_view key, uint64_t prefix_hash, std::string head, std::string blob, size_t first,
-                   std::span<const engine::TokenId> tokens, size_t payload_bytes);
+                   std::span<const engine::TokenId> tokens, size_t payload_bytes, bool own);
     // Appends a run to `key`'s chain (cutting what it replaces); false: a gap.
     // Under mu_.
     bool link(const std::string& key, uint64_t prefix_hash, size_t first, std::span<const engine::TokenId> tokens,

@@ -129,7 +129,12 @@ ServeMetrics::ServeMetrics(bool tenant_labels)
                                                "Standby KV runs not sent (peer link over budget, no live replica)");
     kv_standby_received_bytes_.counter =
         counter("assistd_kv_standby_received_bytes_total", "Standby KV bytes received from peers");
-    kv_standby_bytes_ = gauge("assistd_kv_standby_bytes", "Bytes of peers' standby KV held in RAM");
+    kv_standby_export_seconds_ = &BuildCounter()
+                                      .Name("assistd_kv_standby_export_seconds_total")
+                                      .Help("Scheduler time spent exporting KV for standby copies (other sequences wait)")
+                                      .Register(*registry_)
+                                      .Add({});
+    kv_standby_bytes_ = gauge("assistd_kv_standby_bytes", "Bytes of sessions' standby KV held (RAM, or disk with --kv-disk-dir)");
     kv_standby_sessions_ = gauge("assistd_kv_standby_sessions", "Sessions whose standby KV this node holds");
     for (auto p : kPrecisions) {
         precision_->Add({{"precision", engine::precision_name(p)}});
@@ -290,6 +295,10 @@ std::string ServeMetrics::render(const SchedulerStats& s) {
         kv_standby_sent_tokens_.advance(s.kv_standby_sent_tokens);
         kv_standby_send_dropped_.advance(s.kv_standby_send_dropped);
         kv_standby_received_bytes_.advance(s.kv_standby_received_bytes);
+        if (s.kv_standby_export_seconds > kv_standby_export_seconds_seen_) {
+            kv_standby_export_seconds_->Increment(s.kv_standby_export_seconds - kv_standby_export_seconds_seen_);
+            kv_standby_export_seconds_seen_ = s.kv_standby_export_seconds;
+        }
     }
     kv_standby_bytes_->Set(static_cast<double>(s.kv_standby_bytes));
     kv_standby_sessions_->Set(static_cast<double>(s.kv_standby_sessions));

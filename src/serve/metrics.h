@@ -123,6 +123,8 @@ private:
         prompt_tokens_prefilled_, kv_disk_hits_, kv_disk_tokens_, kv_disk_refused_, kv_standby_hits_,
         kv_standby_tokens_, kv_standby_refused_, kv_standby_gaps_, kv_standby_sent_bytes_, kv_standby_sent_tokens_,
         kv_standby_send_dropped_, kv_standby_received_bytes_;
+    prometheus::Counter* kv_standby_export_seconds_ = nullptr;
+    double kv_standby_export_seconds_seen_ = 0;
     prometheus::Gauge* kv_standby_bytes_ = nullptr;
     prometheus::Gauge* kv_standby_sessions_ = nullptr;
     prometheus::Gauge* kv_disk_bytes_ = nullptr;

@@ -100,12 +100,16 @@ std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_disk(std::span<co
 std::optional<PrefixCache::Acquired> PrefixCache::acquire_from_standby(std::string_view key,
                                                                        std::span<const TokenId> usable,
                                                                        size_t better_than) {
-    const auto t0 = std::chrono::steady_clock::now();
-    auto found = config_.standby->take(key, usable, better_than);
-    if (!found) return std::nullopt;
-    const auto t1 = std::chrono::steady_clock::now();
+    // A slot first: a chain taken is gone from the store.
     auto seq = free_slot();
     if (!seq) return std::nullopt;
+    const auto t0 = std::chrono::steady_clock::now();
+    auto found = config_.standby->take(key, usable, better_than);
+    if (!found) {
+        model_.free_sequence(*seq);
+        return std::nullopt;
+    }
+    const auto t1 = std::chrono::steady_clock::now();
     // Run after run from position 0; each is cut where the session's next run begins.
     std::string why;
     size_t held = 0;

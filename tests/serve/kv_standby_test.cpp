@@ -126,15 +126,18 @@ struct Wire {
     size_t drop_run = static_cast<size_t>(-1);  // this run (0-based, over the whole test) is lost on the way
     bool refuse = false;                        // the link refuses (over budget)
     bool own = false;                           // the node's own runs (keep_own), not a peer's
-    KvStandbyShipper::Send send() {
-        return [this](std::string_view key, uint64_t prefix_hash, std::string blob) {
-            if (refuse) return false;
+    std::vector<KvStandbyShipper::Send> send() {
+        return {one()};
+    }
+    KvStandbyShipper::Send one() {
+        return [this](std::string_view key, uint64_t prefix_hash, std::string_view blob) {
+            if (refuse) return KvSendResult::kDropped;
             std::string payload = encode_kv_run(key, prefix_hash, blob);
             const size_t n = sent.size();
             sent.push_back(payload);
             if (n != drop_run && store)
-                (void)(own ? store->keep_own(key, prefix_hash, std::move(blob)) : store->receive(payload));
-            return true;
+                (void)(own ? store->keep_own(key, prefix_hash, std::string(blob)) : store->receive(payload));
+            return KvSendResult::kSent;
         };
     }
 };
@@ -142,7 +145,7 @@ struct Wire {
 TEST_F(KvStandbyTest, AFailoverTurnImportsThePeersKvAndAnswersAsComputed) {
     KvStandbyStore store({64u << 20, 16}, receiver_->kv_fingerprint());
     Wire wire{&store};
-    KvStandbyShipper shipper({100, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 100}, wire.send());
     PrefixCache sender_cache(*sender_, {256, 16});
     const auto history = tokens(300, 1);
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "acme:s1", history));
@@ -175,7 +178,7 @@ TEST_F(KvStandbyTest, AFailoverTurnImportsThePeersKvAndAnswersAsComputed) {
 TEST_F(KvStandbyTest, LaterTurnsShipOnlyWhatTheCopyLacksAndARetokenizedTailIsReplaced) {
     KvStandbyStore store({64u << 20, 16}, receiver_->kv_fingerprint());
     Wire wire{&store};
-    KvStandbyShipper shipper({64, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 64}, wire.send());
     PrefixCache sender_cache(*sender_, {512, 16});
     const auto turn1 = tokens(300, 1);
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", turn1));
@@ -185,14 +188,14 @@ TEST_F(KvStandbyTest, LaterTurnsShipOnlyWhatTheCopyLacksAndARetokenizedTailIsRep
     const auto turn2 = concat(turn1, tokens(50, 2));
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", turn2));
     EXPECT_EQ(shipper.stats().tokens, 350u);
-    EXPECT_EQ(shipper.shipped("k", turn2), 350u);
+    EXPECT_EQ(shipper.shipped(0, "k", turn2), 350u);
 
     // Turn 3 re-renders turn 2's last 10 tokens differently (a template's end
     // of turn): the copy is cut back to the last checkpoint both agree on (320)
     // and gets the rest again.
     auto turn3 = std::vector<TokenId>(turn2.begin(), turn2.end() - 10);
     turn3 = concat(turn3, tokens(40, 3));
-    ASSERT_EQ(shipper.shipped("k", turn3), 320u);
+    ASSERT_EQ(shipper.shipped(0, "k", turn3), 320u);
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", turn3));
     EXPECT_EQ(shipper.stats().tokens, 350u + (turn3.size() - 320));
 
@@ -210,7 +213,7 @@ TEST_F(KvStandbyTest, ALostRunLeavesAShorterChainNeverAWrongOne) {
     KvStandbyStore store({64u << 20, 16}, receiver_->kv_fingerprint());
     Wire wire{&store};
     wire.drop_run = 2;  // turn 1 ships runs 0-1 (positions 0-199); turn 2's first run is lost
-    KvStandbyShipper shipper({100, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 100}, wire.send());
     PrefixCache sender_cache(*sender_, {512, 16});
     const auto turn1 = tokens(200, 1);
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", turn1));
@@ -232,17 +235,18 @@ TEST_F(KvStandbyTest, ALostRunLeavesAShorterChainNeverAWrongOne) {
 TEST_F(KvStandbyTest, ARefusedSendMakesTheNextTurnShipEverythingAgain) {
     KvStandbyStore store({64u << 20, 16}, receiver_->kv_fingerprint());
     Wire wire{&store};
-    KvStandbyShipper shipper({100, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 100}, wire.send());
     PrefixCache sender_cache(*sender_, {512, 16});
     const auto turn1 = tokens(200, 1);
     wire.refuse = true;  // the peer's queue is over budget
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", turn1));
     EXPECT_EQ(shipper.stats().dropped, 1u);
-    EXPECT_EQ(shipper.shipped("k", turn1), 0u);
+    EXPECT_EQ(shipper.shipped(0, "k", turn1), 0u);
     wire.refuse = false;
+    const uint64_t before = shipper.stats().tokens;
     const auto turn2 = concat(turn1, tokens(30, 2));
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", turn2));
-    EXPECT_EQ(shipper.stats().tokens, 230u) << "the whole conversation, from position 0";
+    EXPECT_EQ(shipper.stats().tokens - before, 230u) << "the whole conversation, from position 0";
     PrefixCache cache(*receiver_, {512, 16, nullptr, &store});
     auto a = cache.acquire(concat(turn2, {9}), "k");
     ASSERT_TRUE(a.ok());
@@ -250,10 +254,52 @@ TEST_F(KvStandbyTest, ARefusedSendMakesTheNextTurnShipEverythingAgain) {
     receiver_->free_sequence(a->seq);
 }
 
+// Destinations are independent: the peers' link over budget (or with no live
+// replica) never stops the node's own copy, and each resumes from its own mark.
+TEST_F(KvStandbyTest, OneDestinationFailingNeverStopsAnother) {
+    KvStandbyStore peers_store({64u << 20, 16}, receiver_->kv_fingerprint());
+    KvStandbyStore own_store({64u << 20, 16}, receiver_->kv_fingerprint());
+    Wire peers{&peers_store};
+    Wire own{&own_store};
+    own.own = true;
+    KvSendResult peers_answer = KvSendResult::kNoTarget;
+    std::vector<KvStandbyShipper::Send> destinations{
+        [&](std::string_view key, uint64_t hash, std::string_view blob) {
+            if (peers_answer != KvSendResult::kSent) return peers_answer;
+            return peers.one()(key, hash, blob);
+        },
+        own.one()};
+    KvStandbyShipper shipper({.run_tokens = 64}, std::move(destinations));
+    PrefixCache cache(*sender_, {512, 16});
+    const auto turn1 = tokens(200, 1);
+    ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn1));  // no live replica
+    EXPECT_EQ(shipper.shipped(0, "k", turn1), 0u);
+    EXPECT_EQ(shipper.shipped(1, "k", turn1), 200u) << "the disk's copy went on";
+    EXPECT_EQ(shipper.stats().dropped, 0u) << "no replica is not a loss";
+    const auto turn2 = concat(turn1, tokens(40, 2));
+    peers_answer = KvSendResult::kDropped;
+    ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn2));
+    EXPECT_EQ(shipper.stats().dropped, 1u);
+    EXPECT_EQ(shipper.shipped(1, "k", turn2), 240u);
+    EXPECT_EQ(own_store.stats().own_runs, 5u) << "4 runs of turn 1, 1 of turn 2: only what it lacked";
+    peers_answer = KvSendResult::kSent;
+    const auto turn3 = concat(turn2, tokens(20, 3));
+    ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn3));
+    EXPECT_EQ(shipper.shipped(0, "k", turn3), 260u) << "the peers got everything from position 0";
+    // Exported once from position 0 for the peers: the disk takes the runs from
+    // the one holding its mark (240) on, [192, 256) and [256, 260).
+    EXPECT_EQ(own_store.stats().own_runs, 7u);
+    PrefixCache receiver(*receiver_, {512, 16, nullptr, &peers_store});
+    auto a = receiver.acquire(concat(turn3, {5}), "k");
+    ASSERT_TRUE(a.ok());
+    EXPECT_EQ(a->reused, turn3.size());
+    receiver_->free_sequence(a->seq);
+}
+
 TEST_F(KvStandbyTest, DamagedForeignAndMalformedRunsAreRefused) {
     KvStandbyStore store({64u << 20, 16}, receiver_->kv_fingerprint());
     Wire wire{nullptr};
-    KvStandbyShipper shipper({400, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 400}, wire.send());
     PrefixCache sender_cache(*sender_, {512, 16});
     const auto history = tokens(120, 1);
     ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "k", history));
@@ -307,7 +353,7 @@ TEST_F(KvStandbyTest, TheByteBudgetDropsTheSessionsUpdatedLongestAgo) {
     {
         KvStandbyStore probe({64u << 20, 16}, receiver_->kv_fingerprint());
         Wire wire{&probe};
-        KvStandbyShipper shipper({400, 1024}, wire.send());
+        KvStandbyShipper shipper({.run_tokens = 400}, wire.send());
         PrefixCache sender_cache(*sender_, {512, 16});
         ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, "probe", tokens(100, 50)));
         one = probe.stats().bytes;
@@ -315,7 +361,7 @@ TEST_F(KvStandbyTest, TheByteBudgetDropsTheSessionsUpdatedLongestAgo) {
     }
     KvStandbyStore store({one * 2 + one / 2, 16}, receiver_->kv_fingerprint());
     Wire wire{&store};
-    KvStandbyShipper shipper({400, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 400}, wire.send());
     PrefixCache sender_cache(*sender_, {4096, 16});
     for (uint32_t k = 0; k < 4; ++k)
         ASSERT_NO_FATAL_FAILURE(sender_turn(sender_cache, shipper, session_name(k), tokens(100, 20 + k)));
@@ -342,7 +388,7 @@ TEST_F(KvStandbyTest, ARestartedNodeFindsItsSessionsKvInItsDirectory) {
         ASSERT_TRUE(store.ok()) << store.error().message;
         Wire wire{store->get()};
         wire.own = true;  // a node's write-through of its own sessions
-        KvStandbyShipper shipper({128, 1024}, wire.send());
+        KvStandbyShipper shipper({.run_tokens = 128}, wire.send());
         PrefixCache cache(*sender_, {512, 16, nullptr, store->get()});
         ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn1));
         ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "k", turn2));
@@ -410,7 +456,7 @@ TEST_F(KvStandbyTest, OnDiskTheBudgetRemovesTheFilesOfTheSessionsUpdatedLongestA
         auto probe = KvStandbyStore::open(config, sender_->kv_fingerprint());
         ASSERT_TRUE(probe.ok());
         Wire wire{probe->get()};
-        KvStandbyShipper shipper({400, 1024}, wire.send());
+        KvStandbyShipper shipper({.run_tokens = 400}, wire.send());
         PrefixCache cache(*sender_, {512, 16});
         ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, "probe", tokens(100, 50)));
         one = (*probe)->stats().bytes;
@@ -420,7 +466,7 @@ TEST_F(KvStandbyTest, OnDiskTheBudgetRemovesTheFilesOfTheSessionsUpdatedLongestA
     auto store = KvStandbyStore::open(config, sender_->kv_fingerprint());
     ASSERT_TRUE(store.ok());
     Wire wire{store->get()};
-    KvStandbyShipper shipper({400, 1024}, wire.send());
+    KvStandbyShipper shipper({.run_tokens = 400}, wire.send());
     PrefixCache cache(*sender_, {4096, 16});
     for (uint32_t k = 0; k < 4; ++k)
         ASSERT_NO_FATAL_FAILURE(sender_turn(cache, shipper, session_name(k), tokens(100, 20 + k)));
