@@ -379,8 +379,13 @@ int run_serve(const ServeOptions& o, bool precision_given) {
                     default: return KvSendResult::kDropped;
                 }
             });
-            fleet->set_standby_kv_handler([store = kv_standby_store.get()](std::string_view payload, cluster::NodeId) {
-                (void)store->receive(payload);  // refusals are counted and logged there
+            // A run that continues what this node lacks (lost on the way, or
+            // this node restarted) gets its sender told: it resends the session.
+            fleet->set_standby_kv_handler([store = kv_standby_store.get(), node = fleet.get()](
+                                              std::string_view payload, cluster::NodeId from) {
+                auto taken = store->receive(payload);  // refusals are counted and logged there
+                if (!taken && taken.error().code == ErrorCode::kNotFound)
+                    if (auto run = decode_kv_run(payload)) node->send_standby_gap_notice(from, run->key);
             });
         }
 #endif
@@ -393,6 +398,12 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         const auto& mi = model->info();
         shipping.bytes_per_token = 2 * mi.n_layer * mi.n_head_kv * mi.head_dim * (o.model.kv_type == "f32" ? 4 : 2);
         kv_standby_shipper = std::make_unique<KvStandbyShipper>(shipping, std::move(destinations));
+#if ASSISTD_HAVE_CLUSTER
+        if (to_peers)  // the peers are destination 0
+            fleet->set_standby_gap_handler([shipper = kv_standby_shipper.get()](std::string_view key, cluster::NodeId) {
+                shipper->forget(0, key);
+            });
+#endif
         sc.kv_standby_store = kv_standby_store.get();
         sc.kv_standby_shipper = kv_standby_shipper.get();
         if (local)

@@ -205,6 +205,12 @@ KvStandbyLink::SendOutcome FleetNode::send_standby_kv(std::string_view session_k
 void FleetNode::set_standby_kv_handler(KvStandbyLink::Handler handler) {
     parts_->kv_standby->set_handler(std::move(handler));
 }
+void FleetNode::send_standby_gap_notice(NodeId to, std::string_view session_key) {
+    parts_->kv_standby->send_gap_notice(to, session_key);
+}
+void FleetNode::set_standby_gap_handler(KvStandbyLink::GapHandler handler) {
+    parts_->kv_standby->set_gap_handler(std::move(handler));
+}
 KvStandbyLinkStats FleetNode::standby_kv_stats() const {
     return parts_->kv_standby->stats();
 }

@@ -87,6 +87,8 @@ class FleetNode {
     KvStandbyLink::SendOutcome send_standby_kv(std::string_view session_key, std::string_view head,
                                                std::string_view body);
     void set_standby_kv_handler(KvStandbyLink::Handler handler);
+    void send_standby_gap_notice(NodeId to, std::string_view session_key);
+    void set_standby_gap_handler(KvStandbyLink::GapHandler handler);
     KvStandbyLinkStats standby_kv_stats() const;
     std::vector<ReplicationLagSample> take_lag_samples();
     std::vector<PeerInfo> peers() const;

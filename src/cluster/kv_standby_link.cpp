@@ -8,7 +8,9 @@ namespace assistd::cluster {
 namespace {
 
 constexpr unsigned char kMagic = 0xC6;
-constexpr unsigned char kVersion = 1;
+constexpr unsigned char kRun = 1;
+constexpr unsigned char kGapNotice = 2;
+constexpr size_t kMaxNoticeKeyBytes = 4096;
 constexpr size_t kHeaderBytes = 2 + 8 + 8;
 
 void put_u64(std::string& out, uint64_t v) {
@@ -26,6 +28,30 @@ KvStandbyLink::KvStandbyLink(const NodeIdentity& self, Replicator& replicator, T
                              KvStandbyLinkOptions options)
     : self_(self), replicator_(replicator), transport_(transport), options_(options) {}
 
+std::string KvStandbyLink::header(unsigned char kind, size_t payload_bytes) const {
+    std::string frame;
+    frame.reserve(kHeaderBytes + payload_bytes);
+    frame.push_back(static_cast<char>(kMagic));
+    frame.push_back(static_cast<char>(kind));
+    put_u64(frame, self_.node_id);
+    put_u64(frame, self_.incarnation);
+    return frame;
+}
+
+void KvStandbyLink::send_gap_notice(NodeId to, std::string_view session_key) {
+    const auto address = replicator_.address_of(to);
+    if (!address || session_key.empty() || session_key.size() > kMaxNoticeKeyBytes) return;
+    std::string frame = header(kGapNotice, session_key.size());
+    frame.append(session_key);
+    transport_.send(*address, std::move(frame));  // small: the replication stream, best effort
+    gap_notices_sent_.fetch_add(1);
+}
+
+void KvStandbyLink::set_gap_handler(GapHandler handler) {
+    std::lock_guard lk(handler_mu_);
+    gap_handler_ = std::move(handler);
+}
+
 bool KvStandbyLink::is_kv_frame(std::string_view frame) {
     return !frame.empty() && static_cast<unsigned char>(frame[0]) == kMagic;
 }
@@ -38,12 +64,7 @@ KvStandbyLink::SendOutcome KvStandbyLink::send(std::string_view session_key, std
         no_replica_.fetch_add(1);
         return SendOutcome::kNoTarget;
     }
-    std::string frame;
-    frame.reserve(kHeaderBytes + head.size() + body.size());
-    frame.push_back(static_cast<char>(kMagic));
-    frame.push_back(static_cast<char>(kVersion));
-    put_u64(frame, self_.node_id);
-    put_u64(frame, self_.incarnation);
+    std::string frame = header(kRun, head.size() + body.size());
     frame.append(head);
     frame.append(body);
     bool all = true;
@@ -63,8 +84,10 @@ KvStandbyLink::SendOutcome KvStandbyLink::send(std::string_view session_key, std
 }
 
 void KvStandbyLink::receive(std::string_view frame, const FrameOrigin& origin) {
+    const unsigned char kind = frame.size() >= kHeaderBytes ? static_cast<unsigned char>(frame[1]) : 0;
     if (frame.size() < kHeaderBytes || static_cast<unsigned char>(frame[0]) != kMagic ||
-        static_cast<unsigned char>(frame[1]) != kVersion) {
+        (kind != kRun && kind != kGapNotice) ||
+        (kind == kGapNotice && (frame.size() == kHeaderBytes || frame.size() - kHeaderBytes > kMaxNoticeKeyBytes))) {
         if (frames_rejected_.fetch_add(1) % 1000 < 5)
             spdlog::warn("standby KV: a malformed frame from {} was dropped", origin.host.empty() ? "a peer" : origin.host);
         return;
@@ -80,11 +103,18 @@ void KvStandbyLink::receive(std::string_view frame, const FrameOrigin& origin) {
     frames_received_.fetch_add(1);
     bytes_received_.fetch_add(frame.size());
     Handler handler;
+    GapHandler gap_handler;
     {
         std::lock_guard lk(handler_mu_);
         handler = handler_;
+        gap_handler = gap_handler_;
     }
-    if (handler) handler(frame.substr(kHeaderBytes), from);
+    if (kind == kGapNotice) {
+        gap_notices_received_.fetch_add(1);
+        if (gap_handler) gap_handler(frame.substr(kHeaderBytes), from);
+    } else if (handler) {
+        handler(frame.substr(kHeaderBytes), from);
+    }
 }
 
 void KvStandbyLink::set_handler(Handler handler) {
@@ -101,6 +131,8 @@ KvStandbyLinkStats KvStandbyLink::stats() const {
     s.frames_received = frames_received_.load();
     s.bytes_received = bytes_received_.load();
     s.frames_rejected = frames_rejected_.load();
+    s.gap_notices_sent = gap_notices_sent_.load();
+    s.gap_notices_received = gap_notices_received_.load();
     return s;
 }
 

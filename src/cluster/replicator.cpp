@@ -336,6 +336,11 @@ std::vector<std::string> Replicator::standby_addresses(std::string_view session_
     return out;
 }
 
+std::optional<std::string> Replicator::address_of(NodeId node) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return state_->membership.address_of(node);
+}
+
 NodeId Replicator::primary(std::string_view session_id) const {
     std::lock_guard<std::mutex> lock(mu_);
     const auto r = state_->replicas_of(session_id);

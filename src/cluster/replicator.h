@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -175,6 +176,8 @@ class Replicator {
     // replicas other than this node, in placement order (the first is the node
     // that serves the session if this one dies).
     std::vector<std::string> standby_addresses(std::string_view session_id, size_t copies) const;
+    // Where a peer is reached, when it is known.
+    std::optional<std::string> address_of(NodeId node) const;
     // The first live replica: where a session is best served.
     NodeId primary(std::string_view session_id) const;
     std::vector<NodeId> members() const;

@@ -121,8 +121,24 @@ void KvStandbyShipper::remember(Destination& d, const std::string& key, std::spa
     r.last_used = ++use_counter_;
 }
 
+void KvStandbyShipper::forget(size_t d, std::string_view key) {
+    std::lock_guard lk(forget_mu_);
+    if (forgets_.size() < 65536) forgets_.emplace_back(d, std::string(key));
+}
+
+void KvStandbyShipper::apply_forgets() {
+    std::vector<std::pair<size_t, std::string>> forgets;
+    {
+        std::lock_guard lk(forget_mu_);
+        forgets.swap(forgets_);
+    }
+    for (const auto& [d, key] : forgets)
+        if (d < destinations_.size()) destinations_[d].records.erase(key);
+}
+
 void KvStandbyShipper::turn_finished(std::string_view key, std::span<const TokenId> tokens,
                                      const Export& export_run) {
+    apply_forgets();
     if (key.empty() || tokens.empty() || destinations_.empty()) return;
     const auto started = std::chrono::steady_clock::now();
     // Exported once, from where the destination that lacks most begins; each

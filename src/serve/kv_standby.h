@@ -20,6 +20,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -86,6 +87,9 @@ public:
     // A turn of `key` finished and its sequence holds `tokens`: ships what
     // each destination lacks (from where their tokens and these part).
     void turn_finished(std::string_view key, std::span<const engine::TokenId> tokens, const Export& export_run);
+    // Destination `d`'s copy of `key` has a gap (its receiver said so): the
+    // next turn sends it everything. Any thread.
+    void forget(size_t d, std::string_view key);
     // The leading tokens of `tokens` that destination `d` was sent for `key`.
     size_t shipped(size_t d, std::string_view key, std::span<const engine::TokenId> tokens) const;
     size_t run_tokens() const { return run_tokens_; }
@@ -107,8 +111,12 @@ private:
     void remember(Destination& d, const std::string& key, std::span<const engine::TokenId> tokens);
     void forget_oldest(Destination& d);
 
+    void apply_forgets();  // what forget() queued, on the scheduler thread
+
     KvStandbyShipperConfig config_;
     size_t run_tokens_ = 1;
+    std::mutex forget_mu_;
+    std::vector<std::pair<size_t, std::string>> forgets_;  // under forget_mu_
     std::vector<Destination> destinations_;
     uint64_t use_counter_ = 0;
     KvStandbyShipperStats stats_;

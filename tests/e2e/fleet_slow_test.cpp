@@ -465,6 +465,43 @@ TEST_F(FleetTest, AfterAKillTheNextTurnImportsTheStandbyKvAndAnswersAsTheDeadNod
     EXPECT_EQ(b1["choices"][0]["message"]["content"], a1["choices"][0]["message"]["content"]);
 }
 
+// A standby node that lost its copies (RAM, restarted) sees the next run of a
+// session as a gap and tells the sender, which sends the whole session again
+// after its next turn: the copy is whole again, and a failover imports it.
+TEST_F(FleetTest, AStandbyThatLostItsCopyAsksForItAgain) {
+    ASSERT_NO_FATAL_FAILURE(start_fleet());
+    LocalFleet& f = *fleet_;
+    std::string story;
+    for (int i = 0; i < 12; ++i) story += "Once upon a time there was a little girl named Lily who loved the park. ";
+    auto turn = [&](int node, const std::string& text) {
+        const Reply r = http(f.port(node), "POST", "/v1/chat/completions",
+                             json{{"session_id", "kv-gap"},
+                                  {"messages", json::array({{{"role", "user"}, {"content", text}}})},
+                                  {"max_tokens", 6}}
+                                 .dump());
+        EXPECT_EQ(r.status, 200) << r.body;
+        return r.status == 200 ? r.json_body() : json();
+    };
+    turn(0, story);
+    ASSERT_TRUE(eventually([&] { return metric(f.port(1), "assistd_kv_standby_sessions") == 1; }));
+    f.kill9(1);  // its copies were in RAM
+    f.start(1);
+    ASSERT_TRUE(f.wait_ready(1)) << f.log(1);
+    turn(0, "What did Lily do?");  // its run continues what node 1 no longer holds: a gap, and a notice
+    EXPECT_TRUE(eventually([&] { return metric(f.port(1), "assistd_kv_standby_gaps_total") >= 1; }));
+    const json third = turn(0, "And then?");  // sent whole again
+    ASSERT_TRUE(third.is_object());
+    const size_t history =
+        third["usage"]["prompt_tokens"].get<size_t>() + third["usage"]["completion_tokens"].get<size_t>();
+    EXPECT_TRUE(eventually([&] { return metric(f.port(1), "assistd_kv_standby_sessions") == 1; }));
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));  // the last runs on their way
+    f.kill9(0);
+    const json after = turn(1, "Where did she go?");
+    ASSERT_TRUE(after.is_object());
+    EXPECT_GE(after["usage"]["prompt_tokens_details"]["cached_tokens"].get<size_t>(), history - 16)
+        << "node 1's copy was made whole again after the gap";
+}
+
 // Failover of a long conversation (issue 14's figure; bench/failover_kv.sh runs
 // it on a larger model with more trials): per trial a session's history of
 // ~ASSISTD_KV_FAILOVER_HISTORY tokens is written on node v; its next turn on v
