@@ -6,10 +6,10 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
 
 #include "state/crdt/encoding.h"
+#include "state/group_commit_log.h"
 
 namespace assistd::state {
 namespace {
@@ -56,24 +56,15 @@ DurableSessionStore::DurableSessionStore(DurableSessionStoreOptions options, Clo
     : options_(std::move(options)), clock_(clock) {}
 
 DurableSessionStore::~DurableSessionStore() {
-    {
-        std::lock_guard<std::mutex> lock(sync_mu_);
-        stopping_ = true;
-    }
-    sync_cv_.notify_all();
-    if (syncer_.joinable()) syncer_.join();
-    if (db_) {
-        if (check_writable().ok()) (void)sync_log();
-        (void)db_->Close();
-    }
+    log_.reset();
+    if (db_) (void)db_->Close();
 }
 
 Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const DurableSessionStoreOptions& options,
                                                                         Clock& clock) {
-    if (options.replica_id == 0) return make_error(ErrorCode::kInvalidArgument, "session store: replica id must be non-zero");
-    if (options.group_commit_ms < 0 || options.group_commit_ms > 1000) {
-        return make_error(ErrorCode::kInvalidArgument, "session store: group_commit_ms must be 0 to 1000");
-    }
+    if (options.replica_id == 0)
+        return make_error(ErrorCode::kInvalidArgument,
+                          "session store: replica id must be non-zero");
     std::error_code ec;
     if (!options.env) std::filesystem::create_directories(options.path, ec);
     if (ec) {
@@ -91,7 +82,7 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
     auto st = store->recover();
     if (!st.ok()) return st.error();
     if (options.durability == DurableSessionStoreOptions::Durability::kGroupCommit) {
-        store->syncer_ = std::thread([raw = store.get()] { raw->group_commit_loop(); });
+        store->log_ = std::make_unique<GroupCommitLog>(*store->db_);
     }
     return store;
 }
@@ -151,7 +142,7 @@ bool DurableSessionStore::is_deleted(std::string_view id) const {
 }
 
 Status DurableSessionStore::check_writable() {
-    std::lock_guard<std::mutex> lock(sync_mu_);
+    std::lock_guard<std::mutex> lock(failure_mu_);
     if (write_failure_.ok()) return {};
     return make_error(
         ErrorCode::kIo,
@@ -161,124 +152,65 @@ Status DurableSessionStore::check_writable() {
 }
 
 Error DurableSessionStore::stop_writes(const Error& cause) {
-    std::lock_guard<std::mutex> lock(sync_mu_);
+    std::lock_guard<std::mutex> lock(failure_mu_);
     if (write_failure_.ok()) {
         write_failure_ = cause;
         spdlog::error(
             "{}; the store at '{}' takes no more writes until it is reopened (reads still work)",
             cause.message, options_.path);
     }
-    sync_cv_.notify_all();
     return make_error(cause.code, cause.message +
                                       "; the write is not saved and the store takes no more writes "
                                       "until it is reopened (restart the server)");
 }
 
-Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
+template <typename Fill>
+Result<uint64_t> DurableSessionStore::write(Fill&& fill) {
     if (auto st = check_writable(); !st.ok()) return st.error();
-    auto* batch = static_cast<rocksdb::WriteBatch*>(batch_ptr);
-    rocksdb::WriteOptions wo;
-    const bool group = options_.durability == DurableSessionStoreOptions::Durability::kGroupCommit;
-    wo.sync = !group;
-    auto s = db_->Write(wo, batch);
-    if (!s.ok())
-        return stop_writes(io_error(s, group ? "write to the write-ahead log" : "synced write"));
-    if (!group) return uint64_t{0};
-    std::lock_guard<std::mutex> lock(sync_mu_);
-    const uint64_t ticket = ++written_;
-    sync_cv_.notify_all();
-    return ticket;
+    if (log_) {
+        auto ticket = log_->add(fill);
+        if (!ticket.ok()) return stop_writes(ticket.error());
+        return ticket;
+    }
+    rocksdb::WriteBatch batch;
+    fill(batch);
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    auto s = db_->Write(synced, &batch);
+    if (!s.ok()) return stop_writes(io_error(s, "synced write"));
+    return uint64_t{0};
 }
 
 Status DurableSessionStore::wait_synced(uint64_t ticket) {
     if (ticket == 0) return {};
-    std::unique_lock<std::mutex> lock(sync_mu_);
-    sync_cv_.wait(lock, [&] { return synced_ >= ticket || stopping_ || !write_failure_.ok(); });
-    // Refused even if a later sync covered it: that sync cannot vouch for pages a failure dropped.
-    if (!write_failure_.ok()) {
-        return make_error(ErrorCode::kIo,
-                          write_failure_.error().message +
-                              "; the write is not saved and the store takes no more writes until "
-                              "it is reopened (restart the server)");
-    }
-    if (synced_ < ticket) return make_error(ErrorCode::kIo, "session store: closed before the write was synced");
+    auto st = log_->wait(ticket);
+    if (!st.ok()) return stop_writes(st.error());
     return {};
-}
-
-Status DurableSessionStore::write_durably(void* batch) {
-    auto ticket = write_batch(batch);
-    if (!ticket.ok()) return ticket.error();
-    return wait_synced(*ticket);
-}
-
-// An empty synced write rather than SyncWAL(): it waits in RocksDB's write
-// queue behind the writes it covers, and that queue never touches a log after
-// a failed write, where SyncWAL() may (RocksDB's assertion build aborts then).
-Status DurableSessionStore::sync_log() {
-    rocksdb::WriteBatch empty;
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    auto s = db_->Write(wo, &empty);
-    if (!s.ok()) return io_error(s, "fsync of the write-ahead log");
-    return {};
-}
-
-void DurableSessionStore::group_commit_loop() {
-    std::unique_lock<std::mutex> lock(sync_mu_);
-    auto last_sync = std::chrono::steady_clock::now() - std::chrono::hours(1);
-    const auto interval = std::chrono::milliseconds(options_.group_commit_ms);
-    while (!stopping_) {
-        sync_cv_.wait(lock, [&] { return stopping_ || written_ > synced_; });
-        if (stopping_) break;
-        // At most one fsync per interval: an idle store syncs at once, a busy
-        // one lets writers gather for the rest of the interval.
-        const auto next = last_sync + interval;
-        if (std::chrono::steady_clock::now() < next) {
-            lock.unlock();
-            std::this_thread::sleep_until(next);
-            lock.lock();
-        }
-        const uint64_t target = written_;  // every ticket <= target has finished its Write()
-        // After a failure no sync can vouch for anything: the waiters get the failure.
-        if (write_failure_.ok()) {
-            lock.unlock();
-            last_sync = std::chrono::steady_clock::now();
-            auto st = sync_log();
-            if (!st.ok()) (void)stop_writes(st.error());
-            lock.lock();
-        }
-        synced_ = target;
-        sync_cv_.notify_all();
-    }
-    // Final sync so nobody waits forever on shutdown.
-    if (write_failure_.ok()) {
-        lock.unlock();
-        auto st = sync_log();
-        lock.lock();
-        if (st.ok()) synced_ = written_;
-    }
-    sync_cv_.notify_all();
 }
 
 Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id, Entry& entry,
                                                       const crdt::VersionVector& before,
                                                       std::unique_lock<std::mutex>& lock) {
     crdt::Document& doc = entry.doc->doc();
-    rocksdb::WriteBatch batch;
     const uint64_t seq = entry.next_seq++;
     const std::string delta = doc.changes_since(before);
-    batch.Put(log_key(id, seq), delta);
+    std::string snapshot;
     if (++entry.since_snapshot >= static_cast<uint64_t>(options_.snapshot_every)) {
         crdt::Writer w;
         w.varint(seq);
         w.raw(doc.encode());
-        batch.Put(snapshot_key(id), w.str());
-        batch.DeleteRange(log_key(id, 0), log_key(id, seq + 1));
+        snapshot = w.str();
         entry.since_snapshot = 0;
     }
-    // Written under the session lock so the log order is the apply order; the
-    // wait for the fsync happens without it.
-    auto ticket = write_batch(&batch);
+    // Handed to the log under the session lock so the log order is the apply
+    // order; the wait for the fsync happens without it.
+    auto ticket = write([&](rocksdb::WriteBatch& batch) {
+        batch.Put(log_key(id, seq), delta);
+        if (!snapshot.empty()) {
+            batch.Put(snapshot_key(id), snapshot);
+            batch.DeleteRange(log_key(id, 0), log_key(id, seq + 1));
+        }
+    });
     lock.unlock();
     return ticket;
 }
@@ -383,12 +315,13 @@ Status DurableSessionStore::remove(std::string_view id) {
         std::lock_guard<std::mutex> lock(entry->mu);
         entry->doc.reset();  // the data is gone from memory now
     }
-    rocksdb::WriteBatch batch;
-    batch.Put(tombstone_key(id), "");
-    batch.Delete(snapshot_key(id));
-    batch.DeleteRange(log_key(id, 0), log_key(id, UINT64_MAX));
-    auto st = write_durably(&batch);
-    if (!st.ok()) return st;
+    auto ticket = write([&](rocksdb::WriteBatch& batch) {
+        batch.Put(tombstone_key(id), "");
+        batch.Delete(snapshot_key(id));
+        batch.DeleteRange(log_key(id, 0), log_key(id, UINT64_MAX));
+    });
+    if (!ticket.ok()) return ticket.error();
+    if (auto st = wait_synced(*ticket); !st.ok()) return st;
     // Reclaim the space of the dropped range now rather than at some later compaction. The
     // deletion is durable already; a failed compaction only stops later writes, like a failed
     // write. One at a time and none after a failure: RocksDB 7.8 asserts when a memtable switch

@@ -1,12 +1,11 @@
 #pragma once
 // SessionStore on RocksDB. Every change is written to RocksDB's write-ahead
-// log before the call returns (acknowledgement = durable):
-//   - Durability::kSyncEachWrite: one fsync per write (~0.35 ms on our disks),
-//     lowest latency at low load, throughput capped by the disk's fsync rate;
-//   - Durability::kGroupCommit: writes go to the log unsynced and wait for a
-//     background thread that fsyncs for all of them, at most once every
-//     `group_commit_ms` (an idle store syncs at once): up to that much added
-//     latency under load, but one fsync covers every writer of the interval.
+// log and synced before the call returns (acknowledgement = durable):
+//   - Durability::kSyncEachWrite: one synced RocksDB write per change, made
+//     under the session's lock;
+//   - Durability::kGroupCommit: changes join a leader/follower group commit
+//     (group_commit_log.h): one synced write covers every change that arrived
+//     while the previous one was syncing, and nobody waits for a timer.
 // Layout (keys): "d/<id>" snapshot (log position + document encoding),
 // "l/<id>/<seq>" log of deltas since the snapshot, "t/<id>" tombstone.
 // A snapshot is written every `snapshot_every` changes of a session, in the
@@ -17,15 +16,12 @@
 // may have dropped the unsynced pages, so no later sync can be trusted to
 // cover them. Reads go on (a failed write may still show: its fate on disk is
 // unknown until the restart).
-#include <atomic>
-#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 
 #include "common/clock.h"
@@ -39,12 +35,13 @@ class Env;
 
 namespace assistd::state {
 
+class GroupCommitLog;
+
 struct DurableSessionStoreOptions {
     std::string path;
     crdt::ReplicaId replica_id = 0;  // this instance; must be unique in the cluster and non-zero
     enum class Durability { kSyncEachWrite, kGroupCommit };
     Durability durability = Durability::kGroupCommit;
-    int group_commit_ms = 2;  // 0: sync back to back (each fsync covers what arrived during the last)
     int snapshot_every = 64;  // changes per session between snapshots
     // Where RocksDB keeps its files; null: the real file system. Simulations
     // pass an in-memory env (rocksdb::NewMemEnv) that outlives the store, so a
@@ -102,16 +99,17 @@ private:
                                       std::unique_lock<std::mutex>& lock);
     // apply() up to the write; `ticket` is what to wait for, `event` whether to notify (and how).
     enum class Applied { kNothing, kCreated, kChanged };
-    Status apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket, Applied& applied);
-    Status write_durably(void* batch);
+    Status apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket,
+                          Applied& applied);
     // Ok, or why the store takes no more writes.
     Status check_writable();
     // The first failure stops every later write (and is logged once); returns it for the caller.
     Error stop_writes(const Error& cause);
-    Result<uint64_t> write_batch(void* batch);  // a group-commit ticket (0: already synced)
+    // Writes what `fill` puts into a WriteBatch: synced at once (ticket 0), or
+    // added to the group commit (the ticket to wait for).
+    template <typename Fill>
+    Result<uint64_t> write(Fill&& fill);
     Status wait_synced(uint64_t ticket);
-    Status sync_log();  // the group commit's fsync of everything written so far
-    void group_commit_loop();
     void notify(SessionEvent::Kind kind, std::string_view id, bool remote);
     template <typename Fn>
     Status mutate(std::string_view id, Fn&& fn);
@@ -131,15 +129,9 @@ private:
     std::map<uint64_t, Subscriber> subscribers_;
     uint64_t next_subscription_ = 1;
 
-    // Group commit: writers take a ticket after their unsynced write and wait
-    // until the syncer has fsynced past it.
-    std::mutex sync_mu_;
-    std::condition_variable sync_cv_;
-    uint64_t written_ = 0;
-    uint64_t synced_ = 0;
+    std::unique_ptr<GroupCommitLog> log_;  // kGroupCommit only
+    std::mutex failure_mu_;
     Status write_failure_;  // the first failed write or fsync: no write is taken after it
-    bool stopping_ = false;
-    std::thread syncer_;
 };
 
 }  // namespace assistd::state

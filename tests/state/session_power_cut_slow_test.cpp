@@ -229,7 +229,6 @@ class SessionPowerCut : public ::testing::Test {
         o.path = dir_ + "/db";
         o.replica_id = 7;
         o.durability = durability;
-        o.group_commit_ms = static_cast<int>(rng() % 3);
         const int snapshot_choices[] = {2, 8, 64};
         o.snapshot_every = snapshot_choices[rng() % 3];
 

@@ -30,7 +30,6 @@ protected:
         o.path = (base_ / name).string();
         o.replica_id = replica;
         o.durability = d;
-        o.group_commit_ms = 1;
         o.snapshot_every = 4;
         auto s = DurableSessionStore::open(o, clock_);
         EXPECT_TRUE(s.ok()) << s.error().message;
