@@ -40,6 +40,8 @@ struct Params {
     double seconds = 20;       // time bound per system
     double read_ratio = 0.5;
     std::string durability = "group";
+    size_t cache_mib = 64;     // the store's document cache
+    size_t memtable_mib = 64;  // each of the store's RocksDB memtables
     std::string dir;
     std::string redis_server = "/usr/bin/redis-server";
     bool no_redis = false;
@@ -54,6 +56,7 @@ struct Figures {
     size_t ops = 0;
     size_t errors = 0;
     double memory_mib = 0;  // resident memory holding the sessions after the run
+    std::string note;       // what else the system reports about itself
     std::vector<double> append_us, read_us, all_us;
     double ops_per_s() const { return run_s > 0 ? static_cast<double>(ops) / run_s : 0; }
 };
@@ -125,6 +128,8 @@ bool run_assistd(const Params& p, Figures& f, std::string& err) {
     state::DurableSessionStoreOptions o;
     o.path = p.dir + "/assistd";
     o.replica_id = 1;
+    o.cache_bytes = p.cache_mib << 20;
+    o.memtable_bytes = p.memtable_mib << 20;
     o.durability = p.durability == "sync"
                        ? state::DurableSessionStoreOptions::Durability::kSyncEachWrite
                        : state::DurableSessionStoreOptions::Durability::kGroupCommit;
@@ -159,6 +164,8 @@ bool run_assistd(const Params& p, Figures& f, std::string& err) {
         return store.append_message(session_id(s), {"user", message_content(rng)}).ok();
     });
     f.memory_mib = resident_mib("self") - rss_before;
+    f.note = "document cache " + std::to_string(store.cached_documents()) + " sessions (" +
+             std::to_string(store.cached_bytes() >> 20) + " MiB counted)";
     return true;
 }
 
@@ -298,6 +305,7 @@ void print_human(Figures& f) {
         "read p50 %8.1f us p99 %8.1f us | memory %7.1f MiB | %zu ops, %zu errors\n",
         f.name.c_str(), f.load_s, f.ops_per_s(), pct(f.append_us, 0.5), pct(f.append_us, 0.99),
         pct(f.read_us, 0.5), pct(f.read_us, 0.99), f.memory_mib, f.ops, f.errors);
+    if (!f.note.empty()) std::printf("%-8s %s\n", "", f.note.c_str());
 }
 
 int run(Params p) {
@@ -370,6 +378,11 @@ void register_bench_sessions(CLI::App& bench, int& exit_code) {
     cmd->add_option("--ops", p->ops, "operations in total (per system)")->capture_default_str();
     cmd->add_option("--seconds", p->seconds, "time bound per system")->capture_default_str();
     cmd->add_option("--read-ratio", p->read_ratio, "fraction of reads")->capture_default_str();
+    cmd->add_option("--cache-mib", p->cache_mib, "the store's document cache (MiB, counted bytes)")
+        ->capture_default_str();
+    cmd->add_option("--memtable-mib", p->memtable_mib,
+                    "each of the store's RocksDB memtables (MiB)")
+        ->capture_default_str();
     cmd->add_option("--durability", p->durability, "group (group commit) or sync (fsync per write)")
         ->capture_default_str();
     cmd->add_option("--dir", p->dir, "data directory (default: a temporary one, removed afterwards)");

@@ -1,7 +1,10 @@
 #include "state/durable_session_store.h"
 
+#include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+#include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
@@ -74,6 +77,14 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
     rocksdb::Options opts;
     opts.create_if_missing = true;
     opts.manual_wal_flush = false;
+    // The write-ahead log is what makes a write durable; memtables only buffer it
+    // until a flush, so they stay small, like the block cache (the OS caches the files).
+    opts.write_buffer_size = options.memtable_bytes;
+    opts.max_write_buffer_number = 2;
+    rocksdb::BlockBasedTableOptions table;
+    table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+    table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
     if (options.env) opts.env = options.env;
     rocksdb::DB* db = nullptr;
     auto s = rocksdb::DB::Open(opts, options.path, &db);
@@ -88,46 +99,152 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
 }
 
 Status DurableSessionStore::recover() {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-    for (it->Seek("t/"); it->Valid() && it->key().starts_with("t/"); it->Next()) {
-        deleted_.insert(it->key().ToString().substr(2));
-    }
-    for (it->Seek("d/"); it->Valid() && it->key().starts_with("d/"); it->Next()) {
-        const std::string id = it->key().ToString().substr(2);
-        crdt::Reader r(std::string_view(it->value().data(), it->value().size()));
-        uint64_t covered;
-        if (!r.varint(covered)) return make_error(ErrorCode::kCorrupt, "session store: snapshot of '" + id + "' is corrupt");
-        const std::string_view rest(it->value().data() + (it->value().size() - r.remaining()), r.remaining());
-        auto doc = crdt::Document::decode(rest, options_.replica_id);
-        if (!doc.ok()) return make_error(ErrorCode::kCorrupt, "session store: snapshot of '" + id + "': " + doc.error().message);
-        auto e = std::make_shared<Entry>();
-        e->doc = std::make_unique<SessionDocument>(std::move(doc).value());
-        e->next_seq = covered + 1;
-        sessions_[id] = e;
-    }
-    for (it->Seek("l/"); it->Valid() && it->key().starts_with("l/"); it->Next()) {
-        const std::string key = it->key().ToString();
-        const size_t slash = key.size() - 9;
-        if (key.size() < 11 || key[slash] != '/') return make_error(ErrorCode::kCorrupt, "session store: bad log key");
-        const std::string id = key.substr(2, slash - 2);
-        uint64_t seq = 0;
-        for (size_t i = slash + 1; i < key.size(); ++i) seq = (seq << 8) | static_cast<uint8_t>(key[i]);
-        auto& e = sessions_[id];
-        if (!e) {
-            e = std::make_shared<Entry>();
-            e->doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+    std::set<std::string> ids;
+    {
+        std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+        for (it->Seek("t/"); it->Valid() && it->key().starts_with("t/"); it->Next()) {
+            deleted_.insert(it->key().ToString().substr(2));
         }
-        auto st = e->doc->doc().apply(std::string_view(it->value().data(), it->value().size()));
-        if (!st.ok()) return make_error(ErrorCode::kCorrupt, "session store: log of '" + id + "': " + st.error().message);
-        e->next_seq = std::max(e->next_seq, seq + 1);
-        ++e->since_snapshot;
+        for (it->Seek("d/"); it->Valid() && it->key().starts_with("d/"); it->Next()) {
+            ids.insert(it->key().ToString().substr(2));
+        }
+        for (it->Seek("l/"); it->Valid() && it->key().starts_with("l/"); it->Next()) {
+            const rocksdb::Slice key = it->key();
+            if (key.size() < 11 || key[key.size() - 9] != '/')
+                return make_error(ErrorCode::kCorrupt, "session store: bad log key");
+            ids.emplace(key.data() + 2, key.size() - 11);
+        }
+        if (!it->status().ok()) return io_error(it->status(), "recovery scan");
     }
-    if (!it->status().ok()) return io_error(it->status(), "recovery scan");
-    for (auto& [id, e] : sessions_) {
+    for (const std::string& id : ids) {
+        auto loaded = load(id);
+        if (!loaded.ok()) return loaded.error();
+        auto e = std::make_shared<Entry>();
+        e->doc = std::move(loaded->doc);
+        e->next_seq = loaded->next_seq;
+        e->since_snapshot = loaded->log_records;
         e->tenant = e->doc->tenant();
+        e->version = e->doc->doc().version();
         by_tenant_[e->tenant].insert(id);
+        sessions_[id] = e;
+        {
+            std::lock_guard<std::mutex> lock(e->mu);
+            cache_use(e, true);
+        }
+        evict_over_budget();
     }
     return {};
+}
+
+Result<DurableSessionStore::Loaded> DurableSessionStore::load(std::string_view id) {
+    Loaded out;
+    std::string snapshot;
+    auto s = db_->Get(rocksdb::ReadOptions(), snapshot_key(id), &snapshot);
+    if (s.ok()) {
+        crdt::Reader r(snapshot);
+        uint64_t covered;
+        if (!r.varint(covered))
+            return make_error(ErrorCode::kCorrupt,
+                              "session store: snapshot of '" + std::string(id) + "' is corrupt");
+        const std::string_view rest(snapshot.data() + (snapshot.size() - r.remaining()),
+                                    r.remaining());
+        auto doc = crdt::Document::decode(rest, options_.replica_id);
+        if (!doc.ok()) {
+            return make_error(
+                ErrorCode::kCorrupt,
+                "session store: snapshot of '" + std::string(id) + "': " + doc.error().message);
+        }
+        out.doc = std::make_unique<SessionDocument>(std::move(doc).value());
+        out.next_seq = covered + 1;
+    } else if (s.IsNotFound()) {
+        out.doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+    } else {
+        return io_error(s, "read of a snapshot");
+    }
+    const std::string prefix = log_prefix(id);
+    std::string end = prefix;
+    end.back() = '/' + 1;  // just past every key that starts with the prefix
+    const rocksdb::Slice end_slice(end);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &end_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+    for (it->Seek(prefix); it->Valid(); it->Next()) {
+        const rocksdb::Slice key = it->key();
+        if (key.size() != prefix.size() + 8) continue;  // a longer id's log ("l/<id>/x/<seq>")
+        uint64_t seq = 0;
+        for (size_t i = prefix.size(); i < key.size(); ++i)
+            seq = (seq << 8) | static_cast<uint8_t>(key[i]);
+        auto st = out.doc->doc().apply(std::string_view(it->value().data(), it->value().size()));
+        if (!st.ok()) {
+            return make_error(ErrorCode::kCorrupt, "session store: log of '" + std::string(id) +
+                                                       "': " + st.error().message);
+        }
+        out.next_seq = std::max(out.next_seq, seq + 1);
+        ++out.log_records;
+    }
+    if (!it->status().ok()) return io_error(it->status(), "read of a session's log");
+    return out;
+}
+
+Status DurableSessionStore::ensure_loaded(std::string_view id,
+                                          const std::shared_ptr<Entry>& entry) {
+    if (entry->doc) return {};
+    auto loaded = load(id);
+    if (!loaded.ok()) return loaded.error();
+    entry->doc = std::move(loaded->doc);
+    cache_use(entry, true);
+    return {};
+}
+
+void DurableSessionStore::cache_use(const std::shared_ptr<Entry>& entry, bool resized) {
+    const size_t bytes =
+        resized || !entry->in_cache ? entry->doc->doc().memory_bytes() : entry->cached_bytes;
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (entry->in_cache) {
+        lru_.splice(lru_.begin(), lru_, entry->lru);
+    } else {
+        lru_.push_front(entry);
+        entry->lru = lru_.begin();
+        entry->in_cache = true;
+    }
+    cached_bytes_ = cached_bytes_ - entry->cached_bytes + bytes;
+    entry->cached_bytes = bytes;
+}
+
+void DurableSessionStore::cache_forget(Entry& entry) {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (!entry.in_cache) return;
+    lru_.erase(entry.lru);
+    entry.in_cache = false;
+    cached_bytes_ -= entry.cached_bytes;
+    entry.cached_bytes = 0;
+}
+
+void DurableSessionStore::evict_over_budget() {
+    // After a failed write the documents in memory may hold changes the disk lacks: keep them.
+    if (!check_writable().ok()) return;
+    std::vector<std::unique_ptr<SessionDocument>> dropped;  // freed after the cache lock
+    {
+        std::lock_guard<std::mutex> lock(cache_mu_);
+        for (size_t tries = lru_.size(); cached_bytes_ > options_.cache_bytes && tries > 0;
+             --tries) {
+            const std::shared_ptr<Entry> victim = lru_.back();
+            // try_lock: the order is an entry's lock, then the cache's; one in use is skipped.
+            std::unique_lock<std::mutex> victim_lock(victim->mu, std::try_to_lock);
+            const bool evictable = victim_lock.owns_lock() && victim->doc &&
+                                   victim->doc->doc().pending_changes() == 0 &&
+                                   (!log_ || log_->durable(victim->last_ticket));
+            if (!evictable) {
+                lru_.splice(lru_.begin(), lru_, victim->lru);
+                continue;
+            }
+            lru_.pop_back();
+            victim->in_cache = false;
+            cached_bytes_ -= victim->cached_bytes;
+            victim->cached_bytes = 0;
+            dropped.push_back(std::move(victim->doc));
+        }
+    }
 }
 
 std::shared_ptr<DurableSessionStore::Entry> DurableSessionStore::find(std::string_view id) const {
@@ -188,10 +305,13 @@ Status DurableSessionStore::wait_synced(uint64_t ticket) {
     return {};
 }
 
-Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id, Entry& entry,
-                                                      const crdt::VersionVector& before,
-                                                      std::unique_lock<std::mutex>& lock) {
+Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id,
+                                                       const std::shared_ptr<Entry>& entry_ptr,
+                                                       const crdt::VersionVector& before,
+                                                       std::unique_lock<std::mutex>& lock) {
+    Entry& entry = *entry_ptr;
     crdt::Document& doc = entry.doc->doc();
+    entry.version = doc.version();
     const uint64_t seq = entry.next_seq++;
     const std::string delta = doc.changes_since(before);
     std::string snapshot;
@@ -211,13 +331,17 @@ Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id, Entr
             batch.DeleteRange(log_key(id, 0), log_key(id, seq + 1));
         }
     });
+    if (ticket.ok()) entry.last_ticket = *ticket;
+    cache_use(entry_ptr, true);
     lock.unlock();
     return ticket;
 }
 
-Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
+Status DurableSessionStore::persist(std::string_view id, const std::shared_ptr<Entry>& entry,
+                                    const crdt::VersionVector& before,
                                     std::unique_lock<std::mutex>& lock) {
     auto ticket = persist_unsynced(id, entry, before, lock);
+    evict_over_budget();
     if (!ticket.ok()) return ticket.error();
     return wait_synced(*ticket);
 }
@@ -228,11 +352,12 @@ Status DurableSessionStore::mutate(std::string_view id, Fn&& fn) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::unique_lock<std::mutex> lock(entry->mu);
-    if (!entry->doc || entry->orphaned) return not_found(id);  // removed meanwhile
+    if (entry->removed || entry->orphaned) return not_found(id);  // removed meanwhile
+    if (auto st = ensure_loaded(id, entry); !st.ok()) return st;
     const crdt::VersionVector before = entry->doc->doc().version();
     auto st = fn(*entry->doc);
     if (!st.ok()) return st;
-    auto ps = persist(id, *entry, before, lock);
+    auto ps = persist(id, entry, before, lock);
     if (!ps.ok()) return ps;
     notify(SessionEvent::Kind::kChanged, id, false);
     return {};
@@ -257,7 +382,7 @@ Status DurableSessionStore::create(std::string_view id, std::string_view tenant,
         }
         by_tenant_[entry->tenant].insert(std::string(id));
     }
-    auto st = persist(id, *entry, crdt::VersionVector{}, lock);
+    auto st = persist(id, entry, crdt::VersionVector{}, lock);
     if (!st.ok()) return st;
     notify(SessionEvent::Kind::kCreated, id, false);
     return {};
@@ -266,9 +391,16 @@ Status DurableSessionStore::create(std::string_view id, std::string_view tenant,
 Result<Session> DurableSessionStore::get(std::string_view id) {
     auto entry = find(id);
     if (!entry) return not_found(id);
-    std::lock_guard<std::mutex> lock(entry->mu);
-    if (!entry->doc || entry->orphaned) return not_found(id);
-    return entry->doc->read(id);
+    Result<Session> out = not_found(id);
+    {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->removed || entry->orphaned) return not_found(id);
+        if (auto st = ensure_loaded(id, entry); !st.ok()) return st.error();
+        out = entry->doc->read(id);
+        cache_use(entry, false);
+    }
+    evict_over_budget();
+    return out;
 }
 
 Result<Message> DurableSessionStore::append_message(std::string_view id, const MessageInput& message) {
@@ -313,7 +445,9 @@ Status DurableSessionStore::remove(std::string_view id) {
     }
     if (entry) {
         std::lock_guard<std::mutex> lock(entry->mu);
+        entry->removed = true;
         entry->doc.reset();  // the data is gone from memory now
+        cache_forget(*entry);
     }
     auto ticket = write([&](rocksdb::WriteBatch& batch) {
         batch.Put(tombstone_key(id), "");
@@ -350,18 +484,25 @@ Result<crdt::VersionVector> DurableSessionStore::version(std::string_view id) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::lock_guard<std::mutex> lock(entry->mu);
-    if (!entry->doc || entry->orphaned) return not_found(id);
-    return entry->doc->doc().version();
+    if (entry->removed || entry->orphaned) return not_found(id);
+    return entry->doc ? entry->doc->doc().version() : entry->version;
 }
 
 Result<std::string> DurableSessionStore::changes_since(std::string_view id, const crdt::VersionVector& since) {
     if (is_deleted(id)) return std::string(1, static_cast<char>(kEnvelopeTombstone));
     auto entry = find(id);
     if (!entry) return not_found(id);
-    std::lock_guard<std::mutex> lock(entry->mu);
-    if (entry->orphaned) return not_found(id);
-    if (!entry->doc) return std::string(1, static_cast<char>(kEnvelopeTombstone));
-    return std::string(1, static_cast<char>(kEnvelopeDelta)) + entry->doc->doc().changes_since(since);
+    std::string out(1, static_cast<char>(kEnvelopeDelta));
+    {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->orphaned) return not_found(id);
+        if (entry->removed) return std::string(1, static_cast<char>(kEnvelopeTombstone));
+        if (auto st = ensure_loaded(id, entry); !st.ok()) return st.error();
+        out += entry->doc->doc().changes_since(since);
+        cache_use(entry, false);
+    }
+    evict_over_budget();
+    return out;
 }
 
 Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket,
@@ -397,7 +538,8 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
         lock.unlock();
     }
     if (entry->orphaned) return make_error(ErrorCode::kResourceExhausted, "session store: the session is busy; retry");
-    if (!entry->doc) return {};
+    if (entry->removed) return {};
+    if (auto st = ensure_loaded(id, entry); !st.ok()) return st;
     crdt::Document& doc = entry->doc->doc();
     const crdt::VersionVector before = doc.version();
     auto st = doc.apply(delta);
@@ -410,6 +552,7 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
             auto it = sessions_.find(std::string(id));
             if (it != sessions_.end() && it->second == entry) sessions_.erase(it);
             entry->orphaned = true;
+            cache_forget(*entry);
         }
         return st;  // rejected, or nothing new (duplicate or still buffered)
     }
@@ -420,7 +563,7 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
             by_tenant_[entry->tenant].insert(std::string(id));
         }
     }
-    auto written = persist_unsynced(id, *entry, before, lock);
+    auto written = persist_unsynced(id, entry, before, lock);
     if (!written.ok()) return written.error();
     ticket = *written;
     applied = created ? Applied::kCreated : Applied::kChanged;
@@ -430,7 +573,9 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
 Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
     uint64_t ticket = 0;
     Applied applied = Applied::kNothing;
-    if (auto st = apply_unsynced(id, delta, ticket, applied); !st.ok()) return st;
+    auto st = apply_unsynced(id, delta, ticket, applied);
+    evict_over_budget();
+    if (!st.ok()) return st;
     if (applied == Applied::kNothing) return {};
     if (auto st = wait_synced(ticket); !st.ok()) return st;
     notify(applied == Applied::kCreated ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged, id, true);
@@ -447,6 +592,7 @@ std::vector<Status> DurableSessionStore::apply_all(
         out[i] = apply_unsynced(items[i].first, items[i].second, ticket, applied[i]);
         last = std::max(last, ticket);
     }
+    evict_over_budget();
     // Tickets are handed out in order: the last one synced covers them all.
     const Status synced = wait_synced(last);
     for (size_t i = 0; i < items.size(); ++i) {
@@ -474,7 +620,9 @@ std::vector<SessionVersion> DurableSessionStore::list_versions() {
     }
     for (auto& [id, entry] : live) {
         std::lock_guard<std::mutex> lock(entry->mu);
-        if (entry->doc && !entry->orphaned) out.push_back(SessionVersion{id, entry->doc->doc().version(), false});
+        if (entry->removed || entry->orphaned) continue;
+        out.push_back(
+            SessionVersion{id, entry->doc ? entry->doc->doc().version() : entry->version, false});
     }
     std::sort(out.begin(), out.end(), [](const SessionVersion& a, const SessionVersion& b) { return a.id < b.id; });
     return out;
@@ -506,6 +654,16 @@ void DurableSessionStore::notify(SessionEvent::Kind kind, std::string_view id, b
 size_t DurableSessionStore::session_count() const {
     std::shared_lock<std::shared_mutex> lock(map_mu_);
     return sessions_.size();
+}
+
+size_t DurableSessionStore::cached_documents() const {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    return lru_.size();
+}
+
+size_t DurableSessionStore::cached_bytes() const {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    return cached_bytes_;
 }
 
 }  // namespace assistd::state
