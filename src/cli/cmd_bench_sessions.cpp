@@ -1,7 +1,7 @@
 // `assistd bench sessions`: N sessions in the durable store, a mixed
-// append/read workload from many threads; p50/p99 per operation and ops/s,
-// side by side with Redis (started here on loopback, driven through hiredis
-// with the same workload: a list of messages per session).
+// append/read workload from many threads; p50/p99 per operation, ops/s and
+// resident memory, side by side with Redis (started here on loopback, driven
+// through hiredis with the same workload: a list of messages per session).
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,6 +12,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -39,7 +40,8 @@ struct Params {
     double seconds = 20;       // time bound per system
     double read_ratio = 0.5;
     std::string durability = "group";
-    int group_commit_ms = 2;
+    size_t cache_mib = 64;     // the store's document cache
+    size_t memtable_mib = 64;  // each of the store's RocksDB memtables
     std::string dir;
     std::string redis_server = "/usr/bin/redis-server";
     bool no_redis = false;
@@ -53,6 +55,8 @@ struct Figures {
     double run_s = 0;
     size_t ops = 0;
     size_t errors = 0;
+    double memory_mib = 0;  // resident memory holding the sessions after the run
+    std::string note;       // what else the system reports about itself
     std::vector<double> append_us, read_us, all_us;
     double ops_per_s() const { return run_s > 0 ? static_cast<double>(ops) / run_s : 0; }
 };
@@ -61,6 +65,17 @@ double pct(std::vector<double>& v, double p) {
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
     return v[std::min(v.size() - 1, static_cast<size_t>(p * static_cast<double>(v.size())))];
+}
+
+// VmRSS of a process ("self" or a pid), in MiB; 0 if unreadable.
+double resident_mib(const std::string& pid) {
+    std::ifstream status("/proc/" + pid + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with("VmRSS:"))
+            return std::stod(line.substr(6)) / 1024.0;  // the line is in kB
+    }
+    return 0;
 }
 
 std::string message_content(std::mt19937_64& rng) {
@@ -107,12 +122,17 @@ std::string session_id(size_t i) { return "s" + std::to_string(i); }
 
 bool run_assistd(const Params& p, Figures& f, std::string& err) {
     f.name = "assistd";
+    // The store's memory: what this process grew by while holding it (the bench's own
+    // latency samples are a few MiB at most).
+    const double rss_before = resident_mib("self");
     state::DurableSessionStoreOptions o;
     o.path = p.dir + "/assistd";
     o.replica_id = 1;
-    o.durability = p.durability == "sync" ? state::DurableSessionStoreOptions::Durability::kSyncEachWrite
-                                          : state::DurableSessionStoreOptions::Durability::kGroupCommit;
-    o.group_commit_ms = p.group_commit_ms;
+    o.cache_bytes = p.cache_mib << 20;
+    o.memtable_bytes = p.memtable_mib << 20;
+    o.durability = p.durability == "sync"
+                       ? state::DurableSessionStoreOptions::Durability::kSyncEachWrite
+                       : state::DurableSessionStoreOptions::Durability::kGroupCommit;
     auto store_or = state::DurableSessionStore::open(o, SystemClock::instance());
     if (!store_or.ok()) {
         err = store_or.error().message;
@@ -143,6 +163,9 @@ bool run_assistd(const Params& p, Figures& f, std::string& err) {
         if (is_read) return store.get(session_id(s)).ok();
         return store.append_message(session_id(s), {"user", message_content(rng)}).ok();
     });
+    f.memory_mib = resident_mib("self") - rss_before;
+    f.note = "document cache " + std::to_string(store.cached_documents()) + " sessions (" +
+             std::to_string(store.cached_bytes() >> 20) + " MiB counted)";
     return true;
 }
 
@@ -252,6 +275,7 @@ bool run_redis(const Params& p, Figures& f, std::string& err) {
         return ok;
     });
     for (auto* cc : conns) redisFree(cc);
+    f.memory_mib = resident_mib(std::to_string(server.pid));
     return true;
 }
 #endif
@@ -263,16 +287,25 @@ nlohmann::json to_json(Figures& f) {
             {"ops", f.ops},
             {"errors", f.errors},
             {"ops_per_s", f.ops_per_s()},
-            {"append", {{"count", f.append_us.size()}, {"p50_us", pct(f.append_us, 0.5)}, {"p99_us", pct(f.append_us, 0.99)}}},
-            {"read", {{"count", f.read_us.size()}, {"p50_us", pct(f.read_us, 0.5)}, {"p99_us", pct(f.read_us, 0.99)}}},
+            {"memory_mib", f.memory_mib},
+            {"append",
+             {{"count", f.append_us.size()},
+              {"p50_us", pct(f.append_us, 0.5)},
+              {"p99_us", pct(f.append_us, 0.99)}}},
+            {"read",
+             {{"count", f.read_us.size()},
+              {"p50_us", pct(f.read_us, 0.5)},
+              {"p99_us", pct(f.read_us, 0.99)}}},
             {"all", {{"p50_us", pct(f.all_us, 0.5)}, {"p99_us", pct(f.all_us, 0.99)}}}};
 }
 
 void print_human(Figures& f) {
-    std::printf("%-8s load %6.2f s | %8.0f ops/s | append p50 %8.1f us p99 %8.1f us | read p50 %8.1f us p99 %8.1f us | "
-                "%zu ops, %zu errors\n",
-                f.name.c_str(), f.load_s, f.ops_per_s(), pct(f.append_us, 0.5), pct(f.append_us, 0.99),
-                pct(f.read_us, 0.5), pct(f.read_us, 0.99), f.ops, f.errors);
+    std::printf(
+        "%-8s load %6.2f s | %8.0f ops/s | append p50 %8.1f us p99 %8.1f us | "
+        "read p50 %8.1f us p99 %8.1f us | memory %7.1f MiB | %zu ops, %zu errors\n",
+        f.name.c_str(), f.load_s, f.ops_per_s(), pct(f.append_us, 0.5), pct(f.append_us, 0.99),
+        pct(f.read_us, 0.5), pct(f.read_us, 0.99), f.memory_mib, f.ops, f.errors);
+    if (!f.note.empty()) std::printf("%-8s %s\n", "", f.note.c_str());
 }
 
 int run(Params p) {
@@ -304,11 +337,11 @@ int run(Params p) {
         return 2;
     }
     const double ratio = have_redis && redis.ops_per_s() > 0 ? ours.ops_per_s() / redis.ops_per_s() : 0;
-    const std::string config = std::to_string(p.sessions) + " sessions, " + std::to_string(p.threads) + " threads, " +
-                               std::to_string(static_cast<int>(p.read_ratio * 100)) + "% reads, durability " +
-                               (p.durability == "sync" ? std::string("fsync per write")
-                                                       : "group commit every " + std::to_string(p.group_commit_ms) + " ms") +
-                               "; redis: appendonly yes, appendfsync always";
+    const std::string config =
+        std::to_string(p.sessions) + " sessions, " + std::to_string(p.threads) + " threads, " +
+        std::to_string(static_cast<int>(p.read_ratio * 100)) + "% reads, durability " +
+        (p.durability == "sync" ? std::string("fsync per write") : "leader/follower group commit") +
+        "; redis: appendonly yes, appendfsync always";
     if (p.json) {
         nlohmann::json out = {{"config", config}, {"assistd", to_json(ours)}};
         if (have_redis) {
@@ -321,11 +354,15 @@ int run(Params p) {
         print_human(ours);
         if (have_redis) {
             print_human(redis);
-            std::printf("ratio assistd/redis: ops/s %.2fx, append p50 %.2fx, append p99 %.2fx, read p50 %.2fx, read p99 %.2fx (latency ratios: >1 means assistd slower)\n",
-                        ratio, pct(ours.append_us, 0.5) / std::max(1e-9, pct(redis.append_us, 0.5)),
-                        pct(ours.append_us, 0.99) / std::max(1e-9, pct(redis.append_us, 0.99)),
-                        pct(ours.read_us, 0.5) / std::max(1e-9, pct(redis.read_us, 0.5)),
-                        pct(ours.read_us, 0.99) / std::max(1e-9, pct(redis.read_us, 0.99)));
+            std::printf(
+                "ratio assistd/redis: ops/s %.2fx, append p50 %.2fx, append p99 %.2fx, read p50 "
+                "%.2fx, read p99 %.2fx, "
+                "memory %.2fx (latency and memory ratios: >1 means assistd worse)\n",
+                ratio, pct(ours.append_us, 0.5) / std::max(1e-9, pct(redis.append_us, 0.5)),
+                pct(ours.append_us, 0.99) / std::max(1e-9, pct(redis.append_us, 0.99)),
+                pct(ours.read_us, 0.5) / std::max(1e-9, pct(redis.read_us, 0.5)),
+                pct(ours.read_us, 0.99) / std::max(1e-9, pct(redis.read_us, 0.99)),
+                ours.memory_mib / std::max(1e-9, redis.memory_mib));
         }
     }
     return ours.errors == 0 && (!have_redis || redis.errors == 0) ? 0 : 1;
@@ -341,8 +378,13 @@ void register_bench_sessions(CLI::App& bench, int& exit_code) {
     cmd->add_option("--ops", p->ops, "operations in total (per system)")->capture_default_str();
     cmd->add_option("--seconds", p->seconds, "time bound per system")->capture_default_str();
     cmd->add_option("--read-ratio", p->read_ratio, "fraction of reads")->capture_default_str();
-    cmd->add_option("--durability", p->durability, "group (group commit) or sync (fsync per write)")->capture_default_str();
-    cmd->add_option("--group-commit-ms", p->group_commit_ms, "group commit interval")->capture_default_str();
+    cmd->add_option("--cache-mib", p->cache_mib, "the store's document cache (MiB, counted bytes)")
+        ->capture_default_str();
+    cmd->add_option("--memtable-mib", p->memtable_mib,
+                    "each of the store's RocksDB memtables (MiB)")
+        ->capture_default_str();
+    cmd->add_option("--durability", p->durability, "group (group commit) or sync (fsync per write)")
+        ->capture_default_str();
     cmd->add_option("--dir", p->dir, "data directory (default: a temporary one, removed afterwards)");
     cmd->add_option("--redis-server", p->redis_server, "redis-server binary")->capture_default_str();
     cmd->add_flag("--no-redis", p->no_redis, "skip the Redis baseline");

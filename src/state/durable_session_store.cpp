@@ -1,15 +1,18 @@
 #include "state/durable_session_store.h"
 
+#include <rocksdb/cache.h>
 #include <rocksdb/db.h>
+#include <rocksdb/filter_policy.h>
 #include <rocksdb/options.h>
+#include <rocksdb/table.h>
 #include <rocksdb/write_batch.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
 
 #include "state/crdt/encoding.h"
+#include "state/group_commit_log.h"
 
 namespace assistd::state {
 namespace {
@@ -56,24 +59,15 @@ DurableSessionStore::DurableSessionStore(DurableSessionStoreOptions options, Clo
     : options_(std::move(options)), clock_(clock) {}
 
 DurableSessionStore::~DurableSessionStore() {
-    {
-        std::lock_guard<std::mutex> lock(sync_mu_);
-        stopping_ = true;
-    }
-    sync_cv_.notify_all();
-    if (syncer_.joinable()) syncer_.join();
-    if (db_) {
-        if (check_writable().ok()) (void)sync_log();
-        (void)db_->Close();
-    }
+    log_.reset();
+    if (db_) (void)db_->Close();
 }
 
 Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const DurableSessionStoreOptions& options,
                                                                         Clock& clock) {
-    if (options.replica_id == 0) return make_error(ErrorCode::kInvalidArgument, "session store: replica id must be non-zero");
-    if (options.group_commit_ms < 0 || options.group_commit_ms > 1000) {
-        return make_error(ErrorCode::kInvalidArgument, "session store: group_commit_ms must be 0 to 1000");
-    }
+    if (options.replica_id == 0)
+        return make_error(ErrorCode::kInvalidArgument,
+                          "session store: replica id must be non-zero");
     std::error_code ec;
     if (!options.env) std::filesystem::create_directories(options.path, ec);
     if (ec) {
@@ -83,6 +77,14 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
     rocksdb::Options opts;
     opts.create_if_missing = true;
     opts.manual_wal_flush = false;
+    // The write-ahead log is what makes a write durable; memtables only buffer it
+    // until a flush, so they stay small, like the block cache (the OS caches the files).
+    opts.write_buffer_size = options.memtable_bytes;
+    opts.max_write_buffer_number = 2;
+    rocksdb::BlockBasedTableOptions table;
+    table.block_cache = rocksdb::NewLRUCache(options.block_cache_bytes);
+    table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+    opts.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
     if (options.env) opts.env = options.env;
     rocksdb::DB* db = nullptr;
     auto s = rocksdb::DB::Open(opts, options.path, &db);
@@ -91,52 +93,158 @@ Result<std::unique_ptr<DurableSessionStore>> DurableSessionStore::open(const Dur
     auto st = store->recover();
     if (!st.ok()) return st.error();
     if (options.durability == DurableSessionStoreOptions::Durability::kGroupCommit) {
-        store->syncer_ = std::thread([raw = store.get()] { raw->group_commit_loop(); });
+        store->log_ = std::make_unique<GroupCommitLog>(*store->db_);
     }
     return store;
 }
 
 Status DurableSessionStore::recover() {
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
-    for (it->Seek("t/"); it->Valid() && it->key().starts_with("t/"); it->Next()) {
-        deleted_.insert(it->key().ToString().substr(2));
-    }
-    for (it->Seek("d/"); it->Valid() && it->key().starts_with("d/"); it->Next()) {
-        const std::string id = it->key().ToString().substr(2);
-        crdt::Reader r(std::string_view(it->value().data(), it->value().size()));
-        uint64_t covered;
-        if (!r.varint(covered)) return make_error(ErrorCode::kCorrupt, "session store: snapshot of '" + id + "' is corrupt");
-        const std::string_view rest(it->value().data() + (it->value().size() - r.remaining()), r.remaining());
-        auto doc = crdt::Document::decode(rest, options_.replica_id);
-        if (!doc.ok()) return make_error(ErrorCode::kCorrupt, "session store: snapshot of '" + id + "': " + doc.error().message);
-        auto e = std::make_shared<Entry>();
-        e->doc = std::make_unique<SessionDocument>(std::move(doc).value());
-        e->next_seq = covered + 1;
-        sessions_[id] = e;
-    }
-    for (it->Seek("l/"); it->Valid() && it->key().starts_with("l/"); it->Next()) {
-        const std::string key = it->key().ToString();
-        const size_t slash = key.size() - 9;
-        if (key.size() < 11 || key[slash] != '/') return make_error(ErrorCode::kCorrupt, "session store: bad log key");
-        const std::string id = key.substr(2, slash - 2);
-        uint64_t seq = 0;
-        for (size_t i = slash + 1; i < key.size(); ++i) seq = (seq << 8) | static_cast<uint8_t>(key[i]);
-        auto& e = sessions_[id];
-        if (!e) {
-            e = std::make_shared<Entry>();
-            e->doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+    std::set<std::string> ids;
+    {
+        std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions()));
+        for (it->Seek("t/"); it->Valid() && it->key().starts_with("t/"); it->Next()) {
+            deleted_.insert(it->key().ToString().substr(2));
         }
-        auto st = e->doc->doc().apply(std::string_view(it->value().data(), it->value().size()));
-        if (!st.ok()) return make_error(ErrorCode::kCorrupt, "session store: log of '" + id + "': " + st.error().message);
-        e->next_seq = std::max(e->next_seq, seq + 1);
-        ++e->since_snapshot;
+        for (it->Seek("d/"); it->Valid() && it->key().starts_with("d/"); it->Next()) {
+            ids.insert(it->key().ToString().substr(2));
+        }
+        for (it->Seek("l/"); it->Valid() && it->key().starts_with("l/"); it->Next()) {
+            const rocksdb::Slice key = it->key();
+            if (key.size() < 11 || key[key.size() - 9] != '/')
+                return make_error(ErrorCode::kCorrupt, "session store: bad log key");
+            ids.emplace(key.data() + 2, key.size() - 11);
+        }
+        if (!it->status().ok()) return io_error(it->status(), "recovery scan");
     }
-    if (!it->status().ok()) return io_error(it->status(), "recovery scan");
-    for (auto& [id, e] : sessions_) {
+    for (const std::string& id : ids) {
+        auto loaded = load(id);
+        if (!loaded.ok()) return loaded.error();
+        auto e = std::make_shared<Entry>();
+        e->doc = std::move(loaded->doc);
+        e->next_seq = loaded->next_seq;
+        e->since_snapshot = loaded->log_records;
         e->tenant = e->doc->tenant();
+        e->version = e->doc->doc().version();
         by_tenant_[e->tenant].insert(id);
+        sessions_[id] = e;
+        {
+            std::lock_guard<std::mutex> lock(e->mu);
+            cache_use(e, true);
+        }
+        evict_over_budget();
     }
     return {};
+}
+
+Result<DurableSessionStore::Loaded> DurableSessionStore::load(std::string_view id) {
+    Loaded out;
+    std::string snapshot;
+    auto s = db_->Get(rocksdb::ReadOptions(), snapshot_key(id), &snapshot);
+    if (s.ok()) {
+        crdt::Reader r(snapshot);
+        uint64_t covered;
+        if (!r.varint(covered))
+            return make_error(ErrorCode::kCorrupt,
+                              "session store: snapshot of '" + std::string(id) + "' is corrupt");
+        const std::string_view rest(snapshot.data() + (snapshot.size() - r.remaining()),
+                                    r.remaining());
+        auto doc = crdt::Document::decode(rest, options_.replica_id);
+        if (!doc.ok()) {
+            return make_error(
+                ErrorCode::kCorrupt,
+                "session store: snapshot of '" + std::string(id) + "': " + doc.error().message);
+        }
+        out.doc = std::make_unique<SessionDocument>(std::move(doc).value());
+        out.next_seq = covered + 1;
+    } else if (s.IsNotFound()) {
+        out.doc = std::make_unique<SessionDocument>(crdt::Document(options_.replica_id));
+    } else {
+        return io_error(s, "read of a snapshot");
+    }
+    const std::string prefix = log_prefix(id);
+    std::string end = prefix;
+    end.back() = '/' + 1;  // just past every key that starts with the prefix
+    const rocksdb::Slice end_slice(end);
+    rocksdb::ReadOptions ro;
+    ro.iterate_upper_bound = &end_slice;
+    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(ro));
+    for (it->Seek(prefix); it->Valid(); it->Next()) {
+        const rocksdb::Slice key = it->key();
+        if (key.size() != prefix.size() + 8) continue;  // a longer id's log ("l/<id>/x/<seq>")
+        uint64_t seq = 0;
+        for (size_t i = prefix.size(); i < key.size(); ++i)
+            seq = (seq << 8) | static_cast<uint8_t>(key[i]);
+        auto st = out.doc->doc().apply(std::string_view(it->value().data(), it->value().size()));
+        if (!st.ok()) {
+            return make_error(ErrorCode::kCorrupt, "session store: log of '" + std::string(id) +
+                                                       "': " + st.error().message);
+        }
+        out.next_seq = std::max(out.next_seq, seq + 1);
+        ++out.log_records;
+    }
+    if (!it->status().ok()) return io_error(it->status(), "read of a session's log");
+    return out;
+}
+
+Status DurableSessionStore::ensure_loaded(std::string_view id,
+                                          const std::shared_ptr<Entry>& entry) {
+    if (entry->doc) return {};
+    auto loaded = load(id);
+    if (!loaded.ok()) return loaded.error();
+    entry->doc = std::move(loaded->doc);
+    cache_use(entry, true);
+    return {};
+}
+
+void DurableSessionStore::cache_use(const std::shared_ptr<Entry>& entry, bool resized) {
+    const size_t bytes =
+        resized || !entry->in_cache ? entry->doc->doc().memory_bytes() : entry->cached_bytes;
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (entry->in_cache) {
+        lru_.splice(lru_.begin(), lru_, entry->lru);
+    } else {
+        lru_.push_front(entry);
+        entry->lru = lru_.begin();
+        entry->in_cache = true;
+    }
+    cached_bytes_ = cached_bytes_ - entry->cached_bytes + bytes;
+    entry->cached_bytes = bytes;
+}
+
+void DurableSessionStore::cache_forget(Entry& entry) {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    if (!entry.in_cache) return;
+    lru_.erase(entry.lru);
+    entry.in_cache = false;
+    cached_bytes_ -= entry.cached_bytes;
+    entry.cached_bytes = 0;
+}
+
+void DurableSessionStore::evict_over_budget() {
+    // After a failed write the documents in memory may hold changes the disk lacks: keep them.
+    if (!check_writable().ok()) return;
+    std::vector<std::unique_ptr<SessionDocument>> dropped;  // freed after the cache lock
+    {
+        std::lock_guard<std::mutex> lock(cache_mu_);
+        for (size_t tries = lru_.size(); cached_bytes_ > options_.cache_bytes && tries > 0;
+             --tries) {
+            const std::shared_ptr<Entry> victim = lru_.back();
+            // try_lock: the order is an entry's lock, then the cache's; one in use is skipped.
+            std::unique_lock<std::mutex> victim_lock(victim->mu, std::try_to_lock);
+            const bool evictable = victim_lock.owns_lock() && victim->doc &&
+                                   victim->doc->doc().pending_changes() == 0 &&
+                                   (!log_ || log_->durable(victim->last_ticket));
+            if (!evictable) {
+                lru_.splice(lru_.begin(), lru_, victim->lru);
+                continue;
+            }
+            lru_.pop_back();
+            victim->in_cache = false;
+            cached_bytes_ -= victim->cached_bytes;
+            victim->cached_bytes = 0;
+            dropped.push_back(std::move(victim->doc));
+        }
+    }
 }
 
 std::shared_ptr<DurableSessionStore::Entry> DurableSessionStore::find(std::string_view id) const {
@@ -151,7 +259,7 @@ bool DurableSessionStore::is_deleted(std::string_view id) const {
 }
 
 Status DurableSessionStore::check_writable() {
-    std::lock_guard<std::mutex> lock(sync_mu_);
+    std::lock_guard<std::mutex> lock(failure_mu_);
     if (write_failure_.ok()) return {};
     return make_error(
         ErrorCode::kIo,
@@ -161,131 +269,79 @@ Status DurableSessionStore::check_writable() {
 }
 
 Error DurableSessionStore::stop_writes(const Error& cause) {
-    std::lock_guard<std::mutex> lock(sync_mu_);
+    std::lock_guard<std::mutex> lock(failure_mu_);
     if (write_failure_.ok()) {
         write_failure_ = cause;
         spdlog::error(
             "{}; the store at '{}' takes no more writes until it is reopened (reads still work)",
             cause.message, options_.path);
     }
-    sync_cv_.notify_all();
     return make_error(cause.code, cause.message +
                                       "; the write is not saved and the store takes no more writes "
                                       "until it is reopened (restart the server)");
 }
 
-Result<uint64_t> DurableSessionStore::write_batch(void* batch_ptr) {
+template <typename Fill>
+Result<uint64_t> DurableSessionStore::write(Fill&& fill) {
     if (auto st = check_writable(); !st.ok()) return st.error();
-    auto* batch = static_cast<rocksdb::WriteBatch*>(batch_ptr);
-    rocksdb::WriteOptions wo;
-    const bool group = options_.durability == DurableSessionStoreOptions::Durability::kGroupCommit;
-    wo.sync = !group;
-    auto s = db_->Write(wo, batch);
-    if (!s.ok())
-        return stop_writes(io_error(s, group ? "write to the write-ahead log" : "synced write"));
-    if (!group) return uint64_t{0};
-    std::lock_guard<std::mutex> lock(sync_mu_);
-    const uint64_t ticket = ++written_;
-    sync_cv_.notify_all();
-    return ticket;
+    if (log_) {
+        auto ticket = log_->add(fill);
+        if (!ticket.ok()) return stop_writes(ticket.error());
+        return ticket;
+    }
+    rocksdb::WriteBatch batch;
+    fill(batch);
+    rocksdb::WriteOptions synced;
+    synced.sync = true;
+    auto s = db_->Write(synced, &batch);
+    if (!s.ok()) return stop_writes(io_error(s, "synced write"));
+    return uint64_t{0};
 }
 
 Status DurableSessionStore::wait_synced(uint64_t ticket) {
     if (ticket == 0) return {};
-    std::unique_lock<std::mutex> lock(sync_mu_);
-    sync_cv_.wait(lock, [&] { return synced_ >= ticket || stopping_ || !write_failure_.ok(); });
-    // Refused even if a later sync covered it: that sync cannot vouch for pages a failure dropped.
-    if (!write_failure_.ok()) {
-        return make_error(ErrorCode::kIo,
-                          write_failure_.error().message +
-                              "; the write is not saved and the store takes no more writes until "
-                              "it is reopened (restart the server)");
-    }
-    if (synced_ < ticket) return make_error(ErrorCode::kIo, "session store: closed before the write was synced");
+    auto st = log_->wait(ticket);
+    if (!st.ok()) return stop_writes(st.error());
     return {};
 }
 
-Status DurableSessionStore::write_durably(void* batch) {
-    auto ticket = write_batch(batch);
-    if (!ticket.ok()) return ticket.error();
-    return wait_synced(*ticket);
-}
-
-// An empty synced write rather than SyncWAL(): it waits in RocksDB's write
-// queue behind the writes it covers, and that queue never touches a log after
-// a failed write, where SyncWAL() may (RocksDB's assertion build aborts then).
-Status DurableSessionStore::sync_log() {
-    rocksdb::WriteBatch empty;
-    rocksdb::WriteOptions wo;
-    wo.sync = true;
-    auto s = db_->Write(wo, &empty);
-    if (!s.ok()) return io_error(s, "fsync of the write-ahead log");
-    return {};
-}
-
-void DurableSessionStore::group_commit_loop() {
-    std::unique_lock<std::mutex> lock(sync_mu_);
-    auto last_sync = std::chrono::steady_clock::now() - std::chrono::hours(1);
-    const auto interval = std::chrono::milliseconds(options_.group_commit_ms);
-    while (!stopping_) {
-        sync_cv_.wait(lock, [&] { return stopping_ || written_ > synced_; });
-        if (stopping_) break;
-        // At most one fsync per interval: an idle store syncs at once, a busy
-        // one lets writers gather for the rest of the interval.
-        const auto next = last_sync + interval;
-        if (std::chrono::steady_clock::now() < next) {
-            lock.unlock();
-            std::this_thread::sleep_until(next);
-            lock.lock();
-        }
-        const uint64_t target = written_;  // every ticket <= target has finished its Write()
-        // After a failure no sync can vouch for anything: the waiters get the failure.
-        if (write_failure_.ok()) {
-            lock.unlock();
-            last_sync = std::chrono::steady_clock::now();
-            auto st = sync_log();
-            if (!st.ok()) (void)stop_writes(st.error());
-            lock.lock();
-        }
-        synced_ = target;
-        sync_cv_.notify_all();
-    }
-    // Final sync so nobody waits forever on shutdown.
-    if (write_failure_.ok()) {
-        lock.unlock();
-        auto st = sync_log();
-        lock.lock();
-        if (st.ok()) synced_ = written_;
-    }
-    sync_cv_.notify_all();
-}
-
-Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id, Entry& entry,
-                                                      const crdt::VersionVector& before,
-                                                      std::unique_lock<std::mutex>& lock) {
+Result<uint64_t> DurableSessionStore::persist_unsynced(std::string_view id,
+                                                       const std::shared_ptr<Entry>& entry_ptr,
+                                                       const crdt::VersionVector& before,
+                                                       std::unique_lock<std::mutex>& lock) {
+    Entry& entry = *entry_ptr;
     crdt::Document& doc = entry.doc->doc();
-    rocksdb::WriteBatch batch;
+    entry.version = doc.version();
     const uint64_t seq = entry.next_seq++;
     const std::string delta = doc.changes_since(before);
-    batch.Put(log_key(id, seq), delta);
+    std::string snapshot;
     if (++entry.since_snapshot >= static_cast<uint64_t>(options_.snapshot_every)) {
         crdt::Writer w;
         w.varint(seq);
         w.raw(doc.encode());
-        batch.Put(snapshot_key(id), w.str());
-        batch.DeleteRange(log_key(id, 0), log_key(id, seq + 1));
+        snapshot = w.str();
         entry.since_snapshot = 0;
     }
-    // Written under the session lock so the log order is the apply order; the
-    // wait for the fsync happens without it.
-    auto ticket = write_batch(&batch);
+    // Handed to the log under the session lock so the log order is the apply
+    // order; the wait for the fsync happens without it.
+    auto ticket = write([&](rocksdb::WriteBatch& batch) {
+        batch.Put(log_key(id, seq), delta);
+        if (!snapshot.empty()) {
+            batch.Put(snapshot_key(id), snapshot);
+            batch.DeleteRange(log_key(id, 0), log_key(id, seq + 1));
+        }
+    });
+    if (ticket.ok()) entry.last_ticket = *ticket;
+    cache_use(entry_ptr, true);
     lock.unlock();
     return ticket;
 }
 
-Status DurableSessionStore::persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
+Status DurableSessionStore::persist(std::string_view id, const std::shared_ptr<Entry>& entry,
+                                    const crdt::VersionVector& before,
                                     std::unique_lock<std::mutex>& lock) {
     auto ticket = persist_unsynced(id, entry, before, lock);
+    evict_over_budget();
     if (!ticket.ok()) return ticket.error();
     return wait_synced(*ticket);
 }
@@ -296,11 +352,12 @@ Status DurableSessionStore::mutate(std::string_view id, Fn&& fn) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::unique_lock<std::mutex> lock(entry->mu);
-    if (!entry->doc || entry->orphaned) return not_found(id);  // removed meanwhile
+    if (entry->removed || entry->orphaned) return not_found(id);  // removed meanwhile
+    if (auto st = ensure_loaded(id, entry); !st.ok()) return st;
     const crdt::VersionVector before = entry->doc->doc().version();
     auto st = fn(*entry->doc);
     if (!st.ok()) return st;
-    auto ps = persist(id, *entry, before, lock);
+    auto ps = persist(id, entry, before, lock);
     if (!ps.ok()) return ps;
     notify(SessionEvent::Kind::kChanged, id, false);
     return {};
@@ -325,7 +382,7 @@ Status DurableSessionStore::create(std::string_view id, std::string_view tenant,
         }
         by_tenant_[entry->tenant].insert(std::string(id));
     }
-    auto st = persist(id, *entry, crdt::VersionVector{}, lock);
+    auto st = persist(id, entry, crdt::VersionVector{}, lock);
     if (!st.ok()) return st;
     notify(SessionEvent::Kind::kCreated, id, false);
     return {};
@@ -334,9 +391,16 @@ Status DurableSessionStore::create(std::string_view id, std::string_view tenant,
 Result<Session> DurableSessionStore::get(std::string_view id) {
     auto entry = find(id);
     if (!entry) return not_found(id);
-    std::lock_guard<std::mutex> lock(entry->mu);
-    if (!entry->doc || entry->orphaned) return not_found(id);
-    return entry->doc->read(id);
+    Result<Session> out = not_found(id);
+    {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->removed || entry->orphaned) return not_found(id);
+        if (auto st = ensure_loaded(id, entry); !st.ok()) return st.error();
+        out = entry->doc->read(id);
+        cache_use(entry, false);
+    }
+    evict_over_budget();
+    return out;
 }
 
 Result<Message> DurableSessionStore::append_message(std::string_view id, const MessageInput& message) {
@@ -381,14 +445,17 @@ Status DurableSessionStore::remove(std::string_view id) {
     }
     if (entry) {
         std::lock_guard<std::mutex> lock(entry->mu);
+        entry->removed = true;
         entry->doc.reset();  // the data is gone from memory now
+        cache_forget(*entry);
     }
-    rocksdb::WriteBatch batch;
-    batch.Put(tombstone_key(id), "");
-    batch.Delete(snapshot_key(id));
-    batch.DeleteRange(log_key(id, 0), log_key(id, UINT64_MAX));
-    auto st = write_durably(&batch);
-    if (!st.ok()) return st;
+    auto ticket = write([&](rocksdb::WriteBatch& batch) {
+        batch.Put(tombstone_key(id), "");
+        batch.Delete(snapshot_key(id));
+        batch.DeleteRange(log_key(id, 0), log_key(id, UINT64_MAX));
+    });
+    if (!ticket.ok()) return ticket.error();
+    if (auto st = wait_synced(*ticket); !st.ok()) return st;
     // Reclaim the space of the dropped range now rather than at some later compaction. The
     // deletion is durable already; a failed compaction only stops later writes, like a failed
     // write. One at a time and none after a failure: RocksDB 7.8 asserts when a memtable switch
@@ -417,18 +484,25 @@ Result<crdt::VersionVector> DurableSessionStore::version(std::string_view id) {
     auto entry = find(id);
     if (!entry) return not_found(id);
     std::lock_guard<std::mutex> lock(entry->mu);
-    if (!entry->doc || entry->orphaned) return not_found(id);
-    return entry->doc->doc().version();
+    if (entry->removed || entry->orphaned) return not_found(id);
+    return entry->doc ? entry->doc->doc().version() : entry->version;
 }
 
 Result<std::string> DurableSessionStore::changes_since(std::string_view id, const crdt::VersionVector& since) {
     if (is_deleted(id)) return std::string(1, static_cast<char>(kEnvelopeTombstone));
     auto entry = find(id);
     if (!entry) return not_found(id);
-    std::lock_guard<std::mutex> lock(entry->mu);
-    if (entry->orphaned) return not_found(id);
-    if (!entry->doc) return std::string(1, static_cast<char>(kEnvelopeTombstone));
-    return std::string(1, static_cast<char>(kEnvelopeDelta)) + entry->doc->doc().changes_since(since);
+    std::string out(1, static_cast<char>(kEnvelopeDelta));
+    {
+        std::lock_guard<std::mutex> lock(entry->mu);
+        if (entry->orphaned) return not_found(id);
+        if (entry->removed) return std::string(1, static_cast<char>(kEnvelopeTombstone));
+        if (auto st = ensure_loaded(id, entry); !st.ok()) return st.error();
+        out += entry->doc->doc().changes_since(since);
+        cache_use(entry, false);
+    }
+    evict_over_budget();
+    return out;
 }
 
 Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket,
@@ -464,7 +538,8 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
         lock.unlock();
     }
     if (entry->orphaned) return make_error(ErrorCode::kResourceExhausted, "session store: the session is busy; retry");
-    if (!entry->doc) return {};
+    if (entry->removed) return {};
+    if (auto st = ensure_loaded(id, entry); !st.ok()) return st;
     crdt::Document& doc = entry->doc->doc();
     const crdt::VersionVector before = doc.version();
     auto st = doc.apply(delta);
@@ -477,6 +552,7 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
             auto it = sessions_.find(std::string(id));
             if (it != sessions_.end() && it->second == entry) sessions_.erase(it);
             entry->orphaned = true;
+            cache_forget(*entry);
         }
         return st;  // rejected, or nothing new (duplicate or still buffered)
     }
@@ -487,7 +563,7 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
             by_tenant_[entry->tenant].insert(std::string(id));
         }
     }
-    auto written = persist_unsynced(id, *entry, before, lock);
+    auto written = persist_unsynced(id, entry, before, lock);
     if (!written.ok()) return written.error();
     ticket = *written;
     applied = created ? Applied::kCreated : Applied::kChanged;
@@ -497,7 +573,9 @@ Status DurableSessionStore::apply_unsynced(std::string_view id, std::string_view
 Status DurableSessionStore::apply(std::string_view id, std::string_view delta) {
     uint64_t ticket = 0;
     Applied applied = Applied::kNothing;
-    if (auto st = apply_unsynced(id, delta, ticket, applied); !st.ok()) return st;
+    auto st = apply_unsynced(id, delta, ticket, applied);
+    evict_over_budget();
+    if (!st.ok()) return st;
     if (applied == Applied::kNothing) return {};
     if (auto st = wait_synced(ticket); !st.ok()) return st;
     notify(applied == Applied::kCreated ? SessionEvent::Kind::kCreated : SessionEvent::Kind::kChanged, id, true);
@@ -514,6 +592,7 @@ std::vector<Status> DurableSessionStore::apply_all(
         out[i] = apply_unsynced(items[i].first, items[i].second, ticket, applied[i]);
         last = std::max(last, ticket);
     }
+    evict_over_budget();
     // Tickets are handed out in order: the last one synced covers them all.
     const Status synced = wait_synced(last);
     for (size_t i = 0; i < items.size(); ++i) {
@@ -541,7 +620,9 @@ std::vector<SessionVersion> DurableSessionStore::list_versions() {
     }
     for (auto& [id, entry] : live) {
         std::lock_guard<std::mutex> lock(entry->mu);
-        if (entry->doc && !entry->orphaned) out.push_back(SessionVersion{id, entry->doc->doc().version(), false});
+        if (entry->removed || entry->orphaned) continue;
+        out.push_back(
+            SessionVersion{id, entry->doc ? entry->doc->doc().version() : entry->version, false});
     }
     std::sort(out.begin(), out.end(), [](const SessionVersion& a, const SessionVersion& b) { return a.id < b.id; });
     return out;
@@ -573,6 +654,16 @@ void DurableSessionStore::notify(SessionEvent::Kind kind, std::string_view id, b
 size_t DurableSessionStore::session_count() const {
     std::shared_lock<std::shared_mutex> lock(map_mu_);
     return sessions_.size();
+}
+
+size_t DurableSessionStore::cached_documents() const {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    return lru_.size();
+}
+
+size_t DurableSessionStore::cached_bytes() const {
+    std::lock_guard<std::mutex> lock(cache_mu_);
+    return cached_bytes_;
 }
 
 }  // namespace assistd::state

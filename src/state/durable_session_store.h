@@ -1,31 +1,30 @@
 #pragma once
 // SessionStore on RocksDB. Every change is written to RocksDB's write-ahead
-// log before the call returns (acknowledgement = durable):
-//   - Durability::kSyncEachWrite: one fsync per write (~0.35 ms on our disks),
-//     lowest latency at low load, throughput capped by the disk's fsync rate;
-//   - Durability::kGroupCommit: writes go to the log unsynced and wait for a
-//     background thread that fsyncs for all of them, at most once every
-//     `group_commit_ms` (an idle store syncs at once): up to that much added
-//     latency under load, but one fsync covers every writer of the interval.
+// log and synced before the call returns (acknowledgement = durable):
+//   - Durability::kSyncEachWrite: one synced RocksDB write per change, made
+//     under the session's lock;
+//   - Durability::kGroupCommit: changes join a leader/follower group commit
+//     (group_commit_log.h): one synced write covers every change that arrived
+//     while the previous one was syncing, and nobody waits for a timer.
 // Layout (keys): "d/<id>" snapshot (log position + document encoding),
 // "l/<id>/<seq>" log of deltas since the snapshot, "t/<id>" tombstone.
 // A snapshot is written every `snapshot_every` changes of a session, in the
-// same atomic batch that drops the log entries it covers. Start-up loads each
-// snapshot and replays the log over it.
+// same atomic batch that drops the log entries it covers. A session's document
+// is its snapshot with the log replayed over it: start-up does that for each
+// session, and so does the first use of a session that the document cache
+// (least recently used first, bounded in bytes) had dropped.
 // A failed write or fsync is not acknowledged, and from then on the store
 // refuses every write until it is reopened: after a failed fsync the kernel
 // may have dropped the unsynced pages, so no later sync can be trusted to
 // cover them. Reads go on (a failed write may still show: its fate on disk is
 // unknown until the restart).
-#include <atomic>
-#include <condition_variable>
+#include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <shared_mutex>
 #include <string>
-#include <thread>
 #include <unordered_map>
 
 #include "common/clock.h"
@@ -39,13 +38,20 @@ class Env;
 
 namespace assistd::state {
 
+class GroupCommitLog;
+
 struct DurableSessionStoreOptions {
     std::string path;
     crdt::ReplicaId replica_id = 0;  // this instance; must be unique in the cluster and non-zero
     enum class Durability { kSyncEachWrite, kGroupCommit };
     Durability durability = Durability::kGroupCommit;
-    int group_commit_ms = 2;  // 0: sync back to back (each fsync covers what arrived during the last)
     int snapshot_every = 64;  // changes per session between snapshots
+    // Documents held in memory, in the bytes they count (Document::memory_bytes); beyond it the
+    // least recently used go and are read back from disk when used again.
+    size_t cache_bytes = size_t{64} << 20;
+    // RocksDB's memory: each of its (at most two) memtables, and its block cache.
+    size_t memtable_bytes = size_t{64} << 20;
+    size_t block_cache_bytes = size_t{8} << 20;
     // Where RocksDB keeps its files; null: the real file system. Simulations
     // pass an in-memory env (rocksdb::NewMemEnv) that outlives the store, so a
     // "restart" reopens the same files without touching the disk.
@@ -77,41 +83,69 @@ public:
     void unsubscribe(uint64_t subscription) override;
 
     size_t session_count() const;
+    // Documents in memory now, and the bytes they count.
+    size_t cached_documents() const;
+    size_t cached_bytes() const;
 
-private:
+  private:
     struct Entry {
         std::mutex mu;
-        std::unique_ptr<SessionDocument> doc;
+        std::unique_ptr<SessionDocument> doc;  // null: not in the cache (or removed)
+        bool removed = false;
         std::string tenant;
-        uint64_t next_seq = 1;       // next log sequence number
+        crdt::VersionVector version;  // the document's, also while it is not in the cache
+        uint64_t next_seq = 1;        // next log sequence number
         uint64_t since_snapshot = 0;
+        uint64_t last_ticket = 0;  // group commit of the last write: kept in the cache until synced
         // Taken out of the map again: an apply() made it for a delta that added
         // nothing (rejected, or buffered for missing history); look the id up anew.
         bool orphaned = false;
+        // In the cache's recency list (changed under both this entry's lock and cache_mu_).
+        bool in_cache = false;
+        size_t cached_bytes = 0;
+        std::list<std::shared_ptr<Entry>>::iterator lru;
+    };
+    // A session as its snapshot and log on disk make it.
+    struct Loaded {
+        std::unique_ptr<SessionDocument> doc;
+        uint64_t next_seq = 1;
+        uint64_t log_records = 0;
     };
 
     DurableSessionStore(DurableSessionStoreOptions options, Clock& clock);
     Status recover();
+    Result<Loaded> load(std::string_view id);
+    // The entry lock held: reads the document back from disk if the cache dropped it.
+    Status ensure_loaded(std::string_view id, const std::shared_ptr<Entry>& entry);
+    // The entry lock held: the document was used (and changed: `resized`); it goes to the
+    // front of the cache.
+    void cache_use(const std::shared_ptr<Entry>& entry, bool resized);
+    void cache_forget(Entry& entry);  // the entry lock held: its document is gone
+    // Drops least recently used documents until the cache fits its budget; skips those in use,
+    // with writes not yet synced or with changes buffered for missing history.
+    void evict_over_budget();
     std::shared_ptr<Entry> find(std::string_view id) const;
     bool is_deleted(std::string_view id) const;
     // Logs the doc's changes since `before` (the entry lock held), then waits until durable.
-    Status persist(std::string_view id, Entry& entry, const crdt::VersionVector& before,
-                   std::unique_lock<std::mutex>& lock);
+    Status persist(std::string_view id, const std::shared_ptr<Entry>& entry,
+                   const crdt::VersionVector& before, std::unique_lock<std::mutex>& lock);
     // persist() without the wait: the group-commit ticket to wait for (0: synced already).
-    Result<uint64_t> persist_unsynced(std::string_view id, Entry& entry, const crdt::VersionVector& before,
+    Result<uint64_t> persist_unsynced(std::string_view id, const std::shared_ptr<Entry>& entry,
+                                      const crdt::VersionVector& before,
                                       std::unique_lock<std::mutex>& lock);
     // apply() up to the write; `ticket` is what to wait for, `event` whether to notify (and how).
     enum class Applied { kNothing, kCreated, kChanged };
-    Status apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket, Applied& applied);
-    Status write_durably(void* batch);
+    Status apply_unsynced(std::string_view id, std::string_view delta, uint64_t& ticket,
+                          Applied& applied);
     // Ok, or why the store takes no more writes.
     Status check_writable();
     // The first failure stops every later write (and is logged once); returns it for the caller.
     Error stop_writes(const Error& cause);
-    Result<uint64_t> write_batch(void* batch);  // a group-commit ticket (0: already synced)
+    // Writes what `fill` puts into a WriteBatch: synced at once (ticket 0), or
+    // added to the group commit (the ticket to wait for).
+    template <typename Fill>
+    Result<uint64_t> write(Fill&& fill);
     Status wait_synced(uint64_t ticket);
-    Status sync_log();  // the group commit's fsync of everything written so far
-    void group_commit_loop();
     void notify(SessionEvent::Kind kind, std::string_view id, bool remote);
     template <typename Fn>
     Status mutate(std::string_view id, Fn&& fn);
@@ -125,21 +159,20 @@ private:
     std::set<std::string> deleted_;
     std::map<std::string, std::set<std::string>, std::less<>> by_tenant_;
 
+    // The document cache, most recently used first; lock order: an entry's mu, then cache_mu_.
+    mutable std::mutex cache_mu_;
+    std::list<std::shared_ptr<Entry>> lru_;
+    size_t cached_bytes_ = 0;
+
     std::mutex compact_mu_;  // remove()'s compactions, one at a time
 
     std::mutex sub_mu_;
     std::map<uint64_t, Subscriber> subscribers_;
     uint64_t next_subscription_ = 1;
 
-    // Group commit: writers take a ticket after their unsynced write and wait
-    // until the syncer has fsynced past it.
-    std::mutex sync_mu_;
-    std::condition_variable sync_cv_;
-    uint64_t written_ = 0;
-    uint64_t synced_ = 0;
+    std::unique_ptr<GroupCommitLog> log_;  // kGroupCommit only
+    std::mutex failure_mu_;
     Status write_failure_;  // the first failed write or fsync: no write is taken after it
-    bool stopping_ = false;
-    std::thread syncer_;
 };
 
 }  // namespace assistd::state

@@ -30,7 +30,6 @@ protected:
         o.path = (base_ / name).string();
         o.replica_id = replica;
         o.durability = d;
-        o.group_commit_ms = 1;
         o.snapshot_every = 4;
         auto s = DurableSessionStore::open(o, clock_);
         EXPECT_TRUE(s.ok()) << s.error().message;
@@ -303,6 +302,73 @@ TEST_F(SessionStoreTest, RejectsCorruptDeltas) {
     auto a = open("a", 1);
     EXPECT_EQ(a->apply("s1", "").error().code, ErrorCode::kCorrupt);
     EXPECT_EQ(a->apply("s1", std::string("\x01\xAD\x01\x05", 4)).error().code, ErrorCode::kCorrupt);
+}
+
+TEST_F(SessionStoreTest, TheDocumentCacheKeepsToItsBudgetAndReadsDroppedSessionsBack) {
+    DurableSessionStoreOptions o;
+    o.path = (base_ / "small").string();
+    o.replica_id = 1;
+    o.snapshot_every = 4;
+    o.cache_bytes = 64 << 10;
+    auto opened = DurableSessionStore::open(o, clock_);
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    auto s = std::move(opened).value();
+    constexpr int kSessions = 300;
+    auto id_of = [](int i) {
+        std::string id = "s";
+        id += std::to_string(i);
+        return id;
+    };
+    for (int i = 0; i < kSessions; ++i) {
+        ASSERT_TRUE(s->create(id_of(i), "acme", "t").ok());
+        for (int m = 0; m < 3; ++m) {
+            std::string content = id_of(i);
+            content += " message ";
+            content += std::to_string(m);
+            ASSERT_TRUE(s->append_message(id_of(i), {"user", content}).ok());
+        }
+    }
+    EXPECT_LE(s->cached_bytes(), o.cache_bytes);
+    EXPECT_LT(s->cached_documents(), static_cast<size_t>(kSessions))
+        << "every session stayed in memory";
+    EXPECT_GT(s->cached_documents(), 0u);
+    // A dropped session reads, lists, versions and takes writes as if it had stayed.
+    const auto versions = s->list_versions();
+    ASSERT_EQ(versions.size(), static_cast<size_t>(kSessions));
+    ASSERT_TRUE(s->append_message("s0", {"assistant", "s0 reply"}).ok());
+    ASSERT_TRUE(s->set_summary("s1", "summed up").ok());
+    for (int i = 0; i < kSessions; ++i) {
+        auto got = s->get(id_of(i));
+        ASSERT_TRUE(got.ok()) << got.error().message;
+        ASSERT_EQ(got->messages.size(), i == 0 ? 4u : 3u) << i;
+        EXPECT_EQ(got->messages[2].content, id_of(i) + " message 2");
+        EXPECT_EQ(got->tenant, "acme");
+    }
+    EXPECT_EQ(s->get("s0")->messages[3].content, "s0 reply");
+    EXPECT_EQ(s->get("s1")->summary, "summed up");
+    EXPECT_LE(s->cached_bytes(), o.cache_bytes);
+    EXPECT_EQ(s->list_by_tenant("acme").size(), static_cast<size_t>(kSessions));
+    // The versions kept for dropped documents are the documents' own.
+    for (const auto& v : versions) {
+        if (v.id == "s0" || v.id == "s1") continue;
+        EXPECT_EQ(s->version(v.id).value(), v.version) << v.id;
+    }
+    // A dropped session replicates whole.
+    auto b = open("b", 2);
+    for (int i = 0; i < 20; ++i)
+        ASSERT_TRUE(b->apply(id_of(i), s->changes_since(id_of(i), {}).value()).ok());
+    EXPECT_EQ(b->get("s7")->messages.size(), 3u);
+    EXPECT_EQ(b->version("s7").value(), s->version("s7").value());
+    // A restart reads the same from disk.
+    const auto before = s->get("s5").value();
+    s.reset();
+    opened = DurableSessionStore::open(o, clock_);
+    ASSERT_TRUE(opened.ok()) << opened.error().message;
+    s = std::move(opened).value();
+    EXPECT_LE(s->cached_bytes(), o.cache_bytes);
+    EXPECT_EQ(s->session_count(), static_cast<size_t>(kSessions));
+    EXPECT_EQ(s->get("s5")->messages.size(), before.messages.size());
+    EXPECT_EQ(s->get("s0")->messages.size(), 4u);
 }
 
 }  // namespace

@@ -70,7 +70,6 @@ class SessionWriteFailure : public ::testing::TestWithParam<Durability> {
         o.path = dir_ + "/db";
         o.replica_id = 3;
         o.durability = GetParam();
-        o.group_commit_ms = 1;
         o.env = env_.env.get();
         auto s = DurableSessionStore::open(o, clock_);
         EXPECT_TRUE(s.ok()) << s.error().message;

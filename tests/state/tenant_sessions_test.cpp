@@ -31,7 +31,6 @@ class TenantSessionsTest : public ::testing::Test {
         DurableSessionStoreOptions o;
         o.path = (base_ / name).string();
         o.replica_id = replica;
-        o.group_commit_ms = 1;
         auto s = DurableSessionStore::open(o, clock_);
         EXPECT_TRUE(s.ok()) << s.error().message;
         return std::move(s).value();
