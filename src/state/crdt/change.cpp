@@ -16,7 +16,9 @@ bool read_id(Reader& r, OpId& id) {
     return id.lamport == 0 || r.varint(id.replica);
 }
 
-void write_value(Writer& w, const Value& v) {
+}  // namespace
+
+void encode_value(Writer& w, const Value& v) {
     w.u8(static_cast<uint8_t>(v.kind));
     switch (v.kind) {
         case Value::Kind::kNull: break;
@@ -28,7 +30,7 @@ void write_value(Writer& w, const Value& v) {
     }
 }
 
-bool read_value(Reader& r, Value& v) {
+bool decode_value(Reader& r, Value& v) {
     uint8_t kind;
     if (!r.u8(kind) || kind > 5) return false;
     v = Value{};
@@ -59,8 +61,6 @@ bool read_value(Reader& r, Value& v) {
     return false;
 }
 
-}  // namespace
-
 uint64_t Change::width() const {
     uint64_t w = 0;
     for (const Op& op : ops) w += op.width();
@@ -83,7 +83,7 @@ void encode_change(const Change& c, Writer& w) {
         switch (op.kind) {
             case OpKind::kMapSet:
                 w.bytes(op.key);
-                write_value(w, op.value);
+                encode_value(w, op.value);
                 break;
             case OpKind::kMapDelete: w.bytes(op.key); break;
             case OpKind::kSeqInsert: {
@@ -96,7 +96,7 @@ void encode_change(const Change& c, Writer& w) {
                     w.bytes(utf8);
                 } else {
                     w.u8(1);
-                    for (const Value& v : op.values) write_value(w, v);
+                    for (const Value& v : op.values) encode_value(w, v);
                 }
                 break;
             }
@@ -105,7 +105,9 @@ void encode_change(const Change& c, Writer& w) {
                 w.varint(op.count);
                 break;
             case OpKind::kCounterAdd: w.svarint(op.delta); break;
-            case OpKind::kRegisterSet: write_value(w, op.value); break;
+            case OpKind::kRegisterSet:
+                encode_value(w, op.value);
+                break;
         }
     }
 }
@@ -145,7 +147,7 @@ Result<Change> decode_change(std::string_view bytes) {
         std::string_view key;
         switch (op.kind) {
             case OpKind::kMapSet:
-                if (!r.bytes(key) || !read_value(r, op.value)) return corrupt("map set");
+                if (!r.bytes(key) || !decode_value(r, op.value)) return corrupt("map set");
                 op.key.assign(key);
                 break;
             case OpKind::kMapDelete:
@@ -167,7 +169,7 @@ Result<Change> decode_change(std::string_view bytes) {
                     if (count > r.remaining()) return corrupt("insert values");
                     op.values.resize(count);
                     for (Value& v : op.values) {
-                        if (!read_value(r, v)) return corrupt("insert value");
+                        if (!decode_value(r, v)) return corrupt("insert value");
                     }
                 }
                 break;
@@ -185,7 +187,7 @@ Result<Change> decode_change(std::string_view bytes) {
                 if (!r.svarint(op.delta)) return corrupt("counter");
                 break;
             case OpKind::kRegisterSet:
-                if (!read_value(r, op.value)) return corrupt("register");
+                if (!decode_value(r, op.value)) return corrupt("register");
                 break;
         }
         width += op.width();

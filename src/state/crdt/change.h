@@ -61,6 +61,9 @@ struct Change {
 };
 
 void encode_change(const Change& change, Writer& out);
+// A value as changes encode it (a nested container's id is the op's own).
+void encode_value(Writer& w, const Value& v);
+bool decode_value(Reader& r, Value& v);
 Result<Change> decode_change(std::string_view bytes);
 
 // A delta: magic, format version, then length-prefixed encoded changes.

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "state/crdt/columns.h"
+
 namespace assistd::state::crdt {
 namespace {
 
@@ -366,9 +368,7 @@ Result<Value> Document::list_get(ObjId list, uint64_t index) {
 Result<std::string> Document::text(ObjId text) const {
     const Object* obj = find(text, ObjType::kText);
     if (!obj) return not_a(text, ObjType::kText);
-    std::string out;
-    for (char32_t c : obj->seq->text()) utf8_append(out, c);
-    return out;
+    return obj->seq->text();
 }
 
 Result<int64_t> Document::counter_value(ObjId counter) const {
@@ -645,17 +645,43 @@ std::string Document::encode() {
         for (const auto& c : changes) all.emplace_back(OpId{c.start, replica}, &c.bytes);
     }
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    Writer w;
-    w.u8(kDocumentMagic);
-    w.u8(kFormatVersion);
-    w.varint(all.size());
-    for (const auto& [id, bytes] : all) w.bytes(*bytes);
-    return w.take();
+    std::vector<Change> changes;
+    changes.reserve(all.size());
+    // Stored changes were decoded (or encoded) once already: they decode again.
+    for (const auto& [id, bytes] : all) changes.push_back(decode_change(*bytes).value());
+    return encode_document_columns(changes);
 }
 
 Result<Document> Document::decode(std::string_view bytes, ReplicaId replica) {
-    auto decoded = decode_change_list(bytes, kDocumentMagic, "document");
-    if (!decoded.ok()) return decoded.error();
+    Result<std::vector<DecodedChange>> decoded = std::vector<DecodedChange>{};
+    // Version 2: each change's version-1 bytes, which history keeps.
+    std::vector<std::string> repacked;
+    if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == kDocumentMagic &&
+        static_cast<uint8_t>(bytes[1]) == kColumnsFormatVersion) {
+        auto changes = decode_document_columns(bytes);
+        if (!changes.ok()) return changes.error();
+        repacked.reserve(changes->size());
+        for (const Change& c : changes.value()) {
+            Writer w;
+            encode_change(c, w);
+            repacked.push_back(w.take());
+        }
+        // Through the version-1 change decoder: both versions accept the same changes.
+        for (const std::string& b : repacked) {
+            auto c = decode_change(b);
+            if (!c.ok()) return c.error();
+            decoded->push_back(DecodedChange{std::move(c).value(), b});
+        }
+    } else if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == kDocumentMagic &&
+               static_cast<uint8_t>(bytes[1]) != kFormatVersion) {
+        return make_error(ErrorCode::kUnsupported,
+                          "crdt: document format version " +
+                              std::to_string(static_cast<uint8_t>(bytes[1])) +
+                              " is not supported (this build reads versions 1 and 2)");
+    } else {
+        decoded = decode_change_list(bytes, kDocumentMagic, "document");
+        if (!decoded.ok()) return decoded.error();
+    }
     std::vector<DecodedChange>& changes = decoded.value();
     Document doc(replica);
     auto st = doc.apply_changes(changes);

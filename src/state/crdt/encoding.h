@@ -2,6 +2,7 @@
 // Little binary building blocks: LEB128 varints, zigzag signed ints,
 // length-prefixed strings. The reader never reads past its end and reports
 // failure instead, so hostile bytes become errors, not crashes.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -76,6 +77,8 @@ public:
         return true;
     }
     size_t remaining() const { return in_.size() - pos_; }
+    std::string_view rest() const { return in_.substr(pos_); }
+    void skip(size_t n) { pos_ += std::min(n, remaining()); }
     bool done() const { return pos_ == in_.size(); }
 
 private:
