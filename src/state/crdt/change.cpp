@@ -68,6 +68,11 @@ uint64_t Change::width() const {
 }
 
 void encode_change(const Change& c, Writer& w) {
+    encode_change_head(c, c.ops.size(), w);
+    for (const Op& op : c.ops) encode_op(op, w);
+}
+
+void encode_change_head(const Change& c, uint64_t op_count, Writer& w) {
     w.varint(c.replica);
     w.varint(c.prev);
     w.varint(c.start - c.prev);
@@ -76,39 +81,51 @@ void encode_change(const Change& c, Writer& w) {
         w.varint(replica);
         w.varint(lamport);
     }
-    w.varint(c.ops.size());
-    for (const Op& op : c.ops) {
-        w.u8(static_cast<uint8_t>(op.kind));
-        write_id(w, op.obj);
-        switch (op.kind) {
-            case OpKind::kMapSet:
-                w.bytes(op.key);
-                encode_value(w, op.value);
-                break;
-            case OpKind::kMapDelete: w.bytes(op.key); break;
-            case OpKind::kSeqInsert: {
-                write_id(w, op.ref);
-                w.varint(op.count);
-                if (!op.text.empty() || op.values.empty()) {
-                    w.u8(0);
-                    std::string utf8;
-                    for (char32_t cp : op.text) utf8_append(utf8, cp);
-                    w.bytes(utf8);
-                } else {
-                    w.u8(1);
-                    for (const Value& v : op.values) encode_value(w, v);
+    w.varint(op_count);
+}
+
+void encode_op(const Op& op, Writer& w) {
+    w.u8(static_cast<uint8_t>(op.kind));
+    write_id(w, op.obj);
+    switch (op.kind) {
+        case OpKind::kMapSet:
+            w.bytes(op.key);
+            encode_value(w, op.value);
+            break;
+        case OpKind::kMapDelete:
+            w.bytes(op.key);
+            break;
+        case OpKind::kSeqInsert: {
+            write_id(w, op.ref);
+            w.varint(op.count);
+            if (!op.text.empty() || op.values.empty()) {
+                w.u8(0);
+                size_t n = 0;
+                for (char32_t cp : op.text)
+                    n += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+                w.varint(n);
+                for (char32_t cp : op.text) {
+                    if (cp < 0x80)
+                        w.u8(static_cast<uint8_t>(cp));
+                    else
+                        utf8_append(w.str(), cp);
                 }
-                break;
+            } else {
+                w.u8(1);
+                for (const Value& v : op.values) encode_value(w, v);
             }
-            case OpKind::kSeqDelete:
-                write_id(w, op.ref);
-                w.varint(op.count);
-                break;
-            case OpKind::kCounterAdd: w.svarint(op.delta); break;
-            case OpKind::kRegisterSet:
-                encode_value(w, op.value);
-                break;
+            break;
         }
+        case OpKind::kSeqDelete:
+            write_id(w, op.ref);
+            w.varint(op.count);
+            break;
+        case OpKind::kCounterAdd:
+            w.svarint(op.delta);
+            break;
+        case OpKind::kRegisterSet:
+            encode_value(w, op.value);
+            break;
     }
 }
 

@@ -59,9 +59,7 @@ const Document::Object* Document::find_any(ObjId id) const {
     return it == objects_.end() ? nullptr : it->second.get();
 }
 
-Document::Object* Document::find(ObjId id, ObjType type) {
-    // Edits come in bursts on one object; objects are never freed, so the pointer stays good.
-    if (last_obj_ && last_obj_id_ == id) return last_obj_->type == type ? last_obj_ : nullptr;
+Document::Object* Document::find_slow(ObjId id, ObjType type) {
     auto it = objects_.find(id);
     if (it == objects_.end()) return nullptr;
     last_obj_id_ = id;
@@ -97,16 +95,32 @@ Op& Document::begin_local_op(uint64_t width, OpId& id) {
     vv_.set(replica_, lamport_);
     last_op_lamport_ = id.lamport;
     ++ops_applied_;
-    return local_.ops.emplace_back();
+    if (local_.ops.empty()) return local_.ops.emplace_back();
+    // Only the last op can still grow (typing on): seal the one before into
+    // bytes and reuse its slot, text buffer included.
+    Op& op = local_.ops.back();
+    encode_op(op, local_sealed_);
+    ++local_sealed_count_;
+    std::u32string text = std::move(op.text);
+    text.clear();
+    op = Op{};
+    op.text = std::move(text);
+    return op;
 }
 
 void Document::commit() {
     if (!open_) return;
     open_ = false;
     Writer w;
-    encode_change(local_, w);
-    history_[replica_].push_back(StoredChange{local_.start, local_.end(), w.take()});
+    encode_change_head(local_, local_sealed_count_ + local_.ops.size(), w);
+    w.raw(local_sealed_.str());
+    for (const Op& op : local_.ops) encode_op(op, w);
+    std::string bytes = w.take();
+    bytes.shrink_to_fit();  // history keeps it for good
+    history_[replica_].push_back(StoredChange{local_.start, lamport_, std::move(bytes)});
     local_ = Change{};
+    std::string().swap(local_sealed_.str());  // a moved-from string may keep its buffer
+    local_sealed_count_ = 0;
 }
 
 // --- maps and registers ---
@@ -755,6 +769,7 @@ size_t Document::memory_bytes() const {
         n += changes.capacity() * sizeof(StoredChange);
         for (const auto& c : changes) n += c.bytes.capacity();
     }
+    n += local_sealed_.str().capacity();
     for (const Op& op : local_.ops) n += sizeof(Op) + op.text.capacity() * sizeof(char32_t) + op.key.capacity();
     return n;
 }

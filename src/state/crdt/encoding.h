@@ -32,6 +32,7 @@ public:
     }
     void raw(std::string_view s) { out_.append(s); }
     std::string& str() { return out_; }
+    const std::string& str() const { return out_; }
     std::string take() { return std::move(out_); }
 
 private:

@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cstring>
 
 namespace assistd::state::crdt {
 namespace {
-// A chunk splits when it reaches 32 runs, so its vector never grows past 32.
-constexpr size_t kMaxRunsPerChunk = 31;
+// An edit adds at most two runs to a chunk before it may split, so a chunk's
+// vector never grows past 32.
+constexpr size_t kMaxRunsPerChunk = 30;
 constexpr size_t kRebuildRunsPerChunk = 16;
 }  // namespace
 
@@ -40,8 +42,14 @@ uint32_t Sequence::delete_index(OpId del) {
 }
 
 uint32_t Sequence::text_advance(uint32_t byte, uint64_t n) const {
-    // chars_ is valid UTF-8 and data()[size()] is '\0', so the scan stops in bounds.
+    // chars_ is valid UTF-8 and data()[size()] is '\0', so the scan stops in
+    // bounds. Eight ASCII code points span eight bytes: skip those a word at a time.
     const char* s = chars_.data();
+    for (; n >= 8; n -= 8, byte += 8) {
+        uint64_t word;
+        std::memcpy(&word, s + byte, 8);
+        if (word & 0x8080808080808080ull) break;
+    }
     for (; n > 0; --n) {
         ++byte;
         while ((static_cast<unsigned char>(s[byte]) & 0xC0) == 0x80) ++byte;
@@ -67,7 +75,12 @@ bool Sequence::same_deletion(const SeqRun& a, const SeqRun& b) const {
 
 uint32_t Sequence::add_chars(std::u32string_view chars) {
     const auto off = static_cast<uint32_t>(chars_.size());
-    for (char32_t c : chars) utf8_append(chars_, c);
+    for (char32_t c : chars) {
+        if (c < 0x80)
+            chars_.push_back(static_cast<char>(c));
+        else
+            utf8_append(chars_, c);
+    }
     return off;
 }
 
@@ -196,12 +209,12 @@ void Sequence::split_run(size_t ci, size_t ri, uint32_t off) {
     note_index(right, &c);
 }
 
-void Sequence::maybe_split_chunk(size_t ci) {
+size_t Sequence::maybe_split_chunk(size_t ci) {
     Chunk& c = *chunks_[ci];
-    if (c.runs.size() <= kMaxRunsPerChunk) return;
+    if (c.runs.size() <= kMaxRunsPerChunk) return 0;
     auto fresh = std::make_unique<Chunk>();
     const size_t half = c.runs.size() / 2;
-    fresh->runs.reserve(kMaxRunsPerChunk + 1);
+    fresh->runs.reserve(kMaxRunsPerChunk + 2);
     fresh->runs.assign(c.runs.begin() + static_cast<ptrdiff_t>(half), c.runs.end());
     c.runs.resize(half);
     for (const SeqRun& r : fresh->runs) {
@@ -212,9 +225,10 @@ void Sequence::maybe_split_chunk(size_t ci) {
     chunks_.insert(chunks_.begin() + static_cast<ptrdiff_t>(ci) + 1, std::move(fresh));
     orders_valid_ = std::min(orders_valid_, ci + 1);
     if (cache_valid_ && cache_chunk_ > ci) ++cache_chunk_;
+    return half;
 }
 
-void Sequence::insert_at(Pos gap, const SeqRun& run) {
+Sequence::Pos Sequence::insert_at(Pos gap, const SeqRun& run) {
     if (gap.run < chunks_[gap.chunk]->runs.size() &&
         gap.off >= chunks_[gap.chunk]->runs[gap.run].len) {
         ++gap.run;
@@ -227,9 +241,11 @@ void Sequence::insert_at(Pos gap, const SeqRun& run) {
     }
     Chunk& c = *chunks_[gap.chunk];
     SeqRun* prev = gap.run > 0 ? &c.runs[gap.run - 1] : nullptr;
+    Pos at{gap.chunk, gap.run, 0};  // the run holding the new elements, at its end
     if (prev && prev->visible() && run.visible() && prev->replica == run.replica &&
         prev->lamport + prev->len == run.lamport && content_follows(*prev, run.content)) {
         prev->len += run.len;
+        --at.run;
     } else {
         c.runs.insert(c.runs.begin() + static_cast<ptrdiff_t>(gap.run), run);
         note_index(run, &c);
@@ -243,27 +259,56 @@ void Sequence::insert_at(Pos gap, const SeqRun& run) {
         c.visible += run.len;
         visible_ += run.len;
     }
-    maybe_split_chunk(gap.chunk);
+    const size_t half = maybe_split_chunk(gap.chunk);
+    if (half > 0 && at.run >= half) {
+        ++at.chunk;
+        at.run -= half;
+    }
+    return at;
 }
 
 OpId Sequence::insert_local(uint64_t pos, OpId first, uint32_t len, uint32_t content) {
     const SeqRun run{first.lamport, replica_index(first.replica), len, content, 0};
+    if (typing_ && pos == typing_pos_) {
+        // Typing on: the origin ends the run the last insert went into.
+        Chunk& c = *chunks_[typing_->chunk];
+        SeqRun& r = c.runs[typing_->run];
+        const OpId origin = id_of(r, r.len - 1);
+        if (r.replica == run.replica && r.lamport + r.len == run.lamport &&
+            content_follows(r, content)) {
+            r.len += len;
+            c.visible += len;
+            visible_ += len;
+            tail_replica_ = run.replica;
+            tail_lamport_ = run.lamport + len - 1;
+            tail_end_ = static_cast<uint32_t>(chars_.size());
+            if (cache_valid_ && cache_chunk_ > typing_->chunk) cache_before_ += len;
+            typing_pos_ += len;
+            return origin;
+        }
+    }
+    typing_.reset();
+    OpId origin;
+    Pos at;
     if (pos == 0) {
         // The new id is the largest known, so it goes before everything.
-        insert_at(Pos{0, 0, 0}, run);
+        at = insert_at(Pos{0, 0, 0}, run);
         if (cache_valid_ && cache_chunk_ > 0) cache_before_ += len;
-        return OpId{};
+    } else {
+        Pos p = locate_visible(pos - 1);
+        origin = id_of(chunks_[p.chunk]->runs[p.run], p.off);
+        ++p.off;
+        // Stay in the origin's chunk (cursor cache stays exact), appending to its run if possible.
+        at = insert_at(p, run);
     }
-    Pos p = locate_visible(pos - 1);
-    const OpId origin = id_of(chunks_[p.chunk]->runs[p.run], p.off);
-    ++p.off;
-    // Stay in the origin's chunk (cursor cache stays exact), appending to its run if possible.
-    insert_at(p, run);
+    typing_ = at;
+    typing_pos_ = pos + len;
     return origin;
 }
 
 bool Sequence::insert_remote(OpId origin, OpId first, uint32_t len, uint32_t content) {
     cache_valid_ = false;
+    typing_.reset();
     Pos p{0, 0, 0};
     if (!origin.is_null()) {
         if (!locate_id(origin, p)) return false;
@@ -311,6 +356,7 @@ void Sequence::mark_deleted(size_t ci, size_t ri, uint32_t off, uint32_t n, OpId
 
 void Sequence::delete_local(uint64_t pos, uint64_t count,
                             const std::function<OpId(OpId, uint32_t)>& name_delete) {
+    typing_.reset();
     while (count > 0) {
         const Pos p = locate_visible(pos);
         const SeqRun& r = chunks_[p.chunk]->runs[p.run];
@@ -323,6 +369,7 @@ void Sequence::delete_local(uint64_t pos, uint64_t count,
 
 void Sequence::delete_ids(OpId target, uint32_t count, OpId del) {
     cache_valid_ = false;
+    typing_.reset();
     uint32_t replica;
     if (!find_replica(target.replica, replica)) return;
     uint64_t lamport = target.lamport;
@@ -465,6 +512,7 @@ void Sequence::rebuild(std::vector<SeqRun> runs) {
     index_stale_ = true;
     visible_ = 0;
     cache_valid_ = false;
+    typing_.reset();
     for (size_t i = 0; i < merged.size() || chunks_.empty(); i += kRebuildRunsPerChunk) {
         auto c = std::make_unique<Chunk>();
         for (size_t k = i; k < std::min(merged.size(), i + kRebuildRunsPerChunk); ++k) {

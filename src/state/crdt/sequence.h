@@ -17,6 +17,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -118,10 +119,10 @@ class Sequence {
     void normalize(Pos& p) const;
     Pos locate_visible(uint64_t pos);
     bool locate_id(OpId id, Pos& out);
-    void insert_at(Pos gap, const SeqRun& run);
+    Pos insert_at(Pos gap, const SeqRun& run);
     void split_run(size_t ci, size_t ri, uint32_t off);
     void mark_deleted(size_t ci, size_t ri, uint32_t off, uint32_t n, OpId del);
-    void maybe_split_chunk(size_t ci);
+    size_t maybe_split_chunk(size_t ci);
     void note_index(const SeqRun& run, Chunk* chunk);
     void sync_index();
     void rebuild(std::vector<SeqRun> runs);
@@ -144,6 +145,11 @@ class Sequence {
     std::map<std::pair<uint32_t, uint64_t>, Chunk*> index_;
     std::vector<IndexNote> index_log_;
     bool index_stale_ = false;
+    // Where the last local insert ended (the end of that run, at visible
+    // position typing_pos_), while nothing else has changed the sequence:
+    // the next keystroke there extends the run without a lookup.
+    std::optional<Pos> typing_;
+    uint64_t typing_pos_ = 0;
     // Cursor cache: a chunk and the number of visible elements before it.
     bool cache_valid_ = false;
     size_t cache_chunk_ = 0;
