@@ -149,44 +149,88 @@ void Sequence::note_index(const SeqRun& run, Chunk* chunk) {
     if (index_log_.size() > 64 + chunks_.size() * 4) {
         index_stale_ = true;
         index_log_ = {};
-        index_.clear();
+        index_added_.clear();
     }
 }
 
 void Sequence::sync_index() {
     for (size_t k = orders_valid_; k < chunks_.size(); ++k) chunks_[k]->order = k;
     orders_valid_ = chunks_.size();
-    if (index_stale_) {
-        index_.clear();
-        for (const auto& c : chunks_) {
-            for (const SeqRun& r : c->runs)
-                index_.emplace(std::pair{r.replica, r.lamport}, c.get());
+    if (!index_stale_) {
+        for (const IndexNote& n : index_log_) {
+            index_set({n.replica, n.lamport}, n.chunk);
+            // Entries of runs merged into this one must follow it to its chunk.
+            const IndexKey from{n.replica, n.lamport}, to{n.replica, n.lamport + n.len};
+            auto b = std::upper_bound(index_base_.begin(), index_base_.end(), from, key_below);
+            for (; b != index_base_.end() && b->key < to; ++b) b->chunk = n.chunk;
+            for (auto a = index_added_.upper_bound(from); a != index_added_.end() && a->first < to;
+                 ++a) {
+                a->second = n.chunk;
+            }
         }
-        index_stale_ = false;
-        return;
+        index_log_.clear();
+        // Lookups are binary searches in the sorted part: keep the tree beside it small.
+        if (index_added_.size() <= 64 + index_base_.size() / 2) return;
     }
-    for (const IndexNote& n : index_log_) {
-        index_[{n.replica, n.lamport}] = n.chunk;
-        // Entries of runs merged into this one must follow it to its chunk.
-        auto it = index_.upper_bound({n.replica, n.lamport});
-        while (it != index_.end() && it->first.first == n.replica &&
-               it->first.second < n.lamport + n.len) {
-            it->second = n.chunk;
-            ++it;
-        }
+    index_base_.clear();
+    index_added_.clear();
+    for (const auto& c : chunks_) {
+        for (const SeqRun& r : c->runs)
+            index_base_.push_back(IndexEntry{{r.replica, r.lamport}, c.get()});
     }
-    index_log_.clear();
+    std::sort(index_base_.begin(), index_base_.end(),
+              [](const IndexEntry& x, const IndexEntry& y) { return x.key < y.key; });
+    index_stale_ = false;
+}
+
+bool Sequence::key_below(const IndexKey& key, const IndexEntry& e) {
+    return key < e.key;
+}
+
+void Sequence::index_set(IndexKey key, Chunk* chunk) {
+    auto b = std::upper_bound(index_base_.begin(), index_base_.end(), key, key_below);
+    if (b != index_base_.begin() && std::prev(b)->key == key)
+        std::prev(b)->chunk = chunk;
+    else
+        index_added_[key] = chunk;
+}
+
+const Sequence::Chunk* Sequence::index_floor(IndexKey key) const {
+    // The entry with the largest key <= key, from either part (no key is in both).
+    const IndexEntry* best = nullptr;
+    auto b = std::upper_bound(index_base_.begin(), index_base_.end(), key, key_below);
+    if (b != index_base_.begin()) best = &*std::prev(b);
+    auto a = index_added_.upper_bound(key);
+    if (a != index_added_.begin() && (!best || std::prev(a)->first > best->key)) {
+        --a;
+        return a->first.first == key.first ? a->second : nullptr;
+    }
+    return best && best->key.first == key.first ? best->chunk : nullptr;
+}
+
+bool Sequence::index_next(IndexKey key, uint64_t& lamport) const {
+    // The smallest key > key of the same replica, from either part.
+    bool found = false;
+    auto b = std::upper_bound(index_base_.begin(), index_base_.end(), key, key_below);
+    if (b != index_base_.end() && b->key.first == key.first) {
+        lamport = b->key.second;
+        found = true;
+    }
+    auto a = index_added_.upper_bound(key);
+    if (a != index_added_.end() && a->first.first == key.first &&
+        (!found || a->first.second < lamport)) {
+        lamport = a->first.second;
+        found = true;
+    }
+    return found;
 }
 
 bool Sequence::locate_id(OpId id, Pos& out) {
     uint32_t replica;
     if (!find_replica(id.replica, replica)) return false;
     sync_index();
-    auto it = index_.upper_bound({replica, id.lamport});
-    if (it == index_.begin()) return false;
-    --it;
-    if (it->first.first != replica) return false;
-    const Chunk* chunk = it->second;
+    const Chunk* chunk = index_floor({replica, id.lamport});
+    if (!chunk) return false;
     const auto& runs = chunk->runs;
     for (size_t ri = 0; ri < runs.size(); ++ri) {
         const SeqRun& r = runs[ri];
@@ -384,9 +428,7 @@ void Sequence::delete_ids(OpId target, uint32_t count, OpId del) {
             continue;
         }
         // Not present (never was, or compacted): jump to the next run of this replica.
-        auto it = index_.upper_bound({replica, lamport});
-        if (it == index_.end() || it->first.first != replica) return;
-        lamport = it->first.second;
+        if (!index_next({replica, lamport}, lamport)) return;
     }
 }
 
@@ -507,7 +549,8 @@ void Sequence::rebuild(std::vector<SeqRun> runs) {
     tail_replica_ = 0;
     tail_lamport_ = 0;
     chunks_.clear();
-    index_.clear();
+    index_base_ = {};
+    index_added_.clear();
     index_log_ = {};
     index_stale_ = true;
     visible_ = 0;
@@ -574,8 +617,8 @@ size_t Sequence::memory_bytes() const {
     n += replicas_.capacity() * sizeof(ReplicaId) + deletes_.capacity() * sizeof(OpId);
     n += chunks_.capacity() * sizeof(void*) + index_log_.capacity() * sizeof(IndexNote);
     for (const auto& c : chunks_) n += sizeof(Chunk) + c->runs.capacity() * sizeof(SeqRun);
-    n += index_.size() *
-         (sizeof(std::pair<const std::pair<uint32_t, uint64_t>, Chunk*>) + 32);  // node + links
+    n += index_base_.capacity() * sizeof(IndexEntry);
+    n += index_added_.size() * (sizeof(std::pair<const IndexKey, Chunk*>) + 32);  // node + links
     return n;
 }
 

@@ -94,6 +94,11 @@ class Sequence {
         size_t run = 0;
         uint32_t off = 0;
     };
+    using IndexKey = std::pair<uint32_t, uint64_t>;  // (replica index, run start)
+    struct IndexEntry {
+        IndexKey key;
+        Chunk* chunk;
+    };
     // "The runs with ids lamport..lamport+len-1 of replica now live in chunk":
     // an index update not yet applied.
     struct IndexNote {
@@ -124,6 +129,10 @@ class Sequence {
     void mark_deleted(size_t ci, size_t ri, uint32_t off, uint32_t n, OpId del);
     size_t maybe_split_chunk(size_t ci);
     void note_index(const SeqRun& run, Chunk* chunk);
+    static bool key_below(const IndexKey& key, const IndexEntry& e);
+    void index_set(IndexKey key, Chunk* chunk);
+    const Chunk* index_floor(IndexKey key) const;
+    bool index_next(IndexKey key, uint64_t& lamport) const;
     void sync_index();
     void rebuild(std::vector<SeqRun> runs);
 
@@ -140,9 +149,11 @@ class Sequence {
     uint32_t tail_replica_ = 0;
     uint64_t tail_lamport_ = 0;
     uint32_t tail_end_ = 0;
-    // Id index: (replica index, run start) -> chunk, plus the updates not yet
+    // Id index: (replica index, run start) -> chunk, a sorted vector built in
+    // bulk plus a tree of the keys added since, and the updates not yet
     // applied; when they outgrow a rebuild, the log is dropped for one.
-    std::map<std::pair<uint32_t, uint64_t>, Chunk*> index_;
+    std::vector<IndexEntry> index_base_;
+    std::map<IndexKey, Chunk*> index_added_;
     std::vector<IndexNote> index_log_;
     bool index_stale_ = false;
     // Where the last local insert ended (the end of that run, at visible
