@@ -16,7 +16,9 @@ bool read_id(Reader& r, OpId& id) {
     return id.lamport == 0 || r.varint(id.replica);
 }
 
-void write_value(Writer& w, const Value& v) {
+}  // namespace
+
+void encode_value(Writer& w, const Value& v) {
     w.u8(static_cast<uint8_t>(v.kind));
     switch (v.kind) {
         case Value::Kind::kNull: break;
@@ -28,7 +30,7 @@ void write_value(Writer& w, const Value& v) {
     }
 }
 
-bool read_value(Reader& r, Value& v) {
+bool decode_value(Reader& r, Value& v) {
     uint8_t kind;
     if (!r.u8(kind) || kind > 5) return false;
     v = Value{};
@@ -59,8 +61,6 @@ bool read_value(Reader& r, Value& v) {
     return false;
 }
 
-}  // namespace
-
 uint64_t Change::width() const {
     uint64_t w = 0;
     for (const Op& op : ops) w += op.width();
@@ -68,6 +68,11 @@ uint64_t Change::width() const {
 }
 
 void encode_change(const Change& c, Writer& w) {
+    encode_change_head(c, c.ops.size(), w);
+    for (const Op& op : c.ops) encode_op(op, w);
+}
+
+void encode_change_head(const Change& c, uint64_t op_count, Writer& w) {
     w.varint(c.replica);
     w.varint(c.prev);
     w.varint(c.start - c.prev);
@@ -76,37 +81,51 @@ void encode_change(const Change& c, Writer& w) {
         w.varint(replica);
         w.varint(lamport);
     }
-    w.varint(c.ops.size());
-    for (const Op& op : c.ops) {
-        w.u8(static_cast<uint8_t>(op.kind));
-        write_id(w, op.obj);
-        switch (op.kind) {
-            case OpKind::kMapSet:
-                w.bytes(op.key);
-                write_value(w, op.value);
-                break;
-            case OpKind::kMapDelete: w.bytes(op.key); break;
-            case OpKind::kSeqInsert: {
-                write_id(w, op.ref);
-                w.varint(op.count);
-                if (!op.text.empty() || op.values.empty()) {
-                    w.u8(0);
-                    std::string utf8;
-                    for (char32_t cp : op.text) utf8_append(utf8, cp);
-                    w.bytes(utf8);
-                } else {
-                    w.u8(1);
-                    for (const Value& v : op.values) write_value(w, v);
+    w.varint(op_count);
+}
+
+void encode_op(const Op& op, Writer& w) {
+    w.u8(static_cast<uint8_t>(op.kind));
+    write_id(w, op.obj);
+    switch (op.kind) {
+        case OpKind::kMapSet:
+            w.bytes(op.key);
+            encode_value(w, op.value);
+            break;
+        case OpKind::kMapDelete:
+            w.bytes(op.key);
+            break;
+        case OpKind::kSeqInsert: {
+            write_id(w, op.ref);
+            w.varint(op.count);
+            if (!op.text.empty() || op.values.empty()) {
+                w.u8(0);
+                size_t n = 0;
+                for (char32_t cp : op.text)
+                    n += cp < 0x80 ? 1 : cp < 0x800 ? 2 : cp < 0x10000 ? 3 : 4;
+                w.varint(n);
+                for (char32_t cp : op.text) {
+                    if (cp < 0x80)
+                        w.u8(static_cast<uint8_t>(cp));
+                    else
+                        utf8_append(w.str(), cp);
                 }
-                break;
+            } else {
+                w.u8(1);
+                for (const Value& v : op.values) encode_value(w, v);
             }
-            case OpKind::kSeqDelete:
-                write_id(w, op.ref);
-                w.varint(op.count);
-                break;
-            case OpKind::kCounterAdd: w.svarint(op.delta); break;
-            case OpKind::kRegisterSet: write_value(w, op.value); break;
+            break;
         }
+        case OpKind::kSeqDelete:
+            write_id(w, op.ref);
+            w.varint(op.count);
+            break;
+        case OpKind::kCounterAdd:
+            w.svarint(op.delta);
+            break;
+        case OpKind::kRegisterSet:
+            encode_value(w, op.value);
+            break;
     }
 }
 
@@ -145,7 +164,7 @@ Result<Change> decode_change(std::string_view bytes) {
         std::string_view key;
         switch (op.kind) {
             case OpKind::kMapSet:
-                if (!r.bytes(key) || !read_value(r, op.value)) return corrupt("map set");
+                if (!r.bytes(key) || !decode_value(r, op.value)) return corrupt("map set");
                 op.key.assign(key);
                 break;
             case OpKind::kMapDelete:
@@ -167,7 +186,7 @@ Result<Change> decode_change(std::string_view bytes) {
                     if (count > r.remaining()) return corrupt("insert values");
                     op.values.resize(count);
                     for (Value& v : op.values) {
-                        if (!read_value(r, v)) return corrupt("insert value");
+                        if (!decode_value(r, v)) return corrupt("insert value");
                     }
                 }
                 break;
@@ -185,7 +204,7 @@ Result<Change> decode_change(std::string_view bytes) {
                 if (!r.svarint(op.delta)) return corrupt("counter");
                 break;
             case OpKind::kRegisterSet:
-                if (!read_value(r, op.value)) return corrupt("register");
+                if (!decode_value(r, op.value)) return corrupt("register");
                 break;
         }
         width += op.width();

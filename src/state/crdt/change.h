@@ -61,6 +61,13 @@ struct Change {
 };
 
 void encode_change(const Change& change, Writer& out);
+// The same, in two parts, for a change written while it grows: everything
+// before the ops (`op_count` ops follow), and one op.
+void encode_change_head(const Change& change, uint64_t op_count, Writer& out);
+void encode_op(const Op& op, Writer& out);
+// A value as changes encode it (a nested container's id is the op's own).
+void encode_value(Writer& w, const Value& v);
+bool decode_value(Reader& r, Value& v);
 Result<Change> decode_change(std::string_view bytes);
 
 // A delta: magic, format version, then length-prefixed encoded changes.

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdio>
 
+#include "state/crdt/columns.h"
+
 namespace assistd::state::crdt {
 namespace {
 
@@ -57,9 +59,7 @@ const Document::Object* Document::find_any(ObjId id) const {
     return it == objects_.end() ? nullptr : it->second.get();
 }
 
-Document::Object* Document::find(ObjId id, ObjType type) {
-    // Edits come in bursts on one object; objects are never freed, so the pointer stays good.
-    if (last_obj_ && last_obj_id_ == id) return last_obj_->type == type ? last_obj_ : nullptr;
+Document::Object* Document::find_slow(ObjId id, ObjType type) {
     auto it = objects_.find(id);
     if (it == objects_.end()) return nullptr;
     last_obj_id_ = id;
@@ -95,16 +95,32 @@ Op& Document::begin_local_op(uint64_t width, OpId& id) {
     vv_.set(replica_, lamport_);
     last_op_lamport_ = id.lamport;
     ++ops_applied_;
-    return local_.ops.emplace_back();
+    if (local_.ops.empty()) return local_.ops.emplace_back();
+    // Only the last op can still grow (typing on): seal the one before into
+    // bytes and reuse its slot, text buffer included.
+    Op& op = local_.ops.back();
+    encode_op(op, local_sealed_);
+    ++local_sealed_count_;
+    std::u32string text = std::move(op.text);
+    text.clear();
+    op = Op{};
+    op.text = std::move(text);
+    return op;
 }
 
 void Document::commit() {
     if (!open_) return;
     open_ = false;
     Writer w;
-    encode_change(local_, w);
-    history_[replica_].push_back(StoredChange{local_.start, local_.end(), w.take()});
+    encode_change_head(local_, local_sealed_count_ + local_.ops.size(), w);
+    w.raw(local_sealed_.str());
+    for (const Op& op : local_.ops) encode_op(op, w);
+    std::string bytes = w.take();
+    bytes.shrink_to_fit();  // history keeps it for good
+    history_[replica_].push_back(StoredChange{local_.start, lamport_, std::move(bytes)});
     local_ = Change{};
+    std::string().swap(local_sealed_.str());  // a moved-from string may keep its buffer
+    local_sealed_count_ = 0;
 }
 
 // --- maps and registers ---
@@ -366,9 +382,7 @@ Result<Value> Document::list_get(ObjId list, uint64_t index) {
 Result<std::string> Document::text(ObjId text) const {
     const Object* obj = find(text, ObjType::kText);
     if (!obj) return not_a(text, ObjType::kText);
-    std::string out;
-    for (char32_t c : obj->seq->text()) utf8_append(out, c);
-    return out;
+    return obj->seq->text();
 }
 
 Result<int64_t> Document::counter_value(ObjId counter) const {
@@ -645,17 +659,43 @@ std::string Document::encode() {
         for (const auto& c : changes) all.emplace_back(OpId{c.start, replica}, &c.bytes);
     }
     std::sort(all.begin(), all.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-    Writer w;
-    w.u8(kDocumentMagic);
-    w.u8(kFormatVersion);
-    w.varint(all.size());
-    for (const auto& [id, bytes] : all) w.bytes(*bytes);
-    return w.take();
+    std::vector<Change> changes;
+    changes.reserve(all.size());
+    // Stored changes were decoded (or encoded) once already: they decode again.
+    for (const auto& [id, bytes] : all) changes.push_back(decode_change(*bytes).value());
+    return encode_document_columns(changes);
 }
 
 Result<Document> Document::decode(std::string_view bytes, ReplicaId replica) {
-    auto decoded = decode_change_list(bytes, kDocumentMagic, "document");
-    if (!decoded.ok()) return decoded.error();
+    Result<std::vector<DecodedChange>> decoded = std::vector<DecodedChange>{};
+    // Version 2: each change's version-1 bytes, which history keeps.
+    std::vector<std::string> repacked;
+    if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == kDocumentMagic &&
+        static_cast<uint8_t>(bytes[1]) == kColumnsFormatVersion) {
+        auto changes = decode_document_columns(bytes);
+        if (!changes.ok()) return changes.error();
+        repacked.reserve(changes->size());
+        for (const Change& c : changes.value()) {
+            Writer w;
+            encode_change(c, w);
+            repacked.push_back(w.take());
+        }
+        // Through the version-1 change decoder: both versions accept the same changes.
+        for (const std::string& b : repacked) {
+            auto c = decode_change(b);
+            if (!c.ok()) return c.error();
+            decoded->push_back(DecodedChange{std::move(c).value(), b});
+        }
+    } else if (bytes.size() >= 2 && static_cast<uint8_t>(bytes[0]) == kDocumentMagic &&
+               static_cast<uint8_t>(bytes[1]) != kFormatVersion) {
+        return make_error(ErrorCode::kUnsupported,
+                          "crdt: document format version " +
+                              std::to_string(static_cast<uint8_t>(bytes[1])) +
+                              " is not supported (this build reads versions 1 and 2)");
+    } else {
+        decoded = decode_change_list(bytes, kDocumentMagic, "document");
+        if (!decoded.ok()) return decoded.error();
+    }
     std::vector<DecodedChange>& changes = decoded.value();
     Document doc(replica);
     auto st = doc.apply_changes(changes);
@@ -729,6 +769,7 @@ size_t Document::memory_bytes() const {
         n += changes.capacity() * sizeof(StoredChange);
         for (const auto& c : changes) n += c.bytes.capacity();
     }
+    n += local_sealed_.str().capacity();
     for (const Op& op : local_.ops) n += sizeof(Op) + op.text.capacity() * sizeof(char32_t) + op.key.capacity();
     return n;
 }

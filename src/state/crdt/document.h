@@ -109,7 +109,12 @@ private:
         std::string bytes;
     };
 
-    Object* find(ObjId id, ObjType type);
+    Object* find(ObjId id, ObjType type) {
+        // Edits come in bursts on one object; objects are never freed, so the pointer stays good.
+        if (last_obj_ && last_obj_id_ == id) return last_obj_->type == type ? last_obj_ : nullptr;
+        return find_slow(id, type);
+    }
+    Object* find_slow(ObjId id, ObjType type);
     const Object* find(ObjId id, ObjType type) const;
     const Object* find_any(ObjId id) const;
     Op& begin_local_op(uint64_t width, OpId& id);
@@ -136,7 +141,9 @@ private:
     std::map<ReplicaId, VersionVector> reports_;  // versions peers said they had applied
     std::map<std::pair<ReplicaId, uint64_t>, std::pair<Change, std::string>> pending_;
     bool open_ = false;
-    Change local_;             // the open change
+    Change local_;         // the open change: its head and last op
+    Writer local_sealed_;  // its ops before the last, encoded
+    uint64_t local_sealed_count_ = 0;
     uint64_t last_op_lamport_ = 0;
     uint64_t ops_applied_ = 0;
     ObjId last_obj_id_;

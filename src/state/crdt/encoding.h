@@ -2,6 +2,7 @@
 // Little binary building blocks: LEB128 varints, zigzag signed ints,
 // length-prefixed strings. The reader never reads past its end and reports
 // failure instead, so hostile bytes become errors, not crashes.
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -31,6 +32,7 @@ public:
     }
     void raw(std::string_view s) { out_.append(s); }
     std::string& str() { return out_; }
+    const std::string& str() const { return out_; }
     std::string take() { return std::move(out_); }
 
 private:
@@ -76,6 +78,8 @@ public:
         return true;
     }
     size_t remaining() const { return in_.size() - pos_; }
+    std::string_view rest() const { return in_.substr(pos_); }
+    void skip(size_t n) { pos_ += std::min(n, remaining()); }
     bool done() const { return pos_ == in_.size(); }
 
 private:
