@@ -422,9 +422,15 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     rc.max_messages = o.max_messages;
     rc.max_prompt_tokens = o.max_prompt_tokens;
     std::string node_header;  // X-Assistd-Node on every response of a fleet node
+    // Not ready while the weights are prepared: a balancer sends nothing to a
+    // node whose first request would pay the conversion.
+    rc.not_ready = [&scheduler]() -> std::string { return scheduler.warmed() ? "" : "warming up"; };
 #if ASSISTD_HAVE_CLUSTER
     if (fleet) {
-        rc.ready = [node = fleet.get()] { return node->joined(); };
+        rc.not_ready = [node = fleet.get(), &scheduler]() -> std::string {
+            if (!node->joined()) return "joining";
+            return scheduler.warmed() ? "" : "warming up";
+        };
         rc.local_sessions = &fleet->local_store();
         node_header = fleet->node_name();
         metrics.set_cluster_source([node = fleet.get()] { return cluster_figures(*node); });

@@ -10,25 +10,12 @@
 #include <fstream>
 
 #include "engine/kv_blob.h"
+#include "serve/file_bytes.h"
 #include "serve/token_prefix.h"
 
 namespace assistd::serve {
 namespace fs = std::filesystem;
 using engine::TokenId;
-
-namespace {
-
-bool read_file(const std::string& path, std::string& out, size_t limit = static_cast<size_t>(-1)) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
-    in.seekg(0, std::ios::end);
-    const auto size = static_cast<size_t>(std::max<std::streamoff>(0, in.tellg()));
-    in.seekg(0);
-    out.resize(std::min(size, limit));
-    return static_cast<bool>(in.read(out.data(), static_cast<std::streamsize>(out.size())));
-}
-
-}  // namespace
 
 KvDiskTier::KvDiskTier(KvDiskTierConfig config, uint64_t fingerprint)
     : config_(std::move(config)), fingerprint_(fingerprint) {}
@@ -52,10 +39,10 @@ Result<std::unique_ptr<KvDiskTier>> KvDiskTier::open(const KvDiskTierConfig& con
         }
         if (f.path().extension() != ".akv") continue;
         std::string head;
-        auto view = read_file(path, head, engine::kKvBlobHeaderBytes) ? engine::kv_blob_prefix_bytes(head)
+        auto view = read_file_bytes(path, head, engine::kKvBlobHeaderBytes) ? engine::kv_blob_prefix_bytes(head)
                                                                       : Result<size_t>(make_error(ErrorCode::kIo, ""));
         Result<engine::KvBlobView> parsed = make_error(ErrorCode::kCorrupt, "unreadable");
-        if (view.ok() && read_file(path, head, *view)) parsed = engine::parse_kv_blob_prefix(head);
+        if (view.ok() && read_file_bytes(path, head, *view)) parsed = engine::parse_kv_blob_prefix(head);
         if (!parsed.ok() || parsed->first != 0) {
             tier->refused_.fetch_add(1);
             fs::remove(f.path(), ec);
@@ -124,7 +111,7 @@ std::optional<KvDiskTier::Found> KvDiskTier::take_longest(std::span<const TokenI
     found.match = match;
     if (taken.pending) {
         found.blob = *taken.pending;  // still queued: the writer skips files no entry names
-    } else if (!read_file(taken.path, found.blob)) {
+    } else if (!read_file_bytes(taken.path, found.blob)) {
         refused_.fetch_add(1);
         spdlog::warn("kv disk tier: cannot read {}: the prompt is prefilled instead", taken.path);
         return std::nullopt;

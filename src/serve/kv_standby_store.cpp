@@ -14,6 +14,7 @@
 
 #include "engine/kv_blob.h"
 #include "serve/kv_standby.h"
+#include "serve/file_bytes.h"
 #include "serve/token_prefix.h"
 
 namespace assistd::serve {
@@ -53,15 +54,6 @@ private:
     size_t size_ = 0;
 };
 
-bool read_file(const std::string& path, std::string& out, size_t limit = static_cast<size_t>(-1)) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return false;
-    in.seekg(0, std::ios::end);
-    const auto size = static_cast<size_t>(std::max<std::streamoff>(0, in.tellg()));
-    in.seekg(0);
-    out.resize(std::min(size, limit));
-    return static_cast<bool>(in.read(out.data(), static_cast<std::streamsize>(out.size())));
-}
 
 // The key, prefix hash, first position and token ids of a run file, from its
 // first bytes (not its rows or checksum).
@@ -73,7 +65,7 @@ struct RunIndex {
 Result<RunIndex> index_run_file(const std::string& path) {
     auto bad = [&](const std::string& why) { return make_error(ErrorCode::kCorrupt, path + ": " + why); };
     std::string head;
-    if (!read_file(path, head, kRunHeaderBytes + 4096 + engine::kKvBlobHeaderBytes)) return bad("unreadable");
+    if (!read_file_bytes(path, head, kRunHeaderBytes + 4096 + engine::kKvBlobHeaderBytes)) return bad("unreadable");
     if (head.size() < kRunHeaderBytes) return bad("too short");
     // decode_kv_run wants the whole run; its header says where the blob starts.
     const size_t key_len = static_cast<unsigned char>(head[12]) | static_cast<size_t>(static_cast<unsigned char>(head[13])) << 8 |
@@ -85,7 +77,7 @@ Result<RunIndex> index_run_file(const std::string& path) {
     const size_t blob_at = kRunHeaderBytes + key_len;
     auto prefix = engine::kv_blob_prefix_bytes(std::string_view(head).substr(blob_at));
     if (!prefix) return bad(prefix.error().message);
-    if (!read_file(path, head, blob_at + *prefix)) return bad("unreadable");
+    if (!read_file_bytes(path, head, blob_at + *prefix)) return bad("unreadable");
     auto view = engine::parse_kv_blob_prefix(std::string_view(head).substr(blob_at));
     if (!view) return bad(view.error().message);
     RunIndex out;

@@ -526,8 +526,8 @@ HttpResponse OpenAiRoutes::respond(const HttpRequest& request) {
     } else if (request.method == "GET" && path == "/readyz") {
         if (draining())
             r = json_response(503, {{"status", "draining"}});
-        else if (config_.ready && !config_.ready())
-            r = json_response(503, {{"status", "joining"}});
+        else if (std::string why = config_.not_ready ? config_.not_ready() : std::string(); !why.empty())
+            r = json_response(503, {{"status", why}});
         else
             r = json_response(200, {{"status", "ready"}});
     } else if (config_.serve_metrics && request.method == "GET" && path == "/metrics") {

@@ -43,9 +43,11 @@ struct OpenAiRoutesConfig {
     uint64_t seed = 0;                  // mixed into the seeds of requests that give none
     size_t max_messages = 256;          // messages in one chat request; 0: no limit
     size_t max_prompt_tokens = 0;       // tokens of a templated prompt; 0: only the context limits it
-    // Extra readiness (a fleet node that has not met its peers yet): false makes
-    // /readyz answer 503 "joining". Null: ready unless draining. Thread-safe.
-    std::function<bool()> ready;
+    // Extra readiness: why this node is not ready yet ("joining": a fleet node
+    // that has not met its peers; "warming up": weights still being prepared),
+    // "" when it is; /readyz answers 503 with it. Null: ready unless draining.
+    // Thread-safe.
+    std::function<std::string()> not_ready;
     // A fleet node's own copies (its durable store under the replicated one):
     // GET /v1/sessions/{id}?local=1 (or true) reads here, with no fetch, refresh or
     // quorum read, so a test or an operator sees what this node holds. Null:

@@ -312,6 +312,7 @@ void Scheduler::run() {
             spdlog::warn("scheduler: preparing the weights failed ({}); the first request prepares them",
                          st.error().message);
     }
+    warmed_.store(true);
     for (;;) {
         {
             std::unique_lock lk(mu_);

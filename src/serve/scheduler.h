@@ -222,6 +222,9 @@ public:
     Scheduler& operator=(const Scheduler&) = delete;
 
     void start();
+    // The weights of the first precision are prepared (at once unless
+    // prepare_weights_at_start): a node is not ready before.
+    bool warmed() const { return warmed_.load(); }
     // Finishes every queued and running request as cancelled, then joins.
     void stop();
 
@@ -286,6 +289,7 @@ private:
     std::atomic<uint64_t> disk_hits_{0}, disk_tokens_{0}, disk_refused_{0};
     std::atomic<uint64_t> standby_hits_{0}, standby_tokens_{0}, standby_refused_{0};
     std::atomic<uint64_t> shipped_runs_{0}, shipped_bytes_{0}, shipped_tokens_{0}, ship_dropped_{0}, ship_ns_{0};
+    std::atomic<bool> warmed_{false};
     std::atomic<int> precision_{static_cast<int>(engine::Precision::kBF16)};
 };
 

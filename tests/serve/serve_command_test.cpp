@@ -66,7 +66,13 @@ TEST(ServeCommand, SigtermDrainsARunningStreamThenExitsZero) {
             port = static_cast<uint16_t>(std::stoi(log.substr(at + 17)));
     }
     ASSERT_NE(port, 0) << log;
-    EXPECT_NE(http(port, "GET", "/readyz").find("200 OK"), std::string::npos);
+    // Ready once the weights are prepared ("warming up" until then: a few ms here).
+    bool ready = false;
+    for (int i = 0; i < 500 && !ready; ++i) {
+        ready = http(port, "GET", "/readyz").find("200 OK") != std::string::npos;
+        if (!ready) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(ready);
 
     // A long stream; SIGTERM once its first frame arrives.
     const int fd = connect_loopback(port);
