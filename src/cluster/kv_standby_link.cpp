@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "cluster/replicator.h"
+#include "common/little_endian.h"
 
 namespace assistd::cluster {
 namespace {
@@ -12,15 +13,6 @@ constexpr unsigned char kRun = 1;
 constexpr unsigned char kGapNotice = 2;
 constexpr size_t kMaxNoticeKeyBytes = 4096;
 constexpr size_t kHeaderBytes = 2 + 8 + 8;
-
-void put_u64(std::string& out, uint64_t v) {
-    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
-uint64_t get_u64(std::string_view s, size_t at) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(s[at + i])) << (8 * i);
-    return v;
-}
 
 }  // namespace
 
@@ -33,8 +25,8 @@ std::string KvStandbyLink::header(unsigned char kind, size_t payload_bytes) cons
     frame.reserve(kHeaderBytes + payload_bytes);
     frame.push_back(static_cast<char>(kMagic));
     frame.push_back(static_cast<char>(kind));
-    put_u64(frame, self_.node_id);
-    put_u64(frame, self_.incarnation);
+    put_le64(frame, self_.node_id);
+    put_le64(frame, self_.incarnation);
     return frame;
 }
 
@@ -92,7 +84,7 @@ void KvStandbyLink::receive(std::string_view frame, const FrameOrigin& origin) {
             spdlog::warn("standby KV: a malformed frame from {} was dropped", origin.host.empty() ? "a peer" : origin.host);
         return;
     }
-    const NodeId from = get_u64(frame, 2);
+    const NodeId from = get_le64(frame.data() + 2);
     if (origin.node && *origin.node != from) {
         if (frames_rejected_.fetch_add(1) % 1000 < 5)
             spdlog::warn("standby KV: a frame claiming node {} came from node {} (its certificate); dropped",

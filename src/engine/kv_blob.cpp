@@ -1,5 +1,7 @@
 #include "engine/kv_blob.h"
 
+#include "common/little_endian.h"
+
 #include <fmt/format.h>
 
 #include <cstring>
@@ -15,27 +17,6 @@ constexpr char kMagic[4] = {'A', 'K', 'V', '1'};
 constexpr uint32_t kVersion = 1;
 constexpr size_t kHeaderBytes = 4 + 4 + 8 + 4 + 4 + 4 + 4 + 8 + 8;
 static_assert(kHeaderBytes == kKvBlobHeaderBytes);
-
-void put32(std::string& out, uint32_t v) {
-    char b[4];
-    for (int i = 0; i < 4; ++i) b[i] = static_cast<char>(v >> (8 * i));
-    out.append(b, 4);
-}
-void put64(std::string& out, uint64_t v) {
-    char b[8];
-    for (int i = 0; i < 8; ++i) b[i] = static_cast<char>(v >> (8 * i));
-    out.append(b, 8);
-}
-uint32_t get32(const char* p) {
-    uint32_t v = 0;
-    for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(static_cast<uint8_t>(p[i])) << (8 * i);
-    return v;
-}
-uint64_t get64(const char* p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
-    return v;
-}
 
 uint64_t mix(uint64_t h) {
     h ^= h >> 33;
@@ -123,20 +104,20 @@ Result<std::string> encode_kv_blob(KvCache& kv, int32_t seq, size_t begin, size_
     std::string out;
     out.reserve(kHeaderBytes + 4 * count + 2 * s.n_layer * count * row + 8);
     out.append(kMagic, 4);
-    put32(out, kVersion);
-    put64(out, fingerprint);
-    put32(out, static_cast<uint32_t>(s.type));
-    put32(out, static_cast<uint32_t>(s.n_layer));
-    put32(out, static_cast<uint32_t>(s.n_head_kv));
-    put32(out, static_cast<uint32_t>(s.head_dim));
-    put64(out, begin);
-    put64(out, count);
-    for (TokenId t : tokens) put32(out, static_cast<uint32_t>(t));
+    put_le32(out, kVersion);
+    put_le64(out, fingerprint);
+    put_le32(out, static_cast<uint32_t>(s.type));
+    put_le32(out, static_cast<uint32_t>(s.n_layer));
+    put_le32(out, static_cast<uint32_t>(s.n_head_kv));
+    put_le32(out, static_cast<uint32_t>(s.head_dim));
+    put_le64(out, begin);
+    put_le64(out, count);
+    for (TokenId t : tokens) put_le32(out, static_cast<uint32_t>(t));
     for (size_t layer = 0; layer < s.n_layer; ++layer) {
         for (size_t pos = begin; pos < end; ++pos) out.append(reinterpret_cast<const char*>(kv.k_at(seq, layer, pos)), row);
         for (size_t pos = begin; pos < end; ++pos) out.append(reinterpret_cast<const char*>(kv.v_at(seq, layer, pos)), row);
     }
-    put64(out, checksum(out));
+    put_le64(out, checksum(out));
     return out;
 }
 
@@ -145,19 +126,19 @@ Result<KvBlobView> parse_kv_blob(std::string_view blob) {
     if (blob.size() < kHeaderBytes + 8) return bad(fmt::format("{} bytes is shorter than its header", blob.size()));
     if (std::memcmp(blob.data(), kMagic, 4) != 0) return bad("not a KV blob (no AKV1 magic)");
     const char* p = blob.data();
-    if (get32(p + 4) != kVersion)
-        return make_error(ErrorCode::kUnsupported, fmt::format("KV blob: version {} (this build reads 1)", get32(p + 4)));
+    if (get_le32(p + 4) != kVersion)
+        return make_error(ErrorCode::kUnsupported, fmt::format("KV blob: version {} (this build reads 1)", get_le32(p + 4)));
     KvBlobView v;
-    v.fingerprint = get64(p + 8);
-    const uint32_t type = get32(p + 16);
+    v.fingerprint = get_le64(p + 8);
+    const uint32_t type = get_le32(p + 16);
     if (type != static_cast<uint32_t>(DType::F16) && type != static_cast<uint32_t>(DType::F32))
         return bad(fmt::format("KV type {} is neither f16 nor f32", type));
     v.type = static_cast<DType>(type);
-    v.n_layer = get32(p + 20);
-    v.n_head_kv = get32(p + 24);
-    v.head_dim = get32(p + 28);
-    v.first = get64(p + 32);
-    const uint64_t count = get64(p + 40);
+    v.n_layer = get_le32(p + 20);
+    v.n_head_kv = get_le32(p + 24);
+    v.head_dim = get_le32(p + 28);
+    v.first = get_le64(p + 32);
+    const uint64_t count = get_le64(p + 40);
     // Sizes first, in 128-bit-safe steps: a forged count must not overflow into a small total.
     const uint64_t row = static_cast<uint64_t>(v.n_head_kv) * v.head_dim * element_bytes(v.type);
     if (v.n_layer == 0 || v.n_layer > 4096 || row == 0 || row > (uint64_t{1} << 24) || count > (uint64_t{1} << 24))
@@ -167,10 +148,10 @@ Result<KvBlobView> parse_kv_blob(std::string_view blob) {
     if (expected != blob.size())
         return bad(fmt::format("{} bytes where its header implies {} (truncated or padded)", blob.size(),
                                static_cast<uint64_t>(expected)));
-    const uint64_t stored = get64(p + blob.size() - 8);
+    const uint64_t stored = get_le64(p + blob.size() - 8);
     if (checksum(blob.substr(0, blob.size() - 8)) != stored) return bad("checksum mismatch (damaged)");
     v.tokens.reserve(count);
-    for (uint64_t i = 0; i < count; ++i) v.tokens.push_back(static_cast<TokenId>(get32(p + kHeaderBytes + 4 * i)));
+    for (uint64_t i = 0; i < count; ++i) v.tokens.push_back(static_cast<TokenId>(get_le32(p + kHeaderBytes + 4 * i)));
     v.rows = blob.substr(kHeaderBytes + 4 * count, blob.size() - 8 - kHeaderBytes - 4 * count);
     return v;
 }
@@ -178,7 +159,7 @@ Result<KvBlobView> parse_kv_blob(std::string_view blob) {
 Result<size_t> kv_blob_prefix_bytes(std::string_view header) {
     if (header.size() < kHeaderBytes || std::memcmp(header.data(), kMagic, 4) != 0)
         return make_error(ErrorCode::kCorrupt, "KV blob: no AKV1 header");
-    const uint64_t count = get64(header.data() + 40);
+    const uint64_t count = get_le64(header.data() + 40);
     if (count > (uint64_t{1} << 24)) return make_error(ErrorCode::kCorrupt, "KV blob: absurd count");
     return kHeaderBytes + 4 * static_cast<size_t>(count);
 }
@@ -188,18 +169,18 @@ Result<KvBlobView> parse_kv_blob_prefix(std::string_view prefix) {
     if (!need) return need.error();
     if (prefix.size() < *need) return make_error(ErrorCode::kCorrupt, "KV blob: truncated token ids");
     const char* p = prefix.data();
-    if (get32(p + 4) != kVersion)
-        return make_error(ErrorCode::kUnsupported, fmt::format("KV blob: version {} (this build reads 1)", get32(p + 4)));
+    if (get_le32(p + 4) != kVersion)
+        return make_error(ErrorCode::kUnsupported, fmt::format("KV blob: version {} (this build reads 1)", get_le32(p + 4)));
     KvBlobView v;
-    v.fingerprint = get64(p + 8);
-    v.type = static_cast<DType>(get32(p + 16));
-    v.n_layer = get32(p + 20);
-    v.n_head_kv = get32(p + 24);
-    v.head_dim = get32(p + 28);
-    v.first = get64(p + 32);
-    const uint64_t count = get64(p + 40);
+    v.fingerprint = get_le64(p + 8);
+    v.type = static_cast<DType>(get_le32(p + 16));
+    v.n_layer = get_le32(p + 20);
+    v.n_head_kv = get_le32(p + 24);
+    v.head_dim = get_le32(p + 28);
+    v.first = get_le64(p + 32);
+    const uint64_t count = get_le64(p + 40);
     v.tokens.reserve(count);
-    for (uint64_t i = 0; i < count; ++i) v.tokens.push_back(static_cast<TokenId>(get32(p + kHeaderBytes + 4 * i)));
+    for (uint64_t i = 0; i < count; ++i) v.tokens.push_back(static_cast<TokenId>(get_le32(p + kHeaderBytes + 4 * i)));
     return v;
 }
 

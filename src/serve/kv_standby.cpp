@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "common/little_endian.h"
 
 namespace assistd::serve {
 
@@ -15,18 +16,6 @@ namespace {
 
 constexpr char kRunMagic[4] = {'K', 'V', 'R', '1'};
 constexpr size_t kMaxKeyBytes = 4096;
-
-void put_u64(std::string& out, uint64_t v) {
-    for (int i = 0; i < 8; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
-void put_u32(std::string& out, uint32_t v) {
-    for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(v >> (8 * i)));
-}
-uint64_t get_le(std::string_view s, size_t at, int bytes) {
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(static_cast<unsigned char>(s[at + i])) << (8 * i);
-    return v;
-}
 
 }  // namespace
 
@@ -44,8 +33,8 @@ std::string encode_kv_run_header(std::string_view key, uint64_t prefix_hash) {
     std::string out;
     out.reserve(16 + key.size());
     out.append(kRunMagic, 4);
-    put_u64(out, prefix_hash);
-    put_u32(out, static_cast<uint32_t>(key.size()));
+    put_le64(out, prefix_hash);
+    put_le32(out, static_cast<uint32_t>(key.size()));
     out.append(key);
     return out;
 }
@@ -60,8 +49,8 @@ Result<KvRunView> decode_kv_run(std::string_view payload) {
     if (payload.size() < 16 || std::memcmp(payload.data(), kRunMagic, 4) != 0)
         return make_error(ErrorCode::kCorrupt, "not a KV run (bad magic or too short)");
     KvRunView v;
-    v.prefix_hash = get_le(payload, 4, 8);
-    const size_t key_len = get_le(payload, 12, 4);
+    v.prefix_hash = get_le64(payload.data() + 4);
+    const size_t key_len = get_le32(payload.data() + 12);
     if (key_len == 0 || key_len > kMaxKeyBytes || payload.size() - 16 < key_len)
         return make_error(ErrorCode::kCorrupt, "a KV run's session key is empty, too long or cut off");
     v.key = payload.substr(16, key_len);
@@ -107,17 +96,21 @@ void KvStandbyShipper::forget_oldest(Destination& d) {
     for (size_t i = 0; i < drop; ++i) d.records.erase(ages[i].second);
 }
 
-void KvStandbyShipper::remember(Destination& d, const std::string& key, std::span<const TokenId> tokens) {
-    if (d.records.size() >= config_.max_sessions && !d.records.count(key)) forget_oldest(d);
-    Record& r = d.records[key];
+KvStandbyShipper::Record KvStandbyShipper::record_of(std::span<const TokenId> tokens) {
+    Record r;
     r.length = tokens.size();
     r.hash = token_hash(tokens);
-    r.checkpoints.clear();
     uint64_t h = token_hash({});
     for (size_t at = kCheckpoint; at <= tokens.size(); at += kCheckpoint) {
         h = token_hash(tokens.subspan(at - kCheckpoint, kCheckpoint), h);
         r.checkpoints.push_back(h);
     }
+    return r;
+}
+
+void KvStandbyShipper::remember(Destination& d, const std::string& key, const Record& record) {
+    if (d.records.size() >= config_.max_sessions && !d.records.count(key)) forget_oldest(d);
+    Record& r = d.records[key] = record;
     r.last_used = ++use_counter_;
 }
 
@@ -176,8 +169,11 @@ void KvStandbyShipper::turn_finished(std::string_view key, std::span<const Token
         }
         prefix = token_hash(tokens.subspan(begin, end - begin), prefix);
     }
-    for (size_t d = 0; d < destinations_.size(); ++d)
-        if (live[d]) remember(destinations_[d], k, tokens);
+    if (std::any_of(live.begin(), live.end(), [](bool b) { return b; })) {
+        const Record record = record_of(tokens);  // the same for every destination that took it all
+        for (size_t d = 0; d < destinations_.size(); ++d)
+            if (live[d]) remember(destinations_[d], k, record);
+    }
     stats_.export_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
 }
 

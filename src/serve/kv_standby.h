@@ -108,7 +108,8 @@ private:
         Send send;
         std::unordered_map<std::string, Record> records;
     };
-    void remember(Destination& d, const std::string& key, std::span<const engine::TokenId> tokens);
+    static Record record_of(std::span<const engine::TokenId> tokens);
+    void remember(Destination& d, const std::string& key, const Record& record);
     void forget_oldest(Destination& d);
 
     void apply_forgets();  // what forget() queued, on the scheduler thread

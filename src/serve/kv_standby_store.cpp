@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/little_endian.h"
 #include "engine/kv_blob.h"
 #include "serve/kv_standby.h"
 #include "serve/file_bytes.h"
@@ -68,9 +69,7 @@ Result<RunIndex> index_run_file(const std::string& path) {
     if (!read_file_bytes(path, head, kRunHeaderBytes + 4096 + engine::kKvBlobHeaderBytes)) return bad("unreadable");
     if (head.size() < kRunHeaderBytes) return bad("too short");
     // decode_kv_run wants the whole run; its header says where the blob starts.
-    const size_t key_len = static_cast<unsigned char>(head[12]) | static_cast<size_t>(static_cast<unsigned char>(head[13])) << 8 |
-                           static_cast<size_t>(static_cast<unsigned char>(head[14])) << 16 |
-                           static_cast<size_t>(static_cast<unsigned char>(head[15])) << 24;
+    const size_t key_len = get_le32(head.data() + 12);
     if (head.size() < kRunHeaderBytes + key_len + engine::kKvBlobHeaderBytes) return bad("cut off");
     auto run = decode_kv_run(std::string_view(head).substr(0, kRunHeaderBytes + key_len + 1));
     if (!run) return bad(run.error().message);
