@@ -22,14 +22,13 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/serve_kv_standby.h"
 #include "cli/model_options.h"
 #include "common/clock.h"
 #include "serve/auth.h"
 #include "serve/http_server.h"
 #include "serve/blocking_pool.h"
 #include "serve/kv_disk_tier.h"
-#include "serve/kv_standby.h"
-#include "serve/kv_standby_store.h"
 #include "serve/metrics.h"
 #include "serve/openai_routes.h"
 #include "serve/rate_limit.h"
@@ -252,8 +251,7 @@ int run_serve(const ServeOptions& o, bool precision_given) {
 
     // Declared before the fleet so that they outlive it: peers' frames reach
     // the store until the fleet's transport is gone.
-    std::unique_ptr<KvStandbyStore> kv_standby_store;
-    std::unique_ptr<KvStandbyShipper> kv_standby_shipper;
+    ServeKvStandby kv_standby;
     // One node (a local store) or a node of a fleet (the replicated store).
     std::unique_ptr<ServerSessionStore> single;
     state::SessionStore* session_store = nullptr;
@@ -352,63 +350,28 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     // imports the history instead of prefilling it; with --kv-disk-dir the
     // node's own sessions' KV is written through to disk as well, so a
     // restart (even after a SIGKILL) finds it.
-    bool to_peers = false;
+    if (sc.prefix_cache) {
+        cluster::FleetNode* peers = nullptr;
 #if ASSISTD_HAVE_CLUSTER
-    to_peers = fleet && o.kv_standby_copies > 0;
+        if (fleet && o.kv_standby_copies > 0) peers = fleet.get();
 #endif
-    if (sc.prefix_cache && (to_peers || !o.kv_disk_dir.empty())) {
-        KvStandbyStoreConfig kc;
-        kc.max_bytes = static_cast<uint64_t>(o.kv_standby_mib) << 20;
-        kc.min_match_tokens = o.prefix_cache_min_tokens;
-        if (!o.kv_disk_dir.empty()) kc.dir = (std::filesystem::path(o.kv_disk_dir) / "sessions").string();
-        auto opened = KvStandbyStore::open(kc, model->kv_fingerprint());
-        if (!opened) {
-            std::fprintf(stderr, "assistd serve: --kv-disk-dir: %s\n", opened.error().message.c_str());
+        ServeKvStandbyOptions ko;
+        ko.store.max_bytes = static_cast<uint64_t>(o.kv_standby_mib) << 20;
+        ko.store.min_match_tokens = o.prefix_cache_min_tokens;
+        if (!o.kv_disk_dir.empty()) ko.store.dir = (std::filesystem::path(o.kv_disk_dir) / "sessions").string();
+        const auto& mi = model->info();
+        ko.bytes_per_token = 2 * mi.n_layer * mi.n_head_kv * mi.head_dim * (o.model.kv_type == "f32" ? 4 : 2);
+        auto made = make_serve_kv_standby(ko, model->kv_fingerprint(), peers);
+        if (!made) {
+            std::fprintf(stderr, "assistd serve: --kv-disk-dir: %s\n", made.error().message.c_str());
             return 2;
         }
-        kv_standby_store = std::move(*opened);
-        KvStandbyStore* local = kc.dir.empty() ? nullptr : kv_standby_store.get();
-        std::vector<KvStandbyShipper::Send> destinations;
-#if ASSISTD_HAVE_CLUSTER
-        if (to_peers) {
-            destinations.push_back([node = fleet.get()](std::string_view key, uint64_t prefix_hash,
-                                                        std::string_view blob) {
-                switch (node->send_standby_kv(key, encode_kv_run_header(key, prefix_hash), blob)) {
-                    case cluster::KvStandbyLink::SendOutcome::kSent: return KvSendResult::kSent;
-                    case cluster::KvStandbyLink::SendOutcome::kNoTarget: return KvSendResult::kNoTarget;
-                    default: return KvSendResult::kDropped;
-                }
-            });
-            // A run that continues what this node lacks (lost on the way, or
-            // this node restarted) gets its sender told: it resends the session.
-            fleet->set_standby_kv_handler([store = kv_standby_store.get(), node = fleet.get()](
-                                              std::string_view payload, cluster::NodeId from) {
-                auto taken = store->receive(payload);  // refusals are counted and logged there
-                if (!taken && taken.error().code == ErrorCode::kNotFound)
-                    if (auto run = decode_kv_run(payload)) node->send_standby_gap_notice(from, run->key);
-            });
-        }
-#endif
-        if (local)
-            destinations.push_back([local](std::string_view key, uint64_t prefix_hash, std::string_view blob) {
-                return local->keep_own(key, prefix_hash, std::string(blob)).ok() ? KvSendResult::kSent
-                                                                                 : KvSendResult::kDropped;
-            });
-        KvStandbyShipperConfig shipping;
-        const auto& mi = model->info();
-        shipping.bytes_per_token = 2 * mi.n_layer * mi.n_head_kv * mi.head_dim * (o.model.kv_type == "f32" ? 4 : 2);
-        kv_standby_shipper = std::make_unique<KvStandbyShipper>(shipping, std::move(destinations));
-#if ASSISTD_HAVE_CLUSTER
-        if (to_peers)  // the peers are destination 0
-            fleet->set_standby_gap_handler([shipper = kv_standby_shipper.get()](std::string_view key, cluster::NodeId) {
-                shipper->forget(0, key);
-            });
-#endif
-        sc.kv_standby_store = kv_standby_store.get();
-        sc.kv_standby_shipper = kv_standby_shipper.get();
-        if (local)
+        kv_standby = std::move(*made);
+        sc.kv_standby_store = kv_standby.store.get();
+        sc.kv_standby_shipper = kv_standby.shipper.get();
+        if (kv_standby.on_disk)
             std::fprintf(stderr, "assistd serve: sessions' KV written through to %s, up to %zu MiB; %zu sessions' KV found there\n",
-                         kc.dir.c_str(), o.kv_standby_mib, kv_standby_store->stats().sessions);
+                         ko.store.dir.c_str(), o.kv_standby_mib, kv_standby.store->stats().sessions);
     }
     ServeMetrics metrics(o.metrics_tenant_labels);
     Scheduler scheduler(*model, sc, SystemClock::instance(), &metrics);

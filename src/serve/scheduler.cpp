@@ -279,7 +279,6 @@ SchedulerStats Scheduler::stats() const {
     }
     s.kv_standby_hits = standby_hits_.load();
     s.kv_standby_tokens = standby_tokens_.load();
-    s.kv_standby_refused = standby_refused_.load();
     s.kv_standby_sent_runs = shipped_runs_.load();
     s.kv_standby_sent_bytes = shipped_bytes_.load();
     s.kv_standby_sent_tokens = shipped_tokens_.load();
@@ -289,7 +288,7 @@ SchedulerStats Scheduler::stats() const {
         const auto k = config_.kv_standby_store->stats();
         s.kv_standby_received_runs = k.runs;
         s.kv_standby_received_bytes = k.bytes_in;
-        s.kv_standby_refused = k.refused;  // counts refusals at use too
+        s.kv_standby_refused = k.refused;  // on arrival and at use
         s.kv_standby_gaps = k.gaps;
         s.kv_standby_bytes = k.bytes;
         s.kv_standby_sessions = k.sessions;
@@ -661,7 +660,6 @@ void Scheduler::publish_stats() {
     disk_refused_.store(c.disk_refused);
     standby_hits_.store(c.standby_hits);
     standby_tokens_.store(c.standby_tokens);
-    standby_refused_.store(c.standby_refused);
     if (config_.kv_standby_shipper) {
         const auto& k = config_.kv_standby_shipper->stats();
         shipped_runs_.store(k.runs);

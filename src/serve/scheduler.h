@@ -287,7 +287,7 @@ private:
     std::atomic<uint64_t> prefilled_{0}, cache_hits_{0}, cache_misses_{0}, cache_reused_{0}, cache_evictions_{0};
     std::atomic<size_t> cache_sequences_{0}, cache_blocks_{0};
     std::atomic<uint64_t> disk_hits_{0}, disk_tokens_{0}, disk_refused_{0};
-    std::atomic<uint64_t> standby_hits_{0}, standby_tokens_{0}, standby_refused_{0};
+    std::atomic<uint64_t> standby_hits_{0}, standby_tokens_{0};
     std::atomic<uint64_t> shipped_runs_{0}, shipped_bytes_{0}, shipped_tokens_{0}, ship_dropped_{0}, ship_ns_{0};
     std::atomic<bool> warmed_{false};
     std::atomic<int> precision_{static_cast<int>(engine::Precision::kBF16)};
