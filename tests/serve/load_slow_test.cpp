@@ -366,8 +366,12 @@ TEST_F(ServeUnderLoad, SigtermDuringFiftyStreamsDrainsThemAllAndExitsZero) {
                          "--kv-cache-tokens", "24576", "--drain-grace-s", "120"});
     ASSERT_NE(server.port(), 0) << server.log();
     const uint16_t port = server.port();
+    // Ready once the weights are prepared ("warming up" until then: a few ms here).
     int ready = 0;
-    get_body(port, "/readyz", &ready);
+    for (int i = 0; i < 500 && ready != 200; ++i) {
+        get_body(port, "/readyz", &ready);
+        if (ready != 200) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     ASSERT_EQ(ready, 200);
 
     constexpr int kStreams = 50;
