@@ -87,7 +87,7 @@ struct ServeOptions {
     size_t max_peer_links = 256;
     int replication_factor = 3;
     int sync_acks = 1;
-    bool degraded_writes = true;
+    bool degraded_writes = false;
     int64_t replication_ack_timeout_ms = 2000;
     int64_t fetch_timeout_ms = 1000;
     int64_t peer_heartbeat_ms = 200;
@@ -400,6 +400,24 @@ int run_serve(const ServeOptions& o, bool precision_given) {
     }
 #endif
     RateLimiter limiter(*keys, SystemClock::instance());
+#if ASSISTD_HAVE_CLUSTER
+    // A key's limits hold across the fleet: each charge goes to the peers, theirs come here.
+    struct PeerUsage {
+        cluster::FleetNode* node = nullptr;
+        ~PeerUsage() {
+            if (node) node->rate_usage().set_handler(nullptr);  // before the limiter goes
+        }
+    } peer_usage;
+    if (fleet) {
+        peer_usage.node = fleet.get();
+        limiter.set_usage_sink([node = fleet.get()](const Sha256Digest& key, double requests, double tokens) {
+            node->rate_usage().broadcast({cluster::RateUsage{key, requests, tokens}});
+        });
+        fleet->rate_usage().set_handler([&limiter](const std::vector<cluster::RateUsage>& usage, cluster::NodeId) {
+            for (const auto& u : usage) limiter.apply_peer_usage(u.key, u.requests, u.tokens);
+        });
+    }
+#endif
     // Session-store work (fsyncs; in a fleet, replica acks, fetches, quorum reads) waits here, not on I/O threads.
     BlockingPool store_work(std::max<size_t>(1, o.store_threads));
     rc.blocking = &store_work;
@@ -669,14 +687,15 @@ void register_serve(CLI::App& app, int& exit_code) {
                     "Replicas besides this node that must hold a change before it is acknowledged (0..R-1)")
         ->capture_default_str();
     cmd->add_option("--degraded-writes", o->degraded_writes,
-                    "Cut off from a session's other replicas (a partition), acknowledge its changes without "
-                    "them instead of 503 (held here alone until the partition heals) (true/false)")
+                    "With fewer peers reachable than --sync-acks (a partition), acknowledge changes without them "
+                    "and serve the sessions held here from this copy, instead of 503; answers may then miss a "
+                    "change acknowledged elsewhere (true/false)")
         ->capture_default_str();
     cmd->add_option("--replication-ack-timeout-ms", o->replication_ack_timeout_ms,
                     "A change waits this long for --sync-acks replicas, else 503")
         ->capture_default_str();
     cmd->add_option("--fetch-timeout-ms", o->fetch_timeout_ms,
-                    "A session not held here is fetched from its replicas for at most this long")
+                    "A read waits this long for the other nodes' answers it needs (then 503)")
         ->capture_default_str();
     cmd->add_option("--peer-heartbeat-ms", o->peer_heartbeat_ms, "Heartbeats to peers every this many ms")
         ->capture_default_str();

@@ -73,19 +73,10 @@ Status ReplicationDriver::await_replication(std::string_view session_id,
         timeout_ms);
 }
 
-Status ReplicationDriver::fetch(std::string_view session_id, int64_t timeout_ms) {
+Status ReplicationDriver::read(std::string_view session_id, int64_t timeout_ms) {
     std::string id(session_id);
     return wait_for(
-        [&](Replicator::Callback cb) { replicator_.fetch(id, timeout_ms, std::move(cb)); },
-        timeout_ms);
-}
-
-Status ReplicationDriver::refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum) {
-    std::string id(session_id);
-    return wait_for(
-        [&](Replicator::Callback cb) {
-            replicator_.refresh(id, timeout_ms, quorum, std::move(cb));
-        },
+        [&](Replicator::Callback cb) { replicator_.read(id, timeout_ms, std::move(cb)); },
         timeout_ms);
 }
 

@@ -20,14 +20,8 @@ class ReplicationDriver {
     // Blocking form of Replicator::await_replication, for request threads.
     Status await_replication(std::string_view session_id, const state::crdt::VersionVector& version,
                              int64_t timeout_ms);
-    Status fetch(std::string_view session_id, int64_t timeout_ms);
-    Status refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum = 0);
-    size_t read_quorum(std::string_view session_id) const {
-        return replicator_.read_quorum(session_id);
-    }
-    bool replicates(std::string_view session_id) const {
-        return replicator_.replicates(session_id);
-    }
+    // Blocking form of Replicator::read.
+    Status read(std::string_view session_id, int64_t timeout_ms);
 
   private:
     void loop();

@@ -25,6 +25,7 @@ struct FleetNode::Parts {
     std::unique_ptr<GrpcTransport> transport;
     std::unique_ptr<Replicator> replicator;
     std::unique_ptr<KvStandbyLink> kv_standby;
+    std::unique_ptr<RateUsageLink> rate_usage;
     std::unique_ptr<ReplicationDriver> driver;
     std::unique_ptr<ReplicatedSessionStore> store;
 };
@@ -170,9 +171,13 @@ Result<std::unique_ptr<FleetNode>> FleetNode::start(const FleetNodeOptions& o, C
     parts->kv_standby =
         std::make_unique<KvStandbyLink>(parts->identity, *parts->replicator, *parts->transport, o.kv_standby);
     KvStandbyLink* kv = parts->kv_standby.get();
-    parts->transport->set_handler([r, kv](std::string_view frame, const FrameOrigin& origin) {
+    parts->rate_usage = std::make_unique<RateUsageLink>(parts->identity, *parts->replicator, *parts->transport);
+    RateUsageLink* rate = parts->rate_usage.get();
+    parts->transport->set_handler([r, kv, rate](std::string_view frame, const FrameOrigin& origin) {
         if (KvStandbyLink::is_kv_frame(frame))
             kv->receive(frame, origin);
+        else if (RateUsageLink::is_rate_frame(frame))
+            rate->receive(frame, origin);
         else
             r->receive(frame, origin);
     });
@@ -194,8 +199,13 @@ FleetNode::~FleetNode() {
     parts_->transport->set_handler(nullptr);
     parts_->transport.reset();
     parts_->kv_standby.reset();
+    parts_->rate_usage.reset();
     parts_->replicator.reset();
     parts_->local.reset();
+}
+
+RateUsageLink& FleetNode::rate_usage() {
+    return *parts_->rate_usage;
 }
 
 KvStandbyLink::SendOutcome FleetNode::send_standby_kv(std::string_view session_key, std::string_view head,

@@ -13,6 +13,7 @@
 #include "cluster/membership.h"
 #include "cluster/node_identity.h"
 #include "cluster/peer_tls.h"
+#include "cluster/rate_usage_link.h"
 #include "cluster/replicator.h"
 #include "common/clock.h"
 #include "common/result.h"
@@ -90,6 +91,8 @@ class FleetNode {
     void send_standby_gap_notice(NodeId to, std::string_view session_key);
     void set_standby_gap_handler(KvStandbyLink::GapHandler handler);
     KvStandbyLinkStats standby_kv_stats() const;
+    // Rate-limit usage to and from the peers (rate_usage_link.h).
+    RateUsageLink& rate_usage();
     std::vector<ReplicationLagSample> take_lag_samples();
     std::vector<PeerInfo> peers() const;
     size_t unacknowledged() const;

@@ -219,6 +219,19 @@ size_t Membership::discovered_peer_count() const {
     return ids.size() + unknown;
 }
 
+size_t Membership::possible_peer_count() const {
+    std::set<NodeId> ids;
+    size_t unknown = 0;
+    for (const auto& [a, p] : peers_) {
+        if (!p.discovered) continue;
+        if (p.node_id == 0)
+            ++unknown;
+        else if (!departed_.count(p.node_id))
+            ids.insert(p.node_id);
+    }
+    return ids.size() + unknown;
+}
+
 const PeerInfo* Membership::newest_for(NodeId node) const {
     const PeerInfo* best = nullptr;
     for (const auto& [a, p] : peers_) {

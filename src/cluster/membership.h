@@ -114,6 +114,9 @@ class Membership {
     // outside discovery.
     std::vector<std::string> peer_addresses() const;
     size_t discovered_peer_count() const;
+    // Discovered peers that have not departed (those never heard from count):
+    // every other node that may hold a copy of something.
+    size_t possible_peer_count() const;
     bool is_live(NodeId node) const;
     PeerHealth health(NodeId node) const;
     // Where `node` was last heard from (its most recent address).

@@ -3,18 +3,16 @@
 namespace assistd::cluster {
 
 Status ReplicatedSessionStore::ensure_local(std::string_view id) {
-    if (local_.deleted(id)) return {};  // the local store answers "deleted" itself
-    if (local_.version(id).ok()) {
-        // A replica is kept up to date by pushes; a copy held anywhere else
-        // (fetched earlier, or handed off) may be behind: bring it up first.
-        if (driver_.replicates(id)) return {};
-        auto st = driver_.refresh(id, fetch_timeout_ms_);
-        if (st.ok() || st.error().code == ErrorCode::kNotFound) return {};
-        return st;
-    }
-    auto st = driver_.fetch(id, fetch_timeout_ms_);
+    // A change merges into whatever copy is here (a CRDT); the turn read the
+    // history it answers with get() first.
+    if (local_.deleted(id) || local_.version(id).ok()) return {};
+    return read(id);
+}
+
+Status ReplicatedSessionStore::read(std::string_view id) {
+    auto st = driver_.read(id, fetch_timeout_ms_);
     if (st.ok() || st.error().code == ErrorCode::kNotFound)
-        return {};  // absent everywhere: the local store says so
+        return {};  // deleted, or absent from every node that may hold it: the local store says so
     return st;
 }
 
@@ -43,23 +41,16 @@ auto ReplicatedSessionStore::with_session(std::string_view id, Fn&& change) -> d
 
 Status ReplicatedSessionStore::create(std::string_view id, std::string_view tenant,
                                       std::string_view title) {
-    // No fetch first: the server generates session ids, so one is never
-    // created on two nodes (docs/cluster.md, known limits).
+    // No read first: the caller read the id and found it nowhere (a turn), or
+    // generated it (POST /v1/sessions).
     if (auto st = local_.create(id, tenant, title); !st.ok()) return st;
     return replicated(id);
 }
 
 Result<state::Session> ReplicatedSessionStore::get(std::string_view id) {
-    if (auto st = ensure_local(id); !st.ok()) return st.error();
-    // A replica's copy may miss a change acknowledged by others (its writer
-    // died before pushing it here): hear from enough replicas first that one
-    // of them holds every acknowledged change (a quorum read).
-    if (!local_.deleted(id) && local_.version(id).ok() && driver_.replicates(id)) {
-        if (const size_t quorum = driver_.read_quorum(id); quorum > 0) {
-            auto st = driver_.refresh(id, fetch_timeout_ms_, quorum);
-            if (!st.ok() && st.error().code != ErrorCode::kNotFound) return st.error();
-        }
-    }
+    // Any copy may miss a change acknowledged elsewhere (its writer died before
+    // pushing it here, or wrote to a stand-in): hear from enough nodes first.
+    if (auto st = read(id); !st.ok()) return st.error();
     return local_.get(id);
 }
 

@@ -1,10 +1,9 @@
 #pragma once
-// The SessionStore of one node of a fleet, for the server: a session this
-// node lacks is fetched from its replicas before it is read or changed
-// (fetch-on-miss), a copy held here by a node that is not one of the
-// session's replicas is refreshed from them first (it gets no pushes), and a
-// change returns once it is durable here and acknowledged by sync_acks
-// replicas. Everything else is the local store's.
+// The SessionStore of one node of a fleet, for the server: a read hears from
+// enough nodes first that it sees every acknowledged change (and tells a new
+// id from one this node lacks; Replicator::read), a change to a session not
+// held here reads it first, and a change returns once it is durable here and
+// acknowledged by sync_acks peers. Everything else is the local store's.
 #include "cluster/driver.h"
 #include "state/session_store.h"
 
@@ -56,8 +55,10 @@ class ReplicatedSessionStore final : public state::SessionStore {
     void unsubscribe(uint64_t subscription) override { local_.unsubscribe(subscription); }
 
   private:
-    // Fetches the session when it is not here; ok when it is here now (or was).
+    // Reads the session when it is not here; ok when it is here now (or was).
     Status ensure_local(std::string_view id);
+    // Replicator::read; ok also when the session is absent or deleted (the local store says so).
+    Status read(std::string_view id);
     // Waits for the replicas' acknowledgements of what is here now.
     Status replicated(std::string_view id);
     template <typename Fn>

@@ -207,8 +207,8 @@ void Replicator::tick() {
         send_heartbeats(now);
         departure_->tick(now);
         push_->resend_unacknowledged(now);
-        // Health may have changed: degraded writes and reads stop waiting for suspects.
-        push_->recheck_waiters(done);
+        // Health may have changed: writes find stand-ins, reads stop waiting for suspects.
+        push_->recheck_waiters(now, done);
         reads_->recheck(done);
         push_->expire_waiters(now, done);
         reads_->expire(now, done);
@@ -253,34 +253,18 @@ void Replicator::await_replication(std::string_view session_id,
     run(completions);
 }
 
-void Replicator::fetch(std::string_view session_id, int64_t timeout_ms, Callback done) {
+void Replicator::read(std::string_view session_id, int64_t timeout_ms, Callback done) {
     Completions completions;
     {
         std::lock_guard<std::mutex> lock(mu_);
-        reads_->fetch(std::string(session_id), timeout_ms, std::move(done), completions);
+        reads_->read(std::string(session_id), timeout_ms, std::move(done), completions);
     }
     run(completions);
 }
 
-void Replicator::refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum,
-                         Callback done) {
-    Completions completions;
-    {
-        std::lock_guard<std::mutex> lock(mu_);
-        reads_->refresh(std::string(session_id), timeout_ms, quorum, std::move(done), completions);
-    }
-    run(completions);
-}
-
-size_t Replicator::read_quorum(std::string_view session_id) const {
+size_t Replicator::read_quorum() const {
     std::lock_guard<std::mutex> lock(mu_);
-    const std::string id(session_id);
-    const auto reps = state_->replicas_of(id);
-    if (!holds(reps, state_->identity.node_id)) return 0;
-    // An acknowledged change is on acks_needed + 1 replicas (its writer's copy
-    // or one more ack): this copy plus r - 1 - acks_needed others meet one of them.
-    const size_t acked_copies = push_->acks_needed(id) + 1;
-    return reps.size() >= acked_copies ? reps.size() - acked_copies : 0;
+    return reads_->answers_needed();
 }
 
 void Replicator::leave() {

@@ -12,7 +12,11 @@
 //    An ack carries the peer's version after applying; a batch not acked in
 //    ack_timeout_ms is sent again (recomputed from the last ack).
 //  * Waiting: await_replication completes once sync_acks peers report a
-//    version that includes the write (or fails at the deadline).
+//    version that includes the write (or fails at the deadline): replicas,
+//    or while one is down or slow, stand-ins that keep the change and hand it
+//    to the replicas later (a sloppy quorum with hinted hand-off).
+//  * Reading: a read hears from enough nodes that one of them holds every
+//    acknowledged change (N - W of the others), or fails.
 //  * Anti-entropy: every anti_entropy_interval_ms and whenever a peer comes
 //    (back) to life, a digest of per-session versions (bucket hashes) goes to
 //    each live peer; buckets that differ are exchanged in detail and each side
@@ -56,12 +60,13 @@ class Departure;
 
 struct ReplicationOptions {
     int replication_factor = 3;  // R: replicas per session (all nodes when fewer)
-    int sync_acks = 1;           // remote acks a write waits for (capped by the replicas there are)
-    // Degraded writes: a write waits only for replicas that are not suspect,
-    // so a node cut off from every other replica of a session keeps
-    // acknowledging changes to it (held here alone until the partition
-    // heals). Off: such a write fails at its deadline. `assistd serve` turns
-    // it on (--degraded-writes); docs/cluster.md, "Partitions".
+    int sync_acks = 1;           // remote acks a write waits for (capped by the peers there are)
+    // Degraded writes: with fewer live peers than sync_acks, a write waits
+    // only for those (possibly none) and a read of a session held here only
+    // for the live peers' answers, so a node cut off from the others keeps
+    // serving the sessions it holds (alone until the partition heals), at
+    // the price of the guarantee that every answer saw every acknowledged
+    // change. Off: such writes and reads fail (503). docs/cluster.md, "Partitions".
     bool degraded_writes = false;
     int64_t heartbeat_interval_ms = 200;
     int64_t suspect_after_ms = 1000;
@@ -89,8 +94,8 @@ struct ReplicationStats {
     uint64_t repairs_pulled = 0;  // ... or this node lacking something
     uint64_t handoffs_confirmed = 0;
     uint64_t departures = 0;  // peers that announced they leave
-    uint64_t fetches = 0;
-    uint64_t refreshes = 0;  // refresh() calls: quorum reads and copies outside the replica set
+    uint64_t fetches = 0;    // reads of sessions not held here
+    uint64_t refreshes = 0;  // reads of sessions held here
     uint64_t acks_waited = 0;
     uint64_t ack_timeouts = 0;
     uint64_t degraded_acks = 0;  // writes acknowledged with fewer than sync_acks (suspect replicas)
@@ -139,23 +144,15 @@ class Replicator {
     // timeout_ms. Callbacks run on whichever thread drives the replicator.
     void await_replication(std::string_view session_id, const state::crdt::VersionVector& version,
                            int64_t timeout_ms, Callback done);
-    // Fetch-on-miss: pulls the session from its live replicas. Ok once it is
-    // here; kNotFound when every replica asked lacks it (or it was deleted).
-    void fetch(std::string_view session_id, int64_t timeout_ms, Callback done);
-
-    // Read refresh, for a session held here that this node does not replicate
-    // (its copy may be behind: non-replicas get no pushes), or a quorum read on
-    // a replica: pulls what this copy lacks from the session's live replicas. Completes once each
-    // replica asked has answered or turned suspect — ok when the session is here then, kNotFound
-    // when it is nowhere — and at the deadline with ok when the (possibly older) copy here is all
-    // there is, else kResourceExhausted. quorum > 0: done once that many replicas answered (a
-    // quorum read), and kResourceExhausted at the deadline short of that. A replica has answered
-    // once it replied to this pull and the copy here covers the state it replied with.
-    void refresh(std::string_view session_id, int64_t timeout_ms, size_t quorum, Callback done);
-    // How many other replicas a replica must hear from before serving a read
-    // so that it sees every acknowledged change (0: its own copy suffices, or
-    // this node is not a replica).
-    size_t read_quorum(std::string_view session_id) const;
+    // A read that sees every acknowledged change (replicator_reads.h): pulls
+    // the session from every live peer and completes once enough answered —
+    // ok when it is here then, kNotFound when it is deleted or none of them
+    // holds it — or fails with kResourceExhausted when too few can answer
+    // (at once) or did by timeout_ms.
+    void read(std::string_view session_id, int64_t timeout_ms, Callback done);
+    // How many other nodes a read hears from: N - W, where N counts the nodes
+    // that may hold copies and W the copies of an acknowledged change.
+    size_t read_quorum() const;
     // Whether this node is one of the session's replicas.
     bool replicates(std::string_view session_id) const;
 

@@ -120,6 +120,13 @@ void Push::on_deltas(const Deltas& m, const std::vector<Status>& applied, Comple
     if (m.id != 0) s_.send_to(m.from_address, std::move(ack));  // id 0: a pull's answer, not acked
 }
 
+bool Push::satisfied(AckWaiter& w, Completions& done) {
+    if (w.acked.size() < w.needed) return false;
+    if (w.acked.size() < w.wanted) ++s_.stats.degraded_acks;
+    done.push_back([cb = std::move(w.done)] { cb(Status{}); });
+    return true;
+}
+
 void Push::note_peer_state(NodeId peer, const SessionState& state, Completions& done) {
     auto& link = s_.links[peer];
     link.known[state.session_id] = state;
@@ -130,9 +137,7 @@ void Push::note_peer_state(NodeId peer, const SessionState& state, Completions& 
                 state.session_id,
                 it->deleted ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, it->target};
             if (covers(state, want)) it->acked.insert(peer);
-            if (it->acked.size() >= it->needed) {
-                if (it->acked.size() < it->wanted) ++s_.stats.degraded_acks;
-                done.push_back([cb = std::move(it->done)] { cb(Status{}); });
+            if (satisfied(*it, done)) {
                 it = waiters_.erase(it);
                 continue;
             }
@@ -180,17 +185,37 @@ void Push::resend_unacknowledged(int64_t now) {
     }
 }
 
-void Push::recheck_waiters(Completions& done) {
-    if (!s_.options.degraded_writes) return;
+void Push::recheck_waiters(int64_t now, Completions& done) {
     for (auto it = waiters_.begin(); it != waiters_.end();) {
-        it->needed = std::min(it->needed, acks_reachable(it->session_id));
-        if (it->acked.size() >= it->needed) {
-            if (it->acked.size() < it->wanted) ++s_.stats.degraded_acks;
-            done.push_back([cb = std::move(it->done)] { cb(Status{}); });
+        if (s_.options.degraded_writes) it->needed = std::min(it->needed, acks_reachable());
+        const bool hedge = now >= it->next_hedge_ms;
+        if (hedge) it->next_hedge_ms = now + s_.options.heartbeat_interval_ms;
+        if (satisfied(*it, done)) {
             it = waiters_.erase(it);
-        } else {
-            ++it;
+            continue;
         }
+        widen(*it, hedge);
+        ++it;
+    }
+}
+
+void Push::widen(AckWaiter& w, bool hedge) {
+    auto may_answer = [&] {
+        size_t n = 0;
+        for (NodeId p : w.targets)
+            if (!w.acked.count(p) && s_.membership.is_live(p)) ++n;
+        return n;
+    };
+    size_t promising = may_answer();
+    bool extra = hedge;
+    for (NodeId p : s_.preference_of(w.session_id)) {
+        if (w.acked.size() + promising >= w.needed && !extra) break;
+        if (p == s_.identity.node_id || w.targets.count(p) || !s_.membership.is_live(p)) continue;
+        if (w.acked.size() + promising >= w.needed) extra = false;  // the hedge's one more
+        w.targets.insert(p);
+        ++promising;
+        s_.links[p].pending.insert(w.session_id);
+        pump(p);
     }
 }
 
@@ -212,35 +237,13 @@ void Push::expire_waiters(int64_t now, Completions& done) {
     }
 }
 
-size_t Push::acks_needed(const std::string& session_id) const {
-    const auto reps = s_.replicas_of(session_id);
-    const size_t peers =
-        s_.membership.discovered_peer_count();  // counts peers whose id is not known yet
-    const size_t r = static_cast<size_t>(s_.options.replication_factor);
-    // A writer outside the replica set waits for one more ack, so an acknowledged
-    // change is on sync_acks + 1 replicas either way (what read_quorum relies on).
-    const bool replica = holds(reps, s_.identity.node_id);
-    const size_t cap = replica ? std::min(r - 1, peers) : std::min(r, peers);
-    const size_t wanted = static_cast<size_t>(s_.options.sync_acks) + (replica ? 0 : 1);
-    return std::min(wanted, cap);
-}
-
-size_t Push::acks_reachable(const std::string& session_id) const {
-    const size_t wanted = acks_needed(session_id);
+size_t Push::acks_reachable() const {
+    const size_t wanted = s_.acks_wanted();
     if (!s_.options.degraded_writes) return wanted;
-    // The replicas there can be (as in acks_needed: peers not heard from yet
-    // count, so a node that just started still waits), less those known to be
-    // down.
-    const auto reps = s_.replicas_of(session_id);
-    const size_t peers = s_.membership.discovered_peer_count();
-    const size_t r = static_cast<size_t>(s_.options.replication_factor);
-    const size_t possible =
-        holds(reps, s_.identity.node_id) ? std::min(r - 1, peers) : std::min(r, peers);
-    size_t suspect = 0;
-    for (NodeId p : reps) {
-        if (p != s_.identity.node_id && s_.membership.health(p) == PeerHealth::kSuspect) ++suspect;
-    }
-    return std::min(wanted, possible > suspect ? possible - suspect : 0);
+    size_t live = 0;
+    for (NodeId p : s_.members)
+        if (p != s_.identity.node_id && s_.membership.is_live(p)) ++live;
+    return std::min(wanted, live);
 }
 
 void Push::await_replication(const std::string& session_id, const VersionVector& version,
@@ -251,23 +254,25 @@ void Push::await_replication(const std::string& session_id, const VersionVector&
     w.target = version;
     // A deletion is replicated once a peer holds the tombstone.
     const bool gone = s_.store.deleted(w.session_id);
-    w.wanted = acks_needed(w.session_id);
-    w.needed = acks_reachable(w.session_id);
-    w.deadline_ms = s_.now_ms() + timeout_ms;
+    w.wanted = s_.acks_wanted();
+    w.needed = acks_reachable();
+    const int64_t now = s_.now_ms();
+    w.deadline_ms = now + timeout_ms;
+    w.next_hedge_ms = now + s_.options.heartbeat_interval_ms;
     const SessionState want{
         w.session_id, gone ? SessionState::Kind::kDeleted : SessionState::Kind::kLive, version};
     w.deleted = gone;
+    // Any peer that holds it durably counts, replica or stand-in.
     for (const auto& [peer, link] : s_.links) {
         auto k = link.acked.find(w.session_id);
         if (k != link.acked.end() && covers(k->second, want)) w.acked.insert(peer);
     }
-    if (w.acked.size() >= w.needed) {
-        if (w.acked.size() < w.wanted) ++s_.stats.degraded_acks;
-        completions.push_back([cb = std::move(done)] { cb(Status{}); });
-    } else {
-        w.done = std::move(done);
-        waiters_.push_back(std::move(w));
-    }
+    for (NodeId p : s_.replicas_of(w.session_id))
+        if (p != s_.identity.node_id) w.targets.insert(p);
+    w.done = std::move(done);
+    if (satisfied(w, completions)) return;
+    widen(w, false);
+    waiters_.push_back(std::move(w));
 }
 
 size_t Push::unacknowledged() const {

@@ -31,17 +31,22 @@ class Push {
     void on_deltas(const Deltas& batch, const std::vector<Status>& applied, Completions& done);
     void on_ack(const Ack& ack, Completions& done);
 
+    // Completes once acks_wanted() peers hold `version`: the session's
+    // replicas, and while one of them is down or slow to answer, stand-ins
+    // from the session's preference list (a sloppy quorum: the stand-in keeps
+    // its copy and hands it to the replicas when they are back, through the
+    // anti-entropy hand-off).
     void await_replication(const std::string& session_id, const state::crdt::VersionVector& version,
                            int64_t timeout_ms, Callback done, Completions& completions);
     // Batches nobody acknowledged in ack_timeout_ms: forgotten, their sessions pending again.
     void resend_unacknowledged(int64_t now);
-    // A replica that turned suspect no longer holds a degraded write up.
-    void recheck_waiters(Completions& done);
+    // Health or time moved on: writes still waiting get stand-ins for targets
+    // that turned suspect (and one more each hedge interval a write waits);
+    // with degraded writes a write needs no more acks than there are live peers.
+    void recheck_waiters(int64_t now, Completions& done);
     // Waits past their deadline fail.
     void expire_waiters(int64_t now, Completions& done);
 
-    // The acks a write of the session waits for (sync_acks, capped by the replicas there can be).
-    size_t acks_needed(const std::string& session_id) const;
     size_t unacknowledged() const;
     std::vector<ReplicationLagSample> take_lag_samples();
 
@@ -50,9 +55,11 @@ class Push {
         std::string session_id;
         state::crdt::VersionVector target;
         bool deleted = false;  // waiting for the tombstone to replicate
-        size_t needed = 0;     // lowered while replicas are suspect (degraded writes)
+        size_t needed = 0;     // lowered while peers are suspect (degraded writes)
         size_t wanted = 0;     // what sync_acks asks for
         std::set<NodeId> acked;
+        std::set<NodeId> targets;  // the peers pushed to for this write: replicas, then stand-ins
+        int64_t next_hedge_ms = 0;
         int64_t deadline_ms = 0;
         Callback done;
     };
@@ -60,8 +67,14 @@ class Push {
     void pump(NodeId peer, PeerLink& link);
     // The peer reported its state of a session (an ack): completes the waits it satisfies.
     void note_peer_state(NodeId peer, const SessionState& state, Completions& done);
-    // acks_needed less the session's suspect replicas when degraded writes are on.
-    size_t acks_reachable(const std::string& session_id) const;
+    // acks_wanted, or the live peers when fewer and degraded writes are on.
+    size_t acks_reachable() const;
+    // Adds stand-ins from the session's preference list until the targets
+    // that may still answer can give the acks the write needs; `hedge` adds
+    // one more (its targets are slow). The new targets get the session pushed.
+    void widen(AckWaiter& w, bool hedge);
+    // Completes the waiter when it has its acks.
+    bool satisfied(AckWaiter& w, Completions& done);
 
     SharedState& s_;
     Reads& reads_;

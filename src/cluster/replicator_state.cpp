@@ -62,6 +62,18 @@ std::vector<NodeId> SharedState::replicas_of(std::string_view session_id) const 
     return place_replicas(session_id, members, options.replication_factor);
 }
 
+std::vector<NodeId> SharedState::preference_of(std::string_view session_id) const {
+    return place_replicas(session_id, members, static_cast<int>(members.size()));
+}
+
+size_t SharedState::acks_wanted() const {
+    return std::min(static_cast<size_t>(options.sync_acks), membership.possible_peer_count());
+}
+
+size_t SharedState::possible_holders() const {
+    return 1 + membership.possible_peer_count();
+}
+
 void SharedState::send_to(const std::string& address, Message message) {
     MessageHeader& header = header_of(message);
     header.from = identity.node_id;

@@ -58,6 +58,15 @@ struct SharedState {
     SessionState local_state(const std::string& session_id) const;
     // The session's replicas among the current members, best first.
     std::vector<NodeId> replicas_of(std::string_view session_id) const;
+    // Every member for the session, best first: its replicas, then the nodes
+    // that stand in for replicas that are down (placement over all members).
+    std::vector<NodeId> preference_of(std::string_view session_id) const;
+    // The acknowledgements a write waits for: sync_acks, capped by the other
+    // nodes there may be (a fleet of one acknowledges alone).
+    size_t acks_wanted() const;
+    // The nodes that may hold copies: this one and every discovered peer that
+    // has not departed (peers not heard from yet included).
+    size_t possible_holders() const;
     // Sends to where `to` was last heard from (nothing when never heard).
     void send(NodeId to, Message message);
     // Stamps this node's header on the message and hands it to the transport.

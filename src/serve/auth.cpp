@@ -194,6 +194,12 @@ std::optional<size_t> ApiKeyTable::find(std::string_view presented_key) const {
     return found;
 }
 
+std::optional<size_t> ApiKeyTable::find_hash(const Sha256Digest& hash) const {
+    for (size_t i = 0; i < keys_.size(); ++i)
+        if (keys_[i].hash == hash) return i;
+    return std::nullopt;
+}
+
 std::vector<std::string> ApiKeyTable::tenants() const {
     std::vector<std::string> out;
     for (const auto& k : keys_)

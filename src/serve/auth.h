@@ -68,6 +68,8 @@ public:
     size_t size() const { return keys_.size(); }
     // The index of the key whose hash matches; nullopt for an unknown key.
     std::optional<size_t> find(std::string_view presented_key) const;
+    // The index of the key with this hash (a peer names keys by hash).
+    std::optional<size_t> find_hash(const Sha256Digest& hash) const;
     const ApiKeyConfig& key(size_t index) const { return keys_[index]; }
     // Each tenant once, in configuration order.
     std::vector<std::string> tenants() const;

@@ -370,6 +370,26 @@ HttpResponse store_error_response(const Error& e, int retry_after_s) {
     return error_response(api, api.status == 503 ? retry_after_s : 0);
 }
 
+// Gives an admitted request's reserved tokens back when it ends before generating.
+struct ReservationGuard {
+    RateLimiter* limiter = nullptr;
+    size_t key = 0;
+    size_t reserved = 0;
+    ReservationGuard() = default;
+    ReservationGuard(RateLimiter* l, size_t k, size_t r) : limiter(l), key(k), reserved(r) {}
+    ReservationGuard(const ReservationGuard&) = delete;
+    ReservationGuard& operator=(ReservationGuard&& o) noexcept {
+        std::swap(limiter, o.limiter);
+        key = o.key;
+        reserved = o.reserved;
+        return *this;
+    }
+    ~ReservationGuard() {
+        if (limiter) limiter->settle(key, reserved, 0);
+    }
+    void release() { limiter = nullptr; }
+};
+
 // Reads an optional number field; sets err on a wrong type.
 std::optional<double> number_field(const json& body, const char* name, std::optional<ApiError>& err) {
     auto it = body.find(name);
@@ -568,11 +588,51 @@ HttpResponse OpenAiRoutes::models(std::string_view id) {
     return json_response(200, m);
 }
 
+HttpResponse OpenAiRoutes::create_session(const HttpRequest& request, const Caller& caller) {
+    if (draining())
+        return error_response({503, "the server is shutting down; retry on another instance", "server_error", "",
+                               "server_shutting_down"},
+                              config_.retry_after_s);
+    std::string title;
+    if (!request.body.empty()) {
+        json body;
+        try {
+            body = json::parse(request.body);
+        } catch (const json::parse_error& e) {
+            return error_response({400, std::string("the request body is not valid JSON: ") + e.what(),
+                                   "invalid_request_error", "", "invalid_json"});
+        }
+        if (!body.is_object())
+            return error_response({400, "the request body must be a JSON object", "invalid_request_error", "", "invalid_json"});
+        for (const auto& [key, value] : body.items()) {
+            if (key != "title")
+                return error_response({400, "unknown field '" + key + "': POST /v1/sessions takes only 'title'",
+                                       "invalid_request_error", key, "unknown_parameter"});
+            if (!value.is_string())
+                return error_response({400, "'title' must be a string", "invalid_request_error", "title", "invalid_type"});
+            title = session_title(value.get<std::string>(), 200);
+        }
+    }
+    // A fresh random id: new everywhere, so it needs no answer from other
+    // nodes (a turn on an unknown id does; docs/cluster.md).
+    const std::string id = new_session_id();
+    if (auto created = sessions_->create(state::tenant_session_key(caller.tenant, id), caller.tenant, title);
+        !created.ok())
+        return store_error_response(created.error(), config_.retry_after_s);
+    return json_response(200, {{"id", id},
+                               {"object", "session"},
+                               {"created_at", clock_.now_unix_ms() / 1000},
+                               {"title", title},
+                               {"message_count", 0}});
+}
+
 HttpResponse OpenAiRoutes::sessions(const HttpRequest& request, std::string_view id, bool list,
                                     const Caller& caller) {
     if (list) {
+        if (request.method == "POST") return create_session(request, caller);
         if (request.method != "GET")
-            return error_response({405, "use GET for /v1/sessions", "invalid_request_error", "", "method_not_allowed"});
+            return error_response(
+                {405, "use GET (list) or POST (create) for /v1/sessions", "invalid_request_error", "", "method_not_allowed"});
         std::vector<state::Session> found;
         for (auto& owned : state::list_tenant_sessions(*sessions_, caller.tenant))
             found.push_back(std::move(owned.session));
@@ -860,10 +920,15 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     gen.deadline_mono_ns = clock_.now_mono_ns() + config_.queue_timeout_ms * 1'000'000;
     if (in_session) gen.kv_key = session_key;  // its standby KV copies live under it
 
-    // The key's rate limits: one request and the prompt's tokens now, the completion's when it ends.
+    // The key's rate limits: one request, the prompt and the completion tokens reserved now
+    // (max_tokens), settled when it ends; a request that ends before generating gives them back.
     HttpHeaders rate_headers;
+    size_t reserved_tokens = 0;
+    ReservationGuard reservation;
     if (caller.key && limiter_) {
-        const RateDecision d = limiter_->admit(*caller.key, gen.prompt.size());
+        const RateDecision d = limiter_->admit(*caller.key, gen.prompt.size(), gen.max_tokens);
+        reserved_tokens = d.reserved_tokens;
+        if (d.admitted) reservation = ReservationGuard{limiter_, *caller.key, reserved_tokens};
         rate_headers = rate_limit_headers(d.state);
         if (!d.admitted) {
             metrics_.count_rate_limited(caller.tenant, d.limit);
@@ -931,9 +996,11 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     r.stream = stream;
     r.content_type = stream ? "text/event-stream" : "application/json";
     r.headers = std::move(rate_headers);
-    OnCompletionDone on_done = [this, tenant = caller.tenant, key = caller.key](int status, size_t completion_tokens) {
+    reservation.release();  // from here on_done settles it
+    OnCompletionDone on_done = [this, tenant = caller.tenant, key = caller.key, reserved_tokens](
+                                   int status, size_t completion_tokens) {
         metrics_.count_tenant_request(tenant, status);
-        if (key && limiter_) limiter_->charge_tokens(*key, completion_tokens);
+        if (key && limiter_) limiter_->settle(*key, reserved_tokens, completion_tokens);
     };
     r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),

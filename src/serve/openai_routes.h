@@ -96,6 +96,8 @@ private:
     HttpResponse completions(const HttpRequest& request, bool chat, const Caller& caller);
     HttpResponse models(std::string_view id);
     HttpResponse sessions(const HttpRequest& request, std::string_view id, bool list, const Caller& caller);
+    // POST /v1/sessions: a new session under a fresh id (explicit creation).
+    HttpResponse create_session(const HttpRequest& request, const Caller& caller);
 
     const engine::Model& model_;
     Scheduler& scheduler_;

@@ -40,10 +40,11 @@ int64_t TokenBucket::ns_until_full(int64_t now_ns) {
 
 void TokenBucket::take(double amount, int64_t now_ns) {
     refill(now_ns);
-    level_ -= amount;
+    level_ = std::min(capacity_, level_ - amount);
 }
 
-RateLimiter::RateLimiter(const ApiKeyTable& keys, Clock& clock) : clock_(clock), states_(keys.size()) {
+RateLimiter::RateLimiter(const ApiKeyTable& keys, Clock& clock)
+    : keys_(keys), clock_(clock), states_(keys.size()) {
     const int64_t now = clock_.now_mono_ns();
     for (size_t i = 0; i < keys.size(); ++i) {
         const ApiKeyConfig& k = keys.key(i);
@@ -52,37 +53,78 @@ RateLimiter::RateLimiter(const ApiKeyTable& keys, Clock& clock) : clock_(clock),
     }
 }
 
-RateDecision RateLimiter::admit(size_t key_index, size_t prompt_tokens) {
-    std::lock_guard lock(mu_);
-    KeyState& s = states_[key_index];
-    const int64_t now = clock_.now_mono_ns();
-    const double tokens = static_cast<double>(prompt_tokens);
+RateDecision RateLimiter::admit(size_t key_index, size_t prompt_tokens, size_t max_completion_tokens) {
     RateDecision d;
-    if (s.tokens && tokens > s.tokens->capacity()) {
-        d.admitted = false;
-        d.too_large = true;
-        d.limit = "tokens";
-    } else {
-        const int64_t wait_requests = s.requests ? s.requests->wait_ns(1, now) : 0;
-        const int64_t wait_tokens = s.tokens ? s.tokens->wait_ns(tokens, now) : 0;
-        if (wait_requests > 0 || wait_tokens > 0) {
+    {
+        std::lock_guard lock(mu_);
+        KeyState& s = states_[key_index];
+        const int64_t now = clock_.now_mono_ns();
+        const double prompt = static_cast<double>(prompt_tokens);
+        if (s.tokens && prompt > s.tokens->capacity()) {
             d.admitted = false;
-            d.limit = wait_requests >= wait_tokens ? "requests" : "tokens";
-            const int64_t wait = std::max(wait_requests, wait_tokens);
-            d.retry_after_s = static_cast<int>(std::max<int64_t>(1, (wait + 999'999'999) / 1'000'000'000));
+            d.too_large = true;
+            d.limit = "tokens";
         } else {
-            if (s.requests) s.requests->take(1, now);
-            if (s.tokens) s.tokens->take(tokens, now);
+            // The reservation is bounded by what the bucket can ever hold beside the prompt.
+            const double reserve = s.tokens ? std::min(static_cast<double>(max_completion_tokens),
+                                                       std::floor(s.tokens->capacity() - prompt))
+                                            : 0;
+            const int64_t wait_requests = s.requests ? s.requests->wait_ns(1, now) : 0;
+            const int64_t wait_tokens = s.tokens ? s.tokens->wait_ns(prompt + reserve, now) : 0;
+            if (wait_requests > 0 || wait_tokens > 0) {
+                d.admitted = false;
+                d.limit = wait_requests >= wait_tokens ? "requests" : "tokens";
+                const int64_t wait = std::max(wait_requests, wait_tokens);
+                d.retry_after_s = static_cast<int>(std::max<int64_t>(1, (wait + 999'999'999) / 1'000'000'000));
+            } else {
+                if (s.requests) s.requests->take(1, now);
+                if (s.tokens) s.tokens->take(prompt + reserve, now);
+                d.reserved_tokens = static_cast<size_t>(reserve);
+            }
         }
+        d.state = snapshot_locked(s, now);
     }
-    d.state = snapshot_locked(s, now);
+    if (d.admitted)
+        report(key_index, 1, static_cast<double>(prompt_tokens) + static_cast<double>(d.reserved_tokens));
     return d;
 }
 
-void RateLimiter::charge_tokens(size_t key_index, size_t tokens) {
+void RateLimiter::settle(size_t key_index, size_t reserved_tokens, size_t completion_tokens) {
+    const double owed = static_cast<double>(completion_tokens) - static_cast<double>(reserved_tokens);
+    if (owed == 0) return;
+    {
+        std::lock_guard lock(mu_);
+        KeyState& s = states_[key_index];
+        if (!s.tokens) return;
+        s.tokens->take(owed, clock_.now_mono_ns());
+    }
+    report(key_index, 0, owed);
+}
+
+void RateLimiter::set_usage_sink(UsageSink sink) {
     std::lock_guard lock(mu_);
-    KeyState& s = states_[key_index];
-    if (s.tokens) s.tokens->take(static_cast<double>(tokens), clock_.now_mono_ns());
+    sink_ = std::move(sink);
+}
+
+void RateLimiter::report(size_t key_index, double requests, double tokens) {
+    UsageSink sink;
+    {
+        std::lock_guard lock(mu_);
+        KeyState& s = states_[key_index];
+        if (!s.requests && !s.tokens) return;  // a key without limits: nothing to share
+        sink = sink_;
+    }
+    if (sink) sink(keys_.key(key_index).hash, requests, tokens);
+}
+
+void RateLimiter::apply_peer_usage(const Sha256Digest& key, double requests, double tokens) {
+    const auto index = keys_.find_hash(key);
+    if (!index) return;
+    std::lock_guard lock(mu_);
+    KeyState& s = states_[*index];
+    const int64_t now = clock_.now_mono_ns();
+    if (s.requests && requests != 0) s.requests->take(requests, now);
+    if (s.tokens && tokens != 0) s.tokens->take(tokens, now);
 }
 
 RateLimitSnapshot RateLimiter::snapshot(size_t key_index) {

@@ -2,11 +2,17 @@
 // Per-key rate limits as token buckets: requests per minute and tokens
 // (prompt + completion) per minute. A bucket holds up to one minute's
 // allowance and refills continuously; a request is admitted when both
-// buckets can pay for it. Completion tokens are charged when they are known
-// and may push the token bucket into debt, which later requests wait out.
+// buckets can pay for it: one request, its prompt and the completion tokens
+// it may generate (max_tokens, reserved up front as far as the bucket's size
+// allows). At the end the request settles: unused reserved tokens go back,
+// tokens beyond the reservation are owed (the bucket may go into debt, which
+// later requests wait out). In a fleet every charge also goes to the peers
+// (set_usage_sink) and theirs come here (apply_peer_usage), so each node's
+// buckets show the whole fleet's use of a key (cluster/rate_usage_link.h).
 // Time comes from the injected Clock, so tests drive it.
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -30,7 +36,8 @@ public:
     int64_t wait_ns(double amount, int64_t now_ns);
     // Nanoseconds until the bucket is full again.
     int64_t ns_until_full(int64_t now_ns);
-    // Takes `amount` unconditionally (the level may go negative).
+    // Takes `amount` unconditionally (the level may go negative); a negative
+    // amount gives back, up to the capacity.
     void take(double amount, int64_t now_ns);
 
 private:
@@ -55,6 +62,7 @@ struct RateDecision {
     bool too_large = false;   // the prompt alone exceeds tokens-per-minute: waiting cannot help
     std::string limit;        // what refused: "requests" or "tokens"
     int retry_after_s = 0;    // >= 1 when refused and waiting helps
+    size_t reserved_tokens = 0;  // admitted: completion tokens reserved (settle() them)
     RateLimitSnapshot state;  // after the decision
 };
 
@@ -63,11 +71,23 @@ public:
     // keys must outlive the limiter; keys without limits cost nothing.
     RateLimiter(const ApiKeyTable& keys, Clock& clock);
 
-    // One request with `prompt_tokens`: both buckets pay, or neither does.
-    RateDecision admit(size_t key_index, size_t prompt_tokens);
-    // Completion tokens, once known.
-    void charge_tokens(size_t key_index, size_t tokens);
+    // One request with `prompt_tokens` that may generate up to
+    // `max_completion_tokens`: the request bucket pays 1 and the token bucket
+    // the prompt and the reservation (as much of max_completion_tokens as fits
+    // beside the prompt in the bucket's capacity), or neither pays.
+    RateDecision admit(size_t key_index, size_t prompt_tokens, size_t max_completion_tokens = 0);
+    // The end of an admitted request: `completion_tokens` were generated
+    // against `reserved_tokens` (RateDecision::reserved_tokens).
+    void settle(size_t key_index, size_t reserved_tokens, size_t completion_tokens);
     RateLimitSnapshot snapshot(size_t key_index);
+
+    // Where this node's charges go (a fleet's peers): the key's hash and what
+    // was taken (tokens may be negative: given back). Set before traffic.
+    using UsageSink = std::function<void(const Sha256Digest& key, double requests, double tokens)>;
+    void set_usage_sink(UsageSink sink);
+    // A peer's charges to the key with this hash (an unknown key is ignored:
+    // the peer was configured with keys this node lacks).
+    void apply_peer_usage(const Sha256Digest& key, double requests, double tokens);
 
 private:
     struct KeyState {
@@ -75,7 +95,11 @@ private:
     };
     RateLimitSnapshot snapshot_locked(KeyState& s, int64_t now);
 
+    void report(size_t key_index, double requests, double tokens);
+
+    const ApiKeyTable& keys_;
     Clock& clock_;
+    UsageSink sink_;
     std::mutex mu_;  // one lock per request (not per token); contention is negligible
     std::vector<KeyState> states_;
 };

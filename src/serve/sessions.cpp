@@ -1,5 +1,6 @@
 #include "serve/sessions.h"
 
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -27,6 +28,22 @@ Status validate_session_id(std::string_view id) {
                               "a session id may only hold letters, digits, '-' and '_'");
     }
     return {};
+}
+
+std::string new_session_id() {
+    unsigned char bytes[16];
+    size_t got = 0;
+    while (got < sizeof bytes) {
+        const ssize_t n = getrandom(bytes + got, sizeof bytes - got, 0);
+        if (n > 0) got += static_cast<size_t>(n);
+    }
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string id = "sess_";
+    for (unsigned char b : bytes) {
+        id += kHex[b >> 4];
+        id += kHex[b & 15];
+    }
+    return id;
 }
 
 std::shared_ptr<SessionTurns::Lease> SessionTurns::try_begin(std::string_view id) {

@@ -23,6 +23,10 @@ inline constexpr size_t kMaxSessionIdLength = 128;
 // 1..128 characters of [A-Za-z0-9_-]; the error says what was wrong.
 Status validate_session_id(std::string_view id);
 
+// A fresh id for POST /v1/sessions: "sess_" and 32 random hex digits (from
+// the kernel's random source), so an id created here was never used anywhere.
+std::string new_session_id();
+
 // A session title from the first user message: its first line, at most
 // `max_bytes` bytes, cut at a UTF-8 character boundary.
 std::string session_title(std::string_view first_message, size_t max_bytes = 60);

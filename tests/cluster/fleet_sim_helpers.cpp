@@ -308,7 +308,7 @@ void Fleet::client_operation() {
     if (n.store->deleted(id)) return;
     auto session = n.store->get(id);
     if (!session.ok()) {
-        n.replicator->fetch(id, 300, [](Status) {});  // fetch-on-miss; the client retries elsewhere
+        n.replicator->read(id, 300, [](Status) {});  // brings it here; the client retries elsewhere
         return;
     }
     if (r < 0.12 && acked_deleted_.size() < 2) {

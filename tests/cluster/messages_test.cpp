@@ -2,7 +2,10 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <set>
+
+#include "cluster/rate_usage_link.h"
 
 namespace assistd::cluster {
 namespace {
@@ -194,6 +197,45 @@ TEST(ClusterMessages, AbsurdCountsAndNonCanonicalVersionsAreRejected) {
     deleted[at - 2] = static_cast<char>(SessionState::Kind::kDeleted);
     r = decode_message(deleted);
     EXPECT_FALSE(r.ok());
+}
+
+}  // namespace
+}  // namespace assistd::cluster
+
+namespace assistd::cluster {
+namespace {
+
+TEST(RateUsageFrames, RoundTripAndRefuseWhatIsMalformed) {
+    RateUsage a;
+    a.key[0] = 1;
+    a.key[31] = 2;
+    a.requests = 1;
+    a.tokens = 230;
+    RateUsage b = a;
+    b.requests = 0;
+    b.tokens = -150.5;
+    const std::string frame = RateUsageLink::encode(0x1234, 7, {a, b});
+    ASSERT_TRUE(RateUsageLink::is_rate_frame(frame));
+    const auto d = RateUsageLink::decode(frame);
+    ASSERT_TRUE(d);
+    EXPECT_EQ(d->from, NodeId{0x1234});
+    ASSERT_EQ(d->usage.size(), 2u);
+    EXPECT_EQ(d->usage[0].key, a.key);
+    EXPECT_EQ(d->usage[0].tokens, 230);
+    EXPECT_EQ(d->usage[1].tokens, -150.5);
+
+    EXPECT_FALSE(RateUsageLink::decode(frame.substr(0, frame.size() - 1))) << "truncated";
+    EXPECT_FALSE(RateUsageLink::decode(RateUsageLink::encode(1, 1, {}))) << "no entries";
+    EXPECT_FALSE(RateUsageLink::decode("")) << "empty";
+    std::string wrong = frame;
+    wrong[0] = 'x';
+    EXPECT_FALSE(RateUsageLink::decode(wrong)) << "another frame kind";
+    RateUsage nan = a;
+    nan.tokens = std::nan("");
+    EXPECT_FALSE(RateUsageLink::decode(RateUsageLink::encode(1, 1, {nan}))) << "not a number";
+    RateUsage huge = a;
+    huge.requests = 1e300;
+    EXPECT_FALSE(RateUsageLink::decode(RateUsageLink::encode(1, 1, {huge}))) << "absurd";
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include <random>
 #include <thread>
 
+#include "chaos_checks.h"
 #include "local_fleet.h"
 
 namespace assistd::e2e {
@@ -78,106 +79,6 @@ std::string chat_body(const std::string& session, const std::string& user) {
                 {"max_tokens", kMaxTokens},
                 {"stream", false}}
         .dump();
-}
-
-struct AckedTurn {
-    std::string user;
-    std::string answer;
-    int node = -1;  // the node that answered
-};
-
-// What the clients saw of one session; written by its one client only.
-struct SessionLog {
-    std::vector<AckedTurn> acked;
-    int given_up = 0;  // turns that failed kMaxAttempts times
-};
-
-// One node's own copy of a session: 200 and the document, or 404 (no copy).
-struct LocalCopy {
-    int status = 0;
-    json doc;
-};
-
-LocalCopy local_copy(uint16_t port, const std::string& id) {
-    const Reply r = http(port, "GET", "/v1/sessions/" + id + "?local=true");
-    LocalCopy c;
-    c.status = r.status;
-    if (r.status == 200) c.doc = r.json_body();
-    return c;
-}
-
-// Checks one replica's copy against what was acknowledged, without context; "" when it holds.
-std::string check_replica_order(const SessionLog& log, const std::string& id, int node,
-                                const json& doc) {
-    const std::string where = "session " + id + ", node " + std::to_string(node) + ": ";
-    if (!doc.is_object() || !doc["messages"].is_array()) return where + "not a session document";
-    const json& msgs = doc["messages"];
-    // Position of each user message (acknowledged contents are unique).
-    std::map<std::string, std::vector<size_t>> users;
-    for (size_t i = 0; i < msgs.size(); ++i)
-        if (msgs[i]["role"] == "user") users[msgs[i]["content"].get<std::string>()].push_back(i);
-    size_t prev = 0;
-    for (size_t t = 0; t < log.acked.size(); ++t) {
-        const AckedTurn& turn = log.acked[t];
-        const auto it = users.find(turn.user);
-        if (it == users.end())
-            return where + "acknowledged message '" + turn.user + "' (turn " +
-                   std::to_string(t + 1) + " of " + std::to_string(log.acked.size()) +
-                   ", answered by node " + std::to_string(turn.node) +
-                   ") is missing; the copy has " + std::to_string(msgs.size()) + " messages";
-        if (it->second.size() != 1)
-            return where + "acknowledged message '" + turn.user + "' is there " +
-                   std::to_string(it->second.size()) + " times";
-        const size_t at = it->second[0];
-        if (t > 0 && at <= prev)
-            return where + "acknowledged message '" + turn.user + "' (at " + std::to_string(at) +
-                   ") is not after the previous acknowledged one '" + log.acked[t - 1].user +
-                   "' (at " + std::to_string(prev) + ")";
-        // Its answer: after it, before the next acknowledged question.
-        size_t end = msgs.size();
-        if (t + 1 < log.acked.size()) {
-            const auto next = users.find(log.acked[t + 1].user);
-            if (next != users.end() && next->second.size() == 1) end = next->second[0];
-        }
-        bool answered = false;
-        for (size_t i = at + 1; i < end && !answered; ++i)
-            answered = msgs[i]["role"] == "assistant" && msgs[i]["content"] == turn.answer;
-        if (!answered)
-            return where + "the acknowledged answer to '" + turn.user + "' (" +
-                   json(turn.answer).dump() +
-                   ") is not between its question and the next acknowledged one";
-        prev = at;
-    }
-    return "";
-}
-
-// A copy's messages and the acknowledged turns, compactly, for failure messages.
-std::string describe(const SessionLog& log, const json& msgs) {
-    std::string out = "; the copy: [";
-    for (size_t i = 0; i < msgs.size(); ++i) {
-        if (i) out += ", ";
-        out += msgs[i]["role"] == "user" ? "user " : "assistant ";
-        out += json(msgs[i]["content"]).dump();
-    }
-    out += "]; acknowledged:";
-    for (const auto& t : log.acked) {
-        out += " '";
-        out += t.user;
-        out += "' -> ";
-        out += json(t.answer).dump();
-        out += " (node ";
-        out += std::to_string(t.node);
-        out += ")";
-    }
-    return out;
-}
-
-// Checks one replica's copy against what was acknowledged; "" when it holds.
-std::string check_replica(const SessionLog& log, const std::string& id, int node, const json& doc) {
-    std::string e = check_replica_order(log, id, node, doc);
-    if (!e.empty() && doc.is_object() && doc["messages"].is_array())
-        e += describe(log, doc["messages"]);
-    return e;
 }
 
 // Checks every node's own copy of one session; "" when all hold.

@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <tuple>
+
 #include "serve/rate_limit.h"
 #include "serve/sessions.h"
 #include "state/tenant_sessions.h"
@@ -186,7 +188,7 @@ TEST(RateLimiter, TokensChargePromptAtAdmissionAndCompletionLater) {
     RateDecision d = limiter.admit(0, 400);
     ASSERT_TRUE(d.admitted);
     EXPECT_EQ(d.state.remaining_tokens, 200);
-    limiter.charge_tokens(0, 300);  // the completion: 100 in debt
+    limiter.settle(0, 0, 300);  // the completion, nothing reserved: 100 in debt
     EXPECT_EQ(limiter.snapshot(0).remaining_tokens, 0);
     d = limiter.admit(0, 50);
     EXPECT_FALSE(d.admitted);
@@ -194,6 +196,62 @@ TEST(RateLimiter, TokensChargePromptAtAdmissionAndCompletionLater) {
     EXPECT_EQ(d.retry_after_s, 15);  // from -100 to 50 at 10/s
     clock.advance_ms(15'000);
     EXPECT_TRUE(limiter.admit(0, 50).admitted);
+}
+
+TEST(RateLimiter, MaxTokensAreReservedUpFrontAndSettledAtTheEnd) {
+    ManualClock clock;
+    const ApiKeyTable t = table_of({entry("a", "tenant=a,tokens-per-minute=600")});
+    RateLimiter limiter(t, clock);
+    RateDecision d = limiter.admit(0, 100, 200);
+    ASSERT_TRUE(d.admitted);
+    EXPECT_EQ(d.reserved_tokens, 200u);
+    EXPECT_EQ(d.state.remaining_tokens, 300) << "prompt and reservation taken at once";
+    limiter.settle(0, 200, 50);  // generated 50 of the 200 reserved: 150 back
+    EXPECT_EQ(limiter.snapshot(0).remaining_tokens, 450);
+    // A reservation bigger than the bucket can hold beside the prompt is cut to fit.
+    clock.advance_ms(60'000);
+    d = limiter.admit(0, 500, 100'000);
+    ASSERT_TRUE(d.admitted);
+    EXPECT_EQ(d.reserved_tokens, 100u);
+    EXPECT_EQ(d.state.remaining_tokens, 0);
+    limiter.settle(0, 100, 130);  // 30 beyond the reservation: owed
+    EXPECT_NEAR(limiter.snapshot(0).remaining_tokens, 0, 1e-9);
+    d = limiter.admit(0, 1, 0);
+    EXPECT_FALSE(d.admitted);
+    EXPECT_EQ(d.retry_after_s, 4) << "from -30 to 1 at 10/s";
+    // Giving back never fills past the capacity.
+    clock.advance_ms(120'000);
+    limiter.settle(0, 1000, 0);
+    EXPECT_EQ(limiter.snapshot(0).remaining_tokens, 600);
+}
+
+TEST(RateLimiter, PeersChargesCountAndOwnChargesGoToTheSink) {
+    ManualClock clock;
+    const ApiKeyTable t = table_of({entry("a", "tenant=a,requests-per-minute=3,tokens-per-minute=600"),
+                                    entry("b", "tenant=b")});
+    RateLimiter limiter(t, clock);
+    std::vector<std::tuple<Sha256Digest, double, double>> sent;
+    limiter.set_usage_sink([&](const Sha256Digest& key, double r, double tk) { sent.emplace_back(key, r, tk); });
+    ASSERT_TRUE(limiter.admit(0, 10, 20).admitted);
+    limiter.settle(0, 20, 5);
+    ASSERT_TRUE(limiter.admit(1, 10, 20).admitted);  // no limits: nothing to share
+    ASSERT_EQ(sent.size(), 2u);
+    EXPECT_EQ(std::get<0>(sent[0]), t.key(0).hash);
+    EXPECT_EQ(std::get<1>(sent[0]), 1);
+    EXPECT_EQ(std::get<2>(sent[0]), 30);
+    EXPECT_EQ(std::get<1>(sent[1]), 0);
+    EXPECT_EQ(std::get<2>(sent[1]), -15);
+    // Two requests admitted by peers: the third here is over the limit.
+    limiter.apply_peer_usage(t.key(0).hash, 1, 100);
+    limiter.apply_peer_usage(t.key(0).hash, 1, 100);
+    const RateDecision d = limiter.admit(0, 1);
+    EXPECT_FALSE(d.admitted);
+    EXPECT_EQ(d.limit, "requests");
+    EXPECT_EQ(limiter.snapshot(0).remaining_tokens, 600 - 15 - 200);
+    Sha256Digest unknown{};
+    unknown[0] = 7;
+    limiter.apply_peer_usage(unknown, 1, 1);  // a key this node lacks: ignored
+    EXPECT_EQ(sent.size(), 2u) << "peers' charges are not sent on";
 }
 
 TEST(RateLimiter, BothLimitsPayOrNeither) {

@@ -181,6 +181,45 @@ TEST(SessionsMessageText, MarkersInAStoredMessageStayTextOnTheNextTurn) {
     EXPECT_EQ(got.json_body()["messages"][2]["content"], user2);
 }
 
+TEST_F(Sessions, PostCreatesASessionUnderAFreshIdThatTurnsContinue) {
+    auto store = ServerSessionStore::open("", SystemClock::instance());
+    ASSERT_TRUE(store.ok());
+    TestServer s(*model_, fp32(), routes_config(), true, 1 << 20, &(*store)->store());
+    const Reply a = exchange(s.port(), "POST", "/v1/sessions", R"({"title":"Support"})");
+    ASSERT_EQ(a.status, 200) << a.body;
+    const json ja = a.json_body();
+    const std::string id = ja["id"];
+    EXPECT_TRUE(id.starts_with("sess_") && id.size() == 5 + 32) << id;
+    EXPECT_EQ(ja["object"], "session");
+    EXPECT_EQ(ja["title"], "Support");
+    EXPECT_EQ(ja["message_count"], 0);
+    const Reply b = exchange(s.port(), "POST", "/v1/sessions", "");
+    ASSERT_EQ(b.status, 200) << b.body;
+    EXPECT_NE(b.json_body()["id"], id) << "every id is fresh";
+    EXPECT_EQ(b.json_body()["title"], "");
+
+    ASSERT_EQ(exchange(s.port(), "POST", "/v1/chat/completions", turn_body("Hi", 4, false, id)).status, 200);
+    const Reply got = exchange(s.port(), "GET", "/v1/sessions/" + id);
+    ASSERT_EQ(got.status, 200) << got.body;
+    EXPECT_EQ(got.json_body()["title"], "Support") << "the first message does not retitle it";
+    EXPECT_EQ(got.json_body()["messages"].size(), 2u);
+
+    // Bad bodies are refused, naming the field.
+    const std::pair<std::string, std::string> bad[] = {{"{", "invalid_json"},
+                                                       {"[]", "invalid_json"},
+                                                       {R"({"title":3})", "invalid_type"},
+                                                       {R"({"id":"mine"})", "unknown_parameter"},
+                                                       {R"({"metadata":{}})", "unknown_parameter"}};
+    for (const auto& [body, code] : bad) {
+        const Reply r = exchange(s.port(), "POST", "/v1/sessions", body);
+        expect_openai_error(r, 400, body);
+        EXPECT_EQ(r.json_body()["error"]["code"], code) << body;
+    }
+    expect_openai_error(exchange(s.port(), "PUT", "/v1/sessions", "{}"), 405, "PUT");
+    EXPECT_EQ(exchange(s.port(), "GET", "/v1/sessions").json_body()["data"].size(), 2u)
+        << "nothing made by the refused requests";
+}
+
 TEST_F(Sessions, DeleteThenGetIs404AndTheIdStaysGone) {
     auto store = ServerSessionStore::open("", SystemClock::instance());
     ASSERT_TRUE(store.ok());

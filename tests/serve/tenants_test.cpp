@@ -404,25 +404,27 @@ TEST_F(Tenants, RequestsPerMinuteLimitAnswers429ThenRecoversWhenTheClockMoves) {
     EXPECT_EQ(metric(m, "assistd_tenant_requests_total{status=\"429\",tenant=\"a\"}"), 3);
 }
 
-TEST_F(Tenants, TokensPerMinuteChargePromptAndCompletion) {
+TEST_F(Tenants, TokensPerMinuteReserveMaxTokensAndSettleTheCompletion) {
     const auto& tok = model_->tokenizer();
     const std::string text = model_->chat_template().apply({{"user", "Hi"}}, true);
     const size_t prompt = tok.encode(text, tok.add_bos_default(), true).size();
-    // Room for one prompt and one token more: the completion puts the bucket in debt.
+    // Room for one prompt and one token more: of max_tokens 8 one is reserved
+    // (all the bucket holds beside the prompt), and the rest of the completion
+    // puts the bucket in debt when it settles.
     const size_t tpm = prompt + 1;
     KeyedServer s(*model_, keys_of({{"key-a", "tenant=a,tokens-per-minute=" + std::to_string(tpm)}}));
     const Reply r1 = exchange(s.port(), "POST", kChat, turn("Hi", 8), auth("key-a"));
     ASSERT_EQ(r1.status, 200) << r1.body;
     EXPECT_EQ(r1.headers.at("x-ratelimit-limit-tokens"), std::to_string(tpm));
-    EXPECT_EQ(r1.headers.at("x-ratelimit-remaining-tokens"), "1") << "the prompt was charged at admission";
+    EXPECT_EQ(r1.headers.at("x-ratelimit-remaining-tokens"), "0") << "the prompt and the reservation were charged";
     const size_t completion = r1.json_body()["usage"]["completion_tokens"];
     ASSERT_GE(completion, 1u);
 
     const Reply limited = exchange(s.port(), "POST", kChat, turn("Hi", 8), auth("key-a"));
     expect_error(limited, 429, "rate_limit_exceeded", "the completion was charged too");
     EXPECT_EQ(limited.json_body()["error"]["type"], "tokens");
-    // From 1 - completion up to `prompt`, at tpm per minute.
-    const double debt_s = static_cast<double>(prompt - 1 + completion) * 60.0 / static_cast<double>(tpm);
+    // From 1 - completion up to prompt + 1 (the next prompt and its reservation), at tpm per minute.
+    const double debt_s = static_cast<double>(prompt + completion) * 60.0 / static_cast<double>(tpm);
     const int retry = std::stoi(limited.headers.at("retry-after"));
     EXPECT_EQ(retry, static_cast<int>(std::ceil(debt_s - 1e-9))) << limited.headers.at("retry-after");
     s.clock.advance_ms(static_cast<int64_t>(retry) * 1000 - 1000);
