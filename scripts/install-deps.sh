@@ -16,6 +16,7 @@ PACKAGES=(
   prometheus-cpp-dev                # /metrics text format (core only; served by our own HTTP server)
   libssl-dev                        # libcrypto: SHA-256 of API keys, constant-time compare, key generation
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc  # peer replication streams
+  libpq-dev                         # change data capture: PostgreSQL logical replication (pgoutput)
 )
 TEST_PACKAGES=(
   clang libclang-rt-14-dev          # libFuzzer and the sanitize build
@@ -23,6 +24,7 @@ TEST_PACKAGES=(
   redis-server                      # the session benchmark's side-by-side baseline
   chromium                          # the chat page's browser test (driven by playwright-core from npm)
   iproute2                          # `ip netns`/veth/bridge for the partition test (skips without it or root)
+  postgresql-15                     # the CDC tests start their own server in a temporary directory
 )
 # The JavaScript suites (openai SDK, browser) run on node >= 18 and npm; a node
 # already on the PATH (e.g. from NodeSource) is used as it is.

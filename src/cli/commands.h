@@ -14,6 +14,7 @@ void register_serve(CLI::App& app, int& exit_code);
 void register_apikey(CLI::App& app, int& exit_code);
 void register_dev_cluster(CLI::App& app, int& exit_code);
 void register_peer_cert(CLI::App& app, int& exit_code);
+void register_pipeline(CLI::App& app, int& exit_code);  // `pipeline run` and `graph query`
 void register_bench_prefix(CLI::App& bench, int& exit_code);
 void register_bench_engine(CLI::App& bench, int& exit_code);
 void register_bench_membw(CLI::App& bench, int& exit_code);

@@ -34,6 +34,9 @@ int main(int argc, char** argv) {
     assistd::cli::register_dev_cluster(app, exit_code);
     assistd::cli::register_peer_cert(app, exit_code);
 #endif
+#ifdef ASSISTD_HAVE_CDC
+    assistd::cli::register_pipeline(app, exit_code);
+#endif
     CLI::App* bench = app.add_subcommand("bench", "Benchmarks that print figures");
     bench->require_subcommand(1);
     assistd::cli::register_bench_engine(*bench, exit_code);

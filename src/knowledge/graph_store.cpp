@@ -1,0 +1,336 @@
+#include "knowledge/graph_store.h"
+
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/comparator.h>
+#include <rocksdb/utilities/write_batch_with_index.h>
+
+#include <set>
+
+namespace assistd::knowledge {
+namespace {
+
+constexpr char kSep = '\0';
+
+Error io_error(const rocksdb::Status& s, const std::string& what) {
+    return make_error(ErrorCode::kIo, "graph store: " + what + ": " + s.ToString());
+}
+
+void put_length(std::string& out, size_t n) {
+    // LEB128: short strings cost one byte.
+    do {
+        unsigned char b = n & 0x7f;
+        n >>= 7;
+        if (n) b |= 0x80;
+        out.push_back(static_cast<char>(b));
+    } while (n);
+}
+
+bool get_length(std::string_view& in, size_t& n) {
+    n = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (in.empty()) return false;
+        const auto b = static_cast<unsigned char>(in.front());
+        in.remove_prefix(1);
+        n |= static_cast<size_t>(b & 0x7f) << shift;
+        if (!(b & 0x80)) return true;
+    }
+    return false;
+}
+
+bool get_string(std::string_view& in, std::string& out) {
+    size_t n = 0;
+    if (!get_length(in, n) || n > in.size()) return false;
+    out.assign(in.substr(0, n));
+    in.remove_prefix(n);
+    return true;
+}
+
+std::string node_key(const NodeRef& n) {
+    std::string k = "n";
+    k += n.label;
+    k += kSep;
+    k += n.key;
+    return k;
+}
+
+// "o"/"i" a-label a-key type b-label b-key
+std::string adjacency_key(char kind, const NodeRef& a, const std::string& type, const NodeRef& b) {
+    std::string k(1, kind);
+    for (const std::string* part : {&a.label, &a.key, &type, &b.label, &b.key}) {
+        k += *part;
+        k += kSep;
+    }
+    k.pop_back();
+    return k;
+}
+
+std::string adjacency_prefix(char kind, const NodeRef& a) {
+    std::string k(1, kind);
+    k += a.label;
+    k += kSep;
+    k += a.key;
+    k += kSep;
+    return k;
+}
+
+std::string position_key(std::string_view source) {
+    std::string k = "p";
+    k += source;
+    return k;
+}
+
+// The five fields of an adjacency key (after its kind byte).
+bool split_adjacency(std::string_view key, NodeRef& a, std::string& type, NodeRef& b) {
+    key.remove_prefix(1);
+    std::string* parts[] = {&a.label, &a.key, &type, &b.label, &b.key};
+    for (size_t i = 0; i < 5; ++i) {
+        const size_t end = i == 4 ? key.size() : key.find(kSep);
+        if (end == std::string_view::npos) return false;
+        parts[i]->assign(key.substr(0, end));
+        key.remove_prefix(i == 4 ? end : end + 1);
+    }
+    return true;
+}
+
+// Keys starting with `prefix`, in order.
+template <typename Fn>
+void scan(rocksdb::DB* db, const rocksdb::Snapshot* snapshot, const std::string& prefix, Fn&& fn) {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot;
+    std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro));
+    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
+        fn(std::string_view(it->key().data(), it->key().size()), std::string_view(it->value().data(), it->value().size()));
+}
+
+// Deletes a node and its out-edges (with their in-index entries), as the
+// batch so far left them.
+void delete_node(rocksdb::DB* db, rocksdb::WriteBatchWithIndex& wb, const NodeRef& ref) {
+    wb.Delete(node_key(ref));
+    std::vector<std::string> out;
+    {
+        const std::string prefix = adjacency_prefix('o', ref);
+        std::unique_ptr<rocksdb::Iterator> it(wb.NewIteratorWithBase(db->NewIterator(rocksdb::ReadOptions())));
+        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) out.push_back(it->key().ToString());
+    }
+    for (const auto& key : out) {
+        NodeRef a, b;
+        std::string type;
+        if (!split_adjacency(key, a, type, b)) continue;
+        wb.Delete(key);
+        wb.Delete(adjacency_key('i', b, type, a));
+    }
+}
+
+}  // namespace
+
+std::string encode_properties(const Properties& properties) {
+    std::string out;
+    put_length(out, properties.size());
+    for (const auto& [name, value] : properties) {
+        put_length(out, name.size());
+        out += name;
+        put_length(out, value.size());
+        out += value;
+    }
+    return out;
+}
+
+std::optional<Properties> decode_properties(std::string_view bytes) {
+    size_t n = 0;
+    if (!get_length(bytes, n) || n > bytes.size()) return std::nullopt;
+    Properties out;
+    for (size_t i = 0; i < n; ++i) {
+        std::string name, value;
+        if (!get_string(bytes, name) || !get_string(bytes, value)) return std::nullopt;
+        out.emplace(std::move(name), std::move(value));
+    }
+    if (!bytes.empty()) return std::nullopt;
+    return out;
+}
+
+Result<std::unique_ptr<GraphStore>> GraphStore::open(const std::string& path) {
+    rocksdb::Options opts;
+    opts.create_if_missing = true;
+    rocksdb::DB* db = nullptr;
+    const auto s = rocksdb::DB::Open(opts, path, &db);
+    if (!s.ok()) return io_error(s, "cannot open " + path);
+    return std::unique_ptr<GraphStore>(new GraphStore(db));
+}
+
+GraphStore::GraphStore(rocksdb::DB* db) : db_(db) {}
+GraphStore::~GraphStore() = default;
+
+Status GraphStore::apply(const GraphBatch& batch) {
+    // Indexed, so a node delete sees the edges this batch added or removed before it.
+    rocksdb::WriteBatchWithIndex wb(rocksdb::BytewiseComparator(), 0, true);
+    for (const auto& c : batch.changes) {
+        switch (c.kind) {
+            case GraphChange::Kind::kUpsertNode: {
+                Properties props = c.node.properties;
+                if (!c.keep.empty()) {
+                    std::string stored;
+                    if (wb.GetFromBatchAndDB(db_.get(), rocksdb::ReadOptions(), node_key(c.node.ref), &stored).ok())
+                        if (auto old = decode_properties(stored))
+                            for (const auto& name : c.keep)
+                                if (auto it = old->find(name); it != old->end()) props[name] = it->second;
+                }
+                wb.Put(node_key(c.node.ref), encode_properties(props));
+                break;
+            }
+            case GraphChange::Kind::kDeleteNode:
+                delete_node(db_.get(), wb, c.node.ref);
+                break;
+            case GraphChange::Kind::kSetEdges: {
+                std::vector<std::string> out;
+                {
+                    std::string prefix = adjacency_prefix('o', c.edge.from);
+                    prefix += c.edge.type;
+                    prefix += kSep;
+                    std::unique_ptr<rocksdb::Iterator> it(
+                        wb.NewIteratorWithBase(db_->NewIterator(rocksdb::ReadOptions())));
+                    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
+                        out.push_back(it->key().ToString());
+                }
+                for (const auto& key : out) {
+                    NodeRef a, b;
+                    std::string type;
+                    if (!split_adjacency(key, a, type, b)) continue;
+                    wb.Delete(key);
+                    wb.Delete(adjacency_key('i', b, type, a));
+                }
+                for (const auto& to : c.targets) {
+                    wb.Put(adjacency_key('o', c.edge.from, c.edge.type, to), encode_properties(c.edge.properties));
+                    wb.Put(adjacency_key('i', to, c.edge.type, c.edge.from), "");
+                }
+                break;
+            }
+            case GraphChange::Kind::kUpsertEdge:
+                wb.Put(adjacency_key('o', c.edge.from, c.edge.type, c.edge.to), encode_properties(c.edge.properties));
+                wb.Put(adjacency_key('i', c.edge.to, c.edge.type, c.edge.from), "");
+                break;
+            case GraphChange::Kind::kDeleteLabel: {
+                std::string prefix = "n";
+                prefix += c.node.ref.label;
+                prefix += kSep;
+                std::vector<NodeRef> gone;
+                {
+                    std::unique_ptr<rocksdb::Iterator> it(
+                        wb.NewIteratorWithBase(db_->NewIterator(rocksdb::ReadOptions())));
+                    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
+                        gone.push_back({c.node.ref.label, it->key().ToString().substr(prefix.size())});
+                }
+                for (const auto& ref : gone) delete_node(db_.get(), wb, ref);
+                break;
+            }
+            case GraphChange::Kind::kDeleteEdge:
+                wb.Delete(adjacency_key('o', c.edge.from, c.edge.type, c.edge.to));
+                wb.Delete(adjacency_key('i', c.edge.to, c.edge.type, c.edge.from));
+                break;
+        }
+    }
+    if (!batch.source.empty()) wb.Put(position_key(batch.source), batch.position);
+    rocksdb::WriteOptions wo;
+    wo.sync = true;
+    const auto s = db_->Write(wo, wb.GetWriteBatch());
+    if (!s.ok()) return io_error(s, "applying a transaction at " + batch.position);
+    return {};
+}
+
+std::optional<std::string> GraphStore::position(std::string_view source) const {
+    std::string value;
+    const auto s = db_->Get(rocksdb::ReadOptions(), position_key(source), &value);
+    if (!s.ok()) return std::nullopt;
+    return value;
+}
+
+GraphStore::Reader GraphStore::read() const {
+    return Reader(db_.get(), db_->GetSnapshot());
+}
+
+GraphStore::Reader::Reader(rocksdb::DB* db, const rocksdb::Snapshot* snapshot) : db_(db), snapshot_(snapshot) {}
+
+GraphStore::Reader::Reader(Reader&& o) noexcept : db_(o.db_), snapshot_(o.snapshot_) {
+    o.snapshot_ = nullptr;
+}
+
+GraphStore::Reader& GraphStore::Reader::operator=(Reader&& o) noexcept {
+    std::swap(db_, o.db_);
+    std::swap(snapshot_, o.snapshot_);
+    return *this;
+}
+
+GraphStore::Reader::~Reader() {
+    if (snapshot_) db_->ReleaseSnapshot(snapshot_);
+}
+
+std::optional<Node> GraphStore::Reader::node(const NodeRef& ref) const {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot_;
+    std::string value;
+    if (!db_->Get(ro, node_key(ref), &value).ok()) return std::nullopt;
+    auto props = decode_properties(value);
+    if (!props) return std::nullopt;
+    return Node{ref, std::move(*props)};
+}
+
+std::vector<Edge> GraphStore::Reader::out_edges(const NodeRef& ref) const {
+    std::vector<Edge> out;
+    scan(db_, snapshot_, adjacency_prefix('o', ref), [&](std::string_view key, std::string_view value) {
+        Edge e;
+        if (!split_adjacency(key, e.from, e.type, e.to)) return;
+        if (auto p = decode_properties(value)) e.properties = std::move(*p);
+        out.push_back(std::move(e));
+    });
+    return out;
+}
+
+std::vector<Edge> GraphStore::Reader::in_edges(const NodeRef& ref) const {
+    std::vector<Edge> out;
+    scan(db_, snapshot_, adjacency_prefix('i', ref), [&](std::string_view key, std::string_view) {
+        Edge e;
+        if (split_adjacency(key, e.to, e.type, e.from)) out.push_back(std::move(e));
+    });
+    return out;
+}
+
+std::vector<Node> GraphStore::Reader::nodes(std::string_view label) const {
+    std::vector<Node> out;
+    std::string prefix = "n";
+    if (!label.empty()) {
+        prefix += label;
+        prefix += kSep;
+    }
+    scan(db_, snapshot_, prefix, [&](std::string_view key, std::string_view value) {
+        key.remove_prefix(1);
+        const size_t sep = key.find(kSep);
+        if (sep == std::string_view::npos) return;
+        Node n;
+        n.ref.label.assign(key.substr(0, sep));
+        n.ref.key.assign(key.substr(sep + 1));
+        if (auto p = decode_properties(value)) n.properties = std::move(*p);
+        out.push_back(std::move(n));
+    });
+    return out;
+}
+
+std::vector<Edge> GraphStore::Reader::edges() const {
+    std::vector<Edge> out;
+    scan(db_, snapshot_, "o", [&](std::string_view key, std::string_view value) {
+        Edge e;
+        if (!split_adjacency(key, e.from, e.type, e.to)) return;
+        if (auto p = decode_properties(value)) e.properties = std::move(*p);
+        out.push_back(std::move(e));
+    });
+    return out;
+}
+
+std::optional<std::string> GraphStore::Reader::position(std::string_view source) const {
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snapshot_;
+    std::string value;
+    if (!db_->Get(ro, position_key(source), &value).ok()) return std::nullopt;
+    return value;
+}
+
+}  // namespace assistd::knowledge
