@@ -2,9 +2,10 @@
 
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
-#include <rocksdb/comparator.h>
-#include <rocksdb/utilities/write_batch_with_index.h>
+#include <rocksdb/write_batch.h>
 
+#include <algorithm>
+#include <map>
 #include <set>
 
 namespace assistd::knowledge {
@@ -103,24 +104,89 @@ void scan(rocksdb::DB* db, const rocksdb::Snapshot* snapshot, const std::string&
         fn(std::string_view(it->key().data(), it->key().size()), std::string_view(it->value().data(), it->value().size()));
 }
 
-// Deletes a node and its out-edges (with their in-index entries), as the
-// batch so far left them.
-void delete_node(rocksdb::DB* db, rocksdb::WriteBatchWithIndex& wb, const NodeRef& ref) {
-    wb.Delete(node_key(ref));
-    std::vector<std::string> out;
-    {
+// What a batch has made of the nodes it touches: each node's properties and
+// out-edges are read from the database the first time the batch touches it
+// (one Get, one Seek), then kept here as the batch changes them, so every
+// change sees the ones before it at the cost of a map lookup. The writes go
+// to a plain WriteBatch as the changes come.
+class BatchState {
+  public:
+    explicit BatchState(rocksdb::DB* db) : db_(db), it_(db->NewIterator(rocksdb::ReadOptions())) {}
+
+    using OutEdges = std::map<std::string, std::map<NodeRef, Properties>>;  // type -> target -> properties
+
+    std::optional<Properties>& node(const NodeRef& ref) {
+        auto it = nodes_.find(ref);
+        if (it != nodes_.end()) return it->second;
+        std::optional<Properties> props;
+        std::string value;
+        if (db_->Get(rocksdb::ReadOptions(), node_key(ref), &value).ok()) props = decode_properties(value);
+        return nodes_.emplace(ref, std::move(props)).first->second;
+    }
+
+    OutEdges& out(const NodeRef& ref) {
+        auto found = out_.find(ref);
+        if (found != out_.end()) return found->second;
+        OutEdges edges;
         const std::string prefix = adjacency_prefix('o', ref);
-        std::unique_ptr<rocksdb::Iterator> it(wb.NewIteratorWithBase(db->NewIterator(rocksdb::ReadOptions())));
-        for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) out.push_back(it->key().ToString());
+        for (it_->Seek(prefix); it_->Valid() && it_->key().starts_with(prefix); it_->Next()) {
+            NodeRef a, b;
+            std::string type;
+            if (!split_adjacency(std::string_view(it_->key().data(), it_->key().size()), a, type, b)) continue;
+            edges[type][b] = decode_properties(std::string_view(it_->value().data(), it_->value().size()))
+                                 .value_or(Properties{});
+        }
+        return out_.emplace(ref, std::move(edges)).first->second;
     }
-    for (const auto& key : out) {
-        NodeRef a, b;
-        std::string type;
-        if (!split_adjacency(key, a, type, b)) continue;
-        wb.Delete(key);
-        wb.Delete(adjacency_key('i', b, type, a));
+
+    void put_edge(const NodeRef& from, const std::string& type, const NodeRef& to, const Properties& props) {
+        wb.Put(adjacency_key('o', from, type, to), encode_properties(props));
+        wb.Put(adjacency_key('i', to, type, from), "");
+        out(from)[type][to] = props;
     }
-}
+    void delete_edge(const NodeRef& from, const std::string& type, const NodeRef& to) {
+        wb.Delete(adjacency_key('o', from, type, to));
+        wb.Delete(adjacency_key('i', to, type, from));
+        auto& edges = out(from);
+        if (auto t = edges.find(type); t != edges.end()) t->second.erase(to);
+    }
+    void delete_node(const NodeRef& ref) {
+        wb.Delete(node_key(ref));
+        node(ref).reset();
+        auto& edges = out(ref);
+        for (const auto& [type, targets] : edges)
+            for (const auto& [to, props] : targets) {
+                wb.Delete(adjacency_key('o', ref, type, to));
+                wb.Delete(adjacency_key('i', to, type, ref));
+            }
+        edges.clear();
+    }
+    // Every node of a label as the batch leaves it so far.
+    std::vector<NodeRef> label_nodes(const std::string& label) {
+        std::set<NodeRef> out;
+        std::string prefix = "n";
+        prefix += label;
+        prefix += kSep;
+        for (it_->Seek(prefix); it_->Valid() && it_->key().starts_with(prefix); it_->Next())
+            out.insert({label, it_->key().ToString().substr(prefix.size())});
+        for (const auto& [ref, props] : nodes_) {
+            if (ref.label != label) continue;
+            if (props)
+                out.insert(ref);
+            else
+                out.erase(ref);
+        }
+        return {out.begin(), out.end()};
+    }
+
+    rocksdb::WriteBatch wb;
+
+  private:
+    rocksdb::DB* db_;
+    std::unique_ptr<rocksdb::Iterator> it_;
+    std::map<NodeRef, std::optional<Properties>> nodes_;
+    std::map<NodeRef, OutEdges> out_;
+};
 
 }  // namespace
 
@@ -162,77 +228,47 @@ GraphStore::GraphStore(rocksdb::DB* db) : db_(db) {}
 GraphStore::~GraphStore() = default;
 
 Status GraphStore::apply(const GraphBatch& batch) {
-    // Indexed, so a node delete sees the edges this batch added or removed before it.
-    rocksdb::WriteBatchWithIndex wb(rocksdb::BytewiseComparator(), 0, true);
+    std::lock_guard lock(apply_mu_);  // one batch at a time: each reads what the previous wrote
+    BatchState state(db_.get());
     for (const auto& c : batch.changes) {
         switch (c.kind) {
             case GraphChange::Kind::kUpsertNode: {
                 Properties props = c.node.properties;
-                if (!c.keep.empty()) {
-                    std::string stored;
-                    if (wb.GetFromBatchAndDB(db_.get(), rocksdb::ReadOptions(), node_key(c.node.ref), &stored).ok())
-                        if (auto old = decode_properties(stored))
-                            for (const auto& name : c.keep)
-                                if (auto it = old->find(name); it != old->end()) props[name] = it->second;
-                }
-                wb.Put(node_key(c.node.ref), encode_properties(props));
+                if (!c.keep.empty())
+                    if (const auto& old = state.node(c.node.ref))
+                        for (const auto& name : c.keep)
+                            if (auto it = old->find(name); it != old->end()) props[name] = it->second;
+                state.wb.Put(node_key(c.node.ref), encode_properties(props));
+                state.node(c.node.ref) = std::move(props);
                 break;
             }
             case GraphChange::Kind::kDeleteNode:
-                delete_node(db_.get(), wb, c.node.ref);
+                state.delete_node(c.node.ref);
                 break;
             case GraphChange::Kind::kSetEdges: {
-                std::vector<std::string> out;
-                {
-                    std::string prefix = adjacency_prefix('o', c.edge.from);
-                    prefix += c.edge.type;
-                    prefix += kSep;
-                    std::unique_ptr<rocksdb::Iterator> it(
-                        wb.NewIteratorWithBase(db_->NewIterator(rocksdb::ReadOptions())));
-                    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
-                        out.push_back(it->key().ToString());
-                }
-                for (const auto& key : out) {
-                    NodeRef a, b;
-                    std::string type;
-                    if (!split_adjacency(key, a, type, b)) continue;
-                    wb.Delete(key);
-                    wb.Delete(adjacency_key('i', b, type, a));
-                }
-                for (const auto& to : c.targets) {
-                    wb.Put(adjacency_key('o', c.edge.from, c.edge.type, to), encode_properties(c.edge.properties));
-                    wb.Put(adjacency_key('i', to, c.edge.type, c.edge.from), "");
-                }
+                std::vector<NodeRef> stale;
+                for (const auto& [to, props] : state.out(c.edge.from)[c.edge.type])
+                    if (std::find(c.targets.begin(), c.targets.end(), to) == c.targets.end()) stale.push_back(to);
+                for (const auto& to : stale) state.delete_edge(c.edge.from, c.edge.type, to);
+                for (const auto& to : c.targets) state.put_edge(c.edge.from, c.edge.type, to, c.edge.properties);
                 break;
             }
             case GraphChange::Kind::kUpsertEdge:
-                wb.Put(adjacency_key('o', c.edge.from, c.edge.type, c.edge.to), encode_properties(c.edge.properties));
-                wb.Put(adjacency_key('i', c.edge.to, c.edge.type, c.edge.from), "");
+                state.put_edge(c.edge.from, c.edge.type, c.edge.to, c.edge.properties);
                 break;
-            case GraphChange::Kind::kDeleteLabel: {
-                std::string prefix = "n";
-                prefix += c.node.ref.label;
-                prefix += kSep;
-                std::vector<NodeRef> gone;
-                {
-                    std::unique_ptr<rocksdb::Iterator> it(
-                        wb.NewIteratorWithBase(db_->NewIterator(rocksdb::ReadOptions())));
-                    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
-                        gone.push_back({c.node.ref.label, it->key().ToString().substr(prefix.size())});
-                }
-                for (const auto& ref : gone) delete_node(db_.get(), wb, ref);
-                break;
-            }
             case GraphChange::Kind::kDeleteEdge:
-                wb.Delete(adjacency_key('o', c.edge.from, c.edge.type, c.edge.to));
-                wb.Delete(adjacency_key('i', c.edge.to, c.edge.type, c.edge.from));
+                state.delete_edge(c.edge.from, c.edge.type, c.edge.to);
+                break;
+            case GraphChange::Kind::kDeleteLabel:
+                for (const auto& ref : state.label_nodes(c.node.ref.label)) state.delete_node(ref);
                 break;
         }
     }
+    rocksdb::WriteBatch& wb = state.wb;
     if (!batch.source.empty()) wb.Put(position_key(batch.source), batch.position);
     rocksdb::WriteOptions wo;
     wo.sync = true;
-    const auto s = db_->Write(wo, wb.GetWriteBatch());
+    const auto s = db_->Write(wo, &wb);
     if (!s.ok()) return io_error(s, "applying a transaction at " + batch.position);
     return {};
 }

@@ -12,6 +12,7 @@
 // other nodes pointing at it stay (their rows still refer to it) and readers
 // skip targets that do not exist.
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -65,6 +66,7 @@ class GraphStore {
   private:
     explicit GraphStore(rocksdb::DB* db);
     std::unique_ptr<rocksdb::DB> db_;
+    std::mutex apply_mu_;
 };
 
 // The property encoding, public for tests: count, then name and value, each length-prefixed.
