@@ -2,6 +2,8 @@
 // from the file's sources into the knowledge graph, until SIGINT/SIGTERM.
 // `assistd graph query --state-dir DIR --node LABEL:KEY [--hops N]`: a
 // node's neighbourhood, as `subject -[TYPE]-> object` lines.
+// `assistd graph context --state-dir DIR --text "..." [--hops N] [--max-tokens N]`:
+// the context block a chat message would get.
 #include <pthread.h>
 #include <signal.h>
 
@@ -15,6 +17,7 @@
 #include "cdc/pipeline.h"
 #include "cli/commands.h"
 #include "knowledge/graph_store.h"
+#include "knowledge/retrieval.h"
 
 namespace assistd::cli {
 namespace {
@@ -130,6 +133,26 @@ int query_graph(const std::string& dir, const std::string& node, int hops) {
     return 0;
 }
 
+int graph_context(const std::string& dir, const std::string& text, int hops, size_t max_tokens) {
+    auto graph = knowledge::GraphStore::open(dir);
+    if (!graph.ok()) {
+        std::fprintf(stderr, "assistd graph context: %s\n", graph.error().message.c_str());
+        return 1;
+    }
+    knowledge::RetrievalOptions o;
+    o.hops = hops;
+    o.max_tokens = max_tokens;
+    const auto c = knowledge::retrieve((*graph)->read(), text, o);
+    if (c.entities.empty()) {
+        std::fprintf(stderr, "assistd graph context: the text names no entity the graph knows\n");
+        return 1;
+    }
+    std::printf("%s", c.text().c_str());
+    std::fprintf(stderr, "%zu entities, %zu facts, ~%zu tokens%s\n", c.entities.size(), c.facts.size(), c.tokens,
+                 c.truncated ? " (cut at the budget)" : "");
+    return 0;
+}
+
 }  // namespace
 
 void register_pipeline(CLI::App& app, int& exit_code) {
@@ -150,6 +173,19 @@ void register_pipeline(CLI::App& app, int& exit_code) {
     query->add_option("--node", std::get<1>(*q), "LABEL:KEY")->required();
     query->add_option("--hops", std::get<2>(*q), "How far to expand")->check(CLI::Range(0, 5))->capture_default_str();
     query->callback([q, &exit_code] { exit_code = query_graph(std::get<0>(*q), std::get<1>(*q), std::get<2>(*q)); });
+
+    struct ContextOptions {
+        std::string dir, text;
+        int hops = 1;
+        size_t max_tokens = 512;
+    };
+    auto co = std::make_shared<ContextOptions>();
+    auto* context = graph->add_subcommand("context", "Print the context block a chat message would get");
+    context->add_option("--state-dir", co->dir, "The pipeline's state directory")->required();
+    context->add_option("--text", co->text, "The message")->required();
+    context->add_option("--hops", co->hops, "How far to expand")->check(CLI::Range(0, 5))->capture_default_str();
+    context->add_option("--max-tokens", co->max_tokens, "The block's budget")->check(CLI::Range(16, 65536))->capture_default_str();
+    context->callback([co, &exit_code] { exit_code = graph_context(co->dir, co->text, co->hops, co->max_tokens); });
 }
 
 }  // namespace assistd::cli

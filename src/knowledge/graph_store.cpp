@@ -1,5 +1,7 @@
 #include "knowledge/graph_store.h"
 
+#include "knowledge/names.h"
+
 #include <rocksdb/db.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
@@ -81,6 +83,27 @@ std::string position_key(std::string_view source) {
     return k;
 }
 
+// "x" name label key: the name index.
+std::string name_key(const std::string& name, const NodeRef& ref) {
+    std::string k = "x";
+    k += name;
+    k += kSep;
+    k += ref.label;
+    k += kSep;
+    k += ref.key;
+    return k;
+}
+
+// The names a node is found by: its key's and its properties'.
+std::set<std::string> names_of(const NodeRef& ref, const Properties* props) {
+    std::set<std::string> out;
+    if (auto n = name_of(ref.key); !n.empty()) out.insert(std::move(n));
+    if (props)
+        for (const auto& [k, v] : *props)
+            if (auto n = name_of(v); !n.empty()) out.insert(std::move(n));
+    return out;
+}
+
 // The five fields of an adjacency key (after its kind byte).
 bool split_adjacency(std::string_view key, NodeRef& a, std::string& type, NodeRef& b) {
     key.remove_prefix(1);
@@ -94,13 +117,15 @@ bool split_adjacency(std::string_view key, NodeRef& a, std::string& type, NodeRe
     return true;
 }
 
-// Keys starting with `prefix`, in order.
+// Keys starting with `prefix`, in order, at most `limit` of them.
 template <typename Fn>
-void scan(rocksdb::DB* db, const rocksdb::Snapshot* snapshot, const std::string& prefix, Fn&& fn) {
+void scan(rocksdb::DB* db, const rocksdb::Snapshot* snapshot, const std::string& prefix, Fn&& fn,
+          size_t limit = SIZE_MAX) {
     rocksdb::ReadOptions ro;
     ro.snapshot = snapshot;
     std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro));
-    for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next())
+    size_t n = 0;
+    for (it->Seek(prefix); n < limit && it->Valid() && it->key().starts_with(prefix); it->Next(), ++n)
         fn(std::string_view(it->key().data(), it->key().size()), std::string_view(it->value().data(), it->value().size()));
 }
 
@@ -139,6 +164,22 @@ class BatchState {
         return out_.emplace(ref, std::move(edges)).first->second;
     }
 
+    // The node's properties become `props` (nullopt: deleted), its names with them.
+    void set_node(const NodeRef& ref, std::optional<Properties> props) {
+        auto& current = node(ref);
+        const auto before = current ? names_of(ref, &*current) : std::set<std::string>{};
+        const auto after = props ? names_of(ref, &*props) : std::set<std::string>{};
+        for (const auto& n : before)
+            if (!after.count(n)) wb.Delete(name_key(n, ref));
+        for (const auto& n : after)
+            if (!before.count(n)) wb.Put(name_key(n, ref), "");
+        if (props)
+            wb.Put(node_key(ref), encode_properties(*props));
+        else
+            wb.Delete(node_key(ref));
+        current = std::move(props);
+    }
+
     void put_edge(const NodeRef& from, const std::string& type, const NodeRef& to, const Properties& props) {
         wb.Put(adjacency_key('o', from, type, to), encode_properties(props));
         wb.Put(adjacency_key('i', to, type, from), "");
@@ -151,8 +192,7 @@ class BatchState {
         if (auto t = edges.find(type); t != edges.end()) t->second.erase(to);
     }
     void delete_node(const NodeRef& ref) {
-        wb.Delete(node_key(ref));
-        node(ref).reset();
+        set_node(ref, std::nullopt);
         auto& edges = out(ref);
         for (const auto& [type, targets] : edges)
             for (const auto& [to, props] : targets) {
@@ -238,8 +278,7 @@ Status GraphStore::apply(const GraphBatch& batch) {
                     if (const auto& old = state.node(c.node.ref))
                         for (const auto& name : c.keep)
                             if (auto it = old->find(name); it != old->end()) props[name] = it->second;
-                state.wb.Put(node_key(c.node.ref), encode_properties(props));
-                state.node(c.node.ref) = std::move(props);
+                state.set_node(c.node.ref, std::move(props));
                 break;
             }
             case GraphChange::Kind::kDeleteNode:
@@ -310,23 +349,29 @@ std::optional<Node> GraphStore::Reader::node(const NodeRef& ref) const {
     return Node{ref, std::move(*props)};
 }
 
-std::vector<Edge> GraphStore::Reader::out_edges(const NodeRef& ref) const {
+std::vector<Edge> GraphStore::Reader::out_edges(const NodeRef& ref, size_t limit) const {
     std::vector<Edge> out;
-    scan(db_, snapshot_, adjacency_prefix('o', ref), [&](std::string_view key, std::string_view value) {
-        Edge e;
-        if (!split_adjacency(key, e.from, e.type, e.to)) return;
-        if (auto p = decode_properties(value)) e.properties = std::move(*p);
-        out.push_back(std::move(e));
-    });
+    scan(
+        db_, snapshot_, adjacency_prefix('o', ref),
+        [&](std::string_view key, std::string_view value) {
+            Edge e;
+            if (!split_adjacency(key, e.from, e.type, e.to)) return;
+            if (auto p = decode_properties(value)) e.properties = std::move(*p);
+            out.push_back(std::move(e));
+        },
+        limit);
     return out;
 }
 
-std::vector<Edge> GraphStore::Reader::in_edges(const NodeRef& ref) const {
+std::vector<Edge> GraphStore::Reader::in_edges(const NodeRef& ref, size_t limit) const {
     std::vector<Edge> out;
-    scan(db_, snapshot_, adjacency_prefix('i', ref), [&](std::string_view key, std::string_view) {
-        Edge e;
-        if (split_adjacency(key, e.to, e.type, e.from)) out.push_back(std::move(e));
-    });
+    scan(
+        db_, snapshot_, adjacency_prefix('i', ref),
+        [&](std::string_view key, std::string_view) {
+            Edge e;
+            if (split_adjacency(key, e.to, e.type, e.from)) out.push_back(std::move(e));
+        },
+        limit);
     return out;
 }
 
@@ -357,6 +402,27 @@ std::vector<Edge> GraphStore::Reader::edges() const {
         if (!split_adjacency(key, e.from, e.type, e.to)) return;
         if (auto p = decode_properties(value)) e.properties = std::move(*p);
         out.push_back(std::move(e));
+    });
+    return out;
+}
+
+std::vector<NodeRef> GraphStore::Reader::named(std::string_view name) const {
+    std::vector<NodeRef> out;
+    std::string prefix = "x";
+    prefix += name;
+    prefix += kSep;
+    scan(db_, snapshot_, prefix, [&](std::string_view key, std::string_view) {
+        key.remove_prefix(prefix.size());
+        const size_t sep = key.find(kSep);
+        if (sep != std::string_view::npos) out.push_back({std::string(key.substr(0, sep)), std::string(key.substr(sep + 1))});
+    });
+    return out;
+}
+
+std::map<std::string, std::string> GraphStore::Reader::positions() const {
+    std::map<std::string, std::string> out;
+    scan(db_, snapshot_, "p", [&](std::string_view key, std::string_view value) {
+        out.emplace(std::string(key.substr(1)), std::string(value));
     });
     return out;
 }

@@ -8,9 +8,12 @@
 //   "o" from-label from-key type to-label to-key -> the edge's properties
 //   "i" to-label to-key type from-label from-key -> "" (the in-adjacency)
 //   "p" source                     -> its position
+//   "x" name label key             -> "" (the name index, names.h)
 // Deleting a node deletes its out-edges (they came from its row); edges of
 // other nodes pointing at it stay (their rows still refer to it) and readers
 // skip targets that do not exist.
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -48,12 +51,16 @@ class GraphStore {
         Reader& operator=(Reader&&) noexcept;
         Reader(const Reader&) = delete;
         std::optional<Node> node(const NodeRef& ref) const;
-        std::vector<Edge> out_edges(const NodeRef& ref) const;
-        std::vector<Edge> in_edges(const NodeRef& ref) const;  // properties not filled
+        // At most `limit` edges, in key order.
+        std::vector<Edge> out_edges(const NodeRef& ref, size_t limit = SIZE_MAX) const;
+        std::vector<Edge> in_edges(const NodeRef& ref, size_t limit = SIZE_MAX) const;  // properties not filled
         // Every node of a label (or of every label when empty), in key order.
         std::vector<Node> nodes(std::string_view label = {}) const;
         std::vector<Edge> edges() const;  // every edge, with its properties
         std::optional<std::string> position(std::string_view source) const;
+        std::map<std::string, std::string> positions() const;  // every source's
+        // The nodes with this name (name_of form) as their key or a property's value.
+        std::vector<NodeRef> named(std::string_view name) const;
 
       private:
         friend class GraphStore;
