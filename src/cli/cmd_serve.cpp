@@ -23,6 +23,9 @@
 
 #include "cli/commands.h"
 #include "cli/serve_kv_standby.h"
+#if ASSISTD_HAVE_CDC
+#include "cli/serve_knowledge.h"
+#endif
 #include "cli/model_options.h"
 #include "common/clock.h"
 #include "serve/auth.h"
@@ -76,6 +79,7 @@ struct ServeOptions {
     size_t max_header_bytes = 64 * 1024;
     int header_timeout_ms = 10000;
     std::string kv_disk_dir;          // the prefix cache's disk tier; empty: none
+    std::string knowledge_pipeline;   // a pipeline file: CDC into the graph chat requests read
     size_t kv_disk_mib = 4096;
     size_t kv_standby_copies = 2;     // in a fleet: replicas that get each session's new KV after a turn
     size_t kv_standby_mib = 1024;     // peers' standby KV held here at most
@@ -418,6 +422,23 @@ int run_serve(const ServeOptions& o, bool precision_given) {
         });
     }
 #endif
+#if ASSISTD_HAVE_CDC
+    std::unique_ptr<ServeKnowledge> knowledge;
+    if (!o.knowledge_pipeline.empty()) {
+        auto started = ServeKnowledge::start(o.knowledge_pipeline, o.state_dir);
+        if (!started.ok()) {
+            std::fprintf(stderr, "assistd serve: --knowledge-pipeline: %s\n", started.error().message.c_str());
+            return 2;
+        }
+        knowledge = std::move(*started);
+        rc.knowledge = &knowledge->graph();
+    }
+#else
+    if (!o.knowledge_pipeline.empty()) {
+        std::fprintf(stderr, "assistd serve: --knowledge-pipeline: this build has no change data capture\n");
+        return 2;
+    }
+#endif
     // Session-store work (fsyncs; in a fleet, replica acks, fetches, quorum reads) waits here, not on I/O threads.
     BlockingPool store_work(std::max<size_t>(1, o.store_threads));
     rc.blocking = &store_work;
@@ -640,6 +661,9 @@ void register_serve(CLI::App& app, int& exit_code) {
     cmd->add_option("--prefix-cache-min-tokens", o->prefix_cache_min_tokens,
                     "Shortest common prefix worth reusing")
         ->capture_default_str();
+    cmd->add_option("--knowledge-pipeline", o->knowledge_pipeline,
+                    "A pipeline file (docs/knowledge.md): its change data capture runs inside the server, into the "
+                    "graph chat requests read with 'knowledge'");
     cmd->add_option("--kv-disk-dir", o->kv_disk_dir,
                     "Directory where the KV of conversations that leave the prefix cache is kept, so a returning "
                     "conversation (or this node after a restart) reads it back instead of prefilling; none: off");

@@ -7,6 +7,7 @@
 #include <rocksdb/write_batch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <set>
 
@@ -309,7 +310,27 @@ Status GraphStore::apply(const GraphBatch& batch) {
     wo.sync = true;
     const auto s = db_->Write(wo, &wb);
     if (!s.ok()) return io_error(s, "applying a transaction at " + batch.position);
+    {
+        std::lock_guard lk(applied_mu_);
+        ++applied_count_;
+    }
+    applied_.notify_all();
     return {};
+}
+
+bool GraphStore::wait_for(const std::function<bool(const std::map<std::string, std::string>&)>& reached,
+                          int64_t timeout_ms) {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    for (;;) {
+        uint64_t seen;
+        {
+            std::lock_guard lk(applied_mu_);
+            seen = applied_count_;
+        }
+        if (reached(read().positions())) return true;
+        std::unique_lock lk(applied_mu_);
+        if (!applied_.wait_until(lk, until, [&] { return applied_count_ != seen; })) return false;
+    }
 }
 
 std::optional<std::string> GraphStore::position(std::string_view source) const {

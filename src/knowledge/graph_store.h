@@ -13,6 +13,8 @@
 // other nodes pointing at it stay (their rows still refer to it) and readers
 // skip targets that do not exist.
 #include <cstdint>
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -42,6 +44,9 @@ class GraphStore {
     Status apply(const GraphBatch& batch);
     // The position a source reached (nullopt: never applied anything).
     std::optional<std::string> position(std::string_view source) const;
+    // Waits until `reached` holds for the sources' positions (checked now and
+    // after each applied batch), at most `timeout_ms`; whether it held.
+    bool wait_for(const std::function<bool(const std::map<std::string, std::string>&)>& reached, int64_t timeout_ms);
 
     // A consistent view of the graph at one moment.
     class Reader {
@@ -74,6 +79,9 @@ class GraphStore {
     explicit GraphStore(rocksdb::DB* db);
     std::unique_ptr<rocksdb::DB> db_;
     std::mutex apply_mu_;
+    std::mutex applied_mu_;
+    std::condition_variable applied_;
+    uint64_t applied_count_ = 0;
 };
 
 // The property encoding, public for tests: count, then name and value, each length-prefixed.

@@ -11,6 +11,7 @@
 
 #include "serve/auth.h"
 #include "serve/blocking_pool.h"
+#include "serve/knowledge_context.h"
 #include "serve/rate_limit.h"
 #include "serve/sessions.h"
 #include "state/tenant_sessions.h"
@@ -310,8 +311,15 @@ private:
         j["choices"] = json::array({std::move(choice)});
         j["usage"] = usage();
         if (sessions_) j["session_id"] = session_id_;
+        for (const auto& [k, v] : extra_.items()) j[k] = v;
         return j;
     }
+
+public:
+    // A field of the whole (non-streamed) response beside the standard ones.
+    void set_extra(const std::string& key, json value) { extra_[key] = std::move(value); }
+
+private:
 
     std::shared_ptr<GenerationChannel> channel_;
     bool chat_, stream_, include_usage_;
@@ -327,6 +335,7 @@ private:
     int retry_after_s_;
     GenerationUpdate update_;
     std::string text_;
+    json extra_ = json::object();
     int status_ = 200;
     HttpHeaders headers_;
     bool started_ = false, done_ = false;
@@ -747,6 +756,24 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     std::vector<engine::ChatMessage> new_messages;  // in a session: what this request appends
     bool session_exists = false;
 
+    // knowledge: facts from the graph (chat only; serve/knowledge_context.h).
+    std::optional<KnowledgeRequest> knowledge_request;
+    std::optional<KnowledgeUsed> knowledge_used;
+    {
+        auto field = parse_knowledge_field(body);
+        if (auto* e = std::get_if<KnowledgeError>(&field))
+            return error_response({e->status, e->message, "invalid_request_error", e->param, e->code});
+        knowledge_request = std::get<std::optional<KnowledgeRequest>>(std::move(field));
+        if (knowledge_request && !chat)
+            return error_response({400, "'knowledge' works with /v1/chat/completions only", "invalid_request_error",
+                                   "knowledge", "invalid_value"});
+        if (knowledge_request && !config_.knowledge)
+            return error_response({400,
+                                   "this server keeps no knowledge graph: run it with a pipeline (--knowledge-pipeline; "
+                                   "docs/knowledge.md)",
+                                   "invalid_request_error", "knowledge", "knowledge_unavailable"});
+    }
+
     std::optional<ApiError> err;
     GenerationRequest gen;
     const auto& tok = model_.tokenizer();
@@ -795,6 +822,17 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
             messages.push_back({role, std::move(*content)});
         }
         if (in_session) new_messages.assign(messages.begin() + static_cast<std::ptrdiff_t>(stored_count), messages.end());
+        // Facts from the knowledge graph for the prompt only (never stored in the session).
+        if (knowledge_request) {
+            auto added = add_knowledge(*config_.knowledge, *knowledge_request, messages, [&](std::string_view line) {
+                return tok.encode(line, false, false).size();
+            });
+            if (auto* e = std::get_if<KnowledgeError>(&added))
+                return error_response({e->status, e->message, e->status == 503 ? "server_error" : "invalid_request_error",
+                                       e->param, e->code},
+                                      e->status == 503 ? config_.retry_after_s : 0);
+            knowledge_used = std::get<KnowledgeUsed>(std::move(added));
+        }
         // Message text stays text: only the template's markup becomes special tokens.
         gen.prompt = engine::encode_chat(tok, model_.chat_template().render(messages, true), tok.add_bos_default());
         for (auto& s : model_.chat_template().stop_strings()) stops.push_back(s);
@@ -996,18 +1034,26 @@ HttpResponse OpenAiRoutes::completions(const HttpRequest& request, bool chat, co
     r.stream = stream;
     r.content_type = stream ? "text/event-stream" : "application/json";
     r.headers = std::move(rate_headers);
+    if (knowledge_used) {
+        std::string positions;
+        for (const auto& [source, position] : knowledge_used->positions)
+            positions += (positions.empty() ? "" : "; ") + source + "=" + position;
+        r.headers.emplace_back("X-Knowledge-Positions", positions);
+    }
     reservation.release();  // from here on_done settles it
     OnCompletionDone on_done = [this, tenant = caller.tenant, key = caller.key, reserved_tokens](
                                    int status, size_t completion_tokens) {
         metrics_.count_tenant_request(tenant, status);
         if (key && limiter_) limiter_->settle(*key, reserved_tokens, completion_tokens);
     };
-    r.async = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
+    auto completion = std::make_shared<CompletionBody>(*channel, chat, stream, include_usage,
                                                (chat ? "chatcmpl-" : "cmpl-") + std::to_string(number),
                                                config_.model_id, clock_.now_unix_ms() / 1000, metrics_, route,
                                                config_.retry_after_s, in_session ? sessions_ : nullptr,
                                                std::move(session_key), session_id, std::move(on_done),
                                                std::move(turn), config_.blocking);
+    if (knowledge_used) completion->set_extra("knowledge", knowledge_used->to_json());
+    r.async = std::move(completion);
     return r;
 }
 

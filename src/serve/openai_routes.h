@@ -31,6 +31,10 @@
 #include "serve/static_files.h"
 #include "state/session_store.h"
 
+namespace assistd::knowledge {
+class GraphStore;
+}
+
 namespace assistd::serve {
 
 struct OpenAiRoutesConfig {
@@ -56,6 +60,8 @@ struct OpenAiRoutesConfig {
     // Runs a finished turn's session writes (the answer, the usage) off the
     // I/O threads; null: on the thread that polls the generation.
     BlockingPool* blocking = nullptr;
+    // The knowledge graph chat requests may ask facts of (`knowledge`); null: none.
+    knowledge::GraphStore* knowledge = nullptr;
 };
 
 class ApiKeyTable;

@@ -26,6 +26,10 @@ class PostgresServer {
 
     // Runs SQL in `database` (several statements allowed); "" or the error.
     std::string exec(const std::string& sql, const std::string& database = "postgres");
+    // Runs `sql` in a transaction and commits it; the WAL insert position
+    // taken inside it after `sql` (past every earlier commit, before this
+    // one's end): what a client waits for to see its own change. "" on error.
+    std::string commit_position(const std::string& sql, const std::string& database);
     // The rows of a query, each column's text ("\\N" for NULL).
     std::vector<std::vector<std::string>> rows(const std::string& sql, const std::string& database = "postgres");
 

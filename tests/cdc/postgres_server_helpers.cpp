@@ -98,6 +98,24 @@ std::string PostgresServer::exec(const std::string& sql, const std::string& data
     return err;
 }
 
+std::string PostgresServer::commit_position(const std::string& sql, const std::string& database) {
+    const std::string info =
+        "host=127.0.0.1 port=" + std::to_string(port_) + " user=postgres dbname=" + database + " connect_timeout=5";
+    PGconn* c = PQconnectdb(info.c_str());
+    std::string lsn;
+    auto run = [&](const std::string& q, ExecStatusType want) {
+        PGresult* r = PQexec(c, q.c_str());
+        const bool ok = PQresultStatus(r) == want;
+        if (ok && want == PGRES_TUPLES_OK && PQntuples(r) == 1) lsn = PQgetvalue(r, 0, 0);
+        PQclear(r);
+        return ok;
+    };
+    const bool ok = PQstatus(c) == CONNECTION_OK && run("BEGIN", PGRES_COMMAND_OK) && run(sql, PGRES_COMMAND_OK) &&
+                    run("SELECT pg_current_wal_insert_lsn()", PGRES_TUPLES_OK) && run("COMMIT", PGRES_COMMAND_OK);
+    PQfinish(c);
+    return ok ? lsn : "";
+}
+
 std::vector<std::vector<std::string>> PostgresServer::rows(const std::string& sql, const std::string& database) {
     const std::string info =
         "host=127.0.0.1 port=" + std::to_string(port_) + " user=postgres dbname=" + database + " connect_timeout=5";
