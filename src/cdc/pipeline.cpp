@@ -1,11 +1,20 @@
 #include "cdc/pipeline.h"
 
 #include <chrono>
+#include <optional>
 
 #include "cdc/graph_mapping.h"
 #include "cdc/postgres_source.h"
 
 namespace assistd::cdc {
+namespace {
+
+// A group of transactions applied in one write: at most this many, or this
+// many graph changes (the first transaction alone may be bigger).
+constexpr size_t kMaxGroupTransactions = 256;
+constexpr size_t kMaxGroupChanges = 65536;
+
+}  // namespace
 
 struct Pipeline::Impl {
     knowledge::GraphStore* graph = nullptr;
@@ -58,22 +67,45 @@ Status Pipeline::run(const std::atomic<bool>& stop, const std::function<void(con
     const int wait_ms = impl_->sources.size() > 1 ? 20 : 100;
     while (!stop.load()) {
         for (auto& r : impl_->sources) {
-            auto txn = r.source->next(wait_ms);
-            if (!txn.ok()) return txn.error();
-            if (!*txn) continue;
-            auto batch = r.mapping->map(**txn, r.config.name);
-            if (!batch.ok()) return batch.error();
-            if (auto st = impl_->graph->apply(*batch); !st.ok()) return st;
-            r.source->confirm((*txn)->position);
-            ++p.transactions;
-            p.rows += (*txn)->rows.size();
+            auto first = r.source->next(wait_ms);
+            if (!first.ok()) return first.error();
+            if (!*first) continue;
+            // The transactions already here join the first in one durable write
+            // (each still whole: a reader sees several at once, never half of one),
+            // so a busy source costs one sync per group, not one per transaction.
+            knowledge::GraphBatch group;
+            size_t transactions = 0, rows = 0;
+            int64_t last_commit_us = 0;
+            std::optional<SourceTransaction> txn = std::move(*first);
+            while (txn) {
+                auto batch = r.mapping->map(*txn, r.config.name);
+                if (!batch.ok()) return batch.error();
+                if (group.changes.empty()) {
+                    group = std::move(*batch);
+                } else {
+                    for (auto& c : batch->changes) group.changes.push_back(std::move(c));
+                    group.position = std::move(batch->position);
+                }
+                ++transactions;
+                rows += txn->rows.size();
+                if (txn->commit_time_us > 0) last_commit_us = txn->commit_time_us;
+                txn.reset();
+                if (transactions >= kMaxGroupTransactions || group.changes.size() >= kMaxGroupChanges) break;
+                auto more = r.source->next(0);
+                if (!more.ok()) return more.error();
+                txn = std::move(*more);
+            }
+            if (auto st = impl_->graph->apply(group); !st.ok()) return st;
+            r.source->confirm(group.position);
+            p.transactions += transactions;
+            p.rows += rows;
             p.source = r.config.name;
-            p.position = (*txn)->position;
-            if ((*txn)->commit_time_us > 0) {
+            p.position = group.position;
+            if (last_commit_us > 0) {
                 const int64_t now_us = std::chrono::duration_cast<std::chrono::microseconds>(
                                            std::chrono::system_clock::now().time_since_epoch())
                                            .count();
-                p.last_lag_ms = static_cast<double>(now_us - (*txn)->commit_time_us) / 1000.0;
+                p.last_lag_ms = static_cast<double>(now_us - last_commit_us) / 1000.0;
             }
             if (progress) progress(p);
         }

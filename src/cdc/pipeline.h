@@ -1,6 +1,7 @@
 #pragma once
-// A running pipeline: its sources' transactions, mapped onto the graph, each
-// applied with its source position in one durable write, then confirmed to
+// A running pipeline: its sources' transactions, mapped onto the graph and
+// applied with their source position in one durable write (the transactions
+// that are already waiting join one write, each whole), then confirmed to
 // the source. Started again after a crash it resumes from the positions the
 // graph holds: nothing lost, nothing applied twice.
 #include <atomic>
