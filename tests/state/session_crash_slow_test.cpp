@@ -26,7 +26,7 @@ std::string expected_content(size_t i) {
     return s;
 }
 
-// Runs the writer for about `ms` milliseconds, then SIGKILLs it. Returns the
+// Runs the writer for about `ms` milliseconds after it started, then SIGKILLs it. Returns the
 // number of messages it acknowledged in total (last printed index + 1), or -1
 // if it acknowledged nothing this time.
 long run_and_kill(const std::string& db, int ms) {
@@ -42,7 +42,9 @@ long run_and_kill(const std::string& db, int ms) {
     }
     close(fds[1]);
     std::string out;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+    // The window runs from the writer's first line ("start"), so a slow
+    // start (a sanitizer build, a loaded machine) does not eat it.
+    std::chrono::steady_clock::time_point deadline{};
     bool started = false;
     const auto hard_deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
     for (;;) {
@@ -54,7 +56,10 @@ long run_and_kill(const std::string& db, int ms) {
             const ssize_t n = read(fds[0], buf, sizeof buf);
             if (n <= 0) break;
             out.append(buf, static_cast<size_t>(n));
-            if (!started && out.find('\n') != std::string::npos) started = true;
+            if (!started && out.find('\n') != std::string::npos) {
+                started = true;
+                deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+            }
         }
     }
     kill(pid, SIGKILL);
