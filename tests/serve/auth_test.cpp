@@ -129,11 +129,13 @@ TEST(BearerToken, TakesOnlyWellFormedHeaders) {
 TEST(AuthorizationFields, CountsEveryAuthorizationFieldInAnyCase) {
     using Headers = std::vector<std::pair<std::string, std::string>>;
     EXPECT_EQ(authorization_fields(Headers{{"Host", "x"}}).count, 0u);
-    const auto one = authorization_fields(Headers{{"Host", "x"}, {"authorization", "Bearer sk-1"}});
+    // The value views the headers: they must outlive it (a temporary did not, under ASan).
+    const Headers one_field{{"Host", "x"}, {"authorization", "Bearer sk-1"}};
+    const auto one = authorization_fields(one_field);
     EXPECT_EQ(one.count, 1u);
     EXPECT_EQ(one.value, "Bearer sk-1");
-    const auto two = authorization_fields(
-        Headers{{"Authorization", "Bearer sk-1"}, {"AUTHORIZATION", "Bearer sk-2"}});
+    const Headers two_fields{{"Authorization", "Bearer sk-1"}, {"AUTHORIZATION", "Bearer sk-2"}};
+    const auto two = authorization_fields(two_fields);
     EXPECT_EQ(two.count, 2u);
     EXPECT_EQ(two.value, "") << "no value is offered when there are several";
     EXPECT_EQ(authorization_fields(Headers{{"Authorizations", "Bearer sk-1"}}).count, 0u);
