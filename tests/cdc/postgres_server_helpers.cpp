@@ -1,6 +1,7 @@
 #include "postgres_server.h"
 
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -45,7 +46,24 @@ std::string PostgresServer::unavailable() {
     return "";
 }
 
+// Servers left by a test run that was killed (its destructor never ran): a
+// directory named after a process that is gone. Stopped and removed.
+static void stop_orphans() {
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(fs::temp_directory_path(), ec)) {
+        const std::string name = entry.path().filename().string();
+        if (name.rfind("assistd-pg-", 0) != 0) continue;
+        const size_t dash = name.find('-', 11);
+        const pid_t pid = static_cast<pid_t>(std::atol(name.substr(11, dash - 11).c_str()));
+        if (pid <= 0 || pid == ::getpid() || ::kill(pid, 0) == 0) continue;
+        if (fs::exists(entry.path() / "data" / "postmaster.pid"))
+            run((kBin / "pg_ctl").string() + " -D '" + (entry.path() / "data").string() + "' -m immediate -w stop");
+        fs::remove_all(entry.path(), ec);
+    }
+}
+
 PostgresServer::PostgresServer(const std::string& extra_conf) {
+    stop_orphans();
     dir_ = fs::temp_directory_path() / ("assistd-pg-" + std::to_string(::getpid()) + "-" + std::to_string(std::random_device{}()));
     fs::create_directories(dir_);
     if (::geteuid() == 0) std::system(("chown postgres:postgres '" + dir_.string() + "'").c_str());
