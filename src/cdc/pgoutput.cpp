@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "knowledge/position.h"
+
 namespace assistd::cdc::pg {
 namespace {
 
@@ -99,29 +101,7 @@ std::string format_lsn(Lsn lsn) {
 }
 
 std::optional<Lsn> parse_lsn(std::string_view text) {
-    const size_t slash = text.find('/');
-    if (slash == std::string_view::npos || slash == 0 || slash + 1 >= text.size() || slash > 8 ||
-        text.size() - slash - 1 > 8)
-        return std::nullopt;
-    auto hex = [](std::string_view s, uint64_t& out) {
-        out = 0;
-        for (char c : s) {
-            int d;
-            if (c >= '0' && c <= '9')
-                d = c - '0';
-            else if (c >= 'A' && c <= 'F')
-                d = c - 'A' + 10;
-            else if (c >= 'a' && c <= 'f')
-                d = c - 'a' + 10;
-            else
-                return false;
-            out = out * 16 + static_cast<uint64_t>(d);
-        }
-        return true;
-    };
-    uint64_t hi = 0, lo = 0;
-    if (!hex(text.substr(0, slash), hi) || !hex(text.substr(slash + 1), lo)) return std::nullopt;
-    return (hi << 32) | lo;
+    return knowledge::parse_lsn(text);
 }
 
 Result<std::variant<XLogData, Keepalive>> decode_copy_data(std::string_view bytes) {

@@ -206,30 +206,25 @@ std::vector<std::string> Membership::peer_addresses() const {
     return out;
 }
 
-size_t Membership::discovered_peer_count() const {
+size_t Membership::count_discovered(bool departed_too) const {
     std::set<NodeId> ids;
     size_t unknown = 0;
     for (const auto& [a, p] : peers_) {
         if (!p.discovered) continue;
         if (p.node_id == 0)
             ++unknown;
-        else
+        else if (departed_too || !departed_.count(p.node_id))
             ids.insert(p.node_id);
     }
     return ids.size() + unknown;
 }
 
+size_t Membership::discovered_peer_count() const {
+    return count_discovered(true);
+}
+
 size_t Membership::possible_peer_count() const {
-    std::set<NodeId> ids;
-    size_t unknown = 0;
-    for (const auto& [a, p] : peers_) {
-        if (!p.discovered) continue;
-        if (p.node_id == 0)
-            ++unknown;
-        else if (!departed_.count(p.node_id))
-            ids.insert(p.node_id);
-    }
-    return ids.size() + unknown;
+    return count_discovered(false);
 }
 
 const PeerInfo* Membership::newest_for(NodeId node) const {

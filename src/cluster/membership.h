@@ -125,6 +125,8 @@ class Membership {
 
   private:
     const PeerInfo* newest_for(NodeId node) const;
+    // Discovered peers, each node once, those never heard from included.
+    size_t count_discovered(bool departed_too) const;
 
     NodeId self_;
     std::string self_address_;

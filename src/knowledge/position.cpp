@@ -3,9 +3,8 @@
 #include <cstdint>
 
 namespace assistd::knowledge {
-namespace {
 
-std::optional<uint64_t> lsn(std::string_view text) {
+std::optional<uint64_t> parse_lsn(std::string_view text) {
     const size_t slash = text.find('/');
     if (slash == std::string_view::npos || slash == 0 || slash > 8 || text.size() - slash - 1 == 0 ||
         text.size() - slash - 1 > 8)
@@ -29,10 +28,8 @@ std::optional<uint64_t> lsn(std::string_view text) {
     return (hi << 32) | lo;
 }
 
-}  // namespace
-
 std::optional<bool> position_reached(std::string_view have, std::string_view want) {
-    const auto a = lsn(have), b = lsn(want);
+    const auto a = parse_lsn(have), b = parse_lsn(want);
     if (a && b) return *a >= *b;
     if (a || b) return std::nullopt;
     if (have == want) return true;
