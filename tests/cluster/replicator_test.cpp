@@ -91,6 +91,14 @@ class ReplicatorTest : public ::testing::Test {
             deliver(down);
         }
     }
+    // A session id whose replicas are `replicas`, in placement order ("" if none of the first 100,000).
+    std::string id_placed_on(const std::vector<NodeId>& replicas) const {
+        for (int i = 0; i < 100000; ++i) {
+            const std::string c = fmt::format("s{}", i);
+            if (nodes_[0]->replicator->replicas(c) == replicas) return c;
+        }
+        return "";
+    }
     size_t count_frames(MessageKind kind, const std::string& to) {
         size_t n = 0;
         for (const auto& s : queue_) {
@@ -294,11 +302,8 @@ TEST_F(ReplicatorTest, AWriteWhoseReplicaIsDownIsKeptByAStandInUntilTheReplicaIs
     o.replication_factor = 2;
     make_fleet(3, o);
     // A session whose replicas are n0 (the writer) and n1; n2 stands in.
-    std::string id;
-    for (int i = 0; id.empty(); ++i) {
-        const std::string c = fmt::format("s{}", i);
-        if (nodes_[0]->replicator->replicas(c) == std::vector<NodeId>{100, 101}) id = c;
-    }
+    const std::string id = id_placed_on({100, 101});
+    ASSERT_FALSE(id.empty());
     auto& writer = *nodes_[0];
     auto& replica = *nodes_[1];
     auto& stand_in = *nodes_[2];
@@ -338,11 +343,8 @@ TEST_F(ReplicatorTest, AStandInHandsTheChangeItKeepsToTheReplicaWithoutARead) {
     ReplicationOptions o;
     o.replication_factor = 2;
     make_fleet(3, o);
-    std::string id;
-    for (int i = 0; id.empty(); ++i) {
-        const std::string c = fmt::format("s{}", i);
-        if (nodes_[0]->replicator->replicas(c) == std::vector<NodeId>{100, 101}) id = c;
-    }
+    const std::string id = id_placed_on({100, 101});
+    ASSERT_FALSE(id.empty());
     auto& writer = *nodes_[0];
     auto& replica = *nodes_[1];
     ASSERT_TRUE(writer.store->create(id, "t", "x").ok());
@@ -407,12 +409,8 @@ TEST_F(ReplicatorTest, AReadOfASessionNotHeldPullsItOrSaysItIsNowhere) {
     o.replication_factor = 2;
     make_fleet(3, o);
     // A session whose replicas are n0 and n1; n2 lacks it.
-    std::string id;
-    for (int i = 0; id.empty(); ++i) {
-        const std::string c = fmt::format("s{}", i);
-        auto r = nodes_[0]->replicator->replicas(c);
-        if (std::find(r.begin(), r.end(), NodeId{102}) == r.end() && r.front() == 100) id = c;
-    }
+    const std::string id = id_placed_on({100, 101});
+    ASSERT_FALSE(id.empty());
     ASSERT_TRUE(nodes_[0]->store->create(id, "t", "x").ok());
     ASSERT_TRUE(nodes_[0]->store->append_message(id, {"user", "first"}).ok());
     nodes_[0]->replicator->flush();

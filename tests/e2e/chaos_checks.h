@@ -28,6 +28,9 @@ struct LocalCopy {
     nlohmann::json doc;
 };
 
+// An integer from the environment (ASSISTD_CHAOS_*), else `fallback`.
+int env_int(const char* name, int fallback);
+
 // GET /v1/sessions/{id}?local=true: the node's copy, with no read of other nodes.
 LocalCopy local_copy(uint16_t port, const std::string& id);
 

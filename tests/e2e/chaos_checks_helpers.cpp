@@ -1,5 +1,6 @@
 #include "chaos_checks.h"
 
+#include <cstdlib>
 #include <map>
 
 #include "local_fleet.h"
@@ -77,6 +78,11 @@ std::string describe(const SessionLog& log, const json& msgs) {
 }
 
 }  // namespace
+
+int env_int(const char* name, int fallback) {
+    const char* v = std::getenv(name);
+    return v && *v ? std::atoi(v) : fallback;
+}
 
 LocalCopy local_copy(uint16_t port, const std::string& id) {
     const Reply r = http(port, "GET", "/v1/sessions/" + id + "?local=true");

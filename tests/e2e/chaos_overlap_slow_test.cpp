@@ -54,10 +54,6 @@ constexpr int kMaxTurns = 40;     // per session (the model's context holds them
 constexpr int kMaxTokens = 6;
 constexpr auto kConvergeLimit = 60s;
 
-int env_int(const char* name, int fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoi(v) : fallback;
-}
 
 std::string session_name(uint64_t seed, int s) {
     std::string out = "overlap-";
@@ -156,13 +152,7 @@ class ChaosOverlapTest : public ::testing::Test {
         if (!model_available()) GTEST_SKIP() << "no " << model_path();
     }
     void TearDown() override {
-        if (HasFailure() && fleet_) {
-            for (int i = 0; i < fleet_->size(); ++i) {
-                const std::string log = fleet_->log(i);
-                std::fprintf(stderr, "--- node %d (last 3000 bytes of its log) ---\n%s\n", i,
-                             log.substr(log.size() > 3000 ? log.size() - 3000 : 0).c_str());
-            }
-        }
+        if (HasFailure() && fleet_) std::fprintf(stderr, "%s", fleet_->log_tails(3000).c_str());
         fleet_.reset();
     }
 

@@ -46,10 +46,6 @@ constexpr int kMaxTokens = 2;         // answers are cheap
 constexpr auto kTrafficLimit = 150s;  // the whole client phase, however slow the machine
 constexpr auto kConvergeLimit = 60s;  // the fleet gets this long to converge once traffic stops
 
-int env_int(const char* name, int fallback) {
-    const char* v = std::getenv(name);
-    return v && *v ? std::atoi(v) : fallback;
-}
 
 double seconds_since(Clock::time_point t0) {
     return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -135,14 +131,7 @@ class ChaosTest : public ::testing::Test {
         if (!model_available()) GTEST_SKIP() << "no " << model_path();
     }
     void TearDown() override {
-        if (HasFailure() && fleet_) {
-            // The tail of each log: the whole of them would drown the failures.
-            for (int i = 0; i < fleet_->size(); ++i) {
-                const std::string log = fleet_->log(i);
-                std::fprintf(stderr, "--- node %d (last 4000 bytes of its log) ---\n%s\n", i,
-                             log.substr(log.size() > 4000 ? log.size() - 4000 : 0).c_str());
-            }
-        }
+        if (HasFailure() && fleet_) std::fprintf(stderr, "%s", fleet_->log_tails(4000).c_str());
         fleet_.reset();
     }
     std::unique_ptr<LocalFleet> fleet_;

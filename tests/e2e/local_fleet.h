@@ -55,6 +55,8 @@ class LocalFleet {
     uint16_t port(int i) const { return nodes_[i].http_port; }
     std::string log(int i) const;  // the node's stderr so far
     std::string logs() const;      // every node's, for failure messages
+    // The last `bytes` of every node's log: the whole of them would drown a test's failures.
+    std::string log_tails(size_t bytes) const;
 
   private:
     std::filesystem::path root_;

@@ -189,6 +189,17 @@ std::string LocalFleet::logs() const {
     return out;
 }
 
+std::string LocalFleet::log_tails(size_t bytes) const {
+    std::string out;
+    for (int i = 0; i < size(); ++i) {
+        const std::string whole = log(i);
+        out += "--- node " + std::to_string(i) + " (last " + std::to_string(bytes) + " bytes of its log) ---\n";
+        out += whole.substr(whole.size() > bytes ? whole.size() - bytes : 0);
+        out += "\n";
+    }
+    return out;
+}
+
 Reply http(uint16_t port, const std::string& method, const std::string& path,
            const std::string& body) {
     using namespace serve::test_support;
