@@ -207,6 +207,8 @@ void Push::widen(AckWaiter& w, bool hedge) {
         return n;
     };
     size_t promising = may_answer();
+    // Most ticks nothing is missing: no placement to compute.
+    if (w.acked.size() + promising >= w.needed && !hedge) return;
     bool extra = hedge;
     for (NodeId p : s_.preference_of(w.session_id)) {
         if (w.acked.size() + promising >= w.needed && !extra) break;
